@@ -1,0 +1,302 @@
+"""The build runner shared by every modality: lock, resume, run tasks, quarantine, record.
+
+A modality (``rs.pipeline``, later ``ct``) supplies a list of tasks and a module-level task
+function; the runner decides which tasks still have to run, runs them where ``parallel`` says,
+sets failures aside with a one-line reason, assembles the manifest from the parts' fragments
+and writes ``build.json``. Re-running the same command after a crash or a kill finishes the
+rest and gives the same manifest as an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from data_pipelines import parallel
+from data_pipelines.store import (
+    BUILD_RECORD_NAME,
+    MANIFEST_NAME,
+    PARTS_DIRNAME,
+    QUARANTINE_NAME,
+    STORE_DIRNAME,
+    atomic_write_bytes,
+    atomic_write_json,
+    delete_part_array,
+    dir_size,
+    open_root,
+    read_fragment,
+    write_manifest,
+)
+
+SETTINGS_NAME = "_settings.json"
+LOCK_NAME = ".build.lock"
+
+
+class BuildConfigError(ValueError):
+    """A setting that cannot work; raised before any input is read."""
+
+
+class BuildLockedError(RuntimeError):
+    """Another build is writing to the same output folder."""
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    part: str  # output array name under ``group`` and fragment name
+    source: str  # input path(s), for the quarantine record
+    payload: Any  # picklable argument of the task function
+
+
+@dataclass
+class Quarantined:
+    part: str
+    source: str
+    reason: str
+    error_type: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "source": self.source,
+            "part": self.part,
+            "reason": self.reason,
+            "error": self.error_type,
+        }
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    counts: Counter
+    quarantined: list[Quarantined]
+    ignored: list[tuple[str, str]]
+    seconds: float
+    output_bytes: int
+    manifest_rows: int
+    resumed_parts: int
+    ran_parts: int
+    scheduler: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples_written(self) -> int:
+        return int(self.counts.get("samples_written", 0))
+
+
+def package_versions() -> dict[str, str]:
+    names = ["geomed_mim", "numpy", "rasterio", "zarr", "dask", "distributed", "pyarrow", "torch"]
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import rasterio
+
+        out["gdal"] = rasterio.__gdal_version__
+    except Exception:  # GDAL version is informative only
+        pass
+    return out
+
+
+class OutputLock:
+    """An advisory lock on the output folder, released when the process ends (even on kill)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise BuildLockedError(
+                f"--output: {self.path.parent} is being written by another build (pid {holder}); "
+                f"wait for it to finish or choose another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def reset_output(out_dir: Path) -> None:
+    """Remove what a previous build wrote (only our own files and folders)."""
+    for name in (STORE_DIRNAME, PARTS_DIRNAME):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (MANIFEST_NAME, BUILD_RECORD_NAME, QUARANTINE_NAME, "preview.png"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Resume only a build made with the same settings; otherwise say how to proceed."""
+    path = out_dir / PARTS_DIRNAME / SETTINGS_NAME
+    if overwrite:
+        reset_output(out_dir)
+    elif path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(
+            k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k)
+        )
+        if changed:
+            details = ", ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise BuildConfigError(
+                f"--output: {out_dir} holds a build made with other settings ({details}); "
+                f"re-run with the same settings to resume, pass --overwrite to start again, "
+                f"or choose another --output"
+            )
+    elif (out_dir / STORE_DIRNAME).exists():
+        raise BuildConfigError(
+            f"--output: {out_dir} already holds a store that was not made by this tool version; "
+            f"pass --overwrite or choose another --output"
+        )
+    atomic_write_json(path, settings)
+
+
+def run_build(
+    *,
+    out_dir: str | Path,
+    tasks: list[BuildTask],
+    task_fn: Callable[[Any], dict[str, Any]],
+    group: str,
+    store_attrs: dict[str, Any],
+    settings: dict[str, Any],
+    config: dict[str, Any],
+    finalize: Callable[[pa.Table], pa.Table],
+    workers: int = 1,
+    scheduler: str = parallel.LOCAL,
+    overwrite: bool = False,
+    ignored: list[tuple[str, str]] | None = None,
+    unit: str = "input",
+) -> BuildReport:
+    """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
+
+    ``task_fn(payload)`` writes its part array and fragment and returns a summary of counts
+    (``samples_written``, ``excluded:<reason>`` ...). ``finalize`` turns the concatenated
+    fragments into the manifest (archive-wide steps such as dedup and splits).
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    with OutputLock(out_dir):
+        check_settings(out_dir, settings, overwrite)
+        root = open_root(out_dir, groups=(group,))
+        root.attrs.update(store_attrs)
+
+        pending = [t for t in tasks if read_fragment(out_dir, t.part) is None]
+        resumed = len(tasks) - len(pending)
+        quarantined: list[Quarantined] = []
+        run_counts: Counter = Counter()
+        bar = tqdm(
+            total=len(tasks),
+            initial=resumed,
+            desc=f"building {out_dir.name}",
+            unit=unit,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        with bar:
+            results = parallel.map_unordered(
+                task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
+            )
+            for i, result in results:
+                task = pending[i]
+                if isinstance(result, BaseException):
+                    delete_part_array(out_dir, group, task.part)
+                    q = Quarantined(
+                        task.part, task.source, _one_line(result), type(result).__name__
+                    )
+                    quarantined.append(q)
+                    bar.write(f"quarantined {task.source}: {q.reason}")
+                else:
+                    run_counts.update(result.get("counts", {}))
+                    bar.set_postfix(samples=run_counts.get("samples_written", 0), refresh=False)
+                bar.update(1)
+        run_seconds = time.perf_counter() - started
+
+        # the manifest and the counts cover every finished part, resumed or not
+        tables, counts, timings = [], Counter(), Counter()
+        for t in tasks:
+            frag = read_fragment(out_dir, t.part)
+            if frag is None:
+                continue
+            table, summary = frag
+            if table.num_columns:
+                tables.append(table)
+            counts.update(summary.get("counts", {}))
+            timings.update(summary.get("timings", {}))
+        counts[f"{unit}s_done"] = sum(1 for t in tasks if read_fragment(out_dir, t.part))
+        counts[f"{unit}s_quarantined"] = len(quarantined)
+        manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+        manifest = finalize(manifest)
+        write_manifest(out_dir, manifest)
+        atomic_write_bytes(
+            out_dir / QUARANTINE_NAME,
+            "".join(json.dumps(q.to_json()) + "\n" for q in quarantined).encode(),
+        )
+        output_bytes = dir_size(out_dir / STORE_DIRNAME)
+        seconds = time.perf_counter() - started
+        report = BuildReport(
+            out_dir=out_dir,
+            counts=counts,
+            quarantined=quarantined,
+            ignored=list(ignored or []),
+            seconds=seconds,
+            output_bytes=output_bytes,
+            manifest_rows=manifest.num_rows,
+            resumed_parts=resumed,
+            ran_parts=len(pending),
+            scheduler=parallel.describe_scheduler(scheduler, workers),
+        )
+        atomic_write_json(
+            out_dir / BUILD_RECORD_NAME,
+            {
+                "config": config,
+                "versions": package_versions(),
+                "counts": dict(sorted(counts.items())),
+                "quarantined": [q.to_json() for q in quarantined],
+                "ignored_files": [{"path": p, "why": w} for p, w in report.ignored],
+                "parts": {"total": len(tasks), "resumed": resumed, "ran": len(pending)},
+                "scheduler": report.scheduler,
+                "timings_s": {
+                    "total": round(seconds, 3),
+                    "tasks": round(run_seconds, 3),
+                    **{f"task_{k}_sum": round(v, 3) for k, v in sorted(timings.items())},
+                },
+                "throughput": {
+                    "samples_per_s": round(
+                        counts.get("samples_written", 0) / max(seconds, 1e-9), 2
+                    ),
+                    "output_mb_per_s": round(output_bytes / 2**20 / max(seconds, 1e-9), 3),
+                },
+                "output_bytes": output_bytes,
+            },
+        )
+    return report
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -1,0 +1,102 @@
+"""Where build tasks run: in this process, on a dask LocalCluster, or on an existing scheduler.
+
+Heavy reads go to processes with one thread each (GDAL handles are not thread-safe and the
+GIL would serialize decoding), one task per input scene/volume, never one per tile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SYNCHRONOUS = "synchronous"
+LOCAL = "local"
+
+
+class TaskCrashedError(RuntimeError):
+    """A task's worker died (segfault, out of memory) or the task raised unexpectedly."""
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def describe_scheduler(scheduler: str, workers: int) -> str:
+    if scheduler == SYNCHRONOUS or (scheduler == LOCAL and workers == 1):
+        return "in-process (synchronous)"
+    if scheduler == LOCAL:
+        return f"dask LocalCluster, {workers} processes x 1 thread"
+    return f"dask scheduler at {scheduler}"
+
+
+@contextmanager
+def _client(scheduler: str, workers: int) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler == LOCAL:
+        # silence the cluster's INFO chatter; warnings and errors still come through
+        for name in ("distributed", "distributed.worker", "distributed.scheduler"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+    else:
+        client = Client(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def map_unordered(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    scheduler: str = LOCAL,
+    workers: int = 1,
+) -> Iterator[tuple[int, R | BaseException]]:
+    """Run ``fn`` on every item; yield ``(item_index, result or exception)`` as tasks finish.
+
+    An exception is yielded, not raised, so one bad input never stops the others.
+    ``fn`` must be a module-level function (it is pickled to worker processes).
+    """
+    if not items:
+        return
+    if scheduler == SYNCHRONOUS or (scheduler == LOCAL and workers <= 1):
+        for i, item in enumerate(items):
+            try:
+                yield i, fn(item)
+            except Exception as e:
+                yield i, e
+        return
+
+    from distributed import as_completed
+
+    with _client(scheduler, workers) as client:
+        futures = client.map(fn, list(items), pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        for future in as_completed(futures):
+            i = index[future.key]
+            if future.status == "error":
+                exc = future.exception()
+                if not isinstance(exc, Exception):
+                    exc = TaskCrashedError(str(exc))
+                yield i, exc
+            else:
+                yield i, future.result()
+            future.release()

@@ -1,0 +1,172 @@
+"""Sensor profiles: which bands a sensor has, in which order, and how raw values become physical.
+
+Profiles are YAML files in ``configs/data/profiles/``; one is picked by name
+(``sentinel2_l1c``) or by path. The band list travels into the store's attributes and from
+there into every model trained on it, so weights can later be matched by band name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipelines.resources import configs_dir
+
+BAND_KINDS = ("reflectance", "emissive", "other")
+
+
+class ProfileError(ValueError):
+    """A profile name, file or field that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Band:
+    name: str
+    wavelength_nm: float | None = None
+    resolution_m: float | None = None
+    kind: str = "reflectance"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SensorProfile:
+    name: str
+    bands: tuple[Band, ...]
+    description: str = ""
+    sensor: str = ""
+    raw_dtype: str = "uint16"
+    nodata: float | None = None
+    valid_range: tuple[float, float] | None = None
+    saturated_value: float | None = None
+    units: str = ""
+    preview_rgb: tuple[str, ...] = ()
+    qa_band: str | None = None
+    metadata_file: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+    def band_index(self, token: str) -> int | None:
+        """Index of the band a file-name/description token refers to (``B1`` == ``B01``)."""
+        key = normalize_band_token(token)
+        for i, b in enumerate(self.bands):
+            if normalize_band_token(b.name) == key:
+                return i
+        return None
+
+    def is_qa_token(self, token: str) -> bool:
+        return self.qa_band is not None and normalize_band_token(token) == normalize_band_token(
+            self.qa_band
+        )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-safe description stored in the zarr group attributes."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "sensor": self.sensor,
+            "bands": self.band_names,
+            "wavelengths_nm": [b.wavelength_nm for b in self.bands],
+            "band_kinds": [b.kind for b in self.bands],
+            "raw_dtype": self.raw_dtype,
+            "nodata": self.nodata,
+            "units": self.units,
+            "preview_rgb": list(self.preview_rgb),
+        }
+
+
+_BAND_TOKEN = re.compile(r"^B0*(\d+)([A-Z]?)$", re.IGNORECASE)
+
+
+def normalize_band_token(token: str) -> str:
+    """``B01`` -> ``B1``, ``b8a`` -> ``B8A``; other tokens are upper-cased."""
+    m = _BAND_TOKEN.match(token.strip())
+    if m:
+        return f"B{int(m.group(1))}{m.group(2).upper()}"
+    return token.strip().upper()
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / "data" / "profiles").glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> SensorProfile:
+    """Load a profile by shipped name or by YAML path; raise ProfileError naming the problem."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = configs_dir() / "data" / "profiles" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ProfileError(
+                f"--profile: unknown sensor profile {str(name_or_path)!r}; "
+                f"choose one of {', '.join(available_profiles())} or give a path to a YAML file"
+            )
+    elif not path.is_file():
+        raise ProfileError(f"--profile: profile file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ProfileError(f"--profile: {path} is not valid YAML: {e}") from None
+    return profile_from_dict(raw, source=str(path))
+
+
+def profile_from_dict(raw: Any, source: str = "<dict>") -> SensorProfile:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"profile {source}: expected a mapping at the top level")
+    for key in ("name", "bands"):
+        if key not in raw:
+            raise ProfileError(f"profile {source}: missing field {key!r}")
+    bands_raw = raw["bands"]
+    if not isinstance(bands_raw, list) or not bands_raw:
+        raise ProfileError(f"profile {source}: 'bands' must be a non-empty list")
+    bands = []
+    for i, b in enumerate(bands_raw):
+        if not isinstance(b, dict) or "name" not in b:
+            raise ProfileError(f"profile {source}: bands[{i}] needs a 'name'")
+        kind = b.get("kind", "reflectance")
+        if kind not in BAND_KINDS:
+            raise ProfileError(
+                f"profile {source}: bands[{i}].kind {kind!r} is not one of {BAND_KINDS}"
+            )
+        known = {"name", "wavelength_nm", "resolution_m", "kind"}
+        bands.append(
+            Band(
+                name=str(b["name"]),
+                wavelength_nm=b.get("wavelength_nm"),
+                resolution_m=b.get("resolution_m"),
+                kind=kind,
+                extra={k: v for k, v in b.items() if k not in known},
+            )
+        )
+    names = [normalize_band_token(b.name) for b in bands]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ProfileError(f"profile {source}: duplicate band names {dupes}")
+    profile = SensorProfile(
+        name=str(raw["name"]),
+        bands=tuple(bands),
+        description=raw.get("description", ""),
+        sensor=raw.get("sensor", ""),
+        raw_dtype=raw.get("raw_dtype", "uint16"),
+        nodata=raw.get("nodata"),
+        valid_range=tuple(raw["valid_range"]) if raw.get("valid_range") else None,
+        saturated_value=raw.get("saturated_value"),
+        units=raw.get("units", ""),
+        preview_rgb=tuple(raw.get("preview_rgb", ())),
+        qa_band=raw.get("qa_band"),
+        metadata_file=raw.get("metadata_file"),
+        calibration=dict(raw.get("calibration") or {}),
+        source=source,
+    )
+    for name in profile.preview_rgb:
+        if profile.band_index(name) is None:
+            raise ProfileError(
+                f"profile {source}: preview_rgb band {name!r} is not one of {profile.band_names}"
+            )
+    return profile

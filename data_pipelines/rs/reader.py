@@ -1,0 +1,193 @@
+"""Windowed pixel reads of one scene, all bands on the scene's finest grid.
+
+One rasterio handle per file, opened inside the task that reads it (GDAL handles are not
+thread-safe and must not cross a fork). Bands on a coarser grid (Sentinel-2 20/60 m) are read
+through the matching fractional window and resampled to the fine grid by GDAL, so a scene is
+never loaded whole.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import bounds as window_bounds
+
+from data_pipelines.rs.discover import Scene
+from data_pipelines.rs.profiles import SensorProfile
+
+
+class SceneError(RuntimeError):
+    """A scene that cannot be used; the message is the one-line quarantine reason."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    height: int
+    width: int
+    transform: rasterio.Affine
+    crs: str  # WKT or "EPSG:n"; "" when the file has none
+
+
+@dataclass
+class _BandSource:
+    dataset: rasterio.io.DatasetReader
+    index: int  # 1-based band index inside ``dataset``
+    same_grid: bool
+
+
+class SceneReader:
+    """Open a scene for ``profile``; ``read_rows`` returns ``[C, h, W]`` in profile band order."""
+
+    def __init__(self, scene: Scene, profile: SensorProfile, resampling: str = "bilinear"):
+        self.scene = scene
+        self.profile = profile
+        self.resampling = Resampling[resampling]
+        self._stack = ExitStack()
+        self._sources: list[_BandSource] = []
+        self._qa: _BandSource | None = None
+        self.grid: Grid | None = None
+        self.dtype: np.dtype | None = None
+
+    # -- opening ---------------------------------------------------------------------------------
+    def __enter__(self) -> SceneReader:
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _open_file(self, path: str) -> rasterio.io.DatasetReader:
+        try:
+            return self._stack.enter_context(rasterio.open(path))
+        except rasterio.errors.RasterioIOError as e:
+            raise SceneError(f"cannot open {path}: {_first_line(e)}") from None
+
+    def _open(self) -> None:
+        profile, scene = self.profile, self.scene
+        if scene.multi_file:
+            by_band: dict[int, rasterio.io.DatasetReader] = {}
+            for token, path in scene.files:
+                idx = profile.band_index(token)
+                if idx is not None:
+                    by_band[idx] = self._open_file(path)
+            missing = [b.name for i, b in enumerate(profile.bands) if i not in by_band]
+            if missing:
+                raise SceneError(
+                    f"missing band files for {', '.join(missing)} (profile {profile.name})"
+                )
+            datasets = [(by_band[i], 1) for i in range(len(profile.bands))]
+        else:
+            ds = self._open_file(scene.files[0][1])
+            datasets = [(ds, i) for i in self._band_order(ds)]
+        fine = min((d for d, _ in datasets), key=lambda d: abs(d.transform.a * d.transform.e))
+        self.grid = Grid(
+            height=fine.height,
+            width=fine.width,
+            transform=fine.transform,
+            crs=_crs_string(fine.crs),
+        )
+        for ds, idx in datasets:
+            self._check_extent(ds)
+            same = ds.transform == fine.transform and ds.shape == fine.shape
+            self._sources.append(_BandSource(ds, idx, same))
+        if scene.qa_file:
+            qa = self._open_file(scene.qa_file)
+            self._check_extent(qa)
+            same = qa.transform == fine.transform and qa.shape == fine.shape
+            self._qa = _BandSource(qa, 1, same)
+        self.dtype = np.result_type(*[ds.dtypes[idx - 1] for ds, idx in datasets])
+
+    def _band_order(self, ds: rasterio.io.DatasetReader) -> list[int]:
+        """1-based band indexes of ``ds`` in profile order (by description when present)."""
+        profile = self.profile
+        descriptions = ds.descriptions
+        if all(descriptions):
+            mapped = [profile.band_index(d) for d in descriptions]
+            if all(m is not None for m in mapped):
+                order = []
+                for want in range(len(profile.bands)):
+                    if want not in mapped:
+                        raise SceneError(
+                            f"band {profile.bands[want].name} of profile {profile.name} is not "
+                            f"among the file's band descriptions {list(descriptions)}"
+                        )
+                    order.append(mapped.index(want) + 1)
+                return order
+        if ds.count != len(profile.bands):
+            raise SceneError(
+                f"has {ds.count} band(s) but profile {profile.name} expects "
+                f"{len(profile.bands)} ({', '.join(profile.band_names)})"
+            )
+        return list(range(1, ds.count + 1))
+
+    def _check_extent(self, ds: rasterio.io.DatasetReader) -> None:
+        g = self.grid
+        assert g is not None
+        fine_bounds = window_bounds(Window(0, 0, g.width, g.height), g.transform)
+        tol = max(abs(ds.transform.a), abs(ds.transform.e))
+        if any(abs(a - b) > tol for a, b in zip(ds.bounds, fine_bounds, strict=True)):
+            raise SceneError(
+                f"{ds.name} covers {tuple(round(v, 2) for v in ds.bounds)}, not the scene extent "
+                f"{tuple(round(v, 2) for v in fine_bounds)}"
+            )
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_window(self, window: Window) -> np.ndarray:
+        """Pixels of ``window`` (in fine-grid pixels) for every band: ``[C, h, w]``."""
+        h, w = int(window.height), int(window.width)
+        out = np.empty((len(self._sources), h, w), dtype=self.dtype)
+        # one multi-band read per dataset when all its bands share the fine grid
+        groups: dict[int, list[int]] = {}
+        for c, src in enumerate(self._sources):
+            groups.setdefault(id(src.dataset), []).append(c)
+        for channels in groups.values():
+            first = self._sources[channels[0]]
+            if first.same_grid:
+                indexes = [self._sources[c].index for c in channels]
+                out[channels] = first.dataset.read(indexes, window=window)
+            else:
+                for c in channels:
+                    out[c] = self._read_resampled(self._sources[c], window, self.resampling)
+        return out
+
+    def read_qa(self, window: Window) -> np.ndarray | None:
+        """The QA band on the fine grid (nearest neighbour: QA values are bit flags)."""
+        if self._qa is None:
+            return None
+        if self._qa.same_grid:
+            return self._qa.dataset.read(1, window=window)
+        return self._read_resampled(self._qa, window, Resampling.nearest)
+
+    def _read_resampled(self, src: _BandSource, window: Window, resampling: Resampling):
+        g = self.grid
+        assert g is not None
+        src_window = from_bounds(
+            *window_bounds(window, g.transform), transform=src.dataset.transform
+        )
+        return src.dataset.read(
+            src.index,
+            window=src_window,
+            out_shape=(int(window.height), int(window.width)),
+            resampling=resampling,
+        )
+
+
+def _crs_string(crs: rasterio.crs.CRS | None) -> str:
+    if crs is None:
+        return ""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

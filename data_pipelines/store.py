@@ -1,0 +1,218 @@
+"""The store: a zarr v3 group of per-task arrays, a parquet manifest, and the build record.
+
+Layout (see DESIGN.md §3)::
+
+    <out>/store.zarr/tiles/<part>     (N, C, H, W), chunk = one tile, shard = many tiles
+    <out>/manifest.parquet            one row per sample
+    <out>/build.json                  config, versions, counts, timings
+    <out>/quarantine.jsonl            inputs that could not be used
+    <out>/parts/<part>.parquet        per-task manifest fragment: the task's commit record
+
+A task owns its array (so it owns whole shards) and writes its fragment last, atomically: a
+part whose fragment exists is complete; an array without one is debris from a killed run and
+is rewritten on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import BloscCodec
+
+STORE_DIRNAME = "store.zarr"
+PARTS_DIRNAME = "parts"
+MANIFEST_NAME = "manifest.parquet"
+BUILD_RECORD_NAME = "build.json"
+QUARANTINE_NAME = "quarantine.jsonl"
+# uncompressed bytes per shard: big enough for few files per part, small enough to buffer
+TARGET_SHARD_BYTES = 32 * 2**20
+
+
+def store_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / STORE_DIRNAME
+
+
+def safe_part_name(text: str) -> str:
+    """A zarr/file-safe name: path separators become ``__``, odd characters ``-``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "__").replace("\\", "__"))
+    return name.strip(".-") or "part"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def open_root(out_dir: str | Path, groups: Iterable[str] = ("tiles",)) -> zarr.Group:
+    """Create (or open) the store group and its sub-groups."""
+    root = zarr.open_group(store=str(store_path(out_dir)), mode="a", zarr_format=3)
+    for g in groups:
+        if g not in root:
+            root.create_group(g)
+    return root
+
+
+def default_compressor(level: int = 5) -> BloscCodec:
+    # bit-shuffled zstd: integer imagery compresses ~2x better than byte shuffle, still fast
+    return BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle")
+
+
+class PartWriter:
+    """Append samples of one shape to ``<group>/<part>``, a shard at a time.
+
+    Samples are buffered until a whole shard is ready, so each shard is written exactly once
+    and by exactly one task.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        group: str,
+        part: str,
+        sample_shape: tuple[int, ...],
+        dtype: np.dtype | str,
+        attrs: dict[str, Any] | None = None,
+        samples_per_shard: int | None = None,
+        compression_level: int = 5,
+    ):
+        self.dtype = np.dtype(dtype)
+        sample_bytes = int(np.prod(sample_shape)) * self.dtype.itemsize
+        self.samples_per_shard = samples_per_shard or max(
+            1, min(1024, TARGET_SHARD_BYTES // max(sample_bytes, 1))
+        )
+        self.path = f"{group}/{part}"
+        self.array_dir = store_path(out_dir) / group / part
+        delete_part_array(out_dir, group, part)  # debris of an interrupted run
+        self.array = zarr.create_array(
+            store=str(store_path(out_dir)),
+            name=self.path,
+            shape=(0, *sample_shape),
+            chunks=(1, *sample_shape),
+            shards=(self.samples_per_shard, *sample_shape),
+            dtype=self.dtype,
+            compressors=default_compressor(compression_level),
+            fill_value=0,
+            attributes=attrs or {},
+            overwrite=True,
+        )
+        self._buffer: list[np.ndarray] = []
+        self.count = 0
+
+    def append(self, sample: np.ndarray) -> int:
+        """Queue one sample; return its index in the array."""
+        self._buffer.append(sample)
+        index = self.count
+        self.count += 1
+        if len(self._buffer) == self.samples_per_shard:
+            self._flush()
+        return index
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.array.append(np.stack(self._buffer), axis=0)
+            self._buffer.clear()
+
+    def close(self) -> int:
+        self._flush()
+        return self.count
+
+
+def delete_part_array(out_dir: str | Path, group: str, part: str) -> None:
+    shutil.rmtree(store_path(out_dir) / group / part, ignore_errors=True)
+
+
+# -- fragments and manifest --------------------------------------------------------------------
+
+
+def fragment_path(out_dir: str | Path, part: str) -> Path:
+    return Path(out_dir) / PARTS_DIRNAME / f"{part}.parquet"
+
+
+def write_fragment(
+    out_dir: str | Path,
+    part: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    schema: pa.Schema | None = None,
+) -> None:
+    """Commit a finished part: its manifest rows plus a JSON summary in the file metadata."""
+    table = rows_to_table(rows, schema)
+    meta = dict(table.schema.metadata or {})
+    meta[b"geomed_part_summary"] = json.dumps(summary, default=_json_default).encode()
+    table = table.replace_schema_metadata(meta)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(fragment_path(out_dir, part), sink.getvalue().to_pybytes())
+
+
+def read_fragment(out_dir: str | Path, part: str) -> tuple[pa.Table, dict[str, Any]] | None:
+    path = fragment_path(out_dir, part)
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    summary = json.loads((table.schema.metadata or {}).get(b"geomed_part_summary", b"{}"))
+    return table.replace_schema_metadata(None), summary
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
+    if schema is not None:
+        return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows) if rows else pa.table({})
+
+
+def write_manifest(out_dir: str | Path, table: pa.Table) -> Path:
+    path = Path(out_dir) / MANIFEST_NAME
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def read_manifest(out_dir: str | Path) -> pa.Table:
+    return pq.read_table(Path(out_dir) / MANIFEST_NAME)
+
+
+def dir_size(path: str | Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(dirpath, f))
+    return total

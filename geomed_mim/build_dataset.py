@@ -1,0 +1,258 @@
+"""``python -m geomed_mim.build_dataset``: turn a raw archive into a training store.
+
+With no arguments it builds the embedded demo archive (real Sentinel-2 L1C scenes) into
+``./geomed_demo/`` and prints a summary. Every flag can also be given in a YAML file
+(``--config configs/data/X.yaml``, keys spelled with underscores); later flags override it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+from data_pipelines import parallel
+from data_pipelines.build import BuildConfigError, BuildLockedError, BuildReport
+from data_pipelines.resources import configs_dir, demo_data_dir
+from data_pipelines.rs.discover import InputError
+from data_pipelines.rs.pipeline import RESAMPLING_CHOICES, RSBuildConfig, build_rs
+from data_pipelines.rs.profiles import ProfileError, available_profiles
+
+DEMO_PREFIX = "demo:"
+EXIT_OK, EXIT_QUARANTINED_STRICT, EXIT_CONFIG = 0, 1, 2
+
+
+def demo_config_path() -> Path:
+    return configs_dir() / "data" / "demo.yaml"
+
+
+def resolve_input(spec: str | list[str]) -> str | list[str]:
+    """``demo:NAME`` names a folder of the embedded demo archive; anything else is a path."""
+    if isinstance(spec, list):
+        return [str(resolve_input(s)) for s in spec]
+    if not spec.startswith(DEMO_PREFIX):
+        return spec
+    name = spec[len(DEMO_PREFIX) :]
+    folder = demo_data_dir() / name
+    if not folder.is_dir():
+        choices = sorted(p.name for p in demo_data_dir().iterdir() if p.is_dir())
+        raise InputError(f"--input: no demo archive {name!r}; choose one of {choices}")
+    return str(folder / "scenes") if (folder / "scenes").is_dir() else str(folder)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m geomed_mim.build_dataset",
+        description=(
+            "Slice an archive of satellite scenes into tiles and write a zarr store, a parquet "
+            "manifest and a build record. With no arguments, builds the embedded demo archive "
+            "into ./geomed_demo/."
+        ),
+        env_prefix="GEOMED",
+        default_env=False,
+    )
+    p.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="YAML file with any of the options "
+        "below (keys with underscores, e.g. tile_size); flags after it override it.",
+    )
+    p.add_argument(
+        "--input",
+        type=str | list[str] | None,
+        default=None,
+        help="Folder of rasters (searched recursively), a glob such as "
+        "'scenes/**/*.tif', a raster file, or demo:NAME for the embedded demo "
+        "(demo:sentinel2_l1c, demo:landsat8_l1). Default: the demo archive.",
+    )
+    p.add_argument(
+        "--output",
+        type=str | None,
+        default=None,
+        help="Folder to write store.zarr, manifest.parquet, build.json and "
+        "quarantine.jsonl into. Re-running into the same folder resumes.",
+    )
+    p.add_argument(
+        "--profile",
+        type=str,
+        default="sentinel2_l1c",
+        help=f"Sensor profile name ({', '.join(available_profiles())}) or a path "
+        "to a profile YAML. Names the bands and their order.",
+    )
+    p.add_argument(
+        "--tile-size", type=int, default=64, help="Tile edge in pixels of the scene's finest grid."
+    )
+    p.add_argument(
+        "--stride",
+        type=int | None,
+        default=None,
+        help="Step between tiles in pixels; smaller than --tile-size gives overlap. "
+        "Default: the tile size (no overlap).",
+    )
+    p.add_argument(
+        "--cover-edges",
+        action=ActionYesNo,
+        default=True,
+        help="Add a last row/column of tiles snapped to the scene edge so no pixel is "
+        "left out (--no_cover-edges drops partial edge tiles instead).",
+    )
+    p.add_argument(
+        "--resampling",
+        type=str,
+        default="bilinear",
+        help=f"How coarser bands are brought to the finest grid: {', '.join(RESAMPLING_CHOICES)}.",
+    )
+    p.add_argument(
+        "--max-nodata-fraction",
+        type=float,
+        default=0.5,
+        help="Exclude a tile when more than this fraction of its pixels is nodata/NaN.",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="Fraction of scenes (not tiles) assigned to the 'val' split.",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=parallel.default_workers(),
+        help="Worker processes of the local dask cluster (1 = run in this process).",
+    )
+    p.add_argument(
+        "--scheduler",
+        type=str,
+        default=parallel.LOCAL,
+        help="'local' (a LocalCluster of --workers processes), 'synchronous' (this "
+        "process, for debugging) or the address of a running dask scheduler "
+        "(tcp://HOST:PORT).",
+    )
+    p.add_argument("--compression-level", type=int, default=5, help="zstd level 0-9.")
+    p.add_argument(
+        "--strict",
+        action=ActionYesNo,
+        default=False,
+        help="Exit with status 1 when any input had to be quarantined.",
+    )
+    p.add_argument(
+        "--overwrite",
+        action=ActionYesNo,
+        default=False,
+        help="Delete a previous build in --output instead of resuming it.",
+    )
+    return p
+
+
+def parse_config(argv: list[str]) -> tuple[RSBuildConfig, bool]:
+    """Parse flags into a config; without --input (flag or YAML) the demo settings are the base."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    is_demo = args.input is None
+    if is_demo:
+        args = parser.parse_args(["--config", str(demo_config_path()), *argv])
+    if args.output is None:
+        raise BuildConfigError("--output: give the folder to write the dataset into")
+    if args.scheduler not in (parallel.LOCAL, parallel.SYNCHRONOUS) and "://" not in args.scheduler:
+        raise BuildConfigError(
+            f"--scheduler: {args.scheduler!r} is not 'local', 'synchronous' or an address "
+            f"like tcp://10.0.0.5:8786"
+        )
+    cfg = RSBuildConfig(
+        input=resolve_input(args.input),
+        output=args.output,
+        profile=args.profile,
+        tile_size=args.tile_size,
+        stride=args.stride,
+        cover_edges=args.cover_edges,
+        resampling=args.resampling,
+        max_nodata_fraction=args.max_nodata_fraction,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        compression_level=args.compression_level,
+    )
+    return cfg, is_demo
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
+    c = report.counts
+    excluded = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("excluded:")}
+    rows = [
+        (
+            "scenes read",
+            f"{c.get('scenes_read', 0)}"
+            + (
+                f"  ({report.resumed_parts} resumed from an earlier run)"
+                if report.resumed_parts
+                else ""
+            ),
+        ),
+        ("scenes quarantined", f"{len(report.quarantined)}"),
+        ("files ignored", f"{len(report.ignored)}"),
+        (
+            "tiles cut",
+            f"{c.get('tiles_total', 0)}  ({cfg.tile_size}x{cfg.tile_size}, "
+            f"stride {cfg.stride or cfg.tile_size})",
+        ),
+        ("tiles written", f"{c.get('samples_written', 0)}"),
+        (
+            "tiles excluded",
+            f"{sum(excluded.values())}"
+            + (
+                "  (" + ", ".join(f"{k}: {v}" for k, v in excluded.items()) + ")"
+                if excluded
+                else ""
+            ),
+        ),
+        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr)"),
+        (
+            "time",
+            f"{report.seconds:.1f} s  "
+            f"({c.get('samples_written', 0) / max(report.seconds, 1e-9):.0f} tiles/s, "
+            f"{report.scheduler})",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"build_dataset: {cfg.profile} -> {report.out_dir}"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    for q in report.quarantined:
+        lines.append(f"  quarantined: {q.source}: {q.reason}")
+    for path, why in report.ignored[:10]:
+        lines.append(f"  ignored: {path}: {why}")
+    if len(report.ignored) > 10:
+        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
+    lines.append(f"  manifest: {report.out_dir / 'manifest.parquet'} ({report.manifest_rows} rows)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, is_demo = parse_config(argv)
+        if is_demo:
+            print(f"No --input given: building the embedded demo archive into ./{cfg.output}/")
+        report = build_rs(cfg)
+    except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(format_summary(report, cfg))
+    if cfg.strict and report.quarantined:
+        print(f"error: --strict: {len(report.quarantined)} input(s) quarantined", file=sys.stderr)
+        return EXIT_QUARANTINED_STRICT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
