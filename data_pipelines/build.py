@@ -225,9 +225,8 @@ def run_build(
                 task = pending[i]
                 if isinstance(result, BaseException):
                     delete_part_array(out_dir, group, task.part)
-                    q = Quarantined(
-                        task.part, task.source, _one_line(result), type(result).__name__
-                    )
+                    error_type = getattr(result, "error_type", type(result).__name__)
+                    q = Quarantined(task.part, task.source, _one_line(result), error_type)
                     quarantined.append(q)
                     bar.write(f"quarantined {task.source}: {q.reason}")
                 else:
@@ -235,6 +234,7 @@ def run_build(
                     bar.set_postfix(samples=run_counts.get("samples_written", 0), refresh=False)
                 bar.update(1)
         run_seconds = time.perf_counter() - started
+        quarantined.sort(key=lambda q: q.source)  # completion order is not deterministic
 
         # the manifest and the counts cover every finished part, resumed or not
         tables, counts, timings = [], Counter(), Counter()

@@ -64,6 +64,30 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
             client.close()
 
 
+class TaskFailure:
+    """An exception raised inside a task, carried back as plain data.
+
+    Tasks report their own errors this way instead of raising through dask, so the worker logs
+    stay quiet and the error type survives even when its class is not importable in the parent.
+    """
+
+    def __init__(self, error_type: str, message: str):
+        self.error_type = error_type
+        self.message = message
+
+    def to_exception(self) -> Exception:
+        exc = RuntimeError(self.message)
+        exc.error_type = self.error_type  # type: ignore[attr-defined]
+        return exc
+
+
+def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure:
+    try:
+        return fn(item)
+    except Exception as e:
+        return TaskFailure(type(e).__name__, str(e))
+
+
 def map_unordered(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -88,7 +112,7 @@ def map_unordered(
     from distributed import as_completed
 
     with _client(scheduler, workers) as client:
-        futures = client.map(fn, list(items), pure=False)
+        futures = client.map(_run_captured, [fn] * len(items), list(items), pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         for future in as_completed(futures):
             i = index[future.key]
@@ -98,5 +122,6 @@ def map_unordered(
                     exc = TaskCrashedError(str(exc))
                 yield i, exc
             else:
-                yield i, future.result()
+                result = future.result()
+                yield i, result.to_exception() if isinstance(result, TaskFailure) else result
             future.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -69,7 +70,7 @@ class SceneReader:
         try:
             return self._stack.enter_context(rasterio.open(path))
         except rasterio.errors.RasterioIOError as e:
-            raise SceneError(f"cannot open {path}: {_first_line(e)}") from None
+            raise SceneError(f"cannot open {Path(path).name}: {_gdal_reason(path, e)}") from None
 
     def _open(self) -> None:
         profile, scene = self.profile, self.scene
@@ -143,6 +144,15 @@ class SceneReader:
     # -- reading ---------------------------------------------------------------------------------
     def read_window(self, window: Window) -> np.ndarray:
         """Pixels of ``window`` (in fine-grid pixels) for every band: ``[C, h, w]``."""
+        try:
+            return self._read_window(window)
+        except rasterio.errors.RasterioIOError as e:
+            raise SceneError(
+                f"read failed at rows {int(window.row_off)}-{int(window.row_off + window.height)}: "
+                f"{_gdal_reason('', e)}"
+            ) from None
+
+    def _read_window(self, window: Window) -> np.ndarray:
         h, w = int(window.height), int(window.width)
         out = np.empty((len(self._sources), h, w), dtype=self.dtype)
         # one multi-band read per dataset when all its bands share the fine grid
@@ -186,6 +196,21 @@ def _crs_string(crs: rasterio.crs.CRS | None) -> str:
         return ""
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _gdal_reason(path: str, e: BaseException) -> str:
+    """GDAL's complaint in a few words, without the path it repeats."""
+    p = Path(path)
+    if path and p.is_file() and p.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    while "See previous exception" in str(e) and e.__cause__ is not None:
+        e = e.__cause__  # rasterio chains GDAL's own message as the cause
+    msg = _first_line(e).replace(f"'{path}'", "").replace(f"{p.name}: ", "").strip()
+    if "not recognized as being in a supported file format" in msg:
+        return "not a raster format GDAL can read"
+    if "TIFFReadDirectory" in msg or "TIFFFetch" in msg or "IReadBlock" in msg:
+        return f"damaged or truncated TIFF ({msg})"
+    return msg
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,251 @@
+"""End-to-end tests of ``python -m geomed_mim.build_dataset`` on real imagery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import zarr
+from rasterio.windows import Window
+
+from geomed_mim.build_dataset import main
+
+S2_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "geomed_demo"
+    assert main(["--output", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def test_demo_manifest_agrees_with_store(demo_build: Path) -> None:
+    manifest = pq.read_table(demo_build / "manifest.parquet").to_pandas()
+    root = zarr.open_group(str(demo_build / "store.zarr"), mode="r")
+    # 5 scenes of 100x101 px, 32 px tiles with edge-snapped last row/column: 4x4 per scene
+    assert len(manifest) == 5 * 16
+    assert manifest["id"].is_unique
+    kept = manifest[manifest["excluded"].isna()]
+    for array_path, rows in kept.groupby("array"):
+        arr = root[array_path]
+        assert arr.shape == (len(rows), 13, 32, 32)
+        assert sorted(rows["index"]) == list(range(len(rows)))
+    assert set(manifest["split"]) <= {"train", "val"}
+    # a scene's tiles share one split (no leakage between train and val)
+    assert (manifest.groupby("scene")["split"].nunique() == 1).all()
+    record = json.loads((demo_build / "build.json").read_text())
+    assert record["counts"]["samples_written"] == len(kept)
+    assert record["counts"]["tiles_total"] == len(manifest)
+    assert record["versions"]["zarr"].startswith("3")
+    assert (demo_build / "quarantine.jsonl").read_text() == ""
+
+
+def test_tile_pixels_equal_direct_windowed_read(demo_build: Path) -> None:
+    manifest = pq.read_table(demo_build / "manifest.parquet").to_pandas()
+    root = zarr.open_group(str(demo_build / "store.zarr"), mode="r")
+    # an interior tile and an edge-snapped one (col 68 = 100 - 32)
+    for _, row in manifest[manifest["col_off"].isin([32, 68])].head(6).iterrows():
+        with rasterio.open(row["source"]) as src:
+            expected = src.read(window=Window(row["col_off"], row["row_off"], 32, 32))
+        got = root[row["array"]][row["index"]]
+        np.testing.assert_array_equal(got, expected)
+        # the tile transform places the tile's top-left pixel at its map position
+        with rasterio.open(row["source"]) as src:
+            x, y = src.xy(row["row_off"], row["col_off"], offset="ul")
+        assert row["transform"][2] == pytest.approx(x)
+        assert row["transform"][5] == pytest.approx(y)
+
+
+def test_band_names_and_order_preserved(demo_build: Path) -> None:
+    root = zarr.open_group(str(demo_build / "store.zarr"), mode="r")
+    assert root.attrs["bands"] == S2_BANDS
+    assert root.attrs["profile"]["name"] == "sentinel2_l1c"
+    for name in root["tiles"].array_keys():
+        assert root["tiles"][name].attrs["bands"] == S2_BANDS
+
+
+def test_band_descriptions_reorder_bands(demo_data: Path, tmp_path: Path) -> None:
+    """A file whose bands are stored in another order is put back in profile order by name."""
+    src_path = demo_data / "sentinel2_l1c" / "scenes" / "s2_l1c_reference_scene_1.tif"
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    perm = np.random.default_rng(0).permutation(13)
+    with rasterio.open(src_path) as src:
+        data, profile = src.read(), src.profile
+    with rasterio.open(scenes / "shuffled.tif", "w", **profile) as dst:
+        dst.write(data[perm])
+        dst.descriptions = tuple(S2_BANDS[i] for i in perm)
+    out = tmp_path / "out"
+    assert (
+        main(["--input", str(scenes), "--output", str(out), "--tile-size", "32", "--workers", "1"])
+        == 0
+    )
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    np.testing.assert_array_equal(root["tiles/shuffled"][0], data[:, :32, :32])
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--profile", "no_such_sensor"], "--profile"),
+        (["--input", "/nonexistent/archive"], "--input"),
+        (["--tile-size", "3"], "--tile-size"),
+        (["--stride", "0"], "--stride"),
+        (["--scheduler", "bogus"], "--scheduler"),
+    ],
+)
+def test_config_errors_stop_before_any_work(
+    flags: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main([*flags, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert field in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _bad_archive(demo_data: Path, root: Path) -> Path:
+    scenes = root / "archive"
+    scenes.mkdir()
+    good = sorted((demo_data / "sentinel2_l1c" / "scenes").glob("*.tif"))[:2]
+    for f in good:
+        shutil.copy(f, scenes / f.name)
+    (scenes / "notes.tif").write_text("this is not a raster\n")
+    (scenes / "empty.tif").write_bytes(b"")
+    blob = good[0].read_bytes()
+    (scenes / "truncated.tif").write_bytes(blob[: len(blob) // 2])
+    return scenes
+
+
+def test_bad_inputs_are_quarantined_and_build_goes_on(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = _bad_archive(demo_data, tmp_path)
+    out = tmp_path / "out"
+    assert (
+        main(["--input", str(scenes), "--output", str(out), "--tile-size", "32", "--workers", "1"])
+        == 0
+    )
+    lines = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    by_name = {Path(q["source"]).name: q for q in lines}
+    assert set(by_name) == {"notes.tif", "empty.tif", "truncated.tif"}
+    for q in lines:
+        assert q["reason"]
+        assert "\n" not in q["reason"]
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    assert sorted(manifest["scene"].unique()) == [
+        "s2_l1c_reference_scene_0",
+        "s2_l1c_reference_scene_1",
+    ]
+    summary = capsys.readouterr().out
+    assert "scenes quarantined  3" in summary
+    assert "truncated.tif" in summary
+    # no debris of the failed parts in the store
+    assert sorted(zarr.open_group(str(out / "store.zarr"), mode="r")["tiles"].array_keys()) == [
+        "s2_l1c_reference_scene_0",
+        "s2_l1c_reference_scene_1",
+    ]
+
+
+def test_strict_exits_nonzero_on_quarantine(demo_data: Path, tmp_path: Path) -> None:
+    scenes = _bad_archive(demo_data, tmp_path)
+    code = main(
+        [
+            "--input",
+            str(scenes),
+            "--output",
+            str(tmp_path / "out"),
+            "--tile-size",
+            "32",
+            "--workers",
+            "1",
+            "--strict",
+        ]
+    )
+    assert code == 1
+
+
+def test_rerun_resumes_and_yields_same_manifest(demo_build: Path, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(demo_build, out)
+    # pretend the build died after two scenes: drop the other parts' commit records
+    fragments = sorted((out / "parts").glob("*.parquet"))
+    for frag in fragments[2:]:
+        frag.unlink()
+    (out / "manifest.parquet").unlink()
+    assert main(["--output", str(out), "--workers", "1"]) == 0
+    record = json.loads((out / "build.json").read_text())
+    assert record["parts"] == {"total": 5, "resumed": 2, "ran": 3}
+    assert pq.read_table(out / "manifest.parquet").equals(
+        pq.read_table(demo_build / "manifest.parquet")
+    )
+
+
+def test_changed_settings_refuse_to_mix_into_existing_build(
+    demo_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(demo_build, out)
+    assert main(["--output", str(out), "--tile-size", "48", "--workers", "1"]) == 2
+    assert "tile_size: 32 -> 48" in capsys.readouterr().err
+    assert main(["--output", str(out), "--tile-size", "48", "--workers", "1", "--overwrite"]) == 0
+
+
+def test_cli_without_arguments_builds_demo_in_cwd(tmp_path: Path) -> None:
+    """What a new user types: the real module entry point, in a fresh folder."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--workers", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tiles written       80" in proc.stdout
+    assert (tmp_path / "geomed_demo" / "manifest.parquet").is_file()
+    assert "dask LocalCluster, 2 processes" in proc.stdout
+
+
+def test_help_explains_every_flag() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    for flag in (
+        "--config",
+        "--input",
+        "--output",
+        "--profile",
+        "--tile-size",
+        "--stride",
+        "--workers",
+        "--strict",
+    ):
+        assert flag in proc.stdout
