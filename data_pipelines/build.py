@@ -185,7 +185,7 @@ def run_build(
     store_attrs: dict[str, Any],
     settings: dict[str, Any],
     config: dict[str, Any],
-    finalize: Callable[[pa.Table], pa.Table],
+    finalize: Callable[[Path, pa.Table, list[dict[str, Any]]], tuple[pa.Table, dict[str, int]]],
     workers: int = 1,
     scheduler: str = parallel.LOCAL,
     overwrite: bool = False,
@@ -195,8 +195,9 @@ def run_build(
     """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
 
     ``task_fn(payload)`` writes its part array and fragment and returns a summary of counts
-    (``samples_written``, ``excluded:<reason>`` ...). ``finalize`` turns the concatenated
-    fragments into the manifest (archive-wide steps such as dedup and splits).
+    (``samples_written``, ``excluded:<reason>`` ...). ``finalize(out_dir, table, summaries)``
+    turns the concatenated fragments into the manifest and archive-wide counts (dedup, splits,
+    statistics, preview), still under the output lock.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -237,7 +238,7 @@ def run_build(
         quarantined.sort(key=lambda q: q.source)  # completion order is not deterministic
 
         # the manifest and the counts cover every finished part, resumed or not
-        tables, counts, timings = [], Counter(), Counter()
+        tables, summaries, counts, timings = [], [], Counter(), Counter()
         for t in tasks:
             frag = read_fragment(out_dir, t.part)
             if frag is None:
@@ -245,12 +246,14 @@ def run_build(
             table, summary = frag
             if table.num_columns:
                 tables.append(table)
+            summaries.append(summary)
             counts.update(summary.get("counts", {}))
             timings.update(summary.get("timings", {}))
         counts[f"{unit}s_done"] = sum(1 for t in tasks if read_fragment(out_dir, t.part))
         counts[f"{unit}s_quarantined"] = len(quarantined)
         manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-        manifest = finalize(manifest)
+        manifest, archive_counts = finalize(out_dir, manifest, summaries)
+        counts.update(archive_counts)
         write_manifest(out_dir, manifest)
         atomic_write_bytes(
             out_dir / QUARANTINE_NAME,

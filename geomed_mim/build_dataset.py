@@ -8,6 +8,7 @@ With no arguments it builds the embedded demo archive (real Sentinel-2 L1C scene
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
@@ -16,7 +17,12 @@ from data_pipelines import parallel
 from data_pipelines.build import BuildConfigError, BuildLockedError, BuildReport
 from data_pipelines.resources import configs_dir, demo_data_dir
 from data_pipelines.rs.discover import InputError
-from data_pipelines.rs.pipeline import RESAMPLING_CHOICES, RSBuildConfig, build_rs
+from data_pipelines.rs.pipeline import (
+    DEFAULT_NEAR_DUP_RADIUS,
+    RESAMPLING_CHOICES,
+    RSBuildConfig,
+    build_rs,
+)
 from data_pipelines.rs.profiles import ProfileError, available_profiles
 
 DEMO_PREFIX = "demo:"
@@ -110,6 +116,61 @@ def build_parser() -> ArgumentParser:
         help="Exclude a tile when more than this fraction of its pixels is nodata/NaN.",
     )
     p.add_argument(
+        "--calibrate",
+        type=str,
+        default="toa",
+        help="'toa': store physical top-of-atmosphere values (float32) as the profile "
+        "defines them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness "
+        "temperature from the MTL file, MODIS scaling); 'none': store raw values.",
+    )
+    p.add_argument(
+        "--max-out-of-range-fraction",
+        type=float,
+        default=0.05,
+        help="Exclude a tile when more than this fraction of its valid pixels lies "
+        "outside the profile's valid_range.",
+    )
+    p.add_argument(
+        "--max-saturated-fraction",
+        type=float,
+        default=0.05,
+        help="Exclude a tile when more than this fraction of pixels is saturated.",
+    )
+    p.add_argument(
+        "--max-cloud-fraction",
+        type=float,
+        default=0.5,
+        help="Exclude a tile when more than this fraction of pixels is flagged cloud by "
+        "the QA band (profiles with a QA band, e.g. Landsat BQA).",
+    )
+    p.add_argument(
+        "--min-band-std",
+        type=float | None,
+        default=None,
+        help="Exclude a tile as 'constant' when every band's std (raw units) is at "
+        "most this. Default: the profile's min_band_std.",
+    )
+    p.add_argument(
+        "--dedup",
+        action=ActionYesNo,
+        default=True,
+        help="Mark exact and near duplicates across the whole archive (--no_dedup to skip).",
+    )
+    p.add_argument(
+        "--near-dup-radius",
+        type=int,
+        default=DEFAULT_NEAR_DUP_RADIUS,
+        help="Hamming radius (bits of the 64-bit perceptual hash) within which two "
+        "tiles are near duplicates.",
+    )
+    p.add_argument(
+        "--preview",
+        action=ActionYesNo,
+        default=True,
+        help="Write preview.png, a mosaic of sample tiles with excluded and duplicate "
+        "tiles outlined.",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.05,
@@ -159,23 +220,9 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig, bool]:
             f"--scheduler: {args.scheduler!r} is not 'local', 'synchronous' or an address "
             f"like tcp://10.0.0.5:8786"
         )
-    cfg = RSBuildConfig(
-        input=resolve_input(args.input),
-        output=args.output,
-        profile=args.profile,
-        tile_size=args.tile_size,
-        stride=args.stride,
-        cover_edges=args.cover_edges,
-        resampling=args.resampling,
-        max_nodata_fraction=args.max_nodata_fraction,
-        val_fraction=args.val_fraction,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        strict=args.strict,
-        overwrite=args.overwrite,
-        compression_level=args.compression_level,
-    )
-    return cfg, is_demo
+    values = {f.name: getattr(args, f.name) for f in fields(RSBuildConfig) if f.name in args}
+    values["input"] = resolve_input(args.input)
+    return RSBuildConfig(**values), is_demo
 
 
 def _human_bytes(n: float) -> str:
@@ -215,6 +262,11 @@ def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
                 if excluded
                 else ""
             ),
+        ),
+        (
+            "duplicates",
+            f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} near"
+            + ("" if cfg.dedup else "  (dedup off)"),
         ),
         ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr)"),
         (

@@ -1,8 +1,10 @@
 """Remote-sensing build: scenes -> tiles -> ``tiles/<part>`` arrays and manifest rows.
 
 ``build_rs`` plans one task per scene and hands them to the shared runner
-(``data_pipelines.build``); ``process_scene`` is the task: it reads the scene strip by strip,
-cuts tiles (``rs.tiling``), decides exclusion, and writes its part.
+(``data_pipelines.build``). ``process_scene`` is the task: it reads the scene strip by strip,
+cuts tiles (``rs.tiling``), measures and excludes (``rs.exclusion``), hashes for dedup,
+calibrates to TOA units (``rs.toa``) and writes its part. ``finalize_manifest`` runs the
+archive-wide steps once all parts exist: deduplication, splits, band statistics, preview.
 """
 
 from __future__ import annotations
@@ -15,21 +17,39 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, run_build
+from data_pipelines.dedup import MAX_EXACT_RADIUS, exact_hash, mark_duplicates, perceptual_hash
 from data_pipelines.rs.discover import Scene, discover_scenes
+from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure
 from data_pipelines.rs.profiles import SensorProfile, load_profile
 from data_pipelines.rs.reader import SceneReader
 from data_pipelines.rs.tiling import tile_grid
-from data_pipelines.store import PartWriter, delete_part_array, safe_part_name, write_fragment
+from data_pipelines.rs.toa import CALIBRATE_CHOICES, make_calibrator
+from data_pipelines.stats import (
+    BandMoments,
+    BandSample,
+    percentiles_from_samples,
+    stats_attrs,
+)
+from data_pipelines.store import (
+    PartWriter,
+    delete_part_array,
+    open_root,
+    safe_part_name,
+    write_fragment,
+)
 
 STORE_FORMAT_VERSION = 1
 MIN_TILE, MAX_TILE = 8, 8192
 RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
+DEFAULT_NEAR_DUP_RADIUS = 4  # chosen by measurement, see docs/benchmarks.md
 
+_F64_LIST = pa.list_(pa.float64())
 MANIFEST_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -44,11 +64,26 @@ MANIFEST_SCHEMA = pa.schema(
         ("crs", pa.string()),
         ("transform", pa.list_(pa.float64(), 6)),
         ("nodata_fraction", pa.float32()),
+        ("out_of_range_fraction", pa.float32()),
+        ("saturated_fraction", pa.float32()),
+        ("cloud_fraction", pa.float32()),
+        ("max_band_std", pa.float32()),
         ("excluded", pa.string()),
+        ("exact_hash", pa.string()),
+        ("phash", pa.uint64()),
         ("dup_of", pa.string()),
+        ("dup_kind", pa.string()),
         ("split", pa.string()),
+        ("band_mean", _F64_LIST),
+        ("band_std", _F64_LIST),
+        # per-tile moments for the archive-wide merge; dropped from the final manifest
+        ("_band_count", _F64_LIST),
+        ("_band_m2", _F64_LIST),
+        ("_band_min", _F64_LIST),
+        ("_band_max", _F64_LIST),
     ]
 )
+INTERNAL_COLUMNS = ("_band_count", "_band_m2", "_band_min", "_band_max")
 
 
 @dataclass
@@ -62,8 +97,16 @@ class RSBuildConfig:
     stride: int | None = None
     cover_edges: bool = True
     resampling: str = "bilinear"
+    calibrate: str = "toa"
     max_nodata_fraction: float = 0.5
+    max_out_of_range_fraction: float = 0.05
+    max_saturated_fraction: float = 0.05
+    max_cloud_fraction: float = 0.5
+    min_band_std: float | None = None
+    dedup: bool = True
+    near_dup_radius: int = DEFAULT_NEAR_DUP_RADIUS
     val_fraction: float = 0.05
+    preview: bool = True
     workers: int = 1
     scheduler: str = parallel.LOCAL
     strict: bool = False
@@ -89,17 +132,41 @@ class RSBuildConfig:
             raise BuildConfigError(
                 f"--resampling: {self.resampling!r} is not one of {', '.join(RESAMPLING_CHOICES)}"
             )
-        for name in ("max_nodata_fraction", "val_fraction"):
+        if self.calibrate not in CALIBRATE_CHOICES:
+            raise BuildConfigError(
+                f"--calibrate: {self.calibrate!r} is not one of {', '.join(CALIBRATE_CHOICES)}"
+            )
+        for name in (
+            "max_nodata_fraction",
+            "max_out_of_range_fraction",
+            "max_saturated_fraction",
+            "max_cloud_fraction",
+            "val_fraction",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise BuildConfigError(f"--{name.replace('_', '-')}: {v} is not in [0, 1]")
+        if not 0 <= self.near_dup_radius <= MAX_EXACT_RADIUS:
+            raise BuildConfigError(
+                f"--near-dup-radius: {self.near_dup_radius} is not in [0, {MAX_EXACT_RADIUS}] "
+                f"(bits of a 64-bit perceptual hash)"
+            )
         if not 0 <= self.compression_level <= 9:
             raise BuildConfigError(f"--compression-level: {self.compression_level} not in [0, 9]")
         if not self.output:
             raise BuildConfigError("--output: give the folder to write the dataset into")
 
+    def rules(self) -> ExclusionRules:
+        return ExclusionRules(
+            max_nodata_fraction=self.max_nodata_fraction,
+            max_out_of_range_fraction=self.max_out_of_range_fraction,
+            max_saturated_fraction=self.max_saturated_fraction,
+            max_cloud_fraction=self.max_cloud_fraction,
+            min_band_std=self.min_band_std,
+        )
+
     def settings(self) -> dict[str, Any]:
-        """The settings that shape the output; a resume must use the same ones."""
+        """The settings that shape the parts; a resume must use the same ones."""
         return {
             "modality": "rs",
             "profile": self.profile,
@@ -107,7 +174,8 @@ class RSBuildConfig:
             "stride": self.stride or self.tile_size,
             "cover_edges": self.cover_edges,
             "resampling": self.resampling,
-            "max_nodata_fraction": self.max_nodata_fraction,
+            "calibrate": self.calibrate,
+            "exclusion": asdict(self.rules()),
             "store_format": STORE_FORMAT_VERSION,
         }
 
@@ -124,103 +192,110 @@ class SceneJob:
 # -- the task ------------------------------------------------------------------------------------
 
 
-def nodata_fraction(tile: np.ndarray, nodata: float | None) -> float:
-    """Fraction of pixels that are NaN or nodata in any band."""
-    bad = np.zeros(tile.shape[1:], dtype=bool)
-    if np.issubdtype(tile.dtype, np.floating):
-        bad |= np.isnan(tile).any(axis=0)
-    if nodata is not None:
-        bad |= (tile == nodata).any(axis=0)
-    return float(bad.mean())
-
-
-def exclusion_reason(tile: np.ndarray, profile: SensorProfile, cfg: RSBuildConfig) -> str | None:
-    """Why a tile is not written, or None to keep it."""
-    if nodata_fraction(tile, profile.nodata) > cfg.max_nodata_fraction:
-        return "nodata"
-    return None
+def _list(a: np.ndarray) -> list[float]:
+    return [float(v) for v in a]
 
 
 def process_scene(job: SceneJob) -> dict[str, Any]:
     """Read one scene, write ``tiles/<part>`` and its fragment; return counts and timings."""
     cfg, profile, scene = job.config, job.profile, job.scene
+    rules = cfg.rules()
     t_start = time.perf_counter()
     read_s = write_s = 0.0
     rows: list[dict[str, Any]] = []
     counts: dict[str, int] = {"scenes_read": 1, "tiles_total": 0, "samples_written": 0}
     source = scene.files[0][1] if not scene.multi_file else str(Path(scene.files[0][1]).parent)
+    sample = BandSample(len(profile.bands))
     try:
         with SceneReader(scene, profile, cfg.resampling) as reader:
             grid = reader.grid
             assert grid is not None
             assert reader.dtype is not None
+            calibrator = make_calibrator(
+                profile, cfg.calibrate, reader.tags(), scene.metadata_files
+            )
             T = cfg.tile_size
             rows_of_windows = tile_grid(grid.height, grid.width, T, cfg.stride, cfg.cover_edges)
             if not rows_of_windows:
                 counts["scenes_smaller_than_tile"] = 1
+            store_dtype = np.dtype(calibrator.out_dtype) if calibrator else reader.dtype
             writer = PartWriter(
                 job.out_dir,
                 "tiles",
                 job.part,
                 (len(profile.bands), T, T),
-                reader.dtype,
+                store_dtype,
                 attrs={
                     "scene": scene.scene_id,
                     "source": source,
                     "bands": profile.band_names,
                     "crs": grid.crs,
+                    "calibration": calibrator.describe() if calibrator else None,
                 },
                 compression_level=cfg.compression_level,
             )
             for windows in rows_of_windows:
                 t0 = time.perf_counter()
-                strip = reader.read_window(Window(0, windows[0].row_off, grid.width, T))  # [C,T,W]
+                strip_window = Window(0, windows[0].row_off, grid.width, T)
+                strip = reader.read_window(strip_window)  # [C, T, W]
+                qa_strip = reader.read_qa(strip_window)  # [T, W] or None
                 read_s += time.perf_counter() - t0
                 for w in windows:
-                    tile = np.ascontiguousarray(strip[:, :, w.col_off : w.col_off + T])  # [C,T,T]
+                    cols = slice(w.col_off, w.col_off + T)
+                    raw = np.ascontiguousarray(strip[:, :, cols])  # [C, T, T]
+                    qa = qa_strip[:, cols] if qa_strip is not None else None
                     counts["tiles_total"] += 1
-                    reason = exclusion_reason(tile, profile, cfg)
-                    index = -1
+                    quality = measure(raw, profile, qa)
+                    reason = exclusion_reason(quality, rules, profile)
+                    row: dict[str, Any] = {
+                        "id": f"{scene.scene_id}/r{w.row_off}_c{w.col_off}",
+                        "scene": scene.scene_id,
+                        "source": source,
+                        "array": "",
+                        "index": -1,
+                        "row_off": w.row_off,
+                        "col_off": w.col_off,
+                        "height": T,
+                        "width": T,
+                        "crs": grid.crs,
+                        "transform": list(
+                            window_transform(Window(w.col_off, w.row_off, T, T), grid.transform)
+                        )[:6],
+                        **quality.as_row(),
+                        "excluded": reason,
+                    }
                     if reason is None:
+                        stored = calibrator.apply(raw) if calibrator else raw
+                        moments = BandMoments.of_tile(stored)
+                        sample.add_tile(stored)
+                        row.update(
+                            exact_hash=exact_hash(raw),
+                            phash=perceptual_hash(raw, profile.nodata),
+                            band_mean=_list(moments.mean),
+                            band_std=_list(moments.std),
+                            _band_count=_list(moments.count),
+                            _band_m2=_list(moments.m2),
+                            _band_min=_list(moments.minimum),
+                            _band_max=_list(moments.maximum),
+                        )
                         t0 = time.perf_counter()
-                        index = writer.append(tile)
+                        row["index"] = writer.append(stored)
                         write_s += time.perf_counter() - t0
+                        row["array"] = f"tiles/{job.part}"
                         counts["samples_written"] += 1
                     else:
                         counts[f"excluded:{reason}"] = counts.get(f"excluded:{reason}", 0) + 1
-                    tile_window = Window(w.col_off, w.row_off, T, T)
-                    rows.append(
-                        {
-                            "id": f"{scene.scene_id}/r{w.row_off}_c{w.col_off}",
-                            "scene": scene.scene_id,
-                            "source": source,
-                            "array": f"tiles/{job.part}" if index >= 0 else "",
-                            "index": index,
-                            "row_off": w.row_off,
-                            "col_off": w.col_off,
-                            "height": T,
-                            "width": T,
-                            "crs": grid.crs,
-                            "transform": list(window_transform(tile_window, grid.transform))[:6],
-                            "nodata_fraction": nodata_fraction(tile, profile.nodata),
-                            "excluded": reason,
-                            "dup_of": None,
-                            "split": None,
-                        }
-                    )
+                    rows.append(row)
             t0 = time.perf_counter()
             writer.close()
             write_s += time.perf_counter() - t0
         summary = {
             "counts": counts,
-            "timings": {
-                "read": read_s,
-                "write": write_s,
-                "total": time.perf_counter() - t_start,
-            },
+            "timings": {"read": read_s, "write": write_s, "total": time.perf_counter() - t_start},
+            "band_sample": sample.finish(),
         }
         write_fragment(job.out_dir, job.part, rows, summary, schema=MANIFEST_SCHEMA)
-        return summary
+        return {"counts": counts, "timings": summary["timings"]}
     except BaseException:
         delete_part_array(job.out_dir, "tiles", job.part)
         raise
@@ -235,15 +310,89 @@ def assign_split(scene_id: str, val_fraction: float) -> str:
     return "val" if h < val_fraction else "train"
 
 
-def finalize_manifest(table: pa.Table, cfg: RSBuildConfig) -> pa.Table:
+def merged_moments(table: pa.Table, use: np.ndarray, n_bands: int) -> BandMoments:
+    """Merge the per-tile moments of the rows selected by ``use`` in one vectorized step
+    (the closed form of Chan's pairwise update over many parts)."""
+    if not use.any():
+        return BandMoments.empty(n_bands)
+    rows = table.filter(pa.array(use))
+
+    def stack(col: str) -> np.ndarray:
+        return np.asarray(rows.column(col).to_pylist(), dtype=np.float64).reshape(-1, n_bands)
+
+    count, mean, m2 = stack("_band_count"), stack("band_mean"), stack("_band_m2")
+    total = count.sum(axis=0)
+    grand = (count * mean).sum(axis=0) / np.maximum(total, 1)
+    m2_total = m2.sum(axis=0) + (count * (mean - grand) ** 2).sum(axis=0)
+    return BandMoments(
+        total, grand, m2_total, stack("_band_min").min(axis=0), stack("_band_max").max(axis=0)
+    )
+
+
+def finalize_manifest(
+    out_dir: Path,
+    table: pa.Table,
+    summaries: list[dict[str, Any]],
+    cfg: RSBuildConfig,
+    profile: SensorProfile,
+    scenes: dict[str, Scene] | None = None,
+) -> tuple[pa.Table, dict[str, int]]:
+    """Dedup, split, store statistics and preview; returns the manifest and archive counts."""
     if table.num_rows == 0:
-        return MANIFEST_SCHEMA.empty_table()
+        table = MANIFEST_SCHEMA.empty_table()
     table = table.sort_by(
         [("scene", "ascending"), ("row_off", "ascending"), ("col_off", "ascending")]
     )
-    splits = {s: assign_split(s, cfg.val_fraction) for s in set(table.column("scene").to_pylist())}
-    split_col = pa.array([splits[s] for s in table.column("scene").to_pylist()], pa.string())
-    return table.set_column(table.schema.get_field_index("split"), "split", split_col)
+    ids = table.column("id").to_pylist()
+    kept = pc.is_null(table.column("excluded")).to_numpy(zero_copy_only=False)
+    phash = table.column("phash").fill_null(0).to_numpy().astype(np.uint64)
+    radius = cfg.near_dup_radius if cfg.dedup else None
+    if cfg.dedup:
+        dup_idx, dup_kind = mark_duplicates(
+            table.column("exact_hash").to_pylist(), phash, kept, radius
+        )
+    else:
+        dup_idx, dup_kind = np.full(len(ids), -1), [None] * len(ids)
+    dup_of = [ids[j] if j >= 0 else None for j in dup_idx]
+    table = table.set_column(
+        table.schema.get_field_index("dup_of"), "dup_of", pa.array(dup_of, pa.string())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("dup_kind"), "dup_kind", pa.array(dup_kind, pa.string())
+    )
+    scenes_col = table.column("scene").to_pylist()
+    splits = {s: assign_split(s, cfg.val_fraction) for s in set(scenes_col)}
+    table = table.set_column(
+        table.schema.get_field_index("split"),
+        "split",
+        pa.array([splits[s] for s in scenes_col], pa.string()),
+    )
+    counts = {
+        "duplicates:exact": int(sum(k == "exact" for k in dup_kind)),
+        "duplicates:near": int(sum(k == "near" for k in dup_kind)),
+        "samples_unique": int((kept & (dup_idx < 0)).sum()),
+    }
+
+    # statistics over the tiles training will see: kept and not duplicates
+    unique = kept & (dup_idx < 0)
+    moments = merged_moments(table, unique, len(profile.bands))
+    percentiles = percentiles_from_samples(
+        [s.get("band_sample", []) for s in summaries], len(profile.bands)
+    )
+    root = open_root(out_dir)
+    root.attrs["band_stats"] = stats_attrs(
+        profile.band_names,
+        moments,
+        percentiles,
+        values="TOA (calibrated)" if cfg.calibrate == "toa" else "raw",
+        over="kept, non-duplicate tiles (percentiles: sampled from all kept tiles)",
+    )
+    manifest = table.drop_columns(list(INTERNAL_COLUMNS))
+    if cfg.preview and scenes is not None:
+        from data_pipelines.rs.preview import write_preview
+
+        write_preview(out_dir, manifest, profile, scenes, cfg)
+    return manifest, counts
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -262,6 +411,25 @@ def plan_parts(scenes: list[Scene]) -> list[str]:
     return names
 
 
+def store_attributes(profile: SensorProfile, cfg: RSBuildConfig) -> dict[str, Any]:
+    return {
+        "geomed_mim_store": STORE_FORMAT_VERSION,
+        "modality": "rs",
+        "profile": profile.to_attrs(),
+        "bands": profile.band_names,
+        "tile_size": cfg.tile_size,
+        "calibration": (
+            {
+                "mode": "toa",
+                "kind": profile.calibration.get("kind", "none"),
+                "per_scene": "see tiles/<part> attribute 'calibration'",
+            }
+            if cfg.calibrate == "toa"
+            else {"mode": "none"}
+        ),
+    }
+
+
 def build_rs(cfg: RSBuildConfig) -> BuildReport:
     """Validate, discover, and run the build; config errors are raised before any work."""
     cfg.validate()
@@ -277,23 +445,16 @@ def build_rs(cfg: RSBuildConfig) -> BuildReport:
         )
         for scene, part in zip(discovery.scenes, parts, strict=True)
     ]
-    store_attrs = {
-        "geomed_mim_store": STORE_FORMAT_VERSION,
-        "modality": "rs",
-        "profile": profile.to_attrs(),
-        "bands": profile.band_names,
-        "tile_size": cfg.tile_size,
-        "calibration": "none",
-    }
+    scenes = {s.scene_id: s for s in discovery.scenes}
     return run_build(
         out_dir=out_dir,
         tasks=tasks,
         task_fn=process_scene,
         group="tiles",
-        store_attrs=store_attrs,
+        store_attrs=store_attributes(profile, cfg),
         settings=cfg.settings(),
         config=asdict(cfg),
-        finalize=lambda t: finalize_manifest(t, cfg),
+        finalize=lambda out, t, s: finalize_manifest(out, t, s, cfg, profile, scenes),
         workers=min(cfg.workers, max(1, len(tasks))),
         scheduler=cfg.scheduler,
         overwrite=cfg.overwrite,

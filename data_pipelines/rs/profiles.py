@@ -45,6 +45,9 @@ class SensorProfile:
     units: str = ""
     preview_rgb: tuple[str, ...] = ()
     qa_band: str | None = None
+    # QA bit fields: {"fill": {shift, bits, values}, "cloud_flags": {name: {shift, bits, values}}}
+    qa: dict[str, Any] = field(default_factory=dict)
+    min_band_std: float = 0.0  # raw units; a tile with every band this flat is "constant"
     metadata_file: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -160,13 +163,37 @@ def profile_from_dict(raw: Any, source: str = "<dict>") -> SensorProfile:
         units=raw.get("units", ""),
         preview_rgb=tuple(raw.get("preview_rgb", ())),
         qa_band=raw.get("qa_band"),
+        qa=dict(raw.get("qa") or {}),
+        min_band_std=float(raw.get("min_band_std", 0.0)),
         metadata_file=raw.get("metadata_file"),
         calibration=dict(raw.get("calibration") or {}),
         source=source,
     )
+    _check_calibration(profile, source)
     for name in profile.preview_rgb:
         if profile.band_index(name) is None:
             raise ProfileError(
                 f"profile {source}: preview_rgb band {name!r} is not one of {profile.band_names}"
             )
     return profile
+
+
+def _check_calibration(profile: SensorProfile, source: str) -> None:
+    kind = profile.calibration.get("kind", "none")
+    known = ("none", "linear", "sentinel2", "landsat_mtl", "modis_toa")
+    if kind not in known:
+        raise ProfileError(f"profile {source}: calibration.kind {kind!r} is not one of {known}")
+    if kind == "modis_toa":
+        for b in profile.bands:
+            if b.kind == "emissive" and not {"bt_min_k", "bt_max_k"} <= set(b.extra):
+                raise ProfileError(
+                    f"profile {source}: emissive band {b.name} needs bt_min_k and bt_max_k"
+                )
+    if kind == "linear":
+        for key in ("scale", "offset"):
+            v = profile.calibration.get(key, 0.0)
+            if isinstance(v, list) and len(v) != len(profile.bands):
+                raise ProfileError(
+                    f"profile {source}: calibration.{key} has {len(v)} values for "
+                    f"{len(profile.bands)} bands"
+                )

@@ -141,6 +141,13 @@ class SceneReader:
                 f"{tuple(round(v, 2) for v in fine_bounds)}"
             )
 
+    def tags(self) -> dict[str, str]:
+        """Dataset-level metadata tags of the scene's files (first file wins on conflicts)."""
+        out: dict[str, str] = {}
+        for src in reversed(self._sources):
+            out.update(src.dataset.tags())
+        return out
+
     # -- reading ---------------------------------------------------------------------------------
     def read_window(self, window: Window) -> np.ndarray:
         """Pixels of ``window`` (in fine-grid pixels) for every band: ``[C, h, w]``."""

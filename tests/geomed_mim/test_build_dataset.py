@@ -70,12 +70,44 @@ def test_tile_pixels_equal_direct_windowed_read(demo_build: Path) -> None:
         with rasterio.open(row["source"]) as src:
             expected = src.read(window=Window(row["col_off"], row["row_off"], 32, 32))
         got = root[row["array"]][row["index"]]
-        np.testing.assert_array_equal(got, expected)
+        # stored as TOA reflectance: DN / 10000 (no baseline offset in these products)
+        np.testing.assert_array_equal(got, expected.astype(np.float32) * np.float32(1e-4))
         # the tile transform places the tile's top-left pixel at its map position
         with rasterio.open(row["source"]) as src:
             x, y = src.xy(row["row_off"], row["col_off"], offset="ul")
         assert row["transform"][2] == pytest.approx(x)
         assert row["transform"][5] == pytest.approx(y)
+
+
+def test_calibrate_none_stores_raw_pixels_bit_exact(demo_data: Path, tmp_path: Path) -> None:
+    scenes = demo_data / "sentinel2_l1c" / "scenes"
+    out = tmp_path / "raw"
+    assert (
+        main(
+            [
+                "--input",
+                str(scenes),
+                "--output",
+                str(out),
+                "--tile-size",
+                "32",
+                "--calibrate",
+                "none",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    assert root.attrs["calibration"] == {"mode": "none"}
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    for _, row in manifest.sample(5, random_state=0).iterrows():
+        with rasterio.open(row["source"]) as src:
+            expected = src.read(window=Window(row["col_off"], row["row_off"], 32, 32))
+        got = root[row["array"]][row["index"]]
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_band_names_and_order_preserved(demo_build: Path) -> None:
@@ -103,7 +135,8 @@ def test_band_descriptions_reorder_bands(demo_data: Path, tmp_path: Path) -> Non
         == 0
     )
     root = zarr.open_group(str(out / "store.zarr"), mode="r")
-    np.testing.assert_array_equal(root["tiles/shuffled"][0], data[:, :32, :32])
+    expected = data[:, :32, :32].astype(np.float32) * np.float32(1e-4)
+    np.testing.assert_array_equal(root["tiles/shuffled"][0], expected)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,109 @@
+"""``preview.png``: a mosaic of sample tiles so a person can see what the build kept.
+
+Tiles are shown as an RGB-like composite of the profile's ``preview_rgb`` bands, each stretched
+to its own 2-98 % range. Outlines: red = excluded (reason printed), orange = exact duplicate,
+yellow = near duplicate, none = kept. Excluded tiles have no pixels in the store, so they are
+re-read from their source scene.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+from rasterio.windows import Window
+
+from data_pipelines.rs.discover import Scene
+from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.reader import SceneReader
+from data_pipelines.store import atomic_write_bytes, store_path
+
+CELL = 96  # pixels per tile in the mosaic
+COLUMNS = 8
+MAX_TILES = 48
+OUTLINE = {"excluded": (220, 30, 30), "exact": (255, 140, 0), "near": (255, 220, 0)}
+
+
+def _pick(manifest: pa.Table) -> list[int]:
+    """Up to MAX_TILES rows, spread over the manifest, with excluded and duplicates included."""
+    n = manifest.num_rows
+    excluded = [i for i, v in enumerate(manifest.column("excluded").to_pylist()) if v]
+    dups = [i for i, v in enumerate(manifest.column("dup_kind").to_pylist()) if v]
+    kept = sorted(set(range(n)) - set(excluded) - set(dups))
+
+    def spread(items: list[int], k: int) -> list[int]:
+        if len(items) <= k:
+            return items
+        return [items[int(j)] for j in np.linspace(0, len(items) - 1, k).round()]
+
+    chosen = spread(excluded, MAX_TILES // 4) + spread(dups, MAX_TILES // 4)
+    chosen += spread(kept, MAX_TILES - len(chosen))
+    return sorted(set(chosen))
+
+
+def _to_rgb(tile: np.ndarray, rgb_idx: list[int]) -> np.ndarray:
+    x = tile[rgb_idx].astype(np.float64)  # [3, h, w]
+    out = np.zeros(x.shape, dtype=np.uint8)
+    for c in range(x.shape[0]):
+        band = x[c]
+        finite = band[np.isfinite(band)]
+        if finite.size == 0:
+            continue
+        lo, hi = np.percentile(finite, [2, 98])
+        scaled = (np.nan_to_num(band, nan=lo) - lo) / max(hi - lo, 1e-12)
+        out[c] = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    return out.transpose(1, 2, 0)
+
+
+def write_preview(
+    out_dir: Path,
+    manifest: pa.Table,
+    profile: SensorProfile,
+    scenes: dict[str, Scene],
+    cfg: object,
+) -> Path | None:
+    if manifest.num_rows == 0:
+        return None
+    import zarr
+
+    rgb = list(profile.preview_rgb) or profile.band_names[:3]
+    rgb_idx = [profile.band_index(b) for b in rgb]
+    rgb_idx = [i for i in rgb_idx if i is not None]
+    while len(rgb_idx) < 3:
+        rgb_idx.append(rgb_idx[-1])
+    rows = manifest.take(_pick(manifest)).to_pylist()
+    root = zarr.open_group(str(store_path(out_dir)), mode="r")
+    n_rows = (len(rows) + COLUMNS - 1) // COLUMNS
+    canvas = Image.new("RGB", (COLUMNS * CELL, n_rows * CELL), (40, 40, 40))
+    draw = ImageDraw.Draw(canvas)
+    for k, row in enumerate(rows):
+        if row["array"]:
+            tile = np.asarray(root[row["array"]][row["index"]])
+        else:
+            scene = scenes.get(row["scene"])
+            if scene is None:
+                continue
+            try:
+                with SceneReader(scene, profile, getattr(cfg, "resampling", "bilinear")) as r:
+                    tile = r.read_window(
+                        Window(row["col_off"], row["row_off"], row["width"], row["height"])
+                    )
+            except Exception:  # the preview must never fail a build
+                continue
+        img = Image.fromarray(_to_rgb(tile, rgb_idx)).resize((CELL - 4, CELL - 4), Image.NEAREST)
+        x0, y0 = (k % COLUMNS) * CELL, (k // COLUMNS) * CELL
+        canvas.paste(img, (x0 + 2, y0 + 2))
+        status = "excluded" if row["excluded"] else row.get("dup_kind")
+        if status:
+            draw.rectangle([x0, y0, x0 + CELL - 1, y0 + CELL - 1], outline=OUTLINE[status], width=3)
+            label = row["excluded"] or f"dup:{status}"
+            draw.text((x0 + 5, y0 + CELL - 14), label, fill=OUTLINE[status])
+    path = out_dir / "preview.png"
+    import io
+
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return path

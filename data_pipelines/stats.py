@@ -1,0 +1,140 @@
+"""Per-band statistics merged across tasks (parallel Welford / Chan et al.).
+
+Every tile contributes per-band (count, mean, M2, min, max) computed where the value is finite;
+tiles are merged pairwise with Chan's update, which is exact and order-independent up to
+floating-point rounding, so a 1-worker and an N-worker build agree. Percentiles come from a
+deterministic sample of values (``BandSample``), so they are approximate on large archives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (1, 2, 50, 98, 99)
+SAMPLE_PER_PART = 256  # values per band a task keeps for the percentile estimate
+MAX_SAMPLE = 200_000  # values per band used for the final percentiles
+
+
+@dataclass
+class BandMoments:
+    """Running per-band count, mean, sum of squared deviations, min and max."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def empty(cls, n_bands: int) -> BandMoments:
+        return cls(
+            count=np.zeros(n_bands),
+            mean=np.zeros(n_bands),
+            m2=np.zeros(n_bands),
+            minimum=np.full(n_bands, np.inf),
+            maximum=np.full(n_bands, -np.inf),
+        )
+
+    @classmethod
+    def of_tile(cls, tile: np.ndarray) -> BandMoments:
+        """Moments of a ``[C, h, w]`` tile over its finite values."""
+        x = tile.reshape(tile.shape[0], -1).astype(np.float64)
+        finite = np.isfinite(x)
+        count = finite.sum(axis=1).astype(np.float64)
+        safe = np.where(finite, x, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, safe.sum(axis=1) / np.maximum(count, 1), 0.0)
+        dev = np.where(finite, x - mean[:, None], 0.0)
+        m2 = (dev * dev).sum(axis=1)
+        minimum = np.where(finite, x, np.inf).min(axis=1)
+        maximum = np.where(finite, x, -np.inf).max(axis=1)
+        return cls(count, mean, m2, minimum, maximum)
+
+    def merge(self, other: BandMoments) -> BandMoments:
+        """Chan et al. pairwise update."""
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(n > 0, other.count / np.maximum(n, 1), 0.0)
+        mean = self.mean + delta * frac
+        m2 = self.m2 + other.m2 + delta * delta * self.count * frac
+        return BandMoments(
+            n,
+            mean,
+            m2,
+            np.minimum(self.minimum, other.minimum),
+            np.maximum(self.maximum, other.maximum),
+        )
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (what normalization uses)."""
+        return np.sqrt(np.where(self.count > 0, self.m2 / np.maximum(self.count, 1), 0.0))
+
+
+@dataclass
+class BandSample:
+    """A deterministic strided sample of values per band, for percentile estimates."""
+
+    n_bands: int
+    limit: int = SAMPLE_PER_PART
+    values: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            self.values = [[] for _ in range(self.n_bands)]
+
+    def add_tile(self, tile: np.ndarray, per_tile: int = 16) -> None:
+        flat = tile.reshape(tile.shape[0], -1)
+        step = max(1, flat.shape[1] // per_tile)
+        for c in range(self.n_bands):
+            v = flat[c, ::step]
+            v = v[np.isfinite(v)]
+            self.values[c].extend(float(x) for x in v[:per_tile])
+
+    def finish(self) -> list[list[float]]:
+        """Thin each band's values to ``limit`` evenly spaced ones."""
+        out = []
+        for v in self.values:
+            if len(v) > self.limit:
+                idx = np.linspace(0, len(v) - 1, self.limit).round().astype(int)
+                v = [v[i] for i in idx]
+            out.append(v)
+        return out
+
+
+def percentiles_from_samples(samples: list[list[list[float]]], n_bands: int) -> dict[str, list]:
+    """Merge per-part samples and compute the reported percentiles per band."""
+    out: dict[str, list] = {f"p{p}": [] for p in PERCENTILES}
+    for c in range(n_bands):
+        vals = (
+            np.concatenate([np.asarray(s[c], dtype=np.float64) for s in samples if s])
+            if samples
+            else np.zeros(0)
+        )
+        if len(vals) > MAX_SAMPLE:
+            vals = vals[np.linspace(0, len(vals) - 1, MAX_SAMPLE).round().astype(int)]
+        for p in PERCENTILES:
+            out[f"p{p}"].append(float(np.percentile(vals, p)) if len(vals) else None)
+    return out
+
+
+def stats_attrs(
+    bands: list[str], moments: BandMoments, percentiles: dict[str, list], values: str, over: str
+) -> dict[str, Any]:
+    """The ``band_stats`` store attribute."""
+    finite = moments.count > 0
+    return {
+        "bands": bands,
+        "values": values,
+        "computed_over": over,
+        "count": [int(c) for c in moments.count],
+        "mean": [float(m) if f else None for m, f in zip(moments.mean, finite, strict=True)],
+        "std": [float(s) if f else None for s, f in zip(moments.std, finite, strict=True)],
+        "min": [float(m) if f else None for m, f in zip(moments.minimum, finite, strict=True)],
+        "max": [float(m) if f else None for m, f in zip(moments.maximum, finite, strict=True)],
+        "percentiles": percentiles,
+    }
