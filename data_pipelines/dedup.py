@@ -60,7 +60,9 @@ def perceptual_hash(tile: np.ndarray, nodata: float | None = None) -> int:
         if h % DCT_SIZE == 0 and w % DCT_SIZE == 0:  # area average, the common case
             img = img.reshape(DCT_SIZE, h // DCT_SIZE, DCT_SIZE, w // DCT_SIZE).mean(axis=(1, 3))
         else:
-            img = ndimage.zoom(img, (DCT_SIZE / h, DCT_SIZE / w), order=1, grid_mode=True)
+            img = ndimage.zoom(
+                img, (DCT_SIZE / h, DCT_SIZE / w), order=1, grid_mode=True, mode="nearest"
+            )
     coeffs = fft.dctn(img, norm="ortho")[:HASH_SIZE, :HASH_SIZE].ravel()
     bits = coeffs > np.median(coeffs[1:])  # the DC term is ~0 after standardization
     return int(np.packbits(bits).view(">u8")[0])

@@ -9,6 +9,7 @@ deterministic sample of values (``BandSample``), so they are approximate on larg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,3 +139,44 @@ def stats_attrs(
         "max": [float(m) if f else None for m, f in zip(moments.maximum, finite, strict=True)],
         "percentiles": percentiles,
     }
+
+
+def recompute_store_stats(out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Re-read every kept, non-duplicate sample of a built store and rewrite ``band_stats``.
+
+    Moments are exact; percentiles use an evenly strided sample of up to ``MAX_SAMPLE`` values
+    per band.
+    """
+    import pyarrow.parquet as pq
+    import zarr
+    from tqdm.auto import tqdm
+
+    from data_pipelines.store import MANIFEST_NAME, store_path
+
+    out_dir = Path(out_dir)
+    manifest = pq.read_table(out_dir / MANIFEST_NAME).to_pandas()
+    use = manifest[manifest["excluded"].isna() & manifest["dup_of"].isna()]
+    root = zarr.open_group(str(store_path(out_dir)), mode="r+")
+    bands = list(root.attrs["bands"])
+    total = BandMoments.empty(len(bands))
+    sample = BandSample(len(bands), limit=MAX_SAMPLE)
+    groups = list(use.groupby("array", sort=True))
+    for array_path, rows in tqdm(groups, desc="band statistics", unit="part", disable=not progress):
+        arr = root[array_path]
+        idx = np.sort(rows["index"].to_numpy())
+        for start in range(0, len(idx), 256):
+            block = np.asarray(arr.get_orthogonal_selection((idx[start : start + 256],)))
+            for tile in block:
+                total = total.merge(BandMoments.of_tile(tile))
+                sample.add_tile(tile, per_tile=64)
+    percentiles = percentiles_from_samples([sample.finish()], len(bands))
+    previous = dict(root.attrs.get("band_stats", {}))
+    attrs = stats_attrs(
+        bands,
+        total,
+        percentiles,
+        values=previous.get("values", "as stored"),
+        over="kept, non-duplicate tiles (recomputed by `build_dataset stats`)",
+    )
+    root.attrs["band_stats"] = attrs
+    return attrs

@@ -1,7 +1,8 @@
 """``python -m geomed_mim.build_dataset``: turn a raw archive into a training store.
 
 With no arguments it builds the embedded demo archive (real Sentinel-2 L1C scenes) into
-``./geomed_demo/`` and prints a summary. Every flag can also be given in a YAML file
+``./geomed_demo/`` and prints a summary. ``build_dataset stats --output OUT`` recomputes the
+per-band statistics of an existing store. Every flag can also be given in a YAML file
 (``--config configs/data/X.yaml``, keys spelled with underscores); later flags override it.
 """
 
@@ -24,6 +25,7 @@ from data_pipelines.rs.pipeline import (
     build_rs,
 )
 from data_pipelines.rs.profiles import ProfileError, available_profiles
+from data_pipelines.stats import recompute_store_stats
 
 DEMO_PREFIX = "demo:"
 EXIT_OK, EXIT_QUARANTINED_STRICT, EXIT_CONFIG = 0, 1, 2
@@ -289,8 +291,38 @@ def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     return "\n".join(lines)
 
 
+def stats_main(argv: list[str]) -> int:
+    """``build_dataset stats --output OUT``: recompute the band statistics of a built store."""
+    p = ArgumentParser(
+        prog="python -m geomed_mim.build_dataset stats",
+        description="Recompute per-band statistics (mean, std, min, max, percentiles) of an "
+        "existing store from its kept, non-duplicate tiles and write them to the store.",
+    )
+    p.add_argument("--output", type=str, required=True, help="The built dataset folder.")
+    args = p.parse_args(argv)
+    out = Path(args.output)
+    if not (out / "manifest.parquet").is_file():
+        print(
+            f"error: --output: {out} holds no built dataset (no manifest.parquet)", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    attrs = recompute_store_stats(out)
+    width = max(len(b) for b in attrs["bands"])
+    print(f"band statistics of {out} ({attrs['values']}):")
+    print(f"  {'band':<{width}}  {'mean':>12} {'std':>12} {'min':>12} {'max':>12}")
+    for i, b in enumerate(attrs["bands"]):
+        vals = [attrs[k][i] for k in ("mean", "std", "min", "max")]
+        print(
+            f"  {b:<{width}}  "
+            + " ".join(f"{v:>12.5g}" if v is not None else f"{'-':>12}" for v in vals)
+        )
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "stats":
+        return stats_main(argv[1:])
     try:
         cfg, is_demo = parse_config(argv)
         if is_demo:

@@ -4,9 +4,9 @@ Checks run on the raw values (before calibration), in this order; the first that
 the tile's reason and is counted in ``build.json`` as ``excluded:<reason>``:
 
 ``nodata``        more than ``max_nodata_fraction`` of pixels nodata/NaN in any band
-``out_of_range``  more than ``max_out_of_range_fraction`` of valid pixels outside the
-                  profile's ``valid_range``
 ``saturated``     more than ``max_saturated_fraction`` of pixels at the saturation value
+``out_of_range``  more than ``max_out_of_range_fraction`` of valid, unsaturated pixels
+                  outside the profile's ``valid_range``
 ``cloud``         more than ``max_cloud_fraction`` of pixels flagged cloud/cirrus by the QA
                   band (profiles with ``qa``)
 ``constant``      every band's standard deviation at most ``min_band_std`` (raw units):
@@ -22,7 +22,7 @@ import numpy as np
 
 from data_pipelines.rs.profiles import SensorProfile
 
-REASONS = ("nodata", "out_of_range", "saturated", "cloud", "constant")
+REASONS = ("nodata", "saturated", "out_of_range", "cloud", "constant")
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,14 @@ def measure(raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None) -> T
         invalid |= qa_flag_mask(qa, profile.qa["fill"])
     n_valid = int((~invalid).sum())
 
+    saturated_px = np.zeros(raw.shape[1:], dtype=bool)
+    if profile.saturated_value is not None:
+        saturated_px = (raw == profile.saturated_value).any(axis=0)
     out_of_range = 0.0
     if profile.valid_range is not None and n_valid:
         lo, hi = profile.valid_range
-        outside = ((raw < lo) | (raw > hi)).any(axis=0) & ~invalid
+        outside = ((raw < lo) | (raw > hi)).any(axis=0) & ~invalid & ~saturated_px
         out_of_range = float(outside.sum()) / n_valid
-    saturated = 0.0
-    if profile.saturated_value is not None:
-        saturated = float((raw == profile.saturated_value).any(axis=0).mean())
     cloud = None
     if qa is not None and profile.qa.get("cloud_flags"):
         cloud = float(cloud_mask(qa, profile).mean())
@@ -97,7 +97,7 @@ def measure(raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None) -> T
     return TileQuality(
         nodata_fraction=float(invalid.mean()),
         out_of_range_fraction=out_of_range,
-        saturated_fraction=saturated,
+        saturated_fraction=float(saturated_px.mean()),
         cloud_fraction=cloud,
         max_band_std=max_std,
     )
@@ -107,10 +107,10 @@ def exclusion_reason(q: TileQuality, rules: ExclusionRules, profile: SensorProfi
     """The first rule the tile breaks, or None to keep it."""
     if q.nodata_fraction > rules.max_nodata_fraction:
         return "nodata"
-    if q.out_of_range_fraction > rules.max_out_of_range_fraction:
-        return "out_of_range"
     if q.saturated_fraction > rules.max_saturated_fraction:
         return "saturated"
+    if q.out_of_range_fraction > rules.max_out_of_range_fraction:
+        return "out_of_range"
     if q.cloud_fraction is not None and q.cloud_fraction > rules.max_cloud_fraction:
         return "cloud"
     min_std = rules.min_band_std if rules.min_band_std is not None else profile.min_band_std
