@@ -38,34 +38,48 @@ def exact_hash(tile: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def normalized_composite(tile: np.ndarray, nodata: float | None = None) -> np.ndarray:
-    """``[C, h, w]`` -> ``[h, w]``: mean over bands of per-band standardized values."""
-    x = tile.astype(np.float64)
+def normalized_composite(tiles: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    """``[n, C, h, w]`` -> ``[n, h, w]``: mean over bands of per-band standardized values.
+
+    Invalid pixels (NaN, nodata) are left out of the statistics and set to 0 (the mean)."""
+    x = tiles.astype(np.float32)
     invalid = ~np.isfinite(x)
     if nodata is not None:
-        invalid |= tile == nodata
-    x = np.where(invalid, np.nan, x)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(x, axis=(1, 2), keepdims=True)
-        std = np.nanstd(x, axis=(1, 2), keepdims=True)
-    x = (x - np.nan_to_num(mean)) / np.where(np.nan_to_num(std) > 0, std, 1.0)
-    return np.nan_to_num(x, nan=0.0).mean(axis=0)
+        invalid |= tiles == nodata
+    if invalid.any():
+        valid = ~invalid
+        cnt = np.maximum(valid.sum(axis=(2, 3), keepdims=True), 1)
+        x = np.where(valid, x, 0.0)
+        mean = x.sum(axis=(2, 3), keepdims=True) / cnt
+        dev = np.where(valid, x - mean, 0.0)
+        std = np.sqrt((dev * dev).sum(axis=(2, 3), keepdims=True) / cnt)
+    else:
+        mean = x.mean(axis=(2, 3), keepdims=True)
+        dev = x - mean
+        std = np.sqrt((dev * dev).mean(axis=(2, 3), keepdims=True))
+    z = dev / np.where(std > 0, std, 1.0)
+    return z.mean(axis=1)
+
+
+def perceptual_hashes(tiles: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    """64-bit DCT hashes of tiles ``[n, C, h, w]``: ``uint64 [n]``."""
+    img = normalized_composite(tiles, nodata).astype(np.float64)  # [n, h, w]
+    n, h, w = img.shape
+    if (h, w) != (DCT_SIZE, DCT_SIZE):
+        if h % DCT_SIZE == 0 and w % DCT_SIZE == 0:  # area average, the common case
+            img = img.reshape(n, DCT_SIZE, h // DCT_SIZE, DCT_SIZE, w // DCT_SIZE).mean(axis=(2, 4))
+        else:
+            zoom = (1, DCT_SIZE / h, DCT_SIZE / w)
+            img = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+    coeffs = fft.dctn(img, axes=(1, 2), norm="ortho")[:, :HASH_SIZE, :HASH_SIZE].reshape(n, -1)
+    median = np.median(coeffs[:, 1:], axis=1, keepdims=True)  # DC is ~0 after standardization
+    bits = coeffs > median  # [n, 64]
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
 def perceptual_hash(tile: np.ndarray, nodata: float | None = None) -> int:
-    """64-bit DCT hash of a ``[C, h, w]`` tile, as a Python int in ``[0, 2**64)``."""
-    img = normalized_composite(tile, nodata)
-    h, w = img.shape
-    if (h, w) != (DCT_SIZE, DCT_SIZE):
-        if h % DCT_SIZE == 0 and w % DCT_SIZE == 0:  # area average, the common case
-            img = img.reshape(DCT_SIZE, h // DCT_SIZE, DCT_SIZE, w // DCT_SIZE).mean(axis=(1, 3))
-        else:
-            img = ndimage.zoom(
-                img, (DCT_SIZE / h, DCT_SIZE / w), order=1, grid_mode=True, mode="nearest"
-            )
-    coeffs = fft.dctn(img, norm="ortho")[:HASH_SIZE, :HASH_SIZE].ravel()
-    bits = coeffs > np.median(coeffs[1:])  # the DC term is ~0 after standardization
-    return int(np.packbits(bits).view(">u8")[0])
+    """64-bit DCT hash of one ``[C, h, w]`` tile, as a Python int in ``[0, 2**64)``."""
+    return int(perceptual_hashes(tile[None], nodata)[0])
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -35,6 +35,27 @@ def describe_scheduler(scheduler: str, workers: int) -> str:
     return f"dask scheduler at {scheduler}"
 
 
+# one thread per worker process: BLAS, blosc, GDAL and zarr's codec pool would otherwise each
+# start a thread per core in every worker and oversubscribe the machine
+_SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "GDAL_NUM_THREADS": "1",
+    "BLOSC_NTHREADS": "1",
+}
+
+
+def limit_worker_threads() -> None:
+    """Run in each worker: keep codecs and I/O on the worker's single thread."""
+    import numcodecs.blosc
+    import zarr
+
+    os.environ.update(_SINGLE_THREAD_ENV)
+    numcodecs.blosc.set_nthreads(1)
+    zarr.config.set({"threading.max_workers": 1})
+
+
 @contextmanager
 def _client(scheduler: str, workers: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster
@@ -49,8 +70,10 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
             processes=True,
             dashboard_address=None,
             silence_logs=logging.WARNING,
+            env=_SINGLE_THREAD_ENV,
         )
         client = Client(cluster)
+        client.run(limit_worker_threads)
         try:
             yield client
         finally:
@@ -58,6 +81,7 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
             cluster.close()
     else:
         client = Client(scheduler)
+        client.run(limit_worker_threads)
         try:
             yield client
         finally:

@@ -42,17 +42,7 @@ class BandMoments:
     @classmethod
     def of_tile(cls, tile: np.ndarray) -> BandMoments:
         """Moments of a ``[C, h, w]`` tile over its finite values."""
-        x = tile.reshape(tile.shape[0], -1).astype(np.float64)
-        finite = np.isfinite(x)
-        count = finite.sum(axis=1).astype(np.float64)
-        safe = np.where(finite, x, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, safe.sum(axis=1) / np.maximum(count, 1), 0.0)
-        dev = np.where(finite, x - mean[:, None], 0.0)
-        m2 = (dev * dev).sum(axis=1)
-        minimum = np.where(finite, x, np.inf).min(axis=1)
-        maximum = np.where(finite, x, -np.inf).max(axis=1)
-        return cls(count, mean, m2, minimum, maximum)
+        return cls(*(a[0] for a in tile_moments(tile[None])))
 
     def merge(self, other: BandMoments) -> BandMoments:
         """Chan et al. pairwise update."""
@@ -76,6 +66,27 @@ class BandMoments:
         return np.sqrt(np.where(self.count > 0, self.m2 / np.maximum(self.count, 1), 0.0))
 
 
+def tile_moments(tiles: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-tile, per-band (count, mean, M2, min, max) of ``[n, C, h, w]``, each ``[n, C]``."""
+    n, C = tiles.shape[:2]
+    x = tiles.reshape(n, C, -1).astype(np.float64)
+    if np.issubdtype(tiles.dtype, np.floating) and not np.isfinite(tiles).all():
+        finite = np.isfinite(x)
+        count = finite.sum(axis=2).astype(np.float64)
+        safe = np.where(finite, x, 0.0)
+        mean = safe.sum(axis=2) / np.maximum(count, 1)
+        dev = np.where(finite, x - mean[:, :, None], 0.0)
+        minimum = np.where(finite, x, np.inf).min(axis=2)
+        maximum = np.where(finite, x, -np.inf).max(axis=2)
+    else:
+        count = np.full((n, C), float(x.shape[2]))
+        mean = x.mean(axis=2)
+        dev = x - mean[:, :, None]
+        minimum, maximum = x.min(axis=2), x.max(axis=2)
+    m2 = np.einsum("ncp,ncp->nc", dev, dev)
+    return count, mean, m2, minimum, maximum
+
+
 @dataclass
 class BandSample:
     """A deterministic strided sample of values per band, for percentile estimates."""
@@ -87,6 +98,10 @@ class BandSample:
     def __post_init__(self) -> None:
         if not self.values:
             self.values = [[] for _ in range(self.n_bands)]
+
+    def add_tiles(self, tiles: np.ndarray, per_tile: int = 16) -> None:
+        for tile in tiles:
+            self.add_tile(tile, per_tile)
 
     def add_tile(self, tile: np.ndarray, per_tile: int = 16) -> None:
         flat = tile.reshape(tile.shape[0], -1)

@@ -66,41 +66,61 @@ def cloud_mask(qa: np.ndarray, profile: SensorProfile) -> np.ndarray:
     return mask
 
 
-def measure(raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None) -> TileQuality:
-    """Quality figures of a raw tile ``[C, h, w]`` (and its QA band ``[h, w]``)."""
-    invalid = np.zeros(raw.shape[1:], dtype=bool)
-    is_float = np.issubdtype(raw.dtype, np.floating)
-    if is_float:
-        invalid |= np.isnan(raw).any(axis=0)
+def measure_batch(
+    raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None
+) -> list[TileQuality]:
+    """Quality figures of raw tiles ``[n, C, h, w]`` (and their QA bands ``[n, h, w]``)."""
+    n, C = raw.shape[:2]
+    invalid = np.zeros((n, *raw.shape[2:]), dtype=bool)  # [n, h, w]
+    if np.issubdtype(raw.dtype, np.floating):
+        invalid |= np.isnan(raw).any(axis=1)
     if profile.nodata is not None:
-        invalid |= (raw == profile.nodata).any(axis=0)
+        invalid |= (raw == profile.nodata).any(axis=1)
     if qa is not None and "fill" in profile.qa:
         invalid |= qa_flag_mask(qa, profile.qa["fill"])
-    n_valid = int((~invalid).sum())
+    pixels = invalid[0].size
+    n_valid = pixels - invalid.reshape(n, -1).sum(axis=1)  # [n]
 
-    saturated_px = np.zeros(raw.shape[1:], dtype=bool)
+    saturated_px = np.zeros_like(invalid)
     if profile.saturated_value is not None:
-        saturated_px = (raw == profile.saturated_value).any(axis=0)
-    out_of_range = 0.0
-    if profile.valid_range is not None and n_valid:
+        saturated_px = (raw == profile.saturated_value).any(axis=1)
+    out_of_range = np.zeros(n)
+    if profile.valid_range is not None:
         lo, hi = profile.valid_range
-        outside = ((raw < lo) | (raw > hi)).any(axis=0) & ~invalid & ~saturated_px
-        out_of_range = float(outside.sum()) / n_valid
+        outside = ((raw < lo) | (raw > hi)).any(axis=1) & ~invalid & ~saturated_px
+        out_of_range = outside.reshape(n, -1).sum(axis=1) / np.maximum(n_valid, 1)
     cloud = None
     if qa is not None and profile.qa.get("cloud_flags"):
-        cloud = float(cloud_mask(qa, profile).mean())
-    if n_valid:
-        valid_vals = raw[:, ~invalid].astype(np.float64)  # [C, n_valid]
-        max_std = float(valid_vals.std(axis=1).max())
-    else:
-        max_std = 0.0
-    return TileQuality(
-        nodata_fraction=float(invalid.mean()),
-        out_of_range_fraction=out_of_range,
-        saturated_fraction=float(saturated_px.mean()),
-        cloud_fraction=cloud,
-        max_band_std=max_std,
-    )
+        cloud = cloud_mask(qa, profile).reshape(n, -1).mean(axis=1)
+
+    # per-band std over valid pixels, in float32 (a flatness test needs no more precision)
+    x = raw.reshape(n, C, -1).astype(np.float32)
+    valid = ~invalid.reshape(n, 1, -1)
+    if invalid.any():
+        x = np.where(valid, x, 0.0)
+    cnt = np.maximum(n_valid, 1)[:, None].astype(np.float32)  # [n, 1]
+    mean = x.sum(axis=2) / cnt  # [n, C]
+    dev = np.where(valid, x - mean[:, :, None], 0.0) if invalid.any() else x - mean[:, :, None]
+    std = np.sqrt((dev * dev).sum(axis=2) / cnt)  # [n, C]
+    max_std = np.where(n_valid > 0, std.max(axis=1), 0.0)
+
+    nodata_frac = invalid.reshape(n, -1).mean(axis=1)
+    sat_frac = saturated_px.reshape(n, -1).mean(axis=1)
+    return [
+        TileQuality(
+            nodata_fraction=float(nodata_frac[k]),
+            out_of_range_fraction=float(out_of_range[k]),
+            saturated_fraction=float(sat_frac[k]),
+            cloud_fraction=float(cloud[k]) if cloud is not None else None,
+            max_band_std=float(max_std[k]),
+        )
+        for k in range(n)
+    ]
+
+
+def measure(raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None) -> TileQuality:
+    """Quality figures of one raw tile ``[C, h, w]`` (and its QA band ``[h, w]``)."""
+    return measure_batch(raw[None], profile, None if qa is None else qa[None])[0]
 
 
 def exclusion_reason(q: TileQuality, rules: ExclusionRules, profile: SensorProfile) -> str | None:

@@ -23,9 +23,9 @@ from rasterio.windows import transform as window_transform
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, run_build
-from data_pipelines.dedup import MAX_EXACT_RADIUS, exact_hash, mark_duplicates, perceptual_hash
+from data_pipelines.dedup import MAX_EXACT_RADIUS, exact_hash, mark_duplicates, perceptual_hashes
 from data_pipelines.rs.discover import Scene, discover_scenes
-from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure
+from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure_batch
 from data_pipelines.rs.profiles import SensorProfile, load_profile
 from data_pipelines.rs.reader import SceneReader
 from data_pipelines.rs.tiling import tile_grid
@@ -35,6 +35,7 @@ from data_pipelines.stats import (
     BandSample,
     percentiles_from_samples,
     stats_attrs,
+    tile_moments,
 )
 from data_pipelines.store import (
     PartWriter,
@@ -240,13 +241,23 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
                 strip = reader.read_window(strip_window)  # [C, T, W]
                 qa_strip = reader.read_qa(strip_window)  # [T, W] or None
                 read_s += time.perf_counter() - t0
-                for w in windows:
-                    cols = slice(w.col_off, w.col_off + T)
-                    raw = np.ascontiguousarray(strip[:, :, cols])  # [C, T, T]
-                    qa = qa_strip[:, cols] if qa_strip is not None else None
-                    counts["tiles_total"] += 1
-                    quality = measure(raw, profile, qa)
-                    reason = exclusion_reason(quality, rules, profile)
+                # all tiles of the strip at once: [n, C, T, T]
+                raw = np.stack([strip[:, :, w.col_off : w.col_off + T] for w in windows])
+                qa = None
+                if qa_strip is not None:
+                    qa = np.stack([qa_strip[:, w.col_off : w.col_off + T] for w in windows])
+                qualities = measure_batch(raw, profile, qa)
+                reasons = [exclusion_reason(q, rules, profile) for q in qualities]
+                keep = np.array([r is None for r in reasons])
+                counts["tiles_total"] += len(windows)
+                if keep.any():
+                    kept_raw = raw[keep]
+                    stored = calibrator.apply(kept_raw) if calibrator else kept_raw
+                    phashes = perceptual_hashes(kept_raw, profile.nodata)
+                    count, mean, m2, minimum, maximum = tile_moments(stored)
+                    sample.add_tiles(stored)
+                k = 0  # position among the kept tiles of this strip
+                for w, quality, reason in zip(windows, qualities, reasons, strict=True):
                     row: dict[str, Any] = {
                         "id": f"{scene.scene_id}/r{w.row_off}_c{w.col_off}",
                         "scene": scene.scene_id,
@@ -265,24 +276,22 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
                         "excluded": reason,
                     }
                     if reason is None:
-                        stored = calibrator.apply(raw) if calibrator else raw
-                        moments = BandMoments.of_tile(stored)
-                        sample.add_tile(stored)
                         row.update(
-                            exact_hash=exact_hash(raw),
-                            phash=perceptual_hash(raw, profile.nodata),
-                            band_mean=_list(moments.mean),
-                            band_std=_list(moments.std),
-                            _band_count=_list(moments.count),
-                            _band_m2=_list(moments.m2),
-                            _band_min=_list(moments.minimum),
-                            _band_max=_list(moments.maximum),
+                            exact_hash=exact_hash(kept_raw[k]),
+                            phash=int(phashes[k]),
+                            band_mean=_list(mean[k]),
+                            band_std=_list(np.sqrt(m2[k] / np.maximum(count[k], 1))),
+                            _band_count=_list(count[k]),
+                            _band_m2=_list(m2[k]),
+                            _band_min=_list(minimum[k]),
+                            _band_max=_list(maximum[k]),
                         )
                         t0 = time.perf_counter()
-                        row["index"] = writer.append(stored)
+                        row["index"] = writer.append(stored[k])
                         write_s += time.perf_counter() - t0
                         row["array"] = f"tiles/{job.part}"
                         counts["samples_written"] += 1
+                        k += 1
                     else:
                         counts[f"excluded:{reason}"] = counts.get(f"excluded:{reason}", 0) + 1
                     rows.append(row)

@@ -47,6 +47,7 @@ class Calibrator:
     out_dtype: str = "float32"
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrate ``[..., C, h, w]`` raw values to float32; nodata becomes NaN."""
         x = raw.astype(np.float32)
         invalid = np.isnan(x) if np.issubdtype(raw.dtype, np.floating) else None
         if self.nodata is not None:
@@ -59,11 +60,11 @@ class Calibrator:
             if k is not None:
                 k1, k2 = k
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    out[c] = k2 / np.log(k1 / out[c] + 1.0)
+                    out[..., c, :, :] = k2 / np.log(k1 / out[..., c, :, :] + 1.0)
         for c, r in enumerate(self.bt_range):
             if r is not None:
                 lo, hi = r
-                out[c] = (out[c] - lo) / (hi - lo)
+                out[..., c, :, :] = (out[..., c, :, :] - lo) / (hi - lo)
         if invalid is not None:
             out[invalid] = np.nan
         return out
