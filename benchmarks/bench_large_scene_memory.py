@@ -92,8 +92,8 @@ def main() -> None:
         strip_mb = 3 * args.tile_size * args.size * 2 / 2**20
         counts = json.loads((root / "out" / "build.json").read_text())["counts"]
         print(
-            f"scene: 3 bands x {args.size} x {args.size} uint16, {scene.stat().st_size / 2**20:.0f} MB "
-            f"on disk (written in {t_write:.0f} s), {decoded_mb:.0f} MB decoded"
+            f"scene: 3 bands x {args.size} x {args.size} uint16, "
+            f"{scene.stat().st_size / 2**20:.0f} MB on disk (written in {t_write:.0f} s), {decoded_mb:.0f} MB decoded"
         )
         print(
             f"{'decoded scene MB':>16} | {'one strip MB':>12} | {'peak RSS MB':>11} | "
