@@ -93,7 +93,8 @@ def main() -> None:
         counts = json.loads((root / "out" / "build.json").read_text())["counts"]
         print(
             f"scene: 3 bands x {args.size} x {args.size} uint16, "
-            f"{scene.stat().st_size / 2**20:.0f} MB on disk (written in {t_write:.0f} s), {decoded_mb:.0f} MB decoded"
+            f"{scene.stat().st_size / 2**20:.0f} MB on disk (written in {t_write:.0f} s), "
+            f"{decoded_mb:.0f} MB decoded"
         )
         print(
             f"{'decoded scene MB':>16} | {'one strip MB':>12} | {'peak RSS MB':>11} | "
