@@ -15,7 +15,9 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
-from geomed_mim.build_dataset import main
+from geomed_mim.build_dataset import main, parse_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "data").glob("*.yaml"))
 
 S2_BANDS = [
     "B01",
@@ -282,3 +284,10 @@ def test_help_explains_every_flag() -> None:
         "--strict",
     ):
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_shipped_data_configs_parse_and_validate(config: Path) -> None:
+    cfg, _ = parse_config(["--config", str(config)])
+    cfg.validate()
+    assert cfg.output
