@@ -37,7 +37,7 @@ MANIFEST_NAME = "manifest.parquet"
 BUILD_RECORD_NAME = "build.json"
 QUARANTINE_NAME = "quarantine.jsonl"
 # uncompressed bytes per shard: big enough for few files per part, small enough to buffer
-TARGET_SHARD_BYTES = 32 * 2**20
+TARGET_SHARD_BYTES = 16 * 2**20
 
 
 def store_path(out_dir: str | Path) -> Path:

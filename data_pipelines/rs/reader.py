@@ -21,6 +21,10 @@ from rasterio.windows import bounds as window_bounds
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
 
+# GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that
+# holds a couple of block rows is all that helps, and more only inflates every worker's memory
+GDAL_CACHE_MB = 64
+
 
 class SceneError(RuntimeError):
     """A scene that cannot be used; the message is the one-line quarantine reason."""
@@ -57,6 +61,7 @@ class SceneReader:
     # -- opening ---------------------------------------------------------------------------------
     def __enter__(self) -> SceneReader:
         try:
+            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20))
             self._open()
         except BaseException:
             self._stack.close()
