@@ -5,8 +5,10 @@ names, per-band mean/std, patch size, spatial dims, recorded intermediate blocks
 
 * **2-D** weights use timm's ``VisionTransformer`` keys; they load with strict keys into::
 
-      timm.create_model(cfg["architecture"], in_chans=cfg["in_chans"], img_size=cfg["img_size"][0],
-                        num_classes=0, checkpoint_path="DIR/model.safetensors", **cfg["timm_kwargs"])
+      timm.create_model(cfg["architecture"], in_chans=cfg["in_chans"],
+                        img_size=cfg["img_size"][0],
+                        num_classes=0, checkpoint_path="DIR/model.safetensors",
+                        **cfg["timm_kwargs"])
 
   (``timm_kwargs`` is empty for the registry's standard sizes, e.g. ``mae_vit_base_patch16``).
 * **3-D** weights use MONAI ``ViT`` keys (:data:`MONAI_KEY_MAP`); :func:`build_monai_vit` builds
@@ -98,9 +100,9 @@ def from_monai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, value in state.items():
         if key == "patch_embedding.position_embeddings":
             out["pos_embed"] = torch.cat([value.new_zeros(1, 1, value.shape[-1]), value], dim=1)
-        elif key.startswith(("classification_head.", "blocks.")) and "norm_cross_attn" in key:
-            continue
-        elif key.startswith("classification_head."):
+        elif (
+            key.startswith(("classification_head.", "blocks.")) and "norm_cross_attn" in key
+        ) or key.startswith("classification_head."):
             continue
         else:
             out[_rename(key, _FROM_MONAI)] = value

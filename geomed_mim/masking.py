@@ -5,12 +5,13 @@ patches to keep first (MAE's construction). That gives one shared, exact bookkee
 (:func:`masking_from_noise`): exactly ``int(L * (1 - mask_ratio))`` visible patches per sample, the
 shuffle and restore permutations the MAE decoder needs, and a binary mask (1 = masked).
 
-A new strategy (SelectiveMAE's semantic selection, say) only implements :meth:`MaskingStrategy.noise`;
-it may look at the images and at the training progress (:meth:`MaskingStrategy.set_progress`).
+A new strategy (SelectiveMAE's semantic selection, say) only implements
+:meth:`MaskingStrategy.noise`; it may look at the images and at the training progress
+(:meth:`MaskingStrategy.set_progress`).
 
-Reproducibility: when ``sample_seeds`` [B] is given, sample *i*'s noise comes from a generator seeded
-with ``sample_seeds[i]`` alone, so a sample gets the same mask whatever the batch it lands in, the
-world size, or the device. Without seeds the global torch RNG is used, as the reference does.
+Reproducibility: when ``sample_seeds`` [B] is given, sample *i*'s noise comes from a generator
+seeded with ``sample_seeds[i]`` alone, so a sample gets the same mask whatever the batch it lands
+in, the world size, or the device. Without seeds the global torch RNG is used, as the reference does.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def masking_from_noise(noise: torch.Tensor, num_visible: int) -> MaskingResult:
     return MaskingResult(keep_idx, mask, ids_shuffle, ids_restore)
 
 
-def seeded_uniform(sample_seeds: torch.Tensor, num_patches: int, device: torch.device) -> torch.Tensor:
+def seeded_uniform(
+    sample_seeds: torch.Tensor, num_patches: int, device: torch.device
+) -> torch.Tensor:
     """U(0, 1) noise [B, L], row i drawn from a CPU generator seeded with ``sample_seeds[i]``."""
     rows = []
     gen = torch.Generator()
@@ -101,7 +104,9 @@ class MaskingStrategy(ABC):
             noise = self.noise(batch_size, grid_size, device, sample_seeds, images)
         num_patches = math.prod(grid_size)
         if noise.shape != (batch_size, num_patches):
-            raise ValueError(f"noise must be [{batch_size}, {num_patches}], got {list(noise.shape)}")
+            raise ValueError(
+                f"noise must be [{batch_size}, {num_patches}], got {list(noise.shape)}"
+            )
         return masking_from_noise(noise, num_visible_patches(num_patches, self.mask_ratio))
 
     def __repr__(self) -> str:
@@ -158,7 +163,9 @@ class BlockMasking(MaskingStrategy):
                 break
             for _attempt in range(self.max_attempts):
                 area = self.min_block_patches + rand() * max(budget - self.min_block_patches, 0)
-                aspect = math.exp(self.log_aspect[0] + rand() * (self.log_aspect[1] - self.log_aspect[0]))
+                aspect = math.exp(
+                    self.log_aspect[0] + rand() * (self.log_aspect[1] - self.log_aspect[0])
+                )
                 if len(grid) == 2:
                     sides = [round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))]
                 else:  # a box: the aspect stretches one axis against the other two

@@ -22,7 +22,9 @@ from geomed_mim.tasks.pretrain import MIMPretrainTask
 class PretrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in ("in_chans", "img_size", "spatial_dims"):
-            parser.link_arguments(f"data.{field}", f"model.init_args.{field}", apply_on="instantiate")
+            parser.link_arguments(
+                f"data.{field}", f"model.init_args.{field}", apply_on="instantiate"
+            )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -123,8 +123,9 @@ class RSDataModule(LightningDataModule):
             "stats_source": self.stats_source,
             "profile": profile.get("name"),
             "wavelengths_nm": profile.get("wavelengths_nm"),
-            "preview_bands": [self.bands.index(b) for b in profile.get("preview_rgb", [])
-                              if b in self.bands],
+            "preview_bands": [
+                self.bands.index(b) for b in profile.get("preview_rgb", []) if b in self.bands
+            ],
             "store": str(Path(self.store).resolve()),
         }
 

@@ -1,6 +1,6 @@
 """Models: ViT encoder, MAE, position/patch embeddings, and the timm-style registry."""
 
-from geomed_mim.models.mae import MaskedAutoencoder, MAEDecoder, MIMOutput, patchify, unpatchify
+from geomed_mim.models.mae import MAEDecoder, MaskedAutoencoder, MIMOutput, patchify, unpatchify
 from geomed_mim.models.registry import create_model, list_models, register_model
 from geomed_mim.models.vit import VisionTransformerEncoder
 

@@ -30,7 +30,7 @@ from geomed_mim.models.vit import VisionTransformerEncoder, init_linear_and_norm
 
 # -- patchify ------------------------------------------------------------------------------------
 def patchify(imgs: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-    """[B, C, H, W] → [B, L, p*p*C]; [B, C, D, H, W] → [B, L, p*p*p*C] (channels last in a patch)."""
+    """[B, C, H, W] → [B, L, p*p*C]; [B, C, D, H, W] → [B, L, p*p*p*C] (channels last)."""
     B, C = imgs.shape[:2]
     if imgs.dim() == 4:
         ph, pw = patch_size

@@ -1,6 +1,7 @@
 """timm-style model registry: ``create_model("mae_vit_base_patch16", in_chans=14, img_size=224)``.
 
-Register a builder with :func:`register_model`; names follow timm (``<method>_vit_<size>_patch<p>``).
+Register a builder with :func:`register_model`; names follow timm
+(``<method>_vit_<size>_patch<p>``).
 Every builder accepts overrides as keyword arguments (``in_chans``, ``img_size``, ``spatial_dims``,
 ``mask_ratio``, ``norm_pix_loss``, ``patch_size``, ``depth``, decoder sizes, ...). A model made by
 :func:`create_model` remembers its name and arguments (``model.registry_name``,

@@ -54,7 +54,7 @@ class VisionTransformerEncoder(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, spatial_dims)
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # fixed (not learned) but kept as a parameter so the key is in the state dict, as timm expects
+        # fixed (not learned) but a parameter, so the key is in the state dict as timm expects
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False
         )

@@ -1,4 +1,4 @@
-"""The pretraining LightningModule: any registered MIM model, AdamW + warmup/cosine, throughput logs.
+"""The pretraining LightningModule: a registered MIM model, AdamW + warmup/cosine, throughput logs.
 
 Hyperparameters are plain values (strings, numbers, lists, dicts), so checkpoints hold no pickled
 config objects and load with ``torch.load(weights_only=True)``. Each checkpoint also carries a
@@ -158,8 +158,14 @@ class MIMPretrainTask(LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         self.model.masking.set_progress(min(self.global_step / total, 1.0))
         out = self.model(images, sample_seeds=self._seeds(batch, self.current_epoch))
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=images.shape[0])
+        self.log(
+            "train/loss",
+            out.loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=images.shape[0],
+        )
         if self._preview_due():
             k = self.hparams.preview_samples
             self._preview = (images[:k].detach(), out.pred[:k].detach(), out.mask[:k].detach())
@@ -168,8 +174,14 @@ class MIMPretrainTask(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
         out = self.model(batch["image"], sample_seeds=self._seeds(batch, 0))
-        self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, sync_dist=True,
-                 batch_size=batch["image"].shape[0])
+        self.log(
+            "val/loss",
+            out.loss,
+            prog_bar=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["image"].shape[0],
+        )
         return out.loss
 
     # -- throughput and previews ---------------------------------------------------------------
@@ -193,8 +205,13 @@ class MIMPretrainTask(LightningModule):
                 on_epoch=False,
                 batch_size=images,
             )
-        self.log("perf/step_images_per_s", images / compute, on_step=True, on_epoch=False,
-                 batch_size=images)
+        self.log(
+            "perf/step_images_per_s",
+            images / compute,
+            on_step=True,
+            on_epoch=False,
+            batch_size=images,
+        )
         self._last_batch_end = now
         if self._preview is not None:
             self._write_preview()
@@ -214,7 +231,12 @@ class MIMPretrainTask(LightningModule):
             return
         enc = self.model.encoder
         grid = render_preview(
-            images, pred, mask, enc.patch_size, enc.grid_size, self.model.norm_pix_loss,
+            images,
+            pred,
+            mask,
+            enc.patch_size,
+            enc.grid_size,
+            self.model.norm_pix_loss,
             self.data_metadata.get("preview_bands") or [],
         )
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -253,7 +275,7 @@ class MIMPretrainTask(LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = self.hparams.warmup_steps
         if warmup is None:
-            warmup = int(round(self.hparams.warmup_fraction * total))
+            warmup = round(self.hparams.warmup_fraction * total)
         warmup = max(int(warmup), 1)
         log.info("effective batch %d → lr %.3g; %d steps, %d warmup", eff_batch, lr, total, warmup)
         optimizer = torch.optim.AdamW(
@@ -263,4 +285,7 @@ class MIMPretrainTask(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,9 +70,15 @@ def render_preview(
         pix = to_uint8(panels)
         pix[1][display_channels(mask_img[i], [0])[0].numpy() > 0.5] = 64  # masked → dark grey
         gap = np.full((pix[0].shape[0], 2, 3), 255, np.uint8)
-        rows.append(np.concatenate(sum(([p, gap] for p in pix), [])[:-1], axis=1))
+        rows.append(
+            np.concatenate(
+                functools.reduce(operator.iadd, ([p, gap] for p in pix), [])[:-1], axis=1
+            )
+        )
     hgap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
-    grid = np.concatenate(sum(([r, hgap] for r in rows), [])[:-1], axis=0)
+    grid = np.concatenate(
+        functools.reduce(operator.iadd, ([r, hgap] for r in rows), [])[:-1], axis=0
+    )
     return np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
 
 

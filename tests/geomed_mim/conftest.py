@@ -22,12 +22,27 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """Environment for subprocesses (CLI runs) that import this checkout."""
+    return subprocess_env()
+
+
+@pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded demo archive built into a store (80 tiles of 13 bands, 32x32)."""
     out = tmp_path_factory.mktemp("demo_store") / "store"
     subprocess.run(
-        [sys.executable, "-m", "geomed_mim.build_dataset", "--output", str(out), "--workers", "1",
-         "--scheduler", "synchronous"],
+        [
+            sys.executable,
+            "-m",
+            "geomed_mim.build_dataset",
+            "--output",
+            str(out),
+            "--workers",
+            "1",
+            "--scheduler",
+            "synchronous",
+        ],
         check=True,
         cwd=tmp_path_factory.getbasetemp(),
         env=subprocess_env(),

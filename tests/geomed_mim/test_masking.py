@@ -11,7 +11,10 @@ from geomed_mim.masking import BlockMasking, RandomMasking, build_masking
 
 
 @pytest.mark.parametrize("strategy", [RandomMasking, BlockMasking])
-@pytest.mark.parametrize(("grid", "ratio"), [((14, 14), 0.75), ((8, 8), 0.6), ((6, 6, 6), 0.75), ((10, 10), 0.9), ((4, 5), 0.5)])
+@pytest.mark.parametrize(
+    ("grid", "ratio"),
+    [((14, 14), 0.75), ((8, 8), 0.6), ((6, 6, 6), 0.75), ((10, 10), 0.9), ((4, 5), 0.5)],
+)
 def test_exact_visible_count_and_masks_differ(strategy, grid, ratio):
     L = math.prod(grid)
     result = strategy(mask_ratio=ratio)(8, grid, torch.device("cpu"), torch.arange(8) + 100)
@@ -20,9 +23,13 @@ def test_exact_visible_count_and_masks_differ(strategy, grid, ratio):
     assert torch.equal(result.mask.sum(dim=1), torch.full((8,), float(L - K)))
     # the kept indices are exactly the unmasked positions
     for b in range(8):
-        assert set(result.keep_idx[b].tolist()) == set(torch.nonzero(result.mask[b] == 0).flatten().tolist())
+        assert set(result.keep_idx[b].tolist()) == set(
+            torch.nonzero(result.mask[b] == 0).flatten().tolist()
+        )
     assert len({tuple(m.tolist()) for m in result.mask}) == 8  # every sample its own mask
-    torch.testing.assert_close(torch.gather(result.ids_shuffle, 1, result.ids_restore), torch.arange(L).expand(8, L))
+    torch.testing.assert_close(
+        torch.gather(result.ids_shuffle, 1, result.ids_restore), torch.arange(L).expand(8, L)
+    )
 
 
 @pytest.mark.parametrize("strategy", [RandomMasking, BlockMasking])

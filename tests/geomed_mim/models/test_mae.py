@@ -13,7 +13,11 @@ from geomed_mim.models import create_model, list_models, patchify, unpatchify
 
 def tiny_mae(**kwargs):
     cfg = dict(
-        depth=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, embed_dim=48,
+        depth=2,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        embed_dim=48,
         num_heads=3,
     )
     cfg.update(kwargs)
@@ -27,11 +31,15 @@ def ref_patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
     grid = [s // p for s in spatial]
     out = torch.empty(B, math.prod(grid), p ** len(spatial) * C)
     for n in range(B):
-        for li, cell in enumerate(torch.cartesian_prod(*[torch.arange(g) for g in grid]).view(-1, len(grid))):
+        for li, cell in enumerate(
+            torch.cartesian_prod(*[torch.arange(g) for g in grid]).view(-1, len(grid))
+        ):
             k = 0
-            for offs in torch.cartesian_prod(*[torch.arange(p)] * len(spatial)).view(-1, len(spatial)):
+            for offs in torch.cartesian_prod(*[torch.arange(p)] * len(spatial)).view(
+                -1, len(spatial)
+            ):
                 for c in range(C):
-                    idx = tuple(int(g) * p + int(o) for g, o in zip(cell, offs))
+                    idx = tuple(int(g) * p + int(o) for g, o in zip(cell, offs, strict=False))
                     out[n, li, k] = imgs[(n, c, *idx)]
                     k += 1
     return out
@@ -47,11 +55,17 @@ def ref_block(x: torch.Tensor, blk) -> torch.Tensor:
     o = (attn @ v).transpose(1, 2).reshape(B, N, D)
     x = x + F.linear(o, blk.attn.proj.weight, blk.attn.proj.bias)
     h = F.layer_norm(x, (D,), blk.norm2.weight, blk.norm2.bias, 1e-6)
-    h = F.linear(F.gelu(F.linear(h, blk.mlp.fc1.weight, blk.mlp.fc1.bias)), blk.mlp.fc2.weight, blk.mlp.fc2.bias)
+    h = F.linear(
+        F.gelu(F.linear(h, blk.mlp.fc1.weight, blk.mlp.fc1.bias)),
+        blk.mlp.fc2.weight,
+        blk.mlp.fc2.bias,
+    )
     return x + h
 
 
-def reference_mae_loss(model, imgs: torch.Tensor, noise: torch.Tensor, mask_ratio: float, norm_pix: bool):
+def reference_mae_loss(
+    model, imgs: torch.Tensor, noise: torch.Tensor, mask_ratio: float, norm_pix: bool
+):
     enc, dec = model.encoder, model.decoder
     p = enc.patch_size[0]
     conv = F.conv2d if imgs.dim() == 4 else F.conv3d
@@ -101,8 +115,14 @@ def reference_mae_loss(model, imgs: torch.Tensor, noise: torch.Tensor, mask_rati
 def test_loss_equals_reference_formula(spatial_dims, in_chans, norm_pix):
     torch.manual_seed(0)
     img, patch = (32, 8) if spatial_dims == 2 else (16, 4)
-    model = tiny_mae(in_chans=in_chans, img_size=img, patch_size=patch, spatial_dims=spatial_dims,
-                     norm_pix_loss=norm_pix, mask_ratio=0.6).eval()
+    model = tiny_mae(
+        in_chans=in_chans,
+        img_size=img,
+        patch_size=patch,
+        spatial_dims=spatial_dims,
+        norm_pix_loss=norm_pix,
+        mask_ratio=0.6,
+    ).eval()
     imgs = torch.randn(3, in_chans, *(img,) * spatial_dims)
     L = model.encoder.num_patches
     noise = torch.rand(3, L)
@@ -153,7 +173,8 @@ def test_encoder_keep_idx_and_intermediates():
     torch.testing.assert_close(enc.forward_features(x, all_idx), full)
     keep = torch.tensor([[0, 5, 9], [15, 1, 2]])
     normed, inter = enc.forward_intermediates(x, keep, block_numbers=(4, 1, 3))
-    assert normed.shape == (2, 4, enc.embed_dim) and len(inter) == 3
+    assert normed.shape == (2, 4, enc.embed_dim)
+    assert len(inter) == 3
     torch.testing.assert_close(enc.norm(inter[0]), normed)  # block 4 is the last, pre-norm
     # block 1's output computed by hand from the kept tokens
     tokens = enc.prepend_cls(torch.stack([enc.embed_patches(x)[i, keep[i]] for i in range(2)]))
@@ -170,8 +191,11 @@ def test_registry():
     with pytest.raises(ValueError, match="unknown model"):
         create_model("mae_vit_giant_patch99")
     model = create_model("mae_vit_base_patch16", in_chans=14, img_size=64, mask_ratio=0.9)
-    assert model.encoder.embed_dim == 768 and model.encoder.depth == 12
-    assert model.decoder.embed_dim == 512 and len(model.decoder.decoder_blocks) == 8
-    assert model.mask_ratio == 0.9 and model.encoder.in_chans == 14
+    assert model.encoder.embed_dim == 768
+    assert model.encoder.depth == 12
+    assert model.decoder.embed_dim == 512
+    assert len(model.decoder.decoder_blocks) == 8
+    assert model.mask_ratio == 0.9
+    assert model.encoder.in_chans == 14
     assert model.registry_name == "mae_vit_base_patch16"
     assert model.registry_kwargs["in_chans"] == 14
