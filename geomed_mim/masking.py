@@ -11,7 +11,7 @@ A new strategy (SelectiveMAE's semantic selection, say) only implements
 
 Reproducibility: when ``sample_seeds`` [B] is given, sample *i*'s noise comes from a generator
 seeded with ``sample_seeds[i]`` alone, so a sample gets the same mask whatever the batch it lands
-in, the world size, or the device. Without seeds the global torch RNG is used, as the reference does.
+in, the world size, or the device. Without seeds the global torch RNG is used (as the reference).
 """
 
 from __future__ import annotations
