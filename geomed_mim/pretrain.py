@@ -8,7 +8,6 @@ matches the store it trains on. Checkpoints are written atomically (temp file + 
 from __future__ import annotations
 
 import logging
-import sys
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
@@ -34,10 +33,10 @@ class PretrainCLI(LightningCLI):
         return trainer
 
 
-def main(args: list[str] | None = None) -> PretrainCLI:
+def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
-    return PretrainCLI(
+    PretrainCLI(
         MIMPretrainTask,
         LightningDataModule,
         subclass_mode_model=True,
@@ -49,4 +48,4 @@ def main(args: list[str] | None = None) -> PretrainCLI:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or None)
+    main()

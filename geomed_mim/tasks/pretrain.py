@@ -107,6 +107,7 @@ class MIMPretrainTask(LightningModule):
         self._last_batch_end: float | None = None
         self._preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last_preview_step = -1
+        self._total_steps: int | None = None
 
     # -- metadata ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -155,8 +156,9 @@ class MIMPretrainTask(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        self.model.masking.set_progress(min(self.global_step / total, 1.0))
+        if self._total_steps is None:  # Lightning recomputes this property on every access
+            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        self.model.masking.set_progress(min(self.global_step / self._total_steps, 1.0))
         out = self.model(images, sample_seeds=self._seeds(batch, self.current_epoch))
         self.log(
             "train/loss",

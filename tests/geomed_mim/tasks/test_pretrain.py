@@ -175,3 +175,59 @@ def test_demo_loss_falls(demo_store, tmp_path, child_env):
     ]
     assert len(losses) == 12
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml")))
+def test_shipped_configs_parse(config, capsys):
+    from geomed_mim.pretrain import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: geomed_mim.tasks.pretrain.MIMPretrainTask" in printed
+    assert "class_path: geomed_mim.data.datamodules." in printed
+
+
+class FakeCTCropDataset(torch.utils.data.Dataset):
+    """Stands in for issue 4's CTCropDataset: same arguments, same item layout."""
+
+    def __init__(self, stores, crop_size, crops_per_volume, window, split, foreground_fraction,
+                 augment, seed):
+        self.crop_size, self.crops = crop_size, crops_per_volume
+        self.n = 4 if split == "train" else 2
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"image": torch.rand(self.crops, 1, *self.crop_size)}
+
+
+def test_ct_datamodule_trains_a_3d_mae(tmp_path, monkeypatch):
+    import types
+
+    from lightning.pytorch import Trainer
+
+    from geomed_mim.data.datamodules import CTDataModule
+
+    fake = types.ModuleType("geomed_mim.data.ct")
+    fake.CTCropDataset = FakeCTCropDataset
+    monkeypatch.setitem(sys.modules, "geomed_mim.data.ct", fake)
+    dm = CTDataModule(["unused"], batch_size=2, crops_per_volume=2, crop_size=32, num_workers=0)
+    task = MIMPretrainTask(
+        model="mae_vit_tiny_patch16", in_chans=dm.in_chans, img_size=dm.img_size,
+        spatial_dims=dm.spatial_dims, preview_every_n_steps=1,
+        model_kwargs={"depth": 2, "decoder_depth": 1, "decoder_embed_dim": 32,
+                      "decoder_num_heads": 2},
+    )
+    trainer = Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False,
+                      num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(task, datamodule=dm)
+    assert trainer.global_step == 2
+    assert task.effective_batch_size() == 4
+    meta = task.checkpoint_metadata()
+    assert meta["spatial_dims"] == 3 and meta["bands"] == ["CT"]
+    assert meta["window_hu"] == [-175.0, 250.0] and meta["patch_size"] == [16, 16, 16]
+    assert list((tmp_path / "previews").glob("step_*.png"))
