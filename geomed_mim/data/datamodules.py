@@ -1,0 +1,300 @@
+"""LightningDataModules for pretraining: RS tiles and CT crops from built stores.
+
+Both expose what the training task needs to build and describe a model, read before any pixel is
+loaded: ``in_chans``, ``img_size``, ``spatial_dims``, ``images_per_batch`` and :meth:`metadata`
+(band names, per-band mean/std, modality) which the task stores in checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from geomed_mim.data.rs import (
+    RSTileDataset,
+    compute_band_stats,
+    read_store_attrs,
+    select_samples,
+    store_band_stats,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RSDataModule(LightningDataModule):
+    """Tiles of an RS store (``build_dataset`` output folder), normalized with its band stats.
+
+    Args:
+        store: the build output folder (holds ``store.zarr`` and ``manifest.parquet``).
+        crop_size: training image size; None keeps the store's tile size.
+        crop_scale: area range of the random resized crop.
+        stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        crop_size: int | None = None,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        flips: bool = True,
+        val_split: str | None = "val",
+        include_duplicates: bool = False,
+        stats_max_tiles: int = 512,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crop_scale = tuple(crop_scale)
+        self.flips = flips
+        self.val_split = val_split
+        self.include_duplicates = include_duplicates
+        self.stats_max_tiles = stats_max_tiles
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.attrs = read_store_attrs(store)
+        profile = self.attrs.get("profile") or {}
+        self.bands: list[str] = list(self.attrs.get("bands") or profile.get("bands") or [])
+        if not self.bands:
+            raise ValueError(f"store {store} lists no bands in its attributes")
+        tile_size = self.attrs.get("tile_size")
+        self.img_size = int(crop_size or tile_size)
+        self._mean: list[float] | None = None
+        self._std: list[float] | None = None
+        self.stats_source = ""
+        self.train_dataset: RSTileDataset | None = None
+        self.val_dataset: RSTileDataset | None = None
+
+    # -- what the task reads --------------------------------------------------------------
+    @property
+    def in_chans(self) -> int:
+        return len(self.bands)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2
+
+    @property
+    def images_per_batch(self) -> int:
+        return self.batch_size
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        if self._mean is None:
+            stats = store_band_stats(self.attrs)
+            if stats is not None:
+                self._mean, self._std = stats
+                self.stats_source = "store attribute band_stats"
+            else:
+                samples = select_samples(self.store, "train", self.include_duplicates)
+                nodata = (self.attrs.get("profile") or {}).get("nodata")
+                self._mean, self._std = compute_band_stats(
+                    self.store, samples, self.stats_max_tiles, nodata
+                )
+                self.stats_source = f"computed from {min(len(samples), self.stats_max_tiles)} tiles"
+                log.warning(
+                    "store %s has no band_stats attribute: per-band mean/std computed on the fly "
+                    "from %d training tiles",
+                    self.store,
+                    min(len(samples), self.stats_max_tiles),
+                )
+            if len(self._mean) != self.in_chans:
+                raise ValueError(
+                    f"band_stats has {len(self._mean)} bands, the store lists {self.in_chans}"
+                )
+        return self._mean, self._std
+
+    def metadata(self) -> dict[str, Any]:
+        mean, std = self.band_stats()
+        profile = self.attrs.get("profile") or {}
+        return {
+            "modality": "rs",
+            "bands": list(self.bands),
+            "mean": list(mean),
+            "std": list(std),
+            "stats_source": self.stats_source,
+            "profile": profile.get("name"),
+            "wavelengths_nm": profile.get("wavelengths_nm"),
+            "preview_bands": [
+                self.bands.index(b) for b in profile.get("preview_rgb", []) if b in self.bands
+            ],
+            "store": str(Path(self.store).resolve()),
+        }
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        mean, std = self.band_stats()
+        common = {
+            "store_dir": self.store,
+            "mean": mean,
+            "std": std,
+            "crop_size": self.img_size,
+            "include_duplicates": self.include_duplicates,
+        }
+        self.train_dataset = RSTileDataset(
+            **common, split="train", crop_scale=self.crop_scale, flips=self.flips, augment=True
+        )
+        if len(self.train_dataset) == 0:
+            raise ValueError(f"store {self.store} has no usable training tiles")
+        if self.val_split:
+            self.val_dataset = RSTileDataset(**common, split=self.val_split, augment=False)
+
+    def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            drop_last=drop_last and len(dataset) >= self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+
+
+def concat_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate CT items of [crops, 1, D, H, W] into one batch [B*crops, 1, D, H, W]."""
+    images = torch.cat([it["image"] for it in items], dim=0)
+    index = torch.cat(
+        [
+            torch.full((it["image"].shape[0],), int(it.get("index", i)), dtype=torch.long)
+            * it["image"].shape[0]
+            + torch.arange(it["image"].shape[0])
+            for i, it in enumerate(items)
+        ]
+    )
+    return {"image": images, "index": index}
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Adds ``"index"`` to each item of a dataset that does not provide it."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.dataset[i])
+        item.setdefault("index", i)
+        return item
+
+
+class CTDataModule(LightningDataModule):
+    """Random 3-D crops from CT stores via :class:`geomed_mim.data.ct.CTCropDataset` (issue 4).
+
+    A batch holds ``batch_size`` volumes × ``crops_per_volume`` crops; the images are windowed
+    to [0, 1] by the loader, so the recorded mean/std are (0, 1) and the window is recorded.
+    """
+
+    def __init__(
+        self,
+        stores: list[str],
+        batch_size: int = 2,
+        crops_per_volume: int = 4,
+        crop_size: int = 96,
+        window: tuple[float, float] = (-175.0, 250.0),
+        foreground_fraction: float = 0.5,
+        num_workers: int = 4,
+        val_split: str | None = "val",
+        seed: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stores = list(stores)
+        self.batch_size = batch_size
+        self.crops_per_volume = crops_per_volume
+        self.img_size = int(crop_size)
+        self.window = tuple(window)
+        self.foreground_fraction = foreground_fraction
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.bands = ["CT"]
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    @property
+    def in_chans(self) -> int:
+        return 1
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3
+
+    @property
+    def images_per_batch(self) -> int:
+        return self.batch_size * self.crops_per_volume
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "modality": "ct",
+            "bands": list(self.bands),
+            "mean": [0.0],
+            "std": [1.0],
+            "stats_source": f"HU window {list(self.window)} mapped to [0, 1] by the loader",
+            "window_hu": list(self.window),
+            "preview_bands": [0],
+            "store": [str(Path(s).resolve()) for s in self.stores],
+        }
+
+    def _dataset(self, split: str, augment: bool) -> Any:
+        from geomed_mim.data.ct import CTCropDataset  # issue 4's loader; imported when used
+
+        crop = (self.img_size,) * 3
+        return IndexedDataset(
+            CTCropDataset(
+                self.stores,
+                crop_size=crop,
+                crops_per_volume=self.crops_per_volume,
+                window=self.window,
+                split=split,
+                foreground_fraction=self.foreground_fraction,
+                augment=augment,
+                seed=self.seed,
+            )
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset = self._dataset("train", augment=True)
+        if self.val_split:
+            self.val_dataset = self._dataset(self.val_split, augment=False)
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=concat_crops,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            drop_last=shuffle and len(dataset) >= self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return self._loader(self.val_dataset, shuffle=False)

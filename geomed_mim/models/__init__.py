@@ -1,0 +1,17 @@
+"""Models: ViT encoder, MAE, position/patch embeddings, and the timm-style registry."""
+
+from geomed_mim.models.mae import MAEDecoder, MaskedAutoencoder, MIMOutput, patchify, unpatchify
+from geomed_mim.models.registry import create_model, list_models, register_model
+from geomed_mim.models.vit import VisionTransformerEncoder
+
+__all__ = [
+    "MAEDecoder",
+    "MIMOutput",
+    "MaskedAutoencoder",
+    "VisionTransformerEncoder",
+    "create_model",
+    "list_models",
+    "patchify",
+    "register_model",
+    "unpatchify",
+]

@@ -1,0 +1,1 @@
+"""Lightning training tasks (pretraining) and their helpers."""

@@ -1,0 +1,293 @@
+"""The pretraining LightningModule: a registered MIM model, AdamW + warmup/cosine, throughput logs.
+
+Hyperparameters are plain values (strings, numbers, lists, dicts), so checkpoints hold no pickled
+config objects and load with ``torch.load(weights_only=True)``. Each checkpoint also carries a
+``"geomed_mim"`` entry: the registry name and arguments that rebuild the model, and the data's band
+names and per-band mean/std (what :mod:`geomed_mim.export` writes into ``config.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from geomed_mim.models.registry import create_model
+from geomed_mim.tasks.preview import render_preview, save_png
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_METADATA_KEY = "geomed_mim"
+
+
+def default_intermediate_blocks(depth: int) -> list[int]:
+    """1-indexed blocks a UNETR-style decoder reads: 4, 7, 10 of 12 (hidden_states_out[3, 6, 9])."""
+    step = max(depth // 4, 1)
+    return [min(1 + k * step, depth) for k in (1, 2, 3)]
+
+
+def mask_seeds_for(indices: torch.Tensor, base_seed: int, epoch: int) -> torch.Tensor:
+    """One 63-bit seed per sample from (base seed, epoch, sample index): the same whatever the
+    batch composition or world size, different each epoch."""
+    seeds = [
+        int(np.random.SeedSequence([base_seed, epoch, int(i)]).generate_state(2, np.uint64)[0])
+        & (2**63 - 1)
+        for i in indices.tolist()
+    ]
+    return torch.tensor(seeds, dtype=torch.long)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0, then half-cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    progress = min(progress, 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class MIMPretrainTask(LightningModule):
+    """Pretrain a registered MIM model (``geomed_mim.models.list_models()``).
+
+    Args:
+        model: registry name, e.g. ``mae_vit_base_patch16``.
+        model_kwargs: overrides for the registry builder (``mask_ratio``, ``norm_pix_loss``,
+            ``patch_size``, decoder sizes, ...). ``in_chans``, ``img_size`` and ``spatial_dims``
+            come from the data module (linked by the CLI).
+        base_lr: lr for an effective batch of 256; ``lr = base_lr × eff_batch / 256`` unless
+            ``lr`` is given.
+        warmup_fraction: share of the optimizer steps spent in linear warmup (or ``warmup_steps``).
+        mask_seed: masks are drawn from per-sample seeds derived from (mask_seed, epoch, sample
+            index); None uses the global RNG (as the MAE reference).
+        intermediate_blocks: 1-indexed encoder blocks recorded in exports for downstream decoders.
+        preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps
+            (0 = never).
+    """
+
+    def __init__(
+        self,
+        model: str = "mae_vit_base_patch16",
+        model_kwargs: dict[str, Any] | None = None,
+        in_chans: int = 3,
+        img_size: int = 224,
+        spatial_dims: int = 2,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.05,
+        warmup_steps: int | None = None,
+        mask_seed: int | None = 0,
+        intermediate_blocks: list[int] | None = None,
+        preview_every_n_steps: int = 500,
+        preview_samples: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_name = model
+        self.model_kwargs = {
+            **(model_kwargs or {}),
+            "in_chans": in_chans,
+            "img_size": img_size,
+            "spatial_dims": spatial_dims,
+        }
+        self.model = create_model(model, **self.model_kwargs)
+        depth = self.model.encoder.depth
+        self.intermediate_blocks = list(intermediate_blocks or default_intermediate_blocks(depth))
+        self.data_metadata: dict[str, Any] = {}
+        self._step_started = 0.0
+        self._last_batch_end: float | None = None
+        self._preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._last_preview_step = -1
+        self._total_steps: int | None = None
+
+    # -- metadata ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "metadata"):
+            self.data_metadata = datamodule.metadata()
+            bands = self.data_metadata.get("bands") or []
+            if bands and len(bands) != self.model.encoder.in_chans:
+                raise ValueError(
+                    f"the data has {len(bands)} bands {bands} but the model takes "
+                    f"in_chans={self.model.encoder.in_chans}"
+                )
+            log.info("training on bands %s (%s)", bands, self.data_metadata.get("stats_source"))
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """Plain-data description of the model and its inputs (stored in every checkpoint)."""
+        enc = self.model.encoder
+        return {
+            "format": 1,
+            "model_name": self.model_name,
+            "model_kwargs": dict(self.model_kwargs),
+            "encoder_arch": dict(getattr(self.model, "encoder_arch", {})),
+            "spatial_dims": enc.spatial_dims,
+            "in_chans": enc.in_chans,
+            "img_size": list(enc.img_size),
+            "patch_size": list(enc.patch_size),
+            "intermediate_blocks": list(self.intermediate_blocks),
+            **{k: v for k, v in self.data_metadata.items() if k != "store"},
+            "data_store": self.data_metadata.get("store"),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_METADATA_KEY] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_METADATA_KEY) or {}
+        if meta and not self.data_metadata:
+            keys = ("modality", "bands", "mean", "std", "stats_source", "profile", "preview_bands")
+            self.data_metadata = {k: meta[k] for k in keys if k in meta}
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _seeds(self, batch: dict[str, Any], epoch: int) -> torch.Tensor | None:
+        if self.hparams.mask_seed is None or "index" not in batch:
+            return None
+        return mask_seeds_for(batch["index"], self.hparams.mask_seed, epoch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        if self._total_steps is None:  # Lightning recomputes this property on every access
+            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        self.model.masking.set_progress(min(self.global_step / self._total_steps, 1.0))
+        out = self.model(images, sample_seeds=self._seeds(batch, self.current_epoch))
+        self.log(
+            "train/loss",
+            out.loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=images.shape[0],
+        )
+        if self._preview_due():
+            k = self.hparams.preview_samples
+            self._preview = (images[:k].detach(), out.pred[:k].detach(), out.mask[:k].detach())
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
+        out = self.model(batch["image"], sample_seeds=self._seeds(batch, 0))
+        self.log(
+            "val/loss",
+            out.loss,
+            prog_bar=True,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch["image"].shape[0],
+        )
+        return out.loss
+
+    # -- throughput and previews ---------------------------------------------------------------
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        images = batch["image"].shape[0]
+        tokens = images * self.model.encoder.num_patches
+        compute = max(now - self._step_started, 1e-9)
+        if self._last_batch_end is not None:  # the wall time between batch ends includes loading
+            wall = max(now - self._last_batch_end, 1e-9)
+            self.log_dict(
+                {
+                    "perf/images_per_s": images / wall,
+                    "perf/tokens_per_s": tokens / wall,
+                    "perf/data_wait_fraction": max(wall - compute, 0.0) / wall,
+                },
+                on_step=True,
+                on_epoch=False,
+                batch_size=images,
+            )
+        self.log(
+            "perf/step_images_per_s",
+            images / compute,
+            on_step=True,
+            on_epoch=False,
+            batch_size=images,
+        )
+        self._last_batch_end = now
+        if self._preview is not None:
+            self._write_preview()
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None  # do not count the epoch boundary as loader time
+
+    def _preview_due(self) -> bool:
+        n = self.hparams.preview_every_n_steps
+        return bool(n) and self.global_step % n == 0 and self.global_step != self._last_preview_step
+
+    def _write_preview(self) -> None:
+        images, pred, mask = self._preview
+        self._preview = None
+        self._last_preview_step = self.global_step
+        if not self.trainer.is_global_zero:
+            return
+        enc = self.model.encoder
+        grid = render_preview(
+            images,
+            pred,
+            mask,
+            enc.patch_size,
+            enc.grid_size,
+            self.model.norm_pix_loss,
+            self.data_metadata.get("preview_bands") or [],
+        )
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        save_png(grid, root / "previews" / f"step_{self.global_step:07d}.png")
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("preview", grid, self.global_step, dataformats="HWC")
+
+    # -- optimization --------------------------------------------------------------------------
+    def effective_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        per_device = getattr(datamodule, "images_per_batch", None) or getattr(
+            datamodule, "batch_size", 1
+        )
+        return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on weight matrices only: not on norms, biases, tokens, positions."""
+        skip = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or name in skip or name.endswith(".bias"):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        eff_batch = self.effective_batch_size()
+        lr = self.hparams.lr or self.hparams.base_lr * eff_batch / 256
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = self.hparams.warmup_steps
+        if warmup is None:
+            warmup = round(self.hparams.warmup_fraction * total)
+        warmup = max(int(warmup), 1)
+        log.info("effective batch %d → lr %.3g; %d steps, %d warmup", eff_batch, lr, total, warmup)
+        optimizer = torch.optim.AdamW(
+            self.parameter_groups(), lr=lr, betas=tuple(self.hparams.betas)
+        )
+        min_ratio = self.hparams.min_lr / lr if lr > 0 else 0.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,87 @@
+"""RS tiles from a built store: selection, normalization, augmentation, lazy per-worker opening."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from geomed_mim.data.datamodules import RSDataModule, concat_crops
+from geomed_mim.data.rs import RSTileDataset, random_resized_crop_params
+
+
+def test_datamodule_metadata_and_on_the_fly_stats(demo_store, caplog):
+    dm = RSDataModule(str(demo_store), batch_size=8, num_workers=0)
+    assert dm.in_chans == 13
+    assert dm.img_size == 32
+    assert dm.spatial_dims == 2
+    assert dm.bands[0] == "B01"
+    assert dm.bands[-1] == "B12"
+    meta = dm.metadata()
+    assert "no band_stats" in caplog.text  # the store of this build has none: computed, and said so
+    assert meta["bands"] == dm.bands
+    assert len(meta["mean"]) == 13
+    assert meta["preview_bands"] == [3, 2, 1]  # B04, B03, B02
+    dm.setup("fit")
+    manifest = pq.read_table(demo_store / "manifest.parquet").to_pandas()
+    kept = manifest[manifest.excluded.isna() & manifest.dup_of.isna()]
+    assert len(dm.train_dataset) == (kept.split == "train").sum()
+    assert len(dm.val_dataset) == (kept.split == "val").sum()
+    # without augmentation, normalized training tiles have ~zero mean and unit std per band
+    plain = RSTileDataset(demo_store, meta["mean"], meta["std"], split="train", augment=False)
+    stack = torch.stack([plain[i]["image"] for i in range(len(plain))])  # [N, C, H, W]
+    per_band = stack.transpose(0, 1).reshape(13, -1)
+    torch.testing.assert_close(per_band.mean(1), torch.zeros(13), atol=0.05, rtol=0)
+    torch.testing.assert_close(per_band.std(1), torch.ones(13), atol=0.05, rtol=0)
+
+
+def test_store_band_stats_are_used_when_present(demo_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    meta_path = store / "store.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["band_stats"] = {"mean": [1000.0] * 13, "std": [500.0] * 13}
+    meta_path.write_text(json.dumps(meta))
+    dm = RSDataModule(str(store), batch_size=4, num_workers=0, crop_size=16)
+    assert dm.metadata()["mean"] == [1000.0] * 13
+    assert dm.metadata()["stats_source"] == "store attribute band_stats"
+    dm.setup("fit")
+    raw = dm.train_dataset.reader.read(*dm.train_dataset.samples[0])
+    plain = RSTileDataset(store, [1000.0] * 13, [500.0] * 13, augment=False)
+    torch.testing.assert_close(plain[0]["image"], (torch.from_numpy(raw).float() - 1000) / 500)
+    assert dm.train_dataset[0]["image"].shape == (13, 16, 16)
+
+
+def test_loader_with_workers_opens_store_lazily(demo_store):
+    dm = RSDataModule(str(demo_store), batch_size=8, num_workers=2, persistent_workers=False)
+    dm.setup("fit")
+    assert dm.train_dataset.reader._root is None  # nothing opened in the parent
+    batches = list(dm.train_dataloader())
+    assert dm.train_dataset.reader._root is None
+    assert len(batches) == len(dm.train_dataset) // 8
+    assert batches[0]["image"].shape == (8, 13, 32, 32)
+    seen = torch.cat([b["index"] for b in batches])
+    assert len(set(seen.tolist())) == len(seen)
+
+
+def test_random_resized_crop_params_in_bounds():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_crop_params(32, 48, (0.2, 1.0), (3 / 4, 4 / 3), gen)
+        assert top >= 0
+        assert top + h <= 32
+        assert left >= 0
+        assert left + w <= 48
+        assert 0.15 * 32 * 48 <= h * w <= 32 * 48
+
+
+def test_ct_crops_are_concatenated_into_one_batch():
+    items = [{"image": torch.randn(3, 1, 8, 8, 8), "index": i} for i in range(2)]
+    batch = concat_crops(items)
+    assert batch["image"].shape == (6, 1, 8, 8, 8)
+    assert batch["index"].tolist() == [0, 1, 2, 3, 4, 5]
+    loader = DataLoader(items, batch_size=2, collate_fn=concat_crops)
+    assert next(iter(loader))["image"].shape[0] == 6

@@ -1,0 +1,194 @@
+"""Export: timm (2-D) and MONAI (3-D) round trips; loading by band name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+from geomed_mim.export import (
+    build_monai_vit,
+    export_encoder,
+    load_encoder,
+    main,
+    match_band_channels,
+)
+from geomed_mim.tasks.pretrain import MIMPretrainTask
+
+S2_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
+
+
+def fake_checkpoint(tmp_path, bands, **task_kwargs):
+    """A checkpoint as the task writes it (state_dict + metadata), with trained-looking weights."""
+    torch.manual_seed(0)
+    task = MIMPretrainTask(**task_kwargs)
+    with torch.no_grad():  # move away from the init so a wrong mapping cannot pass by accident
+        for name, p in task.model.named_parameters():
+            if "pos_embed" not in name:
+                p.add_(torch.randn_like(p) * 0.02)
+    task.data_metadata = {
+        "bands": bands,
+        "mean": [float(i) for i in range(len(bands))],
+        "std": [1.0] * len(bands),
+        "modality": "rs",
+    }
+    ckpt = {"state_dict": task.state_dict(), "geomed_mim": task.checkpoint_metadata()}
+    path = tmp_path / "model.ckpt"
+    torch.save(ckpt, path)
+    return path, task
+
+
+def test_timm_round_trip_strict_same_features(tmp_path):
+    ckpt, task = fake_checkpoint(
+        tmp_path,
+        S2_BANDS,
+        model="mae_vit_tiny_patch16",
+        in_chans=13,
+        img_size=32,
+        model_kwargs={"decoder_depth": 1, "decoder_embed_dim": 32, "decoder_num_heads": 2},
+    )
+    assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 0
+    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert cfg["architecture"] == "vit_tiny_patch16_224"
+    assert cfg["timm_kwargs"] == {}
+    assert cfg["bands"] == S2_BANDS
+    assert cfg["mean"][3] == 3.0
+    assert cfg["patch_size"] == [16, 16]
+    assert cfg["intermediate_blocks"] == [4, 7, 10]
+    # exactly the call from the issue; timm's loader is strict about keys
+    model = timm.create_model(
+        cfg["architecture"],
+        in_chans=cfg["in_chans"],
+        img_size=cfg["img_size"][0],
+        num_classes=0,
+        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
+    ).eval()
+    x = torch.randn(2, 13, 32, 32)
+    with torch.no_grad():
+        ours = task.model.encoder.eval().forward_features(x)
+        torch.testing.assert_close(model.forward_features(x), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_timm_round_trip_with_overridden_architecture(tmp_path):
+    ckpt, task = fake_checkpoint(
+        tmp_path,
+        ["red", "nir"],
+        model="mae_vit_small_patch16",
+        in_chans=2,
+        img_size=32,
+        model_kwargs={
+            "patch_size": 8,
+            "depth": 2,
+            "decoder_depth": 1,
+            "decoder_embed_dim": 32,
+            "decoder_num_heads": 2,
+        },
+    )
+    cfg = export_encoder(ckpt, tmp_path / "export")
+    assert cfg["timm_kwargs"] == {"depth": 2, "patch_size": 8}
+    model = timm.create_model(
+        cfg["architecture"],
+        in_chans=2,
+        img_size=32,
+        num_classes=0,
+        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
+        **cfg["timm_kwargs"],
+    ).eval()
+    x = torch.randn(1, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.forward_features(x), task.model.encoder.eval()(x), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_3d_export_loads_into_monai_vit(tmp_path):
+    ckpt, task = fake_checkpoint(
+        tmp_path,
+        ["CT"],
+        model="mae_vit_tiny_patch16",
+        in_chans=1,
+        img_size=32,
+        spatial_dims=3,
+        model_kwargs={
+            "depth": 3,
+            "decoder_depth": 1,
+            "decoder_embed_dim": 32,
+            "decoder_num_heads": 2,
+        },
+    )
+    cfg = export_encoder(ckpt, tmp_path / "export")
+    assert cfg["weights_keys"] == "monai"
+    assert cfg["spatial_dims"] == 3
+    vit = build_monai_vit(tmp_path / "export").eval()
+    normed = {}
+    vit.norm.register_forward_hook(lambda m, i, o: normed.setdefault("out", o))
+    x = torch.randn(2, 1, 32, 32, 32)
+    enc = task.model.encoder.eval()
+    with torch.no_grad():
+        _, hidden = vit(x)
+        ours, inter = enc.forward_intermediates(x, block_numbers=(1, 2, 3))
+    for mine, theirs in zip(inter, hidden, strict=True):
+        torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(normed["out"], ours, atol=1e-5, rtol=1e-5)
+    # ...and back into our own encoder
+    encoder, report, _ = load_encoder(tmp_path / "export")
+    assert report.shared == ["CT"]
+    assert not report.added
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval()(x), ours, atol=1e-6, rtol=1e-6)
+
+
+def test_band_name_matching(tmp_path, caplog):
+    ckpt, task = fake_checkpoint(
+        tmp_path,
+        S2_BANDS,
+        model="mae_vit_tiny_patch16",
+        in_chans=13,
+        img_size=32,
+        model_kwargs={
+            "depth": 1,
+            "decoder_depth": 1,
+            "decoder_embed_dim": 32,
+            "decoder_num_heads": 2,
+        },
+    )
+    export_encoder(ckpt, tmp_path / "export")
+    src = task.model.encoder.patch_embed.proj.weight.detach()
+    new_bands = ["B04", "b03", "B02", "TIR1", "B08"]  # RGB reordered (one lower-case), a new band
+    encoder, report, _ = load_encoder(tmp_path / "export", bands=new_bands)
+    assert report.shared == ["B04", "b03", "B02", "B08"]
+    assert report.added == ["TIR1"]
+    assert report.dropped == ["B01", "B05", "B06", "B07", "B8A", "B09", "B10", "B11", "B12"]
+    assert "TIR1" in caplog.text
+    assert "dropped" in caplog.text
+    w = encoder.patch_embed.proj.weight.detach()
+    for j, i in [(0, 3), (1, 2), (2, 1), (4, 7)]:
+        torch.testing.assert_close(w[:, j], src[:, i])
+    assert not any(torch.allclose(w[:, 3], src[:, i]) for i in range(13))  # fresh init, not a copy
+    # the rest of the encoder is the pretrained one
+    torch.testing.assert_close(
+        encoder.blocks[0].attn.qkv.weight, task.model.encoder.blocks[0].attn.qkv.weight
+    )
+
+
+def test_match_band_channels_rejects_inconsistent_names():
+    with pytest.raises(ValueError, match="band names"):
+        match_band_channels(
+            torch.zeros(4, 2, 2, 2), torch.zeros(4, 3, 2, 2), ["a", "b"], ["a", "b"]
+        )
