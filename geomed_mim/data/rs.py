@@ -190,7 +190,8 @@ class RSTileDataset(Dataset):
             raise ValueError(
                 f"tile has {tile.shape[0]} bands but the statistics have {self.mean.shape[0]}"
             )
-        image = (tile - self.mean) / self.std
+        # nodata pixels are NaN in calibrated stores: after normalization they become the mean (0)
+        image = torch.nan_to_num((tile - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
         size = self.crop_size or image.shape[-1]
         if self.augment:
             top, left, h, w = random_resized_crop_params(

@@ -13,7 +13,24 @@ from geomed_mim.data.datamodules import RSDataModule, concat_crops
 from geomed_mim.data.rs import RSTileDataset, random_resized_crop_params
 
 
-def test_datamodule_metadata_and_on_the_fly_stats(demo_store, caplog):
+def test_datamodule_uses_the_stores_band_stats(demo_store):
+    dm = RSDataModule(str(demo_store), batch_size=8, num_workers=0)
+    import zarr
+
+    attrs = zarr.open_group(str(demo_store / "store.zarr"), mode="r").attrs["band_stats"]
+    assert dm.metadata()["stats_source"] == "store attribute band_stats"
+    assert dm.metadata()["mean"] == attrs["mean"]
+    assert dm.metadata()["std"] == attrs["std"]
+
+
+def test_datamodule_metadata_and_on_the_fly_stats(demo_store, tmp_path, caplog):
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    meta_path = store / "store.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["band_stats"]  # a store built before statistics existed
+    meta_path.write_text(json.dumps(meta))
+    demo_store = store
     dm = RSDataModule(str(demo_store), batch_size=8, num_workers=0)
     assert dm.in_chans == 13
     assert dm.img_size == 32
@@ -85,3 +102,23 @@ def test_ct_crops_are_concatenated_into_one_batch():
     assert batch["index"].tolist() == [0, 1, 2, 3, 4, 5]
     loader = DataLoader(items, batch_size=2, collate_fn=concat_crops)
     assert next(iter(loader))["image"].shape[0] == 6
+
+
+def test_nodata_nan_pixels_become_zero_after_normalization(demo_store, tmp_path):
+    import numpy as np
+    import zarr
+
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store)
+    manifest = pq.read_table(store / "manifest.parquet").to_pandas()
+    row = manifest[manifest.excluded.isna() & manifest.dup_of.isna() & (manifest.split == "train")]
+    row = row.iloc[0]
+    arr = zarr.open_array(str(store / "store.zarr" / row["array"]), mode="r+")
+    tile = arr[row["index"]]
+    tile[:, :4, :4] = np.nan  # a calibrated store's nodata corner
+    arr[row["index"]] = tile
+    ds = RSTileDataset(store, [0.1] * 13, [0.05] * 13, split="train", augment=False)
+    k = ds.samples.index((row["array"], int(row["index"])))
+    image = ds[k]["image"]
+    assert torch.isfinite(image).all()
+    assert (image[:, :4, :4] == 0).all()
