@@ -191,6 +191,7 @@ def run_build(
     overwrite: bool = False,
     ignored: list[tuple[str, str]] | None = None,
     unit: str = "input",
+    extra_groups: tuple[str, ...] = (),
 ) -> BuildReport:
     """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
 
@@ -198,12 +199,14 @@ def run_build(
     (``samples_written``, ``excluded:<reason>`` ...). ``finalize(out_dir, table, summaries)``
     turns the concatenated fragments into the manifest and archive-wide counts (dedup, splits,
     statistics, preview), still under the output lock.
+    ``extra_groups`` are further groups a task writes its part into (labels), created up front
+    and cleaned like ``group`` when the task fails.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with OutputLock(out_dir):
         check_settings(out_dir, settings, overwrite)
-        root = open_root(out_dir, groups=(group,))
+        root = open_root(out_dir, groups=(group, *extra_groups))
         root.attrs.update(store_attrs)
 
         pending = [t for t in tasks if read_fragment(out_dir, t.part) is None]
@@ -225,7 +228,8 @@ def run_build(
             for i, result in results:
                 task = pending[i]
                 if isinstance(result, BaseException):
-                    delete_part_array(out_dir, group, task.part)
+                    for g in (group, *extra_groups):
+                        delete_part_array(out_dir, g, task.part)
                     error_type = getattr(result, "error_type", type(result).__name__)
                     q = Quarantined(task.part, task.source, _one_line(result), error_type)
                     quarantined.append(q)

@@ -36,17 +36,31 @@ def demo_config_path() -> Path:
 
 
 def resolve_input(spec: str | list[str]) -> str | list[str]:
-    """``demo:NAME`` names a folder of the embedded demo archive; anything else is a path."""
+    """``demo:NAME[/sub/path]`` names a file or folder of the embedded demo archive; anything
+    else is a path."""
     if isinstance(spec, list):
         return [str(resolve_input(s)) for s in spec]
     if not spec.startswith(DEMO_PREFIX):
         return spec
     name = spec[len(DEMO_PREFIX) :]
-    folder = demo_data_dir() / name
-    if not folder.is_dir():
+    target = demo_data_dir() / name
+    if not target.exists():
         choices = sorted(p.name for p in demo_data_dir().iterdir() if p.is_dir())
         raise InputError(f"--input: no demo archive {name!r}; choose one of {choices}")
-    return str(folder / "scenes") if (folder / "scenes").is_dir() else str(folder)
+    if target.is_dir() and (target / "scenes").is_dir():
+        return str(target / "scenes")
+    return str(target)
+
+
+def resolve_repo_path(path: str | None) -> str | None:
+    """A path as given, or, when it does not exist here, relative to the project's configs
+    parent (so ``configs/data/classes/X.yaml`` works from any working directory)."""
+    if path is None or Path(path).exists():
+        return path
+    candidate = configs_dir().parent / path
+    if str(path).startswith("configs/") and not candidate.exists():
+        candidate = configs_dir() / str(path)[len("configs/") :]
+    return str(candidate) if candidate.exists() else path
 
 
 def build_parser() -> ArgumentParser:
@@ -173,6 +187,23 @@ def build_parser() -> ArgumentParser:
         "tiles outlined.",
     )
     p.add_argument(
+        "--labels",
+        type=str | None,
+        default=None,
+        help="Label raster(s) for a segmentation store: one GeoTIFF covering every "
+        "scene, or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
+        "reprojected to each scene's grid with nearest neighbour and cut like the "
+        "tiles (labels/<part>). demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's.",
+    )
+    p.add_argument(
+        "--classes",
+        type=str | None,
+        default=None,
+        help="Class table for --labels: YAML with ignore_index and classes: "
+        "[{id, name, color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in "
+        "the table become ignore_index.",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.05,
@@ -224,6 +255,9 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig, bool]:
         )
     values = {f.name: getattr(args, f.name) for f in fields(RSBuildConfig) if f.name in args}
     values["input"] = resolve_input(args.input)
+    if values.get("labels"):
+        values["labels"] = resolve_input(values["labels"])
+    values["classes"] = resolve_repo_path(values.get("classes"))
     return RSBuildConfig(**values), is_demo
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,16 @@ from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, run_b
 from data_pipelines.dedup import MAX_EXACT_RADIUS, exact_hash, mark_duplicates, perceptual_hashes
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure_batch
+from data_pipelines.rs.labels import (
+    ClassTable,
+    LabelError,
+    LabelReader,
+    check_labels_spec,
+    load_class_table,
+    match_label,
+)
 from data_pipelines.rs.profiles import SensorProfile, load_profile
-from data_pipelines.rs.reader import SceneReader
+from data_pipelines.rs.reader import SceneError, SceneReader
 from data_pipelines.rs.tiling import tile_grid
 from data_pipelines.rs.toa import CALIBRATE_CHOICES, make_calibrator
 from data_pipelines.stats import (
@@ -76,6 +85,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("dup_of", pa.string()),
         ("dup_kind", pa.string()),
         ("split", pa.string()),
+        ("label_array", pa.string()),
+        ("labeled_fraction", pa.float32()),
         ("band_mean", _F64_LIST),
         ("band_std", _F64_LIST),
         # per-tile moments for the archive-wide merge; dropped from the final manifest
@@ -105,6 +116,8 @@ class RSBuildConfig:
     max_saturated_fraction: float = 0.05
     max_cloud_fraction: float = 0.5
     min_band_std: float | None = None
+    labels: str | None = None
+    classes: str | None = None
     dedup: bool = True
     near_dup_radius: int = DEFAULT_NEAR_DUP_RADIUS
     val_fraction: float = 0.05
@@ -157,6 +170,23 @@ class RSBuildConfig:
             raise BuildConfigError(f"--compression-level: {self.compression_level} not in [0, 9]")
         if not self.output:
             raise BuildConfigError("--output: give the folder to write the dataset into")
+        if self.labels is not None:
+            try:
+                check_labels_spec(self.labels)
+            except LabelError as e:
+                raise BuildConfigError(str(e)) from None
+            if self.classes is None:
+                raise BuildConfigError(
+                    "--classes: --labels needs a class table (YAML with ignore_index and "
+                    "classes: [{id, name}]), e.g. configs/data/classes/eolearn_lulc.yaml"
+                )
+            try:
+                load_class_table(self.classes)
+            except LabelError as e:
+                raise BuildConfigError(str(e)) from None
+
+    def class_table(self) -> ClassTable | None:
+        return load_class_table(self.classes) if self.labels and self.classes else None
 
     def rules(self) -> ExclusionRules:
         return ExclusionRules(
@@ -178,6 +208,8 @@ class RSBuildConfig:
             "resampling": self.resampling,
             "calibrate": self.calibrate,
             "exclusion": asdict(self.rules()),
+            "labels": str(Path(self.labels).resolve()) if self.labels else None,
+            "classes": self.class_table().to_attrs() if self.labels else None,
             "store_format": STORE_FORMAT_VERSION,
         }
 
@@ -189,6 +221,11 @@ class SceneJob:
     config: RSBuildConfig
     out_dir: str
     part: str
+    label_path: str | None = None
+
+
+def label_dtype(table: ClassTable) -> np.dtype:
+    return np.dtype(np.uint8 if max(*table.ids, table.ignore_index) < 256 else np.uint16)
 
 
 # -- the task ------------------------------------------------------------------------------------
@@ -209,7 +246,8 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
     source = scene.files[0][1] if not scene.multi_file else str(Path(scene.files[0][1]).parent)
     sample = BandSample(len(profile.bands))
     try:
-        with SceneReader(scene, profile, cfg.resampling) as reader:
+        with ExitStack() as stack:
+            reader = stack.enter_context(SceneReader(scene, profile, cfg.resampling))
             grid = reader.grid
             assert grid is not None
             assert reader.dtype is not None
@@ -221,6 +259,38 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
             if not rows_of_windows:
                 counts["scenes_smaller_than_tile"] = 1
             store_dtype = np.dtype(calibrator.out_dtype) if calibrator else reader.dtype
+            table = cfg.class_table()
+            labels = label_writer = None
+            if table is not None:
+                if job.label_path is None:
+                    raise SceneError(
+                        f"no label raster for this scene in --labels {cfg.labels} (looked for "
+                        f"<name>.tif, <name>_label.tif, <name>_labels.tif, <name>_mask.tif)"
+                    )
+                labels = stack.enter_context(
+                    closing(
+                        LabelReader(
+                            job.label_path,
+                            grid.crs,
+                            grid.transform,
+                            grid.height,
+                            grid.width,
+                            fill=table.ignore_index,
+                        )
+                    )
+                )
+                label_writer = PartWriter(
+                    job.out_dir,
+                    "labels",
+                    job.part,
+                    (T, T),
+                    label_dtype(table),
+                    attrs={
+                        "scene": scene.scene_id,
+                        "label_source": job.label_path,
+                        "classes": table.to_attrs(),
+                    },
+                )
             writer = PartWriter(
                 job.out_dir,
                 "tiles",
@@ -241,6 +311,13 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
                 strip_window = Window(0, windows[0].row_off, grid.width, T)
                 strip = reader.read_window(strip_window)  # [C, T, W]
                 qa_strip = reader.read_qa(strip_window)  # [T, W] or None
+                label_strip = None
+                if labels is not None:
+                    label_strip = labels.read(strip_window)  # [T, W]
+                    known = np.isin(label_strip, np.asarray(table.ids))
+                    label_strip = np.where(known, label_strip, table.ignore_index).astype(
+                        label_dtype(table)
+                    )
                 read_s += time.perf_counter() - t0
                 # tiles of the strip in batches: vectorized, with memory bounded by the batch
                 for start in range(0, len(windows), TILE_BATCH):
@@ -293,6 +370,13 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
                             row["index"] = writer.append(stored[k])
                             write_s += time.perf_counter() - t0
                             row["array"] = f"tiles/{job.part}"
+                            if label_strip is not None:
+                                label_tile = label_strip[:, w.col_off : w.col_off + T]
+                                label_writer.append(np.ascontiguousarray(label_tile))
+                                row["label_array"] = f"labels/{job.part}"
+                                row["labeled_fraction"] = float(
+                                    (label_tile != table.ignore_index).mean()
+                                )
                             counts["samples_written"] += 1
                             k += 1
                         else:
@@ -300,6 +384,8 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
                         rows.append(row)
             t0 = time.perf_counter()
             writer.close()
+            if label_writer is not None:
+                label_writer.close()
             write_s += time.perf_counter() - t0
         summary = {
             "counts": counts,
@@ -310,6 +396,7 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
         return {"counts": counts, "timings": summary["timings"]}
     except BaseException:
         delete_part_array(job.out_dir, "tiles", job.part)
+        delete_part_array(job.out_dir, "labels", job.part)
         raise
 
 
@@ -424,7 +511,9 @@ def plan_parts(scenes: list[Scene]) -> list[str]:
 
 
 def store_attributes(profile: SensorProfile, cfg: RSBuildConfig) -> dict[str, Any]:
+    table = cfg.class_table()
     return {
+        "classes": table.to_attrs() if table else None,
         "geomed_mim_store": STORE_FORMAT_VERSION,
         "modality": "rs",
         "profile": profile.to_attrs(),
@@ -453,7 +542,16 @@ def build_rs(cfg: RSBuildConfig) -> BuildReport:
         BuildTask(
             part=part,
             source=" ".join(scene.paths) if not scene.multi_file else scene.scene_id,
-            payload=SceneJob(scene, profile, cfg, out_dir, part),
+            payload=SceneJob(
+                scene,
+                profile,
+                cfg,
+                out_dir,
+                part,
+                match_label(cfg.labels, [p for _, p in scene.files], scene.scene_id)
+                if cfg.labels
+                else None,
+            ),
         )
         for scene, part in zip(discovery.scenes, parts, strict=True)
     ]
@@ -472,4 +570,5 @@ def build_rs(cfg: RSBuildConfig) -> BuildReport:
         overwrite=cfg.overwrite,
         ignored=discovery.ignored,
         unit="scene",
+        extra_groups=("labels",) if cfg.labels else (),
     )

@@ -1,0 +1,180 @@
+"""Label rasters for segmentation stores: which label goes with which scene, the class table,
+and label pixels on the scene's tile grid.
+
+``--labels`` names either one raster that covers every scene (a land-cover map over an area
+imaged on several dates) or a folder of rasters matched to scenes by file name: for a scene
+``<stem>.tif`` (or a one-file-per-band scene ``<prefix>_B04.tif``) the label is the first of
+``<stem>.tif``, ``<stem>_label.tif``, ``<stem>_labels.tif``, ``<stem>_mask.tif`` found in that
+folder. A label on another grid or CRS is reprojected to the scene grid with nearest neighbour
+(class ids must never be interpolated), through a GDAL warped view read strip by strip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import yaml
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+LABEL_SUFFIXES = ("", "_label", "_labels", "_mask")
+DEFAULT_IGNORE_INDEX = 255
+
+
+class LabelError(ValueError):
+    """A label setting or file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """Class ids and names, and the id that marks pixels to ignore in loss and metrics."""
+
+    ids: tuple[int, ...]
+    names: tuple[str, ...]
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+    colors: tuple[tuple[int, int, int], ...] = field(default=())
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "ids": list(self.ids),
+            "names": list(self.names),
+            "ignore_index": self.ignore_index,
+            "colors": [list(c) for c in self.colors],
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> ClassTable:
+        return cls(
+            ids=tuple(int(i) for i in attrs["ids"]),
+            names=tuple(attrs["names"]),
+            ignore_index=int(attrs.get("ignore_index", DEFAULT_IGNORE_INDEX)),
+            colors=tuple(tuple(c) for c in attrs.get("colors", [])),
+        )
+
+
+def load_class_table(path: str | Path) -> ClassTable:
+    """Read a class table: YAML/JSON with ``ignore_index`` and
+    ``classes: [{id: 1, name: cultivated, color: [r, g, b]}, ...]``."""
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(f"--classes: {p} does not exist")
+    raw = (
+        yaml.safe_load(p.read_text())
+        if p.suffix in (".yaml", ".yml")
+        else json.loads(p.read_text())
+    )
+    if not isinstance(raw, dict) or not isinstance(raw.get("classes"), list) or not raw["classes"]:
+        raise LabelError(f"--classes: {p} needs a non-empty 'classes' list of {{id, name}}")
+    ids, names, colors = [], [], []
+    for i, c in enumerate(raw["classes"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise LabelError(f"--classes: {p}: classes[{i}] needs 'id' and 'name'")
+        ids.append(int(c["id"]))
+        names.append(str(c["name"]))
+        if "color" in c:
+            colors.append(tuple(int(v) for v in c["color"]))
+    if len(set(ids)) != len(ids):
+        raise LabelError(f"--classes: {p}: duplicate class ids")
+    ignore = int(raw.get("ignore_index", DEFAULT_IGNORE_INDEX))
+    if ignore in ids:
+        raise LabelError(f"--classes: {p}: ignore_index {ignore} is also a class id")
+    return ClassTable(
+        tuple(ids), tuple(names), ignore, tuple(colors) if len(colors) == len(ids) else ()
+    )
+
+
+def check_labels_spec(labels: str | None) -> None:
+    if labels is not None and not Path(labels).exists():
+        raise LabelError(
+            f"--labels: {labels} does not exist; give one label raster for all scenes or a "
+            f"folder of label rasters named after the scenes"
+        )
+
+
+def match_label(labels: str, scene_files: list[str], scene_id: str) -> str | None:
+    """The label raster for a scene, or None when the folder has none for it."""
+    p = Path(labels)
+    if p.is_file():
+        return str(p)
+    first = Path(scene_files[0])
+    stems = [first.stem]
+    token = first.stem.rsplit("_", 1)
+    if len(token) == 2 and token[1].upper().startswith("B"):  # one-file-per-band scene
+        stems.append(token[0])
+    stems.append(Path(scene_id).name)
+    for stem in stems:
+        for suffix in LABEL_SUFFIXES:
+            for ext in (".tif", ".tiff"):
+                candidate = p / f"{stem}{suffix}{ext}"
+                if candidate.is_file():
+                    return str(candidate)
+    return None
+
+
+class LabelReader:
+    """A label raster seen on a target grid (nearest neighbour); read by window."""
+
+    def __init__(
+        self,
+        path: str,
+        crs: str,
+        transform: rasterio.Affine,
+        height: int,
+        width: int,
+        fill: int = DEFAULT_IGNORE_INDEX,
+    ):
+        self.path = path
+        self.fill = fill
+        self._ds = rasterio.open(path)
+        if self._ds.count != 1:
+            self._ds.close()
+            raise LabelError(f"label {Path(path).name} has {self._ds.count} bands; expected 1")
+        nodata = self._ds.nodata
+        self.source_nodata = int(nodata) if nodata is not None else None
+        same = (
+            self._ds.transform == transform
+            and (self._ds.height, self._ds.width) == (height, width)
+            and (not crs or str(self._ds.crs) == crs or _epsg(self._ds.crs) == crs)
+        )
+        self._view = (
+            self._ds
+            if same
+            else WarpedVRT(
+                self._ds,
+                crs=crs or self._ds.crs,
+                transform=transform,
+                width=width,
+                height=height,
+                resampling=Resampling.nearest,
+                nodata=fill,  # pixels the label raster does not cover
+            )
+        )
+        self.dtype = np.dtype(self._ds.dtypes[0])
+
+    def read(self, window: Window) -> np.ndarray:
+        """``[h, w]`` class ids; pixels outside the label raster or nodata get ``fill``."""
+        if self._view is self._ds:
+            data = self._ds.read(1, window=window, boundless=True, fill_value=self.fill)
+        else:
+            data = self._view.read(1, window=window)
+        if self.source_nodata is not None:
+            data = np.where(data == self.source_nodata, self.fill, data)
+        return data
+
+    def close(self) -> None:
+        if self._view is not self._ds:
+            self._view.close()
+        self._ds.close()
+
+
+def _epsg(crs: rasterio.crs.CRS | None) -> str:
+    if crs is None:
+        return ""
+    code = crs.to_epsg()
+    return f"EPSG:{code}" if code else crs.to_wkt()
