@@ -67,23 +67,25 @@ class BandMoments:
 
 
 def tile_moments(tiles: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per-tile, per-band (count, mean, M2, min, max) of ``[n, C, h, w]``, each ``[n, C]``."""
+    """Per-tile, per-band (count, mean, M2, min, max) of ``[n, C, h, w]``, each ``[n, C]``.
+
+    Sums are accumulated in float64 without a float64 copy of the tiles."""
     n, C = tiles.shape[:2]
-    x = tiles.reshape(n, C, -1).astype(np.float64)
+    x = tiles.reshape(n, C, -1)
     if np.issubdtype(tiles.dtype, np.floating) and not np.isfinite(tiles).all():
         finite = np.isfinite(x)
         count = finite.sum(axis=2).astype(np.float64)
-        safe = np.where(finite, x, 0.0)
-        mean = safe.sum(axis=2) / np.maximum(count, 1)
-        dev = np.where(finite, x - mean[:, :, None], 0.0)
-        minimum = np.where(finite, x, np.inf).min(axis=2)
-        maximum = np.where(finite, x, -np.inf).max(axis=2)
+        safe = np.where(finite, x, 0)
+        mean = safe.sum(axis=2, dtype=np.float64) / np.maximum(count, 1)
+        dev = np.where(finite, safe - mean[:, :, None], 0.0)
+        minimum = np.where(finite, x, np.inf).min(axis=2).astype(np.float64)
+        maximum = np.where(finite, x, -np.inf).max(axis=2).astype(np.float64)
     else:
         count = np.full((n, C), float(x.shape[2]))
-        mean = x.mean(axis=2)
-        dev = x - mean[:, :, None]
-        minimum, maximum = x.min(axis=2), x.max(axis=2)
-    m2 = np.einsum("ncp,ncp->nc", dev, dev)
+        mean = x.mean(axis=2, dtype=np.float64)
+        dev = x - mean[:, :, None].astype(x.dtype if x.dtype.kind == "f" else np.float64)
+        minimum, maximum = x.min(axis=2).astype(np.float64), x.max(axis=2).astype(np.float64)
+    m2 = np.square(dev).sum(axis=2, dtype=np.float64)
     return count, mean, m2, minimum, maximum
 
 
