@@ -191,18 +191,21 @@ def run_build(
     overwrite: bool = False,
     ignored: list[tuple[str, str]] | None = None,
     unit: str = "input",
+    extra_groups: tuple[str, ...] = (),
 ) -> BuildReport:
     """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
 
     ``task_fn(payload)`` writes its part array and fragment and returns a summary of counts
     (``samples_written``, ``excluded:<reason>`` ...). ``finalize`` turns the concatenated
     fragments into the manifest (archive-wide steps such as dedup and splits).
+    ``extra_groups`` are further groups a task writes its part into (CT: ``labels``), created
+    up front and cleaned like ``group`` when the task fails.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
     with OutputLock(out_dir):
         check_settings(out_dir, settings, overwrite)
-        root = open_root(out_dir, groups=(group,))
+        root = open_root(out_dir, groups=(group, *extra_groups))
         root.attrs.update(store_attrs)
 
         pending = [t for t in tasks if read_fragment(out_dir, t.part) is None]
@@ -224,7 +227,8 @@ def run_build(
             for i, result in results:
                 task = pending[i]
                 if isinstance(result, BaseException):
-                    delete_part_array(out_dir, group, task.part)
+                    for g in (group, *extra_groups):
+                        delete_part_array(out_dir, g, task.part)
                     q = Quarantined(
                         task.part, task.source, _one_line(result), type(result).__name__
                     )
