@@ -151,3 +151,9 @@ def ct_build(ct_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             ]
         )
     return {"out": out, "rc": rc, "stdout": buf.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def dicom_writer():
+    """``write_dicom_series`` for tests (conftest modules are not importable by name)."""
+    return write_dicom_series
