@@ -232,7 +232,8 @@ def sweep(nifti: Path, work: Path, args) -> None:
     from geomed_mim.data.ct import CTCropDataset
 
     print(
-        "\n| chunk | codec | store MB | ms/crop (1/visit) | ms/crop (4/visit) | MB decoded/crop |"
+        "\n| chunk | codec | store MB | ms/crop (1/visit) | ms/crop (4/visit) "
+        "| MB decoded/crop (4/visit) |"
     )
     print("|---:|---|---:|---:|---:|---:|")
     for chunk in (32, 48, 64, 96):

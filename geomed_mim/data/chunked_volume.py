@@ -83,11 +83,20 @@ class ChunkedVolume:
         start: tuple[int, ...],
         size: tuple[int, ...],
         cache: dict[tuple[int, ...], np.ndarray] | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The box ``[start, start + size)``; parts outside the volume hold the fill value."""
-        out = np.full(size, self.fill_value, dtype=self.dtype)
+        """The box ``[start, start + size)``; parts outside the volume hold the fill value.
+
+        ``out`` (shape ``size``, this array's dtype) is filled in place when given: a loader
+        reuses one buffer instead of faulting in fresh pages for every crop.
+        """
         lo = [max(0, s) for s in start]
         hi = [min(d, s + n) for d, s, n in zip(self.shape, start, size, strict=True)]
+        inside = all(a == s and b == s + n for a, b, s, n in zip(lo, hi, start, size, strict=True))
+        if out is None:
+            out = np.empty(size, dtype=self.dtype)
+        if not inside:
+            out.fill(self.fill_value)
         if any(h <= low for low, h in zip(lo, hi, strict=True)):
             return out
         if not self.fast:

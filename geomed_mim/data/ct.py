@@ -121,6 +121,7 @@ class CTCropDataset(Dataset):
         self._arrays: dict[str, ChunkedVolume] = {}
         self._points: dict[str, np.ndarray] = {}
         self._rng: np.random.Generator | None = None
+        self._buffers: dict[str, np.ndarray] = {}
 
     @staticmethod
     def _read_manifests(
@@ -169,7 +170,7 @@ class CTCropDataset(Dataset):
         pid = os.getpid()
         if self._pid != pid:  # first use in this process (a fresh worker after fork/spawn)
             self._pid = pid
-            self._arrays, self._points = {}, {}
+            self._arrays, self._points, self._buffers = {}, {}, {}
             self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**63])
 
     def _array(self, store: str, path: str) -> ChunkedVolume:
@@ -192,7 +193,7 @@ class CTCropDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _arrays={}, _points={}, _rng=None)
+        state.update(_pid=None, _arrays={}, _points={}, _rng=None, _buffers={})
         return state
 
     # -- sampling ------------------------------------------------------------------------------
@@ -214,14 +215,17 @@ class CTCropDataset(Dataset):
                 )
         return tuple(int(rng.integers(a, b + 1)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
-    def to_intensity(self, hu: np.ndarray) -> np.ndarray:
+    def to_intensity(self, hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """int16 HU -> float32: the window mapped to [0, 1] (or raw HU without a window)."""
-        out = hu.astype(np.float32)
-        if self.window is not None:
-            lo, hi = self.window
-            out -= lo
-            out *= 1.0 / (hi - lo)
-            np.clip(out, 0.0, 1.0, out=out)
+        if out is None:
+            out = np.empty(hu.shape, dtype=np.float32)
+        if self.window is None:
+            out[...] = hu
+            return out
+        lo, hi = self.window
+        np.subtract(hu, np.float32(lo), out=out, dtype=np.float32)  # in place: no temporaries
+        np.multiply(out, np.float32(1.0 / (hi - lo)), out=out)
+        np.clip(out, 0.0, 1.0, out=out)
         return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -235,29 +239,44 @@ class CTCropDataset(Dataset):
             lab = self._array(ref.store, ref.label_array)
         cache: dict = {}
         label_cache: dict = {}
-        images, labels, origins = [], [], []
-        for _ in range(self.crops_per_volume):
+        n = self.crops_per_volume
+        images = np.empty((n, 1, *self.crop_size), dtype=np.float32)  # [crops, 1, D, H, W]
+        labels = (
+            np.empty((n, 1, *self.crop_size), dtype=self.label_dtype) if lab is not None else None
+        )
+        origins = []
+        for c in range(n):
             origin = self.crop_origin(ref, rng)
-            img = self.to_intensity(vol.read(origin, self.crop_size, cache))  # [D, H, W]
+            hu = vol.read(origin, self.crop_size, cache, out=self._hu_buffer(vol.dtype))
             seg = lab.read(origin, self.crop_size, label_cache) if lab is not None else None
             if self.augment:
-                img, seg = self._augment(img, seg, rng)
-            images.append(img)
-            if seg is not None:
-                labels.append(seg.astype(self.label_dtype, copy=False))
+                hu, seg = self._flip_rotate(hu, seg, rng)  # views: copied once, below
+            img = self.to_intensity(hu, out=images[c, 0])  # [D, H, W], written in place
+            if self.augment:
+                self._jitter(img, rng)
+            if labels is not None and seg is not None:
+                labels[c, 0] = seg
             origins.append(origin)
         item: dict[str, Any] = {
-            "image": torch.from_numpy(np.stack(images)[:, None]),  # [crops, 1, D, H, W]
+            "image": torch.from_numpy(images),  # [crops, 1, D, H, W]
             "origin": torch.tensor(origins, dtype=torch.int64),  # [crops, 3]
             "case": ref.case,
         }
         if self.return_labels:
-            item["label"] = torch.from_numpy(np.stack(labels)[:, None])  # [crops, 1, D, H, W]
+            item["label"] = torch.from_numpy(labels)  # [crops, 1, D, H, W]
         return item
 
-    def _augment(
+    def _hu_buffer(self, dtype: np.dtype) -> np.ndarray:
+        """One reusable crop-sized HU buffer per process (fresh pages cost more than decoding)."""
+        buf = self._buffers.get(dtype.str)
+        if buf is None:
+            buf = self._buffers[dtype.str] = np.empty(self.crop_size, dtype=dtype)
+        return buf
+
+    def _flip_rotate(
         self, img: np.ndarray, seg: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Random flips (each axis, p=0.5) and axial rot90, the same for image and label; views."""
         axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
         k = int(rng.integers(4)) if self.crop_size[0] == self.crop_size[1] else 0
         if axes:
@@ -266,10 +285,11 @@ class CTCropDataset(Dataset):
         if k:
             img = np.rot90(img, k, axes=(0, 1))
             seg = np.rot90(seg, k, axes=(0, 1)) if seg is not None else None
-        img = np.ascontiguousarray(img)
-        seg = np.ascontiguousarray(seg) if seg is not None else None
+        return img, seg
+
+    def _jitter(self, img: np.ndarray, rng: np.random.Generator) -> None:
+        """In place: image * U(1-j, 1+j) + U(-j, j) on windowed intensities."""
         j = self.intensity_jitter
         if j > 0 and self.window is not None:
             img *= np.float32(rng.uniform(1 - j, 1 + j))
             img += np.float32(rng.uniform(-j, j))
-        return img, seg

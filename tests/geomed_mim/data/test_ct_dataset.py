@@ -73,7 +73,7 @@ def test_augment_moves_image_and_label_together(ct_demo_store: Path) -> None:
     rng = np.random.default_rng(3)
     changed = 0
     for _ in range(20):
-        a, b = ds._augment(img, img.astype(np.int32), rng)
+        a, b = ds._flip_rotate(img, img.astype(np.int32), rng)
         assert np.array_equal(a, b)
         changed += not np.array_equal(a, img)
     assert changed >= 15
