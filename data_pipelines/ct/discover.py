@@ -107,8 +107,13 @@ def list_input_files(input_spec: str | list[str]) -> tuple[list[Path], Path]:
                 f"--input: {spec!r} does not exist; give a folder of .nii/.nii.gz files or "
                 f"DICOM series, a glob, or a file"
             )
-    root = Path(os.path.commonpath([str(r.resolve()) for r in roots]))
-    return sorted({f.resolve() for f in files}), root
+    root = Path(os.path.commonpath([_abs(r) for r in roots]))
+    return sorted({Path(_abs(f)) for f in files}), root
+
+
+def _abs(path: Path) -> str:
+    """Absolute and normalized, but symlinks kept: ids and pairing follow the input's layout."""
+    return os.path.abspath(path)
 
 
 def _rel_id(path: Path, root: Path) -> str:
@@ -136,8 +141,8 @@ def read_pairs_csv(path: str | Path) -> dict[Path, tuple[Path, str]]:
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
             if not row.get("image"):
                 continue
-            image = (path.parent / row["image"]).resolve()
-            label = (path.parent / row["label"]).resolve() if row.get("label") else None
+            image = Path(_abs(path.parent / row["image"]))
+            label = Path(_abs(path.parent / row["label"])) if row.get("label") else None
             pairs[image] = (label, row.get("patient_id", ""))  # type: ignore[assignment]
     return pairs
 

@@ -240,3 +240,27 @@ def test_resume_after_killed_build_gives_identical_manifest(
         assert np.array_equal(
             _array(tmp_path / "ref", row["array"]), _array(tmp_path / "killed", row["array"])
         )
+
+
+def test_label_on_another_voxel_grid_is_resampled_through_world_coordinates(
+    ct_good_archive: Path, ct_build: dict, tmp_path: Path
+) -> None:
+    """The chest mask re-saved in RAS voxel order (same world positions, flipped axes and a new
+    affine), paired by CSV with the LPS image, lands on exactly the labels of the plain build."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ctpa.nii.gz").symlink_to(ct_good_archive / "chest" / "ctpa.nii.gz")
+    mask = nib.load(str(ct_good_archive / "chest" / "ctpa_seg.nii.gz"))
+    nib.save(nib.as_closest_canonical(mask), str(tmp_path / "pa_in_ras.nii.gz"))
+    (tmp_path / "pairs.csv").write_text("image,label\nin/ctpa.nii.gz,pa_in_ras.nii.gz\n")
+    report = build_ct(
+        CTBuildConfig(input=str(src), output=str(tmp_path / "out"),
+                      labels_csv=str(tmp_path / "pairs.csv"))
+    )  # fmt: skip
+    assert not report.quarantined
+    row = _rows(tmp_path / "out")["ctpa"]
+    ref = _rows(ct_build["out"])["chest/ctpa"]
+    assert row["label_source"].endswith("pa_in_ras.nii.gz")
+    assert np.array_equal(
+        _array(tmp_path / "out", row["label_array"]), _array(ct_build["out"], ref["label_array"])
+    )
