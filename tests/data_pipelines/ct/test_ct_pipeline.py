@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,31 +206,30 @@ def test_foreground_crop_shrinks_grid_and_keeps_world_positions(
     assert aff_crop @ [0, 0, 0, 1] == pytest.approx(aff_full @ [*off, 1])
 
 
-def _build_in_child(cfg: CTBuildConfig) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-    build_ct(cfg)
-
-
 def test_resume_after_killed_build_gives_identical_manifest(
     ct_good_archive: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL a build after its first finished volume, re-run it, compare to a clean build."""
+    """SIGKILL a CLI build (its own process) after its first finished volume, re-run the same
+    build, and compare with an uninterrupted one: same manifest, same arrays."""
     ref_cfg = CTBuildConfig(input=str(ct_good_archive), output=str(tmp_path / "ref"))
     build_ct(ref_cfg)
     cfg = CTBuildConfig(input=str(ct_good_archive), output=str(tmp_path / "killed"))
-    proc = multiprocessing.get_context("fork").Process(target=_build_in_child, args=(cfg,))
-    proc.start()
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", "--modality", "ct"]
+    cmd += ["--input", cfg.input, "--output", cfg.output, "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "killed" / "parts"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.is_alive():
-        if any(p.suffix == ".parquet" for p in parts.glob("*.parquet")):
-            break
-        time.sleep(0.005)
-    proc.kill()
-    proc.join()
-    done = [p for p in parts.glob("*.parquet")]
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(parts.glob("*.parquet")):
+                break
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = list(parts.glob("*.parquet"))
     assert 1 <= len(done) < 4, "the kill should land mid-build"
     assert not (tmp_path / "killed" / "manifest.parquet").exists()
 
