@@ -42,7 +42,12 @@ class ChunkedVolume:
         self.chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
         self.attrs = meta.get("attributes", {})
         dtype = meta.get("data_type")
-        self.dtype = np.dtype(_DTYPES.get(dtype, np.int16) if isinstance(dtype, str) else "i2")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:  # a structured/extension type: only zarr knows how to decode it
+            import zarr
+
+            self.dtype = np.dtype(zarr.open_array(str(self.path), mode="r").dtype)
         self.fill_value = meta.get("fill_value", 0)
         codecs = meta.get("codecs", [])
         names = [c.get("name") for c in codecs]
