@@ -16,6 +16,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildConfigError, BuildLockedError, BuildReport
+from data_pipelines.ct.pipeline import CTBuildConfig, build_ct
 from data_pipelines.resources import configs_dir, demo_data_dir
 from data_pipelines.rs.discover import InputError
 from data_pipelines.rs.pipeline import (
@@ -31,8 +32,8 @@ DEMO_PREFIX = "demo:"
 EXIT_OK, EXIT_QUARANTINED_STRICT, EXIT_CONFIG = 0, 1, 2
 
 
-def demo_config_path() -> Path:
-    return configs_dir() / "data" / "demo.yaml"
+def demo_config_path(modality: str = "rs") -> Path:
+    return configs_dir() / "data" / ("demo_ct.yaml" if modality == "ct" else "demo.yaml")
 
 
 def resolve_input(spec: str | list[str]) -> str | list[str]:
@@ -81,12 +82,19 @@ def build_parser() -> ArgumentParser:
         "below (keys with underscores, e.g. tile_size); flags after it override it.",
     )
     p.add_argument(
+        "--modality",
+        type=str,
+        default="rs",
+        help="'rs' (satellite scenes -> tiles) or 'ct' (CT volumes -> resampled HU volumes; "
+        "see the CT flags below and docs/ct_pipeline.md).",
+    )
+    p.add_argument(
         "--input",
         type=str | list[str] | None,
         default=None,
         help="Folder of rasters (searched recursively), a glob such as "
         "'scenes/**/*.tif', a raster file, or demo:NAME for the embedded demo "
-        "(demo:sentinel2_l1c, demo:landsat8_l1). Default: the demo archive.",
+        "(demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo archive.",
     )
     p.add_argument(
         "--output",
@@ -190,10 +198,12 @@ def build_parser() -> ArgumentParser:
         "--labels",
         type=str | None,
         default=None,
-        help="Label raster(s) for a segmentation store: one GeoTIFF covering every "
+        help="RS: label raster(s) for a segmentation store: one GeoTIFF covering every "
         "scene, or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
         "reprojected to each scene's grid with nearest neighbour and cut like the "
-        "tiles (labels/<part>). demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's.",
+        "tiles (labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. "
+        "CT: default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
+        "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels.",
     )
     p.add_argument(
         "--classes",
@@ -236,16 +246,120 @@ def build_parser() -> ArgumentParser:
         default=False,
         help="Delete a previous build in --output instead of resuming it.",
     )
+    add_ct_arguments(p)
     return p
 
 
-def parse_config(argv: list[str]) -> tuple[RSBuildConfig, bool]:
+# -- CT (--modality ct) --------------------------------------------------------------------------
+
+
+def add_ct_arguments(p: ArgumentParser) -> None:
+    """Flags that only the CT build reads (the shared ones: input, output, workers, ...)."""
+    g = p.add_argument_group("CT (--modality ct)")
+    g.add_argument(
+        "--spacing",
+        type=float | list[float],
+        default=1.5,
+        help="Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes).",
+    )
+    g.add_argument(
+        "--labels-csv",
+        type=str | None,
+        default=None,
+        help="CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
+        "wins over the naming rule. image may be a DICOM series folder.",
+    )
+    g.add_argument(
+        "--crop-foreground",
+        action=ActionYesNo,
+        default=False,
+        help="Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm.",
+    )
+    g.add_argument("--foreground-hu", type=float, default=-500.0, help="Body threshold in HU.")
+    g.add_argument("--crop-margin-mm", type=float, default=10.0, help="Margin of the crop in mm.")
+    g.add_argument(
+        "--foreground-points",
+        type=int,
+        default=1024,
+        help="Crop centres stored per case for foreground-biased sampling (label or body voxels).",
+    )
+    g.add_argument("--chunk-size", type=int, default=64, help="Edge of the cubic zarr chunks.")
+    g.add_argument(
+        "--codec", type=str, default="lz4", help="Volume codec: lz4 (fast), zstd (small), none."
+    )
+
+
+def ct_config(args: object) -> CTBuildConfig:
+    a = args
+    return CTBuildConfig(
+        input=resolve_input(a.input),
+        output=a.output,
+        spacing=a.spacing,
+        labels=a.labels if a.labels is not None else "auto",
+        labels_csv=a.labels_csv,
+        crop_foreground=a.crop_foreground,
+        foreground_hu=a.foreground_hu,
+        crop_margin_mm=a.crop_margin_mm,
+        foreground_points=a.foreground_points,
+        chunk_size=a.chunk_size,
+        codec=a.codec,
+        compression_level=a.compression_level,
+        val_fraction=a.val_fraction,
+        workers=a.workers,
+        scheduler=a.scheduler,
+        strict=a.strict,
+        overwrite=a.overwrite,
+    )
+
+
+def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
+    c = report.counts
+    resumed = (
+        f"  ({report.resumed_parts} resumed from an earlier run)" if report.resumed_parts else ""
+    )
+    dups = "?"
+    try:
+        from data_pipelines.store import read_manifest
+
+        dups = str(sum(1 for d in read_manifest(report.out_dir).column("dup_of").to_pylist() if d))
+    except Exception:  # the summary never fails a finished build
+        pass
+    fmt = ", ".join(
+        f"{k.split(':', 1)[1]}: {v}" for k, v in sorted(c.items()) if k.startswith("format:")
+    )
+    rows = [
+        ("volumes built", f"{c.get('volumes_read', 0)}{resumed}" + (f"  ({fmt})" if fmt else "")),
+        ("volumes quarantined", f"{len(report.quarantined)}"),
+        ("files ignored", f"{len(report.ignored)}"),
+        ("with label maps", f"{c.get('labels_written', 0)}"),
+        ("exact duplicates", f"{dups}  (marked dup_of in the manifest, kept in the store)"),
+        ("spacing", " x ".join(f"{s:g}" for s in cfg.spacing) + " mm, int16 HU, RAS"),
+        ("voxels written", f"{c.get('voxels_written', 0) / 1e6:.1f} M"),
+        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr, {cfg.codec})"),
+        (
+            "time",
+            f"{report.seconds:.1f} s  ({c.get('volumes_read', 0) / max(report.seconds, 1e-9):.2f} "
+            f"volumes/s, {report.scheduler})",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"build_dataset: ct -> {report.out_dir}"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += [f"  quarantined: {q.source}: {q.reason}" for q in report.quarantined]
+    lines += [f"  ignored: {path}: {why}" for path, why in report.ignored[:10]]
+    if len(report.ignored) > 10:
+        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
+    lines.append(f"  manifest: {report.out_dir / 'manifest.parquet'} ({report.manifest_rows} rows)")
+    return "\n".join(lines)
+
+
+def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
     """Parse flags into a config; without --input (flag or YAML) the demo settings are the base."""
     parser = build_parser()
     args = parser.parse_args(argv)
     is_demo = args.input is None
     if is_demo:
-        args = parser.parse_args(["--config", str(demo_config_path()), *argv])
+        args = parser.parse_args(["--config", str(demo_config_path(args.modality)), *argv])
     if args.output is None:
         raise BuildConfigError("--output: give the folder to write the dataset into")
     if args.scheduler not in (parallel.LOCAL, parallel.SYNCHRONOUS) and "://" not in args.scheduler:
@@ -253,6 +367,10 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig, bool]:
             f"--scheduler: {args.scheduler!r} is not 'local', 'synchronous' or an address "
             f"like tcp://10.0.0.5:8786"
         )
+    if args.modality not in ("rs", "ct"):
+        raise BuildConfigError(f"--modality: {args.modality!r} is not 'rs' or 'ct'")
+    if args.modality == "ct":
+        return ct_config(args), is_demo
     values = {f.name: getattr(args, f.name) for f in fields(RSBuildConfig) if f.name in args}
     values["input"] = resolve_input(args.input)
     if values.get("labels"):
@@ -361,11 +479,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg, is_demo = parse_config(argv)
         if is_demo:
             print(f"No --input given: building the embedded demo archive into ./{cfg.output}/")
-        report = build_rs(cfg)
+        report = build_ct(cfg) if isinstance(cfg, CTBuildConfig) else build_rs(cfg)
     except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(format_summary(report, cfg))
+    if isinstance(cfg, CTBuildConfig):
+        print(format_ct_summary(report, cfg))
+    else:
+        print(format_summary(report, cfg))
     if cfg.strict and report.quarantined:
         print(f"error: --strict: {len(report.quarantined)} input(s) quarantined", file=sys.stderr)
         return EXIT_QUARANTINED_STRICT
