@@ -86,9 +86,7 @@ def test_signal_saves_at_the_step_end_and_exits_with_128_plus_signal(tmp_path, s
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6  # the step that was running when the signal came finished
     # 8 batches per epoch: step 6 is batch 6 of epoch 0 -> resume at epoch 0, batch 6
-    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "batch": 6}
-    ]
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batch": 6}]
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
     assert signal.getsignal(signum) == before  # handlers restored
 
