@@ -39,7 +39,9 @@ install_project() {
     base_pins "${venv}/bin/python" >"${pins}"
     if ! grep -q '^torch==' "${pins}"; then
         echo "base image has no torch: installing ${TORCH_REQUIREMENT}"
-        "${venv}/bin/pip" install "${pip_args[@]}" "${TORCH_REQUIREMENT}"
+        local -a torch_reqs
+        read -ra torch_reqs <<<"${TORCH_REQUIREMENT}"  # e.g. "torch==2.13.0+cpu torchvision==0.28.0+cpu"
+        "${venv}/bin/pip" install "${pip_args[@]}" "${torch_reqs[@]}"
         base_pins "${venv}/bin/python" >"${pins}"
     fi
     echo "keeping the base's packages:"; cat "${pins}"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the image on the local Debian base and runs it: demo build_dataset, then a 2-process
 # CPU torchrun pretraining of a few steps, then checks the checkpoint. Needs root (Docker).
-#   bash docker/smoke.sh            (about 4-6 min here on 2 cores, most of it the image build)
+#   bash docker/smoke.sh            (see docs/cluster.md for the time it takes here)
 # Environment:
 #   BASE_IMAGE       default geomed-base:bookworm (made by ../shared/tools/docker-local-base.sh,
 #                    which is run first when the image is missing and the script exists)
 #   IMAGE            tag to build, default geomed-mim:smoke
-#   TORCH_WHEELS     folder holding a CPU torch wheel to install instead of PyPI's CUDA build
-#                    (default /opt/wheels when it has one); served to the build over localhost
-#   TORCH_INDEX_URL  else: an index with CPU wheels, default https://download.pytorch.org/whl/cpu
+#   TORCH_WHEELS     folder with CPU torch and torchvision wheels to use instead of PyPI's CUDA
+#                    build (default /opt/wheels); served to the build over localhost
+#   TORCH_INDEX_URL  else: an index with CPU wheels, e.g. https://download.pytorch.org/whl/cpu
 #   KEEP_IMAGE=1     keep the image afterwards (default: removed, and dangling layers pruned)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,12 @@ if ! docker image inspect "${BASE_IMAGE}" >/dev/null 2>&1; then
     bash "${base_tool}" "${BASE_IMAGE}"
 fi
 
-# A CPU-only torch keeps the smoke image small (PyPI's Linux torch pulls several GB of CUDA
-# wheels). The default CUDA base images bring their own torch and take neither path.
+# A CPU-only torch + torchvision pair keeps the smoke image small (PyPI's Linux torch is the CUDA
+# build and pulls several GB of nvidia-* wheels), when one is at hand: both wheels in TORCH_WHEELS
+# (served to the build over localhost) or TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu).
+# A CPU torch alone is not enough: PyPI's torchvision wheels are CUDA builds and fail to import on
+# it. Otherwise PyPI's torch is used (this machine: no CPU torchvision anywhere reachable).
+# The default CUDA base images bring their own torch and take none of these paths.
 build_args=(--build-arg "BASE_IMAGE=${BASE_IMAGE}")
 server_pid=""
 cleanup() {
@@ -34,20 +38,23 @@ cleanup() {
     [[ -n "${workdir:-}" ]] && rm -rf "${workdir}"
 }
 trap cleanup EXIT
-cpu_wheel=$(find "${TORCH_WHEELS}" -maxdepth 1 -name 'torch-*+cpu-*.whl' 2>/dev/null | sort | tail -1 || true)
-if [[ -n "${cpu_wheel}" ]]; then
+cpu_torch=$(find "${TORCH_WHEELS}" -maxdepth 1 -name 'torch-*+cpu-*.whl' 2>/dev/null | sort | tail -1 || true)
+cpu_vision=$(find "${TORCH_WHEELS}" -maxdepth 1 -name 'torchvision-*+cpu-*.whl' 2>/dev/null | sort | tail -1 || true)
+if [[ -n "${cpu_torch}" && -n "${cpu_vision}" ]]; then
     port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
     python3 -m http.server --bind 127.0.0.1 --directory "${TORCH_WHEELS}" "${port}" >/dev/null 2>&1 &
     server_pid=$!
-    version=$(basename "${cpu_wheel}" | cut -d- -f2)
-    build_args+=(--build-arg "TORCH_REQUIREMENT=torch==${version}"
+    t=$(basename "${cpu_torch}" | cut -d- -f2)
+    v=$(basename "${cpu_vision}" | cut -d- -f2)
+    build_args+=(--build-arg "TORCH_REQUIREMENT=torch==${t} torchvision==${v}"
                  --build-arg "PIP_EXTRA_ARGS=--find-links http://127.0.0.1:${port}/ --trusted-host 127.0.0.1")
-    say "CPU torch ${version} from ${cpu_wheel}"
+    say "CPU torch ${t}, torchvision ${v} from ${TORCH_WHEELS}"
+elif [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    build_args+=(--build-arg "TORCH_REQUIREMENT=torch<2.15 torchvision"
+                 --build-arg "PIP_EXTRA_ARGS=--extra-index-url ${TORCH_INDEX_URL}")
+    say "torch from ${TORCH_INDEX_URL}"
 else
-    index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
-    build_args+=(--build-arg "TORCH_REQUIREMENT=torch<2.15"
-                 --build-arg "PIP_EXTRA_ARGS=--extra-index-url ${index}")
-    say "CPU torch from ${index}"
+    say "no CPU torch + torchvision wheels: PyPI's torch (CUDA build, several GB)"
 fi
 # the local base carries the host's CA bundle for pip (docker-local-base.sh)
 if docker run --rm "${BASE_IMAGE}" test -f /opt/host-ca.crt 2>/dev/null; then
@@ -61,8 +68,12 @@ say "image built: $(docker image inspect "${IMAGE}" --format '{{.Size}}' | awk '
 workdir=$(mktemp -d /tmp/geomed_smoke.XXXXXX)
 chmod 777 "${workdir}"
 # the run folder is mounted as the working directory, so the demo config's relative paths
-# (geomed_demo, runs/demo_cpu) land there
-run() { docker run --rm --network none --shm-size 1g -v "${workdir}:/work" -w /work "${IMAGE}" "$@"; }
+# (geomed_demo, runs/demo_cpu) land there. No network; --hostname localhost because torchrun's
+# rendezvous resolves the container's own hostname, which --network none leaves unresolvable.
+run() {
+    docker run --rm --network none --hostname localhost --shm-size 1g \
+        -v "${workdir}:/work" -w /work "${IMAGE}" "$@"
+}
 
 say "non-root user, entrypoint help"
 [[ "$(run id -u)" != "0" ]] || { echo "error: the image runs as root" >&2; exit 1; }

@@ -8,7 +8,11 @@
   process and any number of nodes, and pins Lightning's cluster environment to torchelastic:
   inside a SLURM allocation Lightning would otherwise pick up ``SLURM_NTASKS`` (one task per
   node in ``docker/slurm/pretrain.sbatch``) as the world size;
-* adds :class:`geomed_mim.tasks.preemption.PreemptionCheckpoint` unless the config has one.
+* adds :class:`geomed_mim.tasks.preemption.PreemptionCheckpoint` unless the config has one;
+* makes ``fit --ckpt_path`` default to ``last``: re-running the same command resumes from the
+  newest ``last*.ckpt`` of the run's ``ModelCheckpoint`` folder (preemption, requeue, elastic
+  restart); with none there, Lightning warns once and starts fresh. ``--ckpt_path null`` always
+  starts fresh, ``--ckpt_path PATH`` resumes from PATH.
 
 Data sharding, global batch and resume position: :mod:`geomed_mim.data.sharding`.
 """
@@ -61,6 +65,12 @@ def torchrun_trainer_overrides(trainer_config: dict[str, Any]) -> dict[str, Any]
 
 class ClusterCLI(LightningCLI):
     """LightningCLI for training under torchrun / SLURM / Kubernetes (see the module docstring)."""
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":
+            parser.set_defaults(ckpt_path="last")  # the same command resumes
+        return parser
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={}) or {}

@@ -15,7 +15,8 @@ them 30 s later. :class:`PreemptionCheckpoint` turns either signal into:
    PyTorchJob ``restartPolicy: ExitCode``, torchrun, SLURM requeue) treat it as "interrupted,
    retry", never as "finished".
 
-Restarting the same command with ``ckpt_path: last`` (set in the shipped configs) resumes from
+Restarting the same command (``fit`` defaults to ``--ckpt_path last``, see
+:class:`geomed_mim.tasks.distributed.ClusterCLI`) resumes from
 that checkpoint: the same optimizer step, learning rate, epoch and position in the epoch.
 
 Lightning's own SIGTERM handling (in ``Trainer``) is replaced while training runs: it issues a

@@ -162,7 +162,7 @@ def test_sigterm_checkpoints_and_same_command_resumes(
     assert not list(ckpt_path.parent.glob("*.tmp"))
     assert not (run_dir / "params").exists()  # training did not run to the end
 
-    # the same command again: resumes from last.ckpt (ckpt_path: last) and finishes
+    # the same command again: resumes from last.ckpt (fit's default --ckpt_path last) and finishes
     proc = run(cmd, tmp_path, env)
     assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
     resumed, reference = load_params(run_dir, 0), load_params(two_process_run, 0)
