@@ -71,7 +71,7 @@ chmod 777 "${workdir}"
 # (geomed_demo, runs/demo_cpu) land there. No network; --hostname localhost because torchrun's
 # rendezvous resolves the container's own hostname, which --network none leaves unresolvable.
 run() {
-    docker run --rm --network none --hostname localhost --shm-size 1g \
+    docker run --rm -i --network none --hostname localhost --shm-size 1g \
         -v "${workdir}:/work" -w /work "${IMAGE}" "$@"
 }
 
@@ -89,16 +89,17 @@ run torchrun --standalone --nproc-per-node 2 -m geomed_mim.pretrain fit \
     --model.init_args.preview_every_n_steps 0
 
 say "checking the checkpoint"
-run python - <<'PY'
+(run python - <<'PY'
 import torch
 ckpt = torch.load("runs/demo_cpu/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 meta = ckpt["geomed_mim"]
 assert ckpt["global_step"] == 4, ckpt["global_step"]
 assert meta["in_chans"] == 13 and meta["bands"][0] == "B01", meta
 assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"], "no loader position"
-print(f"ok: global_step {ckpt['global_step']}, {len(ckpt['state_dict'])} tensors, "
+print(f"checkpoint ok: global_step {ckpt['global_step']}, {len(ckpt['state_dict'])} tensors, "
       f"bands {meta['bands'][:3]}..., torch {torch.__version__}")
 PY
+) | tee /dev/stderr | grep -q "^checkpoint ok:" || { echo "error: checkpoint check did not run" >&2; exit 1; }
 say "passed"
 if [[ "${KEEP_IMAGE:-0}" != "1" ]]; then
     docker image rm "${IMAGE}" >/dev/null
