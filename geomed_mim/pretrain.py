@@ -11,14 +11,15 @@ import logging
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
+from geomed_mim.tasks.distributed import ClusterCLI
 from geomed_mim.tasks.pretrain import MIMPretrainTask
 
 
-class PretrainCLI(LightningCLI):
+class PretrainCLI(ClusterCLI):  # torchrun launch settings, preemption checkpoint
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in ("in_chans", "img_size", "spatial_dims"):
             parser.link_arguments(

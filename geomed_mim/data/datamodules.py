@@ -22,6 +22,7 @@ from geomed_mim.data.rs import (
     select_samples,
     store_band_stats,
 )
+from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ class RSDataModule(LightningDataModule):
         crop_size: training image size; None keeps the store's tile size.
         crop_scale: area range of the random resized crop.
         stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
+        global_batch_size: images per optimizer step over all ranks; when set, ``batch_size``
+            becomes ``global_batch_size / (world size × accumulate_grad_batches)``, so the
+            effective batch, the lr and the data order do not change with the number of GPUs.
+        seed: shuffling and per-sample augmentation seed (see :mod:`geomed_mim.data.sharding`).
+        drop_last: leave out each epoch's short last global batch (default: every usable tile
+            is seen exactly once per epoch).
     """
 
     def __init__(
@@ -49,10 +56,16 @@ class RSDataModule(LightningDataModule):
         stats_max_tiles: int = 512,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        global_batch_size: int | None = None,
+        seed: int = 0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.store = store
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.drop_last = drop_last
         self.num_workers = num_workers
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
@@ -131,6 +144,7 @@ class RSDataModule(LightningDataModule):
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        self.batch_size = resolve_batch_size(self, self.batch_size)
         mean, std = self.band_stats()
         common = {
             "store_dir": self.store,
@@ -148,23 +162,35 @@ class RSDataModule(LightningDataModule):
             self.val_dataset = RSTileDataset(**common, split=self.val_split, augment=False)
 
     def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
+        # per-rank shares of whole global batches (geomed_mim.data.sharding), resumable mid-epoch
+        return sharded_loader(
             dataset,
-            batch_size=self.batch_size,
+            self.batch_size,
+            trainer=self.trainer,
             shuffle=shuffle,
+            seed=self.seed,
+            drop_last=drop_last and len(dataset) >= self.batch_size,
+            resumable=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            drop_last=drop_last and len(dataset) >= self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True, drop_last=True)
+        return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None or len(self.val_dataset) == 0:
             return []
         return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+
+
+def resolve_batch_size(datamodule: LightningDataModule, batch_size: int) -> int:
+    """Per-rank batch size: from ``global_batch_size`` when the data module sets one."""
+    trainer = datamodule.trainer
+    world_size, _ = world_of(trainer)
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer else 1
+    return per_rank_batch_size(batch_size, datamodule.global_batch_size, world_size, accumulate)
 
 
 def concat_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,10 +242,12 @@ class CTDataModule(LightningDataModule):
         seed: int = 0,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.stores = list(stores)
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size  # volumes per optimizer step, all ranks
         self.crops_per_volume = crops_per_volume
         self.img_size = int(crop_size)
         self.window = tuple(window)
@@ -275,20 +303,24 @@ class CTDataModule(LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
+        self.batch_size = resolve_batch_size(self, self.batch_size)
         self.train_dataset = self._dataset("train", augment=True)
         if self.val_split:
             self.val_dataset = self._dataset(self.val_split, augment=False)
 
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # per-rank shares of whole global batches (geomed_mim.data.sharding), resumable mid-epoch
+        return sharded_loader(
             dataset,
-            batch_size=self.batch_size,
+            self.batch_size,
+            trainer=self.trainer,
             shuffle=shuffle,
-            num_workers=self.num_workers,
+            seed=self.seed,
             collate_fn=concat_crops,
+            resumable=shuffle,
+            num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            drop_last=shuffle and len(dataset) >= self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,123 @@
+"""Per-rank sharding: every sample once per epoch, global batches independent of world size."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from geomed_mim.data.sharding import (
+    ResumableDataLoader,
+    SeededBatchDataset,
+    ShardedBatchSampler,
+    per_rank_batch_size,
+    sharded_loader,
+)
+
+
+class Numbers(torch.utils.data.Dataset):
+    """Item i: its index and a random number drawn from torch's global RNG (an 'augmentation')."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "noise": torch.rand(())}
+
+
+def epoch_shares(n, per_rank, world, epoch, drop_last=False):
+    """[rank][step] → list of indices."""
+    out = []
+    for rank in range(world):
+        sampler = ShardedBatchSampler(
+            Numbers(n), per_rank, world, rank, seed=3, drop_last=drop_last
+        )
+        sampler.set_epoch(epoch)
+        steps = [indices for _, indices in sampler]
+        assert len(steps) == len(sampler)
+        out.append(steps)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n", "per_rank", "world"),
+    [(64, 8, 2), (67, 8, 2), (65, 8, 2), (100, 3, 4), (10, 4, 3), (5, 2, 4), (7, 1, 7)],
+)
+def test_every_sample_exactly_once_per_epoch_and_equal_step_counts(n, per_rank, world):
+    for epoch in (0, 1):
+        shares = epoch_shares(n, per_rank, world, epoch)
+        assert len({len(steps) for steps in shares}) == 1  # same number of steps on every rank
+        assert all(len(batch) >= 1 for steps in shares for batch in steps)
+        seen = [i for steps in shares for batch in steps for i in batch]
+        assert sorted(seen) == list(range(n))  # no duplicate, nothing lost
+
+
+def test_drop_last_gives_equal_batches_and_no_duplicates():
+    shares = epoch_shares(67, 8, 2, 0, drop_last=True)
+    assert all(len(batch) == 8 for steps in shares for batch in steps)
+    seen = [i for steps in shares for batch in steps for i in batch]
+    assert len(seen) == len(set(seen)) == 64
+
+
+def test_global_batches_do_not_depend_on_world_size():
+    one = epoch_shares(96, 16, 1, epoch=2)[0]
+    for world in (2, 4):
+        shares = epoch_shares(96, 16 // world, world, epoch=2)
+        for step, batch in enumerate(one):
+            # rank r's share is the r-th contiguous slice of the same global batch
+            assert list(itertools.chain(*(s[step] for s in shares))) == batch
+
+
+def test_epochs_are_reshuffled():
+    first = epoch_shares(64, 8, 2, 0)[0][0]
+    second = epoch_shares(64, 8, 2, 1)[0][0]
+    assert first != second
+
+
+def test_fewer_samples_than_ranks_is_an_error():
+    with pytest.raises(ValueError, match="at least one sample"):
+        ShardedBatchSampler(Numbers(3), 1, 4, 0)
+
+
+def test_per_rank_batch_from_global_batch():
+    assert per_rank_batch_size(64, None, 4) == 64
+    assert per_rank_batch_size(64, 256, 4, accumulate=2) == 32
+    with pytest.raises(ValueError, match="not a multiple"):
+        per_rank_batch_size(64, 100, 8)
+
+
+def test_seeded_augmentation_depends_on_sample_and_epoch_only():
+    data = SeededBatchDataset(Numbers(10), seed=1)
+    torch.manual_seed(0)
+    a = data[(0, [3, 5])]
+    torch.manual_seed(123)  # global RNG state does not matter
+    b = data[(0, [5, 3])]
+    assert a["noise"][0] == b["noise"][1]
+    assert a["noise"][1] == b["noise"][0]
+    assert data[(1, [3])]["noise"][0] != a["noise"][0]  # a new draw each epoch
+    before = torch.get_rng_state()
+    data[(0, [1, 2])]
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left as it was
+
+
+def test_resumable_loader_state_skips_consumed_batches():
+    consumed = {"n": 0}
+    loader = sharded_loader(Numbers(40), 4, trainer=None, seed=0)
+    assert isinstance(loader, ResumableDataLoader)
+    loader.consumed_batches = lambda: consumed["n"]
+    loader.sampler.set_epoch(1)
+    full = [b["index"].tolist() for b in loader]
+    consumed["n"] = 3
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batch": 3}
+    fresh = sharded_loader(Numbers(40), 4, trainer=None, seed=0)
+    fresh.load_state_dict(state)
+    rest = [b["index"].tolist() for b in fresh]
+    assert rest == full[3:]
+    assert [b["index"].tolist() for b in fresh] == full  # the skip applies once
+    consumed["n"] = len(loader)  # saved at the end of the epoch: the next epoch starts afresh
+    assert loader.state_dict() == {"epoch": 2, "batch": 0}
