@@ -160,6 +160,8 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
         "layer_norm_eps": 1e-6,
         "intermediate_blocks": list(meta.get("intermediate_blocks") or []),
         "intermediate_blocks_indexing": "1-indexed block outputs, before the final norm",
+        # Hi-End-MAE: the blocks its decoder cross-attended to, deep to shallow (null otherwise)
+        "encoder_levels": meta.get("encoder_levels"),
         "bands": list(meta.get("bands") or []),
         "mean": list(meta.get("mean") or []),
         "std": list(meta.get("std") or []),

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from geomed_mim.models.hi_end import HiEndMAE
 from geomed_mim.models.mae import MaskedAutoencoder
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -99,3 +100,64 @@ def mae_vit_base_patch16(**kwargs: Any) -> MaskedAutoencoder:
 @register_model
 def mae_vit_large_patch16(**kwargs: Any) -> MaskedAutoencoder:
     return _mae("large", 16, **kwargs)
+
+
+# -- Hi-End-MAE (issue 7) -------------------------------------------------------------------------
+# Decoder per encoder size: base and large are the released decoders (384 wide / 12 heads, 528 / 16
+# heads; 2 self-attention blocks before the level blocks); tiny and small scale them down.
+HI_END_DECODER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},
+    "small": {"decoder_embed_dim": 256, "decoder_depth": 2, "decoder_num_heads": 8},
+    "base": {"decoder_embed_dim": 384, "decoder_depth": 2, "decoder_num_heads": 12},
+    "large": {"decoder_embed_dim": 528, "decoder_depth": 2, "decoder_num_heads": 16},
+}
+
+
+def _hi_end(size: str, default_patch_size: int, **kwargs: Any) -> HiEndMAE:
+    cfg: dict[str, Any] = {"patch_size": default_patch_size, **ENCODER_ARCHS[size]}
+    cfg.update(HI_END_DECODER_DEFAULTS[size])
+    cfg.update(kwargs)
+    model = HiEndMAE(**cfg)
+    # timm has no patch-12 ViTs: name the patch-16 one, the export passes patch_size=12 as a kwarg
+    model.encoder_arch = {"size": size, "patch_size": 16}
+    return model
+
+
+@register_model
+def hi_end_mae_vit_tiny_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("tiny", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_tiny_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("tiny", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_small_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("small", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_small_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("small", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_base_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("base", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_base_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("base", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_large_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("large", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_large_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("large", 16, **kwargs)

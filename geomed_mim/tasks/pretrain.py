@@ -66,7 +66,8 @@ class MIMPretrainTask(LightningModule):
         warmup_fraction: share of the optimizer steps spent in linear warmup (or ``warmup_steps``).
         mask_seed: masks are drawn from per-sample seeds derived from (mask_seed, epoch, sample
             index); None uses the global RNG (as the MAE reference).
-        intermediate_blocks: 1-indexed encoder blocks recorded in exports for downstream decoders.
+        intermediate_blocks: 1-indexed encoder blocks recorded in exports for downstream decoders
+            (default: the model's ``encoder_levels`` when it has them, else 4, 7, 10 of 12).
         preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps
             (0 = never).
     """
@@ -101,7 +102,17 @@ class MIMPretrainTask(LightningModule):
         }
         self.model = create_model(model, **self.model_kwargs)
         depth = self.model.encoder.depth
-        self.intermediate_blocks = list(intermediate_blocks or default_intermediate_blocks(depth))
+        # a model whose decoder reads encoder levels (Hi-End-MAE) records those blocks by default,
+        # so the segmentation decoder reads the depths that were trained to reconstruct
+        levels = getattr(self.model, "encoder_levels", None)
+        default_blocks = sorted(levels) if levels else default_intermediate_blocks(depth)
+        self.intermediate_blocks = list(intermediate_blocks or default_blocks)
+        if levels and sorted(self.intermediate_blocks) != sorted(levels):
+            log.warning(
+                "intermediate_blocks %s differ from the decoder's encoder_levels %s",
+                self.intermediate_blocks,
+                list(levels),
+            )
         self.data_metadata: dict[str, Any] = {}
         self._step_started = 0.0
         self._last_batch_end: float | None = None
@@ -135,6 +146,7 @@ class MIMPretrainTask(LightningModule):
             "img_size": list(enc.img_size),
             "patch_size": list(enc.patch_size),
             "intermediate_blocks": list(self.intermediate_blocks),
+            "encoder_levels": list(getattr(self.model, "encoder_levels", None) or []) or None,
             **{k: v for k, v in self.data_metadata.items() if k != "store"},
             "data_store": self.data_metadata.get("store"),
         }
