@@ -6,7 +6,8 @@
   for training; whole windowed volumes for validation (sliding-window inference in the task).
 
 Both read the store's ``classes`` attribute (ids, names, ignore_index) and expose what the task
-is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classes``, ``mean``/``std``.
+is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classes``,
+``mean``/``std``.
 ``predict_inputs`` (scene GeoTIFFs or NIfTI volumes) feed ``finetune_seg predict``.
 """
 

@@ -53,7 +53,9 @@ def scores_from_confusion(confmat: torch.Tensor, class_ids: list[int]) -> dict[s
 def masked_soft_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1e-5
 ) -> torch.Tensor:
-    """1 - mean soft Dice over classes, ignored pixels excluded. logits [B, K, *S], target [B, *S]."""
+    """1 - mean soft Dice over present classes, ignored pixels excluded.
+
+    logits [B, K, *S], target [B, *S]."""
     valid = (target != ignore_index).unsqueeze(1)  # [B, 1, *S]
     probs = logits.softmax(1) * valid
     onehot = F.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1])
@@ -288,7 +290,7 @@ class SegmentationTask(LightningModule):
         self._eval_epoch_end(self.test_confmat, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """One input file → written class map (+ overlay); see :mod:`geomed_mim.tasks.seg_predict`."""
+        """One input file → written class map + overlay (:mod:`geomed_mim.tasks.seg_predict`)."""
         from geomed_mim.tasks import seg_predict
 
         dm = self.trainer.datamodule

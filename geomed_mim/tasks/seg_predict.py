@@ -33,10 +33,10 @@ def gaussian_weight(size: int, sigma_scale: float = 0.125) -> np.ndarray:
 
 
 def window_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Tile starts covering ``[0, length)`` with the given overlap; the last one ends at the edge."""
+    """Tile starts covering ``[0, length)`` with ``overlap``; the last one ends at the edge."""
     if length <= tile:
         return [0]
-    step = max(1, int(round(tile * (1 - overlap))))
+    step = max(1, round(tile * (1 - overlap)))
     starts = list(range(0, length - tile + 1, step))
     if starts[-1] != length - tile:
         starts.append(length - tile)
