@@ -100,7 +100,9 @@ def test_ignore_index_is_ignored_by_the_losses():
     changed = logits.clone()
     changed[:, :, :3] = torch.randn(2, 4, 3, 8) * 10  # only at ignored pixels
     ce = torch.nn.functional.cross_entropy
-    assert torch.allclose(ce(logits, target, ignore_index=255), ce(changed, target, ignore_index=255))
+    assert torch.allclose(
+        ce(logits, target, ignore_index=255), ce(changed, target, ignore_index=255)
+    )
     assert torch.allclose(
         masked_soft_dice_loss(logits, target, 255), masked_soft_dice_loss(changed, target, 255)
     )
@@ -110,7 +112,7 @@ def test_ignore_index_is_ignored_by_the_losses():
 
 
 # -- models ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dims,img,patch", [(2, 32, 4), (2, 32, 16), (3, 16, 8)])
+@pytest.mark.parametrize(("dims", "img", "patch"), [(2, 32, 4), (2, 32, 16), (3, 16, 8)])
 def test_unetr_decoder_shapes(dims, img, patch):
     enc = VisionTransformerEncoder(
         img_size=img, patch_size=patch, in_chans=2, embed_dim=24, depth=4, num_heads=2,
@@ -185,11 +187,13 @@ def test_rs_prediction_overlays_the_scene_and_the_store_tiles(lulc_store, demo_d
         classes=dm.classes,
     )
     with rasterio.open(scene) as src, rasterio.open(out["classes"]) as pred:
-        assert pred.crs == src.crs and pred.transform == src.transform
+        assert pred.crs == src.crs
+        assert pred.transform == src.transform
         assert pred.shape == src.shape
         ids = pred.read(1)
     with rasterio.open(out["probabilities"]) as probs:
-        assert probs.count == 11 and probs.transform == src.transform
+        assert probs.count == 11
+        assert probs.transform == src.transform
     assert Path(out["overlay"]).is_file()
     # the same rule on the stored (built) tiles gives the same pixels at each tile's window
     manifest = pq.read_table(lulc_store / "manifest.parquet").to_pylist()
@@ -257,7 +261,8 @@ def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, t
     assert ckpt.is_file()
     torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
     metrics = (tmp_path / "runs/lulc_demo_cpu/logs/version_0/metrics.csv").read_text()
-    assert "val/miou" in metrics and "train/loss" in metrics
+    assert "val/miou" in metrics
+    assert "train/loss" in metrics
     scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
     run_cli(
         ["predict", *common, "--ckpt_path", str(ckpt),
@@ -280,4 +285,5 @@ def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
         tmp_path,
     )  # fmt: skip
     metrics = (tmp_path / "runs/ct_organs_demo_cpu/logs/version_0/metrics.csv").read_text()
-    assert "val/mdice" in metrics and "val/dice_liver" in metrics
+    assert "val/mdice" in metrics
+    assert "val/dice_liver" in metrics
