@@ -254,7 +254,8 @@ def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, t
     common = ["--config", cfg, "--data.init_args.store", str(lulc_store)]
     run_cli(
         ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-         "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1"],
+         "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.log_every_n_steps", "1"],
         tmp_path,
     )  # fmt: skip
     ckpt = tmp_path / "runs/lulc_demo_cpu/checkpoints/last.ckpt"
@@ -287,3 +288,71 @@ def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
     metrics = (tmp_path / "runs/ct_organs_demo_cpu/logs/version_0/metrics.csv").read_text()
     assert "val/mdice" in metrics
     assert "val/dice_liver" in metrics
+
+
+# -- starting points -------------------------------------------------------------------------------
+def _fake_pretraining_checkpoint(path: Path, bands: list[str]) -> Path:
+    """A pretraining checkpoint as MIMPretrainTask writes it (metadata + ``model.`` weights)."""
+    from geomed_mim.models import create_model
+
+    kwargs = {"in_chans": len(bands), "img_size": 16, "patch_size": 4, "depth": 2,
+              "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}  # fmt: skip
+    model = create_model("mae_vit_tiny_patch16", **kwargs)
+    meta = {
+        "model_name": "mae_vit_tiny_patch16",
+        "model_kwargs": kwargs,
+        "bands": bands,
+        "intermediate_blocks": [1, 2],
+        "encoder_arch": {"size": "tiny", "patch_size": 4},
+    }
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "geomed_mim": meta}, path)
+    return path
+
+
+def _task(init_from, bands, **kw):
+    from geomed_mim.tasks.finetune_seg import SegmentationTask
+
+    classes = {"ids": [0, 1, 2], "names": ["a", "b", "c"], "ignore_index": 255}
+    return SegmentationTask(
+        init_from=init_from, in_chans=len(bands), img_size=16, spatial_dims=2, bands=bands,
+        classes=classes, **kw,
+    )  # fmt: skip
+
+
+def test_start_from_checkpoint_or_export_matches_bands_by_name(tmp_path):
+    from geomed_mim.export import export_encoder, load_pretrained_model
+
+    ckpt = _fake_pretraining_checkpoint(tmp_path / "pre.ckpt", ["B02", "B03", "B04"])
+    pretrained = load_pretrained_model(ckpt)[0].encoder.state_dict()
+    export_encoder(ckpt, tmp_path / "export")
+    for source in (str(ckpt), str(tmp_path / "export")):
+        task = _task(source, ["B04", "B08", "b02"])  # reordered, one new band, one dropped
+        enc = task.net.encoder.state_dict()
+        w, w0 = enc["patch_embed.proj.weight"], pretrained["patch_embed.proj.weight"]
+        assert torch.equal(w[:, 0], w0[:, 2])  # B04
+        assert torch.equal(w[:, 2], w0[:, 0])  # B02, matched case-insensitively
+        assert not torch.equal(w[:, 1], w0[:, 1])  # B08: fresh
+        assert torch.equal(enc["blocks.1.mlp.fc1.weight"], pretrained["blocks.1.mlp.fc1.weight"])
+        assert task.net.skip_blocks == [1]  # patch 4 → one recorded block, the deepest < depth
+
+
+def test_probing_freezes_the_encoder_and_layer_decay_scales_lrs():
+    frozen = _task(None, ["a", "b"], freeze_encoder=True, encoder={"embed_dim": 24, "depth": 2,
+                   "num_heads": 2, "patch_size": 4})  # fmt: skip
+    assert not any(p.requires_grad for p in frozen.net.encoder.parameters())
+    assert all(p.requires_grad for n, p in frozen.net.named_parameters() if "encoder." not in n)
+    task = _task(None, ["a", "b"], lr=1.0, layer_decay=0.5, encoder={"embed_dim": 24, "depth": 2,
+                 "num_heads": 2, "patch_size": 4})  # fmt: skip
+
+    class _Trainer:
+        estimated_stepping_batches = 10
+
+    task.trainer = _Trainer()  # type: ignore[assignment]
+    opt = task.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    enc = task.net.encoder
+    assert lr_of[id(enc.patch_embed.proj.weight)] == 0.5**3  # depth 2: embeddings at d^(2+1)
+    assert lr_of[id(enc.blocks[0].attn.qkv.weight)] == 0.5**2
+    assert lr_of[id(enc.blocks[1].attn.qkv.weight)] == 0.5**1
+    assert lr_of[id(task.net.head.conv.conv.weight)] == 1.0
