@@ -280,7 +280,9 @@ def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
     run_cli(
         ["fit", "--config", cfg, "--data.init_args.stores", json.dumps([str(ct_organ_store)]),
          "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-         "--data.init_args.samples_per_epoch", "1", "--data.init_args.crop_size", "16",
+         "--data.init_args.samples_per_epoch", "1", "--data.init_args.crop_size", "32",
+         "--model.init_args.sw_overlap", "0.0", "--model.init_args.sw_batch_size", "16",
+         "--model.init_args.feature_size", "4",
          "--model.init_args.encoder", json.dumps(
              {"embed_dim": 24, "depth": 2, "num_heads": 2, "patch_size": 8})],
         tmp_path,
