@@ -186,6 +186,7 @@ def main() -> None:
     ap.add_argument("--work", type=str, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--part", choices=("rs", "ct", "all"), default="all")
     ap.add_argument("--ct-epochs", type=int, default=20)
+    ap.add_argument("--ct-overlaps", type=float, nargs="+", default=[0.25])
     ap.add_argument("--ct-pretrain-epochs", type=int, default=100)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -225,7 +226,7 @@ def main() -> None:
     dm = RSSegDataModule(str(store))
     out = work / "pred"
     times = []
-    for _ in range(3):
+    for _ in range(2):
         t0 = time.perf_counter()
         res = seg_predict.predict_rs_scene(
             task, str(DEMO_SCENE), dm.attrs, dm.mean, dm.std, 32, task.num_classes, out,
@@ -242,7 +243,7 @@ def main() -> None:
 
     enc = VisionTransformerEncoder(32, 8, 1, 96, 4, 3, spatial_dims=3)
     net = ViTUNETR(enc, 4, [2, 3], feature_size=8).eval()
-    for overlap in (0.25, 0.5):
+    for overlap in args.ct_overlaps:
         t0 = time.perf_counter()
         res = seg_predict.predict_ct_volume(
             net, str(DEMO_CT), (1.5, 1.5, 1.5), (-175, 250), 32, 4, out, overlap=overlap
