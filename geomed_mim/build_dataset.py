@@ -211,7 +211,9 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="Class table for --labels: YAML with ignore_index and classes: "
         "[{id, name, color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in "
-        "the table become ignore_index.",
+        "the table become ignore_index. CT: a class may list source_ids (the label map's "
+        "ids that become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is "
+        "done at build time and recorded as the store's 'classes' attribute.",
     )
     p.add_argument(
         "--val-fraction",
@@ -297,6 +299,7 @@ def ct_config(args: object) -> CTBuildConfig:
         spacing=a.spacing,
         labels=a.labels if a.labels is not None else "auto",
         labels_csv=a.labels_csv,
+        classes=resolve_repo_path(a.classes),
         crop_foreground=a.crop_foreground,
         foreground_hu=a.foreground_hu,
         crop_margin_mm=a.crop_margin_mm,

@@ -48,6 +48,7 @@ from data_pipelines.ct.volume import (
     to_ras,
     voxel_hash,
 )
+from data_pipelines.rs.labels import ClassTable, LabelError, load_class_table
 from data_pipelines.store import (
     VOLUME_CODECS,
     delete_part_array,
@@ -106,6 +107,7 @@ class CTBuildConfig:
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     labels: str = "auto"  # the naming rule of ct.discover, or "none"
     labels_csv: str | None = None
+    classes: str | None = None  # class table YAML: source ids remapped at build time
     crop_foreground: bool = False
     foreground_hu: float = -500.0  # body threshold for the crop and unlabelled crop centres
     crop_margin_mm: float = 10.0
@@ -161,6 +163,14 @@ class CTBuildConfig:
             raise BuildConfigError(f"--workers: must be at least 1 (got {self.workers})")
         if not self.output:
             raise BuildConfigError("--output: give the folder to write the dataset into")
+        if self.classes is not None:
+            try:
+                load_class_table(self.classes)
+            except LabelError as e:
+                raise BuildConfigError(str(e)) from None
+
+    def class_table(self) -> ClassTable | None:
+        return load_class_table(self.classes) if self.classes else None
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape the output; a resume must use the same ones."""
@@ -169,6 +179,7 @@ class CTBuildConfig:
             "spacing": list(self.spacing),
             "labels": self.labels,
             "labels_csv": str(Path(self.labels_csv).resolve()) if self.labels_csv else None,
+            "classes": self.class_table().to_attrs() if self.classes else None,
             "crop_foreground": self.crop_foreground,
             "foreground_hu": self.foreground_hu,
             "crop_margin_mm": self.crop_margin_mm,
@@ -236,6 +247,9 @@ def process_case(job: CaseJob) -> dict[str, Any]:
             lab_data, lab_affine = to_ras(lab.data, lab.affine)
             had_labels = bool(lab_data.any())
             res = resample_label(lab_data, round_affine(lab_affine), new_affine, hu.shape)
+            table = cfg.class_table()
+            if table is not None:  # source ids -> class ids; unknown -> ignore_index
+                res = table.remap(res)
             labels = res.astype(label_dtype(res))
             if had_labels and not labels.any():
                 raise VolumeError(
@@ -430,6 +444,9 @@ def build_ct(cfg: CTBuildConfig) -> BuildReport:
         "chunk_size": cfg.chunk_size,
         "codec": cfg.codec,
     }
+    table = cfg.class_table()
+    if table is not None:
+        store_attrs["classes"] = table.to_attrs()
     return run_build(
         out_dir=out_dir,
         tasks=tasks,

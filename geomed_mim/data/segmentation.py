@@ -1,0 +1,340 @@
+"""Segmentation data: labeled RS tiles and CT crops/volumes from built stores.
+
+* :class:`RSSegDataModule` — ``tiles/<part>`` with ``labels/<part>`` (aligned index for index),
+  normalized with the store's ``band_stats``, random flips/rot90 applied to image and label alike.
+* :class:`CTSegDataModule` — random labeled crops (:class:`~geomed_mim.data.ct.CTCropDataset`)
+  for training; whole windowed volumes for validation (sliding-window inference in the task).
+
+Both read the store's ``classes`` attribute (ids, names, ignore_index) and expose what the task
+is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classes``,
+``mean``/``std``.
+``predict_inputs`` (scene GeoTIFFs or NIfTI volumes) feed ``finetune_seg predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from geomed_mim.data.ct import CTCropDataset
+from geomed_mim.data.datamodules import RSDataModule
+from geomed_mim.data.rs import MANIFEST_NAME, STORE_DIRNAME, LazyZarrArrays, read_store_attrs
+
+log = logging.getLogger(__name__)
+
+
+def store_classes(store: str | Path) -> dict[str, Any]:
+    """The store's ``classes`` attribute (ids, names, ignore_index, colors); error when absent."""
+    classes = read_store_attrs(store).get("classes")
+    if not classes:
+        raise ValueError(
+            f"store {store} has no 'classes' attribute: build it with --labels and --classes "
+            f"(e.g. configs/data/demo_lulc.yaml or configs/data/demo_ct_organs.yaml)"
+        )
+    return dict(classes)
+
+
+def labeled_rs_samples(
+    store: str | Path, split: str | None, include_duplicates: bool = False
+) -> list[tuple[str, str, int]]:
+    """(tile array, label array, index) of usable labeled samples in ``split``."""
+    table = pq.read_table(Path(store) / MANIFEST_NAME)
+    out = []
+    for row in table.to_pylist():
+        if row.get("excluded") is not None or not row.get("label_array"):
+            continue
+        if not include_duplicates and row.get("dup_of") is not None:
+            continue
+        if split is not None and row.get("split") != split:
+            continue
+        out.append((row["array"], row["label_array"], int(row["index"])))
+    return out
+
+
+class RSSegDataset(Dataset):
+    """Items ``{"image": float [C, H, W] (standardized), "label": int64 [H, W], "index": i}``."""
+
+    def __init__(
+        self,
+        store: str | Path,
+        samples: list[tuple[str, str, int]],
+        mean: list[float],
+        std: list[float],
+        augment: bool = False,
+    ) -> None:
+        self.samples = samples
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment = augment
+        self.reader = LazyZarrArrays(store)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        tile_array, label_array, index = self.samples[i]
+        tile = torch.from_numpy(self.reader.read(tile_array, index).astype(np.float32))
+        label = torch.from_numpy(self.reader.read(label_array, index).astype(np.int64))  # [H, W]
+        image = torch.nan_to_num((tile - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.augment:  # geometric only, identical for image and label (labels never resampled)
+            if torch.rand(()) < 0.5:
+                image, label = image.flip(-1), label.flip(-1)
+            if torch.rand(()) < 0.5:
+                image, label = image.flip(-2), label.flip(-2)
+            k = int(torch.randint(4, ()))
+            image, label = image.rot90(k, (-2, -1)), label.rot90(k, (-2, -1))
+        return {"image": image.contiguous(), "label": label.contiguous(), "index": i}
+
+
+class PathDataset(Dataset):
+    """One item per input file to predict: ``{"path": str}``."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"path": self.paths[i]}
+
+
+def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for whole-file items: batch size 1, no stacking."""
+    assert len(items) == 1
+    return items[0]
+
+
+class RSSegDataModule(RSDataModule):
+    """Labeled tiles of an RS store (built with ``--labels``/``--classes``).
+
+    Args:
+        store: build output folder.
+        train_fraction: share of the labeled training tiles used (a seeded subset; the
+            "few labels" setting); 1.0 uses all.
+        subset_seed: seed of that subset.
+        predict_inputs: scene GeoTIFFs for ``predict`` (read with the store's sensor profile).
+        predict_output: folder for predicted GeoTIFFs and PNG overlays.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        flips: bool = True,
+        val_split: str | None = "val",
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
+        include_duplicates: bool = False,
+        predict_inputs: list[str] | None = None,
+        predict_output: str = "predictions",
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__(
+            store,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            flips=flips,
+            val_split=val_split,
+            include_duplicates=include_duplicates,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
+        self.classes = store_classes(store)
+        self.train_fraction = train_fraction
+        self.subset_seed = subset_seed
+        self.predict_inputs = list(predict_inputs or [])
+        self.predict_output = predict_output
+
+    @property
+    def mean(self) -> list[float]:
+        return self.band_stats()[0]
+
+    @property
+    def std(self) -> list[float]:
+        return self.band_stats()[1]
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta["classes"] = self.classes
+        meta["calibration"] = self.attrs.get("calibration")
+        return meta
+
+    def setup(self, stage: str | None = None) -> None:
+        mean, std = self.band_stats()
+        train = labeled_rs_samples(self.store, "train", self.include_duplicates)
+        if self.train_fraction < 1.0:
+            rng = np.random.default_rng(self.subset_seed)
+            keep = max(1, round(len(train) * self.train_fraction))
+            train = [train[i] for i in sorted(rng.permutation(len(train))[:keep])]
+        if not train:
+            raise ValueError(f"store {self.store} has no labeled training tiles")
+        self.train_dataset = RSSegDataset(self.store, train, mean, std, augment=self.flips)
+        self.val_dataset = None
+        if self.val_split:
+            val = labeled_rs_samples(self.store, self.val_split, self.include_duplicates)
+            self.val_dataset = RSSegDataset(self.store, val, mean, std, augment=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict_inputs:
+            raise ValueError("predict needs --data.init_args.predict_inputs [scene.tif, ...]")
+        return DataLoader(PathDataset(self.predict_inputs), batch_size=1, collate_fn=_first)
+
+
+class CTVolumeDataset(Dataset):
+    """Whole windowed volumes with labels: ``{"image": [1, 1, X, Y, Z], "label": [1, 1, X, Y, Z],
+    "case": str}`` (validation/test by sliding-window inference)."""
+
+    def __init__(self, crops: CTCropDataset) -> None:
+        self.crops = crops  # reuses its case list, window and lazy per-process arrays
+
+    def __len__(self) -> int:
+        return len(self.crops.cases)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        self.crops._ensure_process_state()
+        ref = self.crops.cases[i]
+        hu = self.crops._array(ref.store, ref.array).read_all()
+        image = self.crops.to_intensity(hu)
+        label = self.crops._array(ref.store, ref.label_array).read_all().astype(np.int64)
+        return {
+            "image": torch.from_numpy(image)[None, None],
+            "label": torch.from_numpy(label)[None, None],
+            "case": ref.case,
+        }
+
+
+def _concat_labeled_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """[crops, 1, D, H, W] items → one batch [B*crops, 1, D, H, W] (images and labels)."""
+    return {
+        "image": torch.cat([it["image"] for it in items]),
+        "label": torch.cat([it["label"] for it in items]).long(),
+    }
+
+
+class CTSegDataModule(LightningDataModule):
+    """Labeled CT: random crops for training, whole volumes for validation/test.
+
+    Args:
+        stores: CT store folders built with labels and ``--classes``.
+        val_split: split of whole volumes to validate on. The embedded demo holds one labeled
+            case, so its config validates on ``train`` (a fit check, not a held-out score).
+    """
+
+    def __init__(
+        self,
+        stores: list[str],
+        batch_size: int = 2,
+        crops_per_volume: int = 2,
+        crop_size: int = 96,
+        window: tuple[float, float] = (-175.0, 250.0),
+        foreground_fraction: float = 0.7,
+        samples_per_epoch: int | None = None,
+        num_workers: int = 0,
+        val_split: str | None = "val",
+        seed: int = 0,
+        predict_inputs: list[str] | None = None,
+        predict_output: str = "predictions",
+    ) -> None:
+        super().__init__()
+        self.stores = list(stores)
+        self.batch_size = batch_size
+        self.crops_per_volume = crops_per_volume
+        self.img_size = int(crop_size)
+        self.window = (float(window[0]), float(window[1]))
+        self.foreground_fraction = foreground_fraction
+        self.samples_per_epoch = samples_per_epoch
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.seed = seed
+        self.predict_inputs = list(predict_inputs or [])
+        self.predict_output = predict_output
+        self.classes = store_classes(self.stores[0])
+        for other in self.stores[1:]:
+            if store_classes(other) != self.classes:
+                raise ValueError(f"store {other} has another class table than {self.stores[0]}")
+        self.spacing = read_store_attrs(self.stores[0]).get("spacing", [1.5, 1.5, 1.5])
+        self.bands = ["CT"]
+        self.mean, self.std = [0.0], [1.0]  # the window maps HU to [0, 1]
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    in_chans = 1
+    spatial_dims = 3
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "modality": "ct",
+            "bands": self.bands,
+            "window_hu": list(self.window),
+            "spacing": list(self.spacing),
+            "classes": self.classes,
+            "store": [str(Path(s).resolve()) for s in self.stores],
+        }
+
+    def _crops(self, split: str | None, augment: bool) -> CTCropDataset:
+        return CTCropDataset(
+            self.stores,
+            crop_size=self.img_size,
+            crops_per_volume=self.crops_per_volume,
+            window=self.window,
+            split=split,
+            foreground_fraction=self.foreground_fraction,
+            augment=augment,
+            seed=self.seed,
+            return_labels=True,
+            samples_per_epoch=self.samples_per_epoch,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset = self._crops("train", augment=True)
+        if len(self.train_dataset) == 0 and stage == "fit":
+            raise ValueError(f"no labeled training volumes in {self.stores}")
+        self.val_dataset = None
+        if self.val_split:
+            self.val_dataset = CTVolumeDataset(self._crops(self.val_split, augment=False))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=_concat_labeled_crops,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return DataLoader(self.val_dataset, batch_size=1, collate_fn=_first)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict_inputs:
+            raise ValueError("predict needs --data.init_args.predict_inputs [volume.nii.gz, ...]")
+        return DataLoader(PathDataset(self.predict_inputs), batch_size=1, collate_fn=_first)
+
+
+__all__ = [
+    "STORE_DIRNAME",
+    "CTSegDataModule",
+    "CTVolumeDataset",
+    "RSSegDataModule",
+    "RSSegDataset",
+    "labeled_rs_samples",
+    "store_classes",
+]

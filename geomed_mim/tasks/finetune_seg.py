@@ -1,0 +1,327 @@
+"""Segmentation fine-tuning task (2-D RS tiles, 3-D CT crops) on the pretrained ViT encoder.
+
+Class ids are the output channels (``num_classes = max class id + 1``), so a prediction is a
+class id map directly; ``ignore_index`` pixels are left out of the loss and every metric.
+Metrics come from one torchmetrics confusion matrix (ignore_index dropped): per-class IoU, mIoU
+(over the table's classes that occur in target or prediction), overall accuracy, per-class Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from geomed_mim.models.segmentation import ViTUNETR, layer_id_for, skip_blocks_for
+from geomed_mim.models.vit import VisionTransformerEncoder
+
+log = logging.getLogger(__name__)
+
+ENCODER_DEFAULTS = {"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4}
+
+
+def scores_from_confusion(confmat: torch.Tensor, class_ids: list[int]) -> dict[str, torch.Tensor]:
+    """confmat [K, K] (rows target, cols prediction; ignored pixels already dropped) →
+    ``iou``/``dice`` per class id in ``class_ids`` (NaN when the class is absent from both
+    target and prediction), ``miou``/``mdice`` (NaN-mean) and ``accuracy``."""
+    cm = confmat.double()
+    tp = cm.diag()
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    ids = torch.tensor(class_ids, dtype=torch.long)
+    union = (tp + fp + fn)[ids]
+    iou = torch.where(union > 0, tp[ids] / union.clamp(min=1), torch.nan)
+    dice = torch.where(
+        union > 0, 2 * tp[ids] / (2 * tp[ids] + fp[ids] + fn[ids]).clamp(min=1), torch.nan
+    )
+    total = cm.sum()
+    return {
+        "iou": iou,
+        "dice": dice,
+        "miou": iou.nanmean(),
+        "mdice": dice.nanmean(),
+        "accuracy": tp.sum() / total if total > 0 else torch.tensor(torch.nan),
+    }
+
+
+def masked_soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1e-5
+) -> torch.Tensor:
+    """1 - mean soft Dice over present classes, ignored pixels excluded.
+
+    logits [B, K, *S], target [B, *S]."""
+    valid = (target != ignore_index).unsqueeze(1)  # [B, 1, *S]
+    probs = logits.softmax(1) * valid
+    onehot = F.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1])
+    onehot = onehot.movedim(-1, 1).to(probs.dtype) * valid  # [B, K, *S]
+    dims = (0, *range(2, logits.dim()))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims) > 0  # Dice only over classes present in the batch
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+
+
+class SegmentationTask(LightningModule):
+    """Fine-tune (or probe) a ViT encoder with a UNETR-style decoder.
+
+    Args:
+        init_from: a pretraining checkpoint (``.ckpt``) or an export folder; None = scratch.
+            The encoder architecture then comes from it; input bands are matched by name.
+        encoder: architecture for scratch runs (``embed_dim``, ``depth``, ``num_heads``,
+            ``patch_size``, ``mlp_ratio``); ignored when ``init_from`` is given.
+        skip_blocks: 1-indexed encoder blocks feeding the decoder; None = those recorded in
+            the checkpoint/export (see :func:`skip_blocks_for`).
+        freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
+        layer_decay: layer-wise lr decay for full fine-tuning (block N gets
+            ``lr * layer_decay ** (depth + 1 - (N + 1))``); 1.0 turns it off.
+        dice_weight: weight of the masked soft Dice term added to CE (DiceCE); 0 = CE only.
+        sw_overlap: overlap of sliding-window inference (CT validation and all predictions).
+        in_chans / img_size / spatial_dims / bands / classes / mean / std / window: linked from
+            the data module by the CLI.
+    """
+
+    def __init__(
+        self,
+        init_from: str | None = None,
+        encoder: dict[str, Any] | None = None,
+        skip_blocks: list[int] | None = None,
+        feature_size: int = 16,
+        freeze_encoder: bool = False,
+        lr: float = 1e-3,
+        layer_decay: float = 0.75,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.1,
+        dice_weight: float = 0.0,
+        sw_overlap: float = 0.5,
+        sw_batch_size: int = 4,
+        write_probabilities: bool = False,
+        in_chans: int = 3,
+        img_size: int = 32,
+        spatial_dims: int = 2,
+        bands: list[str] | None = None,
+        classes: dict[str, Any] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not classes:
+            raise ValueError("classes: the data module's class table is required")
+        self.class_ids = [int(i) for i in classes["ids"]]
+        self.class_names = list(classes["names"])
+        self.ignore_index = int(classes.get("ignore_index", 255))
+        self.num_classes = max(self.class_ids) + 1
+        self.bands = list(bands or [f"band{i}" for i in range(in_chans)])
+        enc, recorded = self._build_encoder(init_from, encoder, in_chans, img_size, spatial_dims)
+        blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
+        self.net = ViTUNETR(enc, self.num_classes, blocks, feature_size=feature_size)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.net.encoder.requires_grad_(False)
+        # the ignore index may lie inside [0, K) (RS: 0) or outside (CT: 255)
+        cm_ignore = self.ignore_index
+        self.val_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=cm_ignore)
+        self.test_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=cm_ignore)
+        log.info("segmentation decoder reads encoder blocks %s (1-indexed)", blocks)
+
+    # -- building -----------------------------------------------------------------------------
+    def _build_encoder(
+        self,
+        init_from: str | None,
+        arch: dict[str, Any] | None,
+        in_chans: int,
+        img_size: int,
+        spatial_dims: int,
+    ) -> tuple[VisionTransformerEncoder, list[int]]:
+        from geomed_mim.export import (
+            from_monai_state_dict,
+            load_encoder_weights,
+            load_pretrained_model,
+            read_export,
+        )
+
+        if init_from is None:
+            kw = {**ENCODER_DEFAULTS, **(arch or {})}
+            enc = VisionTransformerEncoder(
+                img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims, **kw
+            )
+            return enc, []
+        if Path(init_from).is_dir():  # an export
+            state, cfg = read_export(init_from)
+            if cfg.get("weights_keys") == "monai":
+                state = from_monai_state_dict(state)
+            source_bands = cfg.get("bands") or [f"band{i}" for i in range(cfg["in_chans"])]
+            spec = {k: cfg[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio")}
+            spec["patch_size"] = cfg["patch_size"]
+            recorded = list(cfg.get("intermediate_blocks") or [])
+        else:  # a pretraining checkpoint
+            model, meta = load_pretrained_model(init_from)
+            src = model.encoder
+            state = src.state_dict()
+            source_bands = list(meta.get("bands") or [f"band{i}" for i in range(src.in_chans)])
+            spec = {
+                "embed_dim": src.embed_dim,
+                "depth": src.depth,
+                "num_heads": src.num_heads,
+                "mlp_ratio": src.mlp_ratio,
+                "patch_size": src.patch_size,
+            }
+            recorded = list(meta.get("intermediate_blocks") or [])
+        enc = VisionTransformerEncoder(
+            img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims, **spec
+        )
+        report = load_encoder_weights(enc, state, source_bands, self.bands)
+        log.info("encoder initialized from %s; %s", init_from, report)
+        return enc, recorded
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with layer-wise lr decay on the encoder; no weight decay on norms/biases/tokens."""
+        depth = self.net.encoder.depth
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("encoder."):
+                layer = layer_id_for(name[len("encoder.") :], depth)
+                scale = self.hparams.layer_decay ** (depth + 1 - layer)
+            else:
+                scale = 1.0
+            wd = 0.0 if p.ndim == 1 or name.endswith(("cls_token", "pos_embed")) else 1.0
+            groups.setdefault((scale, wd), []).append(p)
+        param_groups = [
+            {
+                "params": ps,
+                "lr": self.hparams.lr * scale,
+                "weight_decay": self.hparams.weight_decay * wd,
+            }
+            for (scale, wd), ps in groups.items()
+        ]
+        opt = torch.optim.AdamW(param_groups, lr=self.hparams.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.hparams.warmup_fraction)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_encoder:
+            self.net.encoder.eval()  # probing: no dropout/drop-path updates in the encoder
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # [B, K, *S]
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        if not torch.isfinite(ce):  # every pixel ignored
+            ce = logits.sum() * 0
+        if self.hparams.dice_weight > 0:
+            ce = ce + self.hparams.dice_weight * masked_soft_dice_loss(
+                logits, target, self.ignore_index
+            )
+        return ce
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        target = batch["label"].long()
+        if target.dim() == batch["image"].dim():  # CT: [B, 1, D, H, W] → [B, D, H, W]
+            target = target[:, 0]
+        logits = self(batch["image"])
+        loss = self.loss(logits, target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        return loss
+
+    def infer(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits for an image of the training size, or sliding-window logits for a larger one."""
+        roi = self.hparams.img_size
+        if all(s == roi for s in image.shape[2:]):
+            return self(image)
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(
+            image,
+            roi_size=(roi,) * self.hparams.spatial_dims,
+            sw_batch_size=self.hparams.sw_batch_size,
+            predictor=self,
+            overlap=self.hparams.sw_overlap,
+            mode="gaussian",
+        )
+
+    def _eval_step(self, batch: dict[str, Any], confmat: MulticlassConfusionMatrix, stage: str):
+        target = batch["label"].long()
+        if target.dim() == batch["image"].dim():
+            target = target[:, 0]
+        logits = self.infer(batch["image"])
+        self.log(f"{stage}/loss", self.loss(logits, target), batch_size=target.shape[0])
+        confmat.update(logits.argmax(1), target)
+
+    def _eval_epoch_end(self, confmat: MulticlassConfusionMatrix, stage: str) -> None:
+        scores = scores_from_confusion(confmat.compute().cpu(), self.class_ids)
+        confmat.reset()
+        self.log(f"{stage}/miou", scores["miou"].float())
+        self.log(f"{stage}/mdice", scores["mdice"].float())
+        self.log(f"{stage}/accuracy", scores["accuracy"].float())
+        for name, iou, dice in zip(self.class_names, scores["iou"], scores["dice"], strict=True):
+            if not torch.isnan(iou):
+                self.log(f"{stage}/iou_{name}", iou.float())
+                self.log(f"{stage}/dice_{name}", dice.float())
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_confmat, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_confmat, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_confmat, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_confmat, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """One input file → written class map + overlay (:mod:`geomed_mim.tasks.seg_predict`)."""
+        from geomed_mim.tasks import seg_predict
+
+        dm = self.trainer.datamodule
+        classes = dict(self.hparams.classes)
+
+        def predict_fn(x: torch.Tensor) -> torch.Tensor:
+            return self(x.to(self.device))
+
+        if self.hparams.spatial_dims == 2:
+            return seg_predict.predict_rs_scene(
+                predict_fn,
+                batch["path"],
+                dm.attrs,
+                self.hparams.mean or dm.mean,
+                self.hparams.std or dm.std,
+                tile=self.hparams.img_size,
+                num_classes=self.num_classes,
+                output_dir=dm.predict_output,
+                overlap=self.hparams.sw_overlap,
+                write_probabilities=self.hparams.write_probabilities,
+                classes=classes,
+            )
+        return seg_predict.predict_ct_volume(
+            predict_fn,
+            batch["path"],
+            spacing=dm.spacing,
+            window=dm.window,
+            roi=self.hparams.img_size,
+            num_classes=self.num_classes,
+            output_dir=dm.predict_output,
+            overlap=self.hparams.sw_overlap,
+            sw_batch_size=self.hparams.sw_batch_size,
+            classes=classes,
+        )

@@ -1,0 +1,360 @@
+"""Segmentation fine-tuning: metrics with ignore_index, label alignment build → train → predict,
+georeferenced outputs, class tables with source ids, and the demo configs through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import torch
+import yaml
+import zarr
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from data_pipelines.rs.labels import ClassTable, LabelError, load_class_table
+from geomed_mim.data.rs import read_store_attrs
+from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
+from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
+from geomed_mim.models.vit import VisionTransformerEncoder
+from geomed_mim.tasks.finetune_seg import masked_soft_dice_loss, scores_from_confusion
+from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
+from tests.geomed_mim.conftest import REPO_ROOT, subprocess_env
+
+CONFIGS = REPO_ROOT / "configs"
+
+
+def build(args: list[str], cwd: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", *args, "--workers", "1"],
+        check=True,
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The labeled Sentinel-2 demo store (5 scenes, 80 tiles, land-cover mask)."""
+    out = tmp_path_factory.mktemp("finetune_lulc") / "store"
+    build(["--config", str(CONFIGS / "data/demo_lulc.yaml"), "--output", str(out)], REPO_ROOT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ct_organ_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The abdominal demo scan with TotalSegmentator ids remapped to 4 training classes."""
+    out = tmp_path_factory.mktemp("finetune_ct") / "store"
+    build(["--config", str(CONFIGS / "data/demo_ct_organs.yaml"), "--output", str(out)], REPO_ROOT)
+    return out
+
+
+# -- metrics and loss ------------------------------------------------------------------------------
+def test_prediction_equal_to_the_store_labels_scores_iou_one(lulc_store):
+    """Labels as written by the build, fed back as predictions through our metric code → IoU 1;
+    ignored pixels (id 0) may hold any prediction without changing the score."""
+    classes = read_store_attrs(lulc_store)["classes"]
+    num_classes = max(classes["ids"]) + 1
+    root = zarr.open_group(str(lulc_store / "store.zarr"), mode="r")
+    samples = labeled_rs_samples(lulc_store, None)
+    labels = torch.stack(
+        [torch.from_numpy(np.asarray(root[lab][i]).astype(np.int64)) for _, lab, i in samples]
+    )
+    ignore = classes["ignore_index"]
+    assert (labels == ignore).any(), "the demo mask has no-data pixels to ignore"
+    pred = labels.clone()
+    pred[labels == ignore] = 3  # anything at ignored pixels
+    cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore)
+    cm.update(pred, labels)
+    scores = scores_from_confusion(cm.compute(), classes["ids"])
+    present = [c for c in classes["ids"] if (labels == c).any()]
+    assert len(present) >= 3
+    for cid, iou in zip(classes["ids"], scores["iou"], strict=True):
+        if cid in present:
+            assert iou.item() == 1.0
+        else:
+            assert torch.isnan(iou)  # absent from target and prediction: not averaged in
+    assert scores["miou"].item() == 1.0
+    assert scores["accuracy"].item() == 1.0
+    # one wrong valid pixel lowers it
+    wrong = pred.clone().view(-1)
+    idx = int((labels.view(-1) != ignore).nonzero()[0])
+    wrong[idx] = (wrong[idx] % (num_classes - 1)) + 1
+    cm.reset()
+    cm.update(wrong.view_as(labels), labels)
+    assert scores_from_confusion(cm.compute(), classes["ids"])["miou"] < 1.0
+
+
+def test_ignore_index_is_ignored_by_the_losses():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[:, :3] = 255
+    changed = logits.clone()
+    changed[:, :, :3] = torch.randn(2, 4, 3, 8) * 10  # only at ignored pixels
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(
+        ce(logits, target, ignore_index=255), ce(changed, target, ignore_index=255)
+    )
+    assert torch.allclose(
+        masked_soft_dice_loss(logits, target, 255), masked_soft_dice_loss(changed, target, 255)
+    )
+    # a perfect prediction has (almost) zero Dice loss
+    perfect = torch.nn.functional.one_hot(target.clamp(0, 3), 4).movedim(-1, 1).float() * 50
+    assert masked_soft_dice_loss(perfect, target, 255) < 1e-3
+
+
+# -- models ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("dims", "img", "patch"), [(2, 32, 4), (2, 32, 16), (3, 16, 8)])
+def test_unetr_decoder_shapes(dims, img, patch):
+    enc = VisionTransformerEncoder(
+        img_size=img, patch_size=patch, in_chans=2, embed_dim=24, depth=4, num_heads=2,
+        spatial_dims=dims,
+    )  # fmt: skip
+    blocks = skip_blocks_for(4, patch, [1, 2, 3])
+    net = ViTUNETR(enc, num_classes=5, skip_blocks=blocks, feature_size=4)
+    assert net(torch.randn(1, 2, *(img,) * dims)).shape == (1, 5, *(img,) * dims)
+
+
+def test_skip_blocks_prefer_recorded_ones():
+    assert skip_blocks_for(12, 16, [4, 7, 10]) == [4, 7, 10]  # MONAI UNETR's hidden_states 3,6,9
+    assert skip_blocks_for(4, 4, [2, 3]) == [3]
+    assert len(skip_blocks_for(4, 8, None)) == 2
+
+
+# -- class tables --------------------------------------------------------------------------------
+def test_class_table_source_ids_remap(tmp_path):
+    table = load_class_table(CONFIGS / "data/classes/totalseg_abdomen.yaml")
+    raw = np.array([0, 1, 2, 3, 5, 6, 117], dtype=np.float32)  # resampled maps arrive as float
+    assert table.remap(raw).tolist() == [0, 2, 3, 3, 1, 255, 255]
+    assert ClassTable.from_attrs(table.to_attrs()) == table
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {"classes": [{"id": 1, "name": "a", "source_ids": [3]}, {"id": 2, "name": "b"}]}
+        )
+    )
+    with pytest.raises(LabelError, match="source_ids"):
+        load_class_table(bad)
+
+
+def test_ct_store_records_and_applies_the_class_table(ct_organ_store, demo_data):
+    attrs = read_store_attrs(ct_organ_store)
+    assert attrs["classes"]["names"] == ["background", "liver", "spleen", "kidney"]
+    row = pq.read_table(ct_organ_store / "manifest.parquet").to_pylist()[0]
+    stored = np.asarray(zarr.open_group(str(ct_organ_store / "store.zarr"))[row["label_array"]][:])
+    assert set(np.unique(stored)) <= {0, 1, 2, 3, 255}
+    assert {1, 2, 3} <= set(np.unique(stored))
+    # the same voxels as the source map remapped: liver (5) in the source → 1 here
+    src = nib.load(demo_data / "ct/abdomen_3mm_seg.nii.gz")
+    liver_src_ml = (np.asarray(src.dataobj) == 5).sum() * np.prod(src.header.get_zooms()) / 1000
+    liver_ml = (stored == 1).sum() * 1.5**3 / 1000
+    assert abs(liver_ml - liver_src_ml) / liver_src_ml < 0.05
+
+
+# -- georeferenced prediction, aligned with the store ----------------------------------------------
+def _threshold_predictor(num_classes: int, channel: int = 0):
+    """A pixel-wise rule as a 'model': class 2 where the normalized band > 0, else class 1."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        cls = torch.where(x[:, channel] > 0, 2, 1)  # [B, *S]
+        return torch.nn.functional.one_hot(cls, num_classes).movedim(-1, 1).float()
+
+    return predict
+
+
+def test_rs_prediction_overlays_the_scene_and_the_store_tiles(lulc_store, demo_data, tmp_path):
+    dm = RSSegDataModule(str(lulc_store), val_split=None)
+    scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_2.tif"
+    out = predict_rs_scene(
+        _threshold_predictor(11),
+        str(scene),
+        dm.attrs,
+        dm.mean,
+        dm.std,
+        tile=32,
+        num_classes=11,
+        output_dir=tmp_path,
+        overlap=0.5,
+        write_probabilities=True,
+        classes=dm.classes,
+    )
+    with rasterio.open(scene) as src, rasterio.open(out["classes"]) as pred:
+        assert pred.crs == src.crs
+        assert pred.transform == src.transform
+        assert pred.shape == src.shape
+        ids = pred.read(1)
+    with rasterio.open(out["probabilities"]) as probs:
+        assert probs.count == 11
+        assert probs.transform == src.transform
+    assert Path(out["overlay"]).is_file()
+    # the same rule on the stored (built) tiles gives the same pixels at each tile's window
+    manifest = pq.read_table(lulc_store / "manifest.parquet").to_pylist()
+    root = zarr.open_group(str(lulc_store / "store.zarr"), mode="r")
+    mean = torch.tensor(dm.mean).view(-1, 1, 1)
+    std = torch.tensor(dm.std).view(-1, 1, 1)
+    checked = 0
+    for row in manifest:
+        if row["excluded"] is not None or not str(row["source"]).endswith(scene.name):
+            continue
+        tile = torch.from_numpy(np.asarray(root[row["array"]][row["index"]]).astype(np.float32))
+        expect = torch.where(((tile - mean) / std)[0] > 0, 2, 1).numpy()
+        r, c = int(row["row_off"]), int(row["col_off"])
+        h, w = min(32, ids.shape[0] - r), min(32, ids.shape[1] - c)
+        np.testing.assert_array_equal(ids[r : r + h, c : c + w], expect[:h, :w])
+        checked += 1
+    assert checked >= 4
+
+
+def test_ct_prediction_is_written_on_the_input_grid(demo_data, tmp_path):
+    src_path = demo_data / "ct/abdomen_3mm.nii.gz"
+    out = predict_ct_volume(
+        lambda x: torch.cat([torch.zeros_like(x), (x < 0.5).float(), (x >= 0.5).float()], 1),
+        str(src_path),
+        spacing=(1.5, 1.5, 1.5),
+        window=(-175, 250),
+        roi=32,
+        num_classes=3,
+        output_dir=tmp_path,
+        overlap=0.25,
+    )
+    src, pred = nib.load(src_path), nib.load(out["classes"])
+    np.testing.assert_allclose(pred.affine, src.affine)
+    assert pred.shape == src.shape
+    # the rule applied on the original voxels agrees almost everywhere (two resamplings apart)
+    hu = np.asarray(src.dataobj, dtype=np.float32)
+    expect = np.where((hu + 175) / 425 >= 0.5, 2, 1)
+    assert (np.asarray(pred.dataobj) == expect).mean() > 0.95
+    assert Path(out["overlay"]).is_file()
+
+
+# -- the real CLI ----------------------------------------------------------------------------------
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.finetune_seg", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, tmp_path):
+    cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
+    common = ["--config", cfg, "--data.init_args.store", str(lulc_store)]
+    run_cli(
+        ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.log_every_n_steps", "1"],
+        tmp_path,
+    )  # fmt: skip
+    ckpt = tmp_path / "runs/lulc_demo_cpu/checkpoints/last.ckpt"
+    assert ckpt.is_file()
+    torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
+    metrics = (tmp_path / "runs/lulc_demo_cpu/logs/version_0/metrics.csv").read_text()
+    assert "val/miou" in metrics
+    assert "train/loss" in metrics
+    scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
+    run_cli(
+        ["predict", *common, "--ckpt_path", str(ckpt),
+         "--data.init_args.predict_inputs", json.dumps([str(scene)])],
+        tmp_path,
+    )  # fmt: skip
+    out = tmp_path / "runs/lulc_demo_cpu/predictions/s2_l1c_reference_scene_0_classes.tif"
+    with rasterio.open(scene) as src, rasterio.open(out) as pred:
+        assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
+
+
+def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
+    cfg = str(CONFIGS / "finetune/ct_organs_demo_cpu.yaml")
+    run_cli(
+        ["fit", "--config", cfg, "--data.init_args.stores", json.dumps([str(ct_organ_store)]),
+         "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+         "--data.init_args.samples_per_epoch", "1", "--data.init_args.crop_size", "32",
+         "--model.init_args.sw_overlap", "0.0", "--model.init_args.sw_batch_size", "16",
+         "--model.init_args.feature_size", "4",
+         "--model.init_args.encoder", json.dumps(
+             {"embed_dim": 24, "depth": 2, "num_heads": 2, "patch_size": 8})],
+        tmp_path,
+    )  # fmt: skip
+    metrics = (tmp_path / "runs/ct_organs_demo_cpu/logs/version_0/metrics.csv").read_text()
+    assert "val/mdice" in metrics
+    assert "val/dice_liver" in metrics
+
+
+# -- starting points -------------------------------------------------------------------------------
+def _fake_pretraining_checkpoint(path: Path, bands: list[str]) -> Path:
+    """A pretraining checkpoint as MIMPretrainTask writes it (metadata + ``model.`` weights)."""
+    from geomed_mim.models import create_model
+
+    kwargs = {"in_chans": len(bands), "img_size": 16, "patch_size": 4, "depth": 2,
+              "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}  # fmt: skip
+    model = create_model("mae_vit_tiny_patch16", **kwargs)
+    meta = {
+        "model_name": "mae_vit_tiny_patch16",
+        "model_kwargs": kwargs,
+        "bands": bands,
+        "intermediate_blocks": [1, 2],
+        "encoder_arch": {"size": "tiny", "patch_size": 4},
+    }
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "geomed_mim": meta}, path)
+    return path
+
+
+def _task(init_from, bands, **kw):
+    from geomed_mim.tasks.finetune_seg import SegmentationTask
+
+    classes = {"ids": [0, 1, 2], "names": ["a", "b", "c"], "ignore_index": 255}
+    return SegmentationTask(
+        init_from=init_from, in_chans=len(bands), img_size=16, spatial_dims=2, bands=bands,
+        classes=classes, **kw,
+    )  # fmt: skip
+
+
+def test_start_from_checkpoint_or_export_matches_bands_by_name(tmp_path):
+    from geomed_mim.export import export_encoder, load_pretrained_model
+
+    ckpt = _fake_pretraining_checkpoint(tmp_path / "pre.ckpt", ["B02", "B03", "B04"])
+    pretrained = load_pretrained_model(ckpt)[0].encoder.state_dict()
+    export_encoder(ckpt, tmp_path / "export")
+    for source in (str(ckpt), str(tmp_path / "export")):
+        task = _task(source, ["B04", "B08", "b02"])  # reordered, one new band, one dropped
+        enc = task.net.encoder.state_dict()
+        w, w0 = enc["patch_embed.proj.weight"], pretrained["patch_embed.proj.weight"]
+        assert torch.equal(w[:, 0], w0[:, 2])  # B04
+        assert torch.equal(w[:, 2], w0[:, 0])  # B02, matched case-insensitively
+        assert not torch.equal(w[:, 1], w0[:, 1])  # B08: fresh
+        assert torch.equal(enc["blocks.1.mlp.fc1.weight"], pretrained["blocks.1.mlp.fc1.weight"])
+        assert task.net.skip_blocks == [1]  # patch 4 → one recorded block, the deepest < depth
+
+
+def test_probing_freezes_the_encoder_and_layer_decay_scales_lrs():
+    frozen = _task(None, ["a", "b"], freeze_encoder=True, encoder={"embed_dim": 24, "depth": 2,
+                   "num_heads": 2, "patch_size": 4})  # fmt: skip
+    assert not any(p.requires_grad for p in frozen.net.encoder.parameters())
+    assert all(p.requires_grad for n, p in frozen.net.named_parameters() if "encoder." not in n)
+    task = _task(None, ["a", "b"], lr=1.0, layer_decay=0.5, encoder={"embed_dim": 24, "depth": 2,
+                 "num_heads": 2, "patch_size": 4})  # fmt: skip
+
+    class _Trainer:
+        estimated_stepping_batches = 10
+
+    task.trainer = _Trainer()  # type: ignore[assignment]
+    opt = task.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    enc = task.net.encoder
+    assert lr_of[id(enc.patch_embed.proj.weight)] == 0.5**3  # depth 2: embeddings at d^(2+1)
+    assert lr_of[id(enc.blocks[0].attn.qkv.weight)] == 0.5**2
+    assert lr_of[id(enc.blocks[1].attn.qkv.weight)] == 0.5**1
+    assert lr_of[id(task.net.head.conv.conv.weight)] == 1.0
