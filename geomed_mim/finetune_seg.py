@@ -13,16 +13,17 @@ import logging
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
+from geomed_mim.tasks.distributed import ClusterCLI
 from geomed_mim.tasks.finetune_seg import SegmentationTask
 
 LINKED_FIELDS = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
 
 
-class FinetuneSegCLI(LightningCLI):
+class FinetuneSegCLI(ClusterCLI):  # torchrun launch settings, preemption checkpoint, resume
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in LINKED_FIELDS:
             parser.link_arguments(
