@@ -22,8 +22,9 @@ Here, for ``images`` [B, C, *spatial] (2-D or 3-D, any C, any grid):
    proportion to their richness, T → 0 takes the richest, T → ∞ is uniform; ``floor`` keeps flat
    patches possible but rare.
 
-All of it is a handful of elementwise passes plus average pooling to the patch grid; the only
-Python loop is over the histogram bins (9 or 13), never over patches or samples.
+All of it is a handful of elementwise passes and a scatter-add (2-D) or one small matmul and a
+reshape-sum (3-D) per patch grid; no Python loop over patches or samples (3-D volumes are
+processed in chunks of samples only to bound the memory of the 13 direction weights).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def central_gradients(x: torch.Tensor) -> list[torch.Tensor]:
@@ -53,12 +53,6 @@ def central_gradients(x: torch.Tensor) -> list[torch.Tensor]:
     return grads
 
 
-def pool_to_patches(t: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-    """Mean over each patch: [B, C, *spatial] → [B, C, L] (patch order = patchify's)."""
-    pool = F.avg_pool2d if t.dim() == 4 else F.avg_pool3d
-    return pool(t, kernel_size=tuple(patch_size), stride=tuple(patch_size)).flatten(2)
-
-
 def direction_bins_3d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The 13 unsigned directions of a 3×3×3 neighbourhood, unit vectors [13, 3]."""
     dirs = [
@@ -70,47 +64,72 @@ def direction_bins_3d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return u / u.norm(dim=1, keepdim=True)
 
 
+def _patch_ids(spatial: Sequence[int], patch_size: Sequence[int], device) -> torch.Tensor:
+    """Patch index (patchify's order) of every pixel/voxel: [*spatial] long."""
+    grid = [s // p for s, p in zip(spatial, patch_size, strict=True)]
+    ids = torch.zeros((), dtype=torch.long, device=device)
+    for axis, (s, p, g) in enumerate(zip(spatial, patch_size, grid, strict=True)):
+        coord = torch.arange(s, device=device) // p  # [s]
+        shape = [1] * len(spatial)
+        shape[axis] = s
+        ids = ids * g + coord.view(shape)
+    return ids
+
+
 @torch.no_grad()
 def orientation_histograms(
     images: torch.Tensor,
     patch_size: Sequence[int],
     num_bins: int = 9,
     eps: float = 1e-6,
+    chunk_elements: int = 2**25,
 ) -> torch.Tensor:
-    """HOG-style histograms per patch, summed over bands: [B, L, K] (K = num_bins or 13 in 3-D)."""
-    x = images.float()
+    """HOG-style histograms per patch, summed over bands: [B, L, K] (K = num_bins or 13 in 3-D).
+
+    Values are sums of (band-normalized) gradient magnitude per patch and orientation bin.
+    """
+    if images.dim() not in (4, 5):
+        raise ValueError(f"expected a 4-D or 5-D batch, got {list(images.shape)}")
+    B, C = images.shape[:2]
+    grid = [s // p for s, p in zip(images.shape[2:], patch_size, strict=True)]
+    # drop a remainder that does not fill a whole patch (patchify ignores it too)
+    x = images[(..., *(slice(0, g * p) for g, p in zip(grid, patch_size, strict=True)))].float()
+    L = math.prod(grid)
     grads = central_gradients(x)  # spatial_dims × [B, C, *spatial]
-    mag = torch.sqrt(sum(g * g for g in grads))  # [B, C, *spatial]
+    raw = torch.sqrt(sum(g * g for g in grads))  # [B, C, *spatial] |gradient|
     # per band and image: unit mean magnitude, so bands count alike; a flat band stays 0
-    band_scale = mag.flatten(2).mean(dim=2).clamp_min(eps)  # [B, C]
-    mag = mag / band_scale.view(*band_scale.shape, *([1] * (x.dim() - 2)))
-    bins = []
+    band_scale = raw.flatten(2).mean(dim=2).clamp_min(eps)  # [B, C]
+    mag = raw / band_scale.view(B, C, *([1] * (x.dim() - 2)))
     if x.dim() == 4:
         gy, gx = grads
-        # unsigned orientation in [0, π) → fractional bin position, centres at (k + 0.5)·π/K
+        # unsigned orientation in [0, π) → fractional bin position, centres at (k + 0.5)·π/K;
+        # linear interpolation between the two nearest (circular) bins, scattered per patch
         pos = torch.remainder(torch.atan2(gy, gx), math.pi) * (num_bins / math.pi) - 0.5
-        for k in range(num_bins):  # linear interpolation to the two nearest (circular) bins
-            dist = torch.remainder(pos - k, num_bins)
-            dist = torch.minimum(dist, num_bins - dist)
-            weight = (1 - dist).clamp_min(0)
-            bins.append(pool_to_patches(mag * weight, patch_size).sum(dim=1))  # [B, L]
-    elif x.dim() == 5:
-        u = direction_bins_3d(x.device, x.dtype)  # [13, 3]
-        gd, gh, gw = grads
-        norm = mag * band_scale.view(*band_scale.shape, 1, 1, 1)  # raw |g| for the direction
-        inv = 1 / norm.clamp_min(eps)
-        dirs = u.tolist()
-
-        def power(a: float, b: float, c: float) -> torch.Tensor:
-            return ((gd * a + gh * b + gw * c) * inv) ** 4  # |cos(g, u)|^4, [B, C, D, H, W]
-
-        # two passes (normalizer, then bins) keep memory at a few volumes instead of 13
-        weight = mag / sum(power(*d) for d in dirs).clamp_min(eps)
-        for d in dirs:
-            bins.append(pool_to_patches(weight * power(*d), patch_size).sum(dim=1))  # [B, L]
-    else:
-        raise ValueError(f"expected a 4-D or 5-D batch, got {list(images.shape)}")
-    return torch.stack(bins, dim=-1)  # [B, L, K]
+        lo = torch.floor(pos)
+        frac = pos - lo
+        lo = torch.remainder(lo.long(), num_bins)  # [B, C, H, W]
+        base = (_patch_ids(x.shape[2:], patch_size, x.device) * num_bins).expand_as(lo)
+        hist = torch.zeros(B, L * num_bins, device=x.device)
+        hist.scatter_add_(1, (base + lo).flatten(1), (mag * (1 - frac)).flatten(1))
+        hist.scatter_add_(
+            1, (base + torch.remainder(lo + 1, num_bins)).flatten(1), (mag * frac).flatten(1)
+        )
+        return hist.view(B, L, num_bins)
+    # 3-D: soft assignment of each voxel's unit gradient to 13 directions by |cos|^4, one
+    # matmul per chunk of samples (the [.., 13] weights are the memory peak; chunks bound it)
+    u = direction_bins_3d(x.device, x.dtype)  # [13, 3]
+    g = torch.stack(grads, dim=-1)  # [B, C, D, H, W, 3]
+    unit = g / raw.clamp_min(eps).unsqueeze(-1)
+    per_sample = C * math.prod(x.shape[2:]) * u.shape[0]
+    step = max(1, chunk_elements // per_sample)
+    out = []
+    for start in range(0, B, step):  # over chunks of samples, not patches
+        cos4 = (unit[start : start + step] @ u.T) ** 4  # [b, C, D, H, W, 13]
+        w = cos4 * (mag[start : start + step] / cos4.sum(-1).clamp_min(eps)).unsqueeze(-1)
+        (pd, ph, pw), (d, h, w_) = patch_size, grid
+        w = w.view(w.shape[0], C, d, pd, h, ph, w_, pw, u.shape[0]).sum(dim=(1, 3, 5, 7))
+        out.append(w.reshape(w.shape[0], L, u.shape[0]))  # [b, L, 13]
+    return torch.cat(out)
 
 
 @torch.no_grad()

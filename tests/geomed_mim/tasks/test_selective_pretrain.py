@@ -104,3 +104,30 @@ def test_demo_config_trains_through_the_cli_with_pruning(demo_store, tmp_path, c
         **cfg["timm_kwargs"],
     )
     assert model.forward_features(torch.randn(1, 13, 32, 32)).shape == (1, 65, 192)
+
+
+@pytest.mark.parametrize(
+    ("name", "in_chans", "img_size", "spatial_dims", "sizes"),
+    [
+        ("selective_mae_vit_base_modis_toa14", 14, 224, 2, (29, 49)),
+        ("selective_mae_vit_base_sentinel2", 13, 224, 2, (29, 49)),
+        ("selective_mae_vit_base_ct96", 1, 96, 3, (32, 54)),
+        ("selective_mae_demo_cpu", 13, 32, 2, (9, 16)),
+    ],
+)
+def test_selective_configs_build_their_model(name, in_chans, img_size, spatial_dims, sizes):
+    """Each config's task and model arguments build (encoder cut to one block to stay cheap)."""
+    import yaml
+
+    from geomed_mim.models import create_model
+
+    cfg = yaml.safe_load((REPO_ROOT / "configs" / "pretrain" / f"{name}.yaml").read_text())
+    init = cfg["model"]["init_args"]
+    assert cfg["model"]["class_path"].endswith("SelectivePretrainTask")
+    assert init["easy_sample_pruning"] is False  # explicit and off
+    kwargs = {**init["model_kwargs"], "depth": 1, "decoder_depth": 1}
+    model = create_model(
+        init["model"], in_chans=in_chans, img_size=img_size, spatial_dims=spatial_dims, **kwargs
+    )
+    K, _, T = model.masking.set_sizes(model.encoder.num_patches)
+    assert sizes == (K, T)
