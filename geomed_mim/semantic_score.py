@@ -23,8 +23,8 @@ Here, for ``images`` [B, C, *spatial] (2-D or 3-D, any C, any grid):
    patches possible but rare.
 
 All of it is a handful of elementwise passes and a scatter-add (2-D) or one small matmul and a
-reshape-sum (3-D) per patch grid; no Python loop over patches or samples (3-D volumes are
-processed in chunks of samples only to bound the memory of the 13 direction weights).
+reshape-sum (3-D); no Python loop over patches or samples. (Image-band rows are processed in
+chunks of ~16M pixels only to bound the memory of the per-pixel temporaries.)
 """
 
 from __future__ import annotations
@@ -76,60 +76,76 @@ def _patch_ids(spatial: Sequence[int], patch_size: Sequence[int], device) -> tor
     return ids
 
 
-@torch.no_grad()
-def orientation_histograms(
-    images: torch.Tensor,
-    patch_size: Sequence[int],
-    num_bins: int = 9,
-    eps: float = 1e-6,
-    chunk_elements: int = 2**25,
+def _band_histograms(
+    rows: torch.Tensor, patch_size: Sequence[int], num_bins: int, eps: float
 ) -> torch.Tensor:
-    """HOG-style histograms per patch, summed over bands: [B, L, K] (K = num_bins or 13 in 3-D).
-
-    Values are sums of (band-normalized) gradient magnitude per patch and orientation bin.
-    """
-    if images.dim() not in (4, 5):
-        raise ValueError(f"expected a 4-D or 5-D batch, got {list(images.shape)}")
-    B, C = images.shape[:2]
-    grid = [s // p for s, p in zip(images.shape[2:], patch_size, strict=True)]
-    # drop a remainder that does not fill a whole patch (patchify ignores it too)
-    x = images[(..., *(slice(0, g * p) for g, p in zip(grid, patch_size, strict=True)))].float()
+    """Histograms of single bands: rows [N, 1, *spatial] (one band of one image each) →
+    [N, L, K]; each row's magnitudes are scaled to unit mean first."""
+    N = rows.shape[0]
+    grid = [s // p for s, p in zip(rows.shape[2:], patch_size, strict=True)]
     L = math.prod(grid)
-    grads = central_gradients(x)  # spatial_dims × [B, C, *spatial]
-    raw = torch.sqrt(sum(g * g for g in grads))  # [B, C, *spatial] |gradient|
+    grads = central_gradients(rows)  # spatial_dims × [N, 1, *spatial]
+    raw = torch.sqrt(sum(g * g for g in grads))  # [N, 1, *spatial] |gradient|
     # per band and image: unit mean magnitude, so bands count alike; a flat band stays 0
-    band_scale = raw.flatten(2).mean(dim=2).clamp_min(eps)  # [B, C]
-    mag = raw / band_scale.view(B, C, *([1] * (x.dim() - 2)))
-    if x.dim() == 4:
+    band_scale = raw.flatten(1).mean(dim=1).clamp_min(eps)  # [N]
+    mag = raw / band_scale.view(N, *([1] * (rows.dim() - 1)))
+    if rows.dim() == 4:
         gy, gx = grads
         # unsigned orientation in [0, π) → fractional bin position, centres at (k + 0.5)·π/K;
         # linear interpolation between the two nearest (circular) bins, scattered per patch
         pos = torch.remainder(torch.atan2(gy, gx), math.pi) * (num_bins / math.pi) - 0.5
         lo = torch.floor(pos)
         frac = pos - lo
-        lo = torch.remainder(lo.long(), num_bins)  # [B, C, H, W]
-        base = (_patch_ids(x.shape[2:], patch_size, x.device) * num_bins).expand_as(lo)
-        hist = torch.zeros(B, L * num_bins, device=x.device)
+        lo = torch.remainder(lo.long(), num_bins)  # [N, 1, H, W]
+        base = (_patch_ids(rows.shape[2:], patch_size, rows.device) * num_bins).expand_as(lo)
+        hist = torch.zeros(N, L * num_bins, device=rows.device)
         hist.scatter_add_(1, (base + lo).flatten(1), (mag * (1 - frac)).flatten(1))
         hist.scatter_add_(
             1, (base + torch.remainder(lo + 1, num_bins)).flatten(1), (mag * frac).flatten(1)
         )
-        return hist.view(B, L, num_bins)
-    # 3-D: soft assignment of each voxel's unit gradient to 13 directions by |cos|^4, one
-    # matmul per chunk of samples (the [.., 13] weights are the memory peak; chunks bound it)
-    u = direction_bins_3d(x.device, x.dtype)  # [13, 3]
-    g = torch.stack(grads, dim=-1)  # [B, C, D, H, W, 3]
-    unit = g / raw.clamp_min(eps).unsqueeze(-1)
-    per_sample = C * math.prod(x.shape[2:]) * u.shape[0]
-    step = max(1, chunk_elements // per_sample)
-    out = []
-    for start in range(0, B, step):  # over chunks of samples, not patches
-        cos4 = (unit[start : start + step] @ u.T) ** 4  # [b, C, D, H, W, 13]
-        w = cos4 * (mag[start : start + step] / cos4.sum(-1).clamp_min(eps)).unsqueeze(-1)
-        (pd, ph, pw), (d, h, w_) = patch_size, grid
-        w = w.view(w.shape[0], C, d, pd, h, ph, w_, pw, u.shape[0]).sum(dim=(1, 3, 5, 7))
-        out.append(w.reshape(w.shape[0], L, u.shape[0]))  # [b, L, 13]
-    return torch.cat(out)
+        return hist.view(N, L, num_bins)
+    # 3-D: soft assignment of each voxel's unit gradient to 13 directions by |cos|^4 (one
+    # small matmul), then a reshape-sum per patch
+    u = direction_bins_3d(rows.device, rows.dtype)  # [13, 3]
+    unit = torch.stack(grads, dim=-1) / raw.clamp_min(eps).unsqueeze(-1)  # [N, 1, D, H, W, 3]
+    cos4 = (unit @ u.T) ** 4  # [N, 1, D, H, W, 13]
+    w = cos4 * (mag / cos4.sum(-1).clamp_min(eps)).unsqueeze(-1)
+    (pd, ph, pw), (d, h, w_) = patch_size, grid
+    w = w.view(N, d, pd, h, ph, w_, pw, u.shape[0]).sum(dim=(2, 4, 6))  # [N, d, h, w, 13]
+    return w.reshape(N, L, u.shape[0])
+
+
+@torch.no_grad()
+def orientation_histograms(
+    images: torch.Tensor,
+    patch_size: Sequence[int],
+    num_bins: int = 9,
+    eps: float = 1e-6,
+    chunk_elements: int = 2**24,
+) -> torch.Tensor:
+    """HOG-style histograms per patch, summed over bands: [B, L, K] (K = num_bins or 13 in 3-D).
+
+    Values are sums of (band-normalized) gradient magnitude per patch and orientation bin. The
+    (image, band) rows are processed in chunks of about ``chunk_elements`` pixels, so the
+    per-pixel temporaries stay bounded whatever the batch and band count (a loop over chunks of
+    rows, never over patches).
+    """
+    if images.dim() not in (4, 5):
+        raise ValueError(f"expected a 4-D or 5-D batch, got {list(images.shape)}")
+    B, C = images.shape[:2]
+    grid = [s // p for s, p in zip(images.shape[2:], patch_size, strict=True)]
+    # drop a remainder that does not fill a whole patch (patchify ignores it too)
+    x = images[(..., *(slice(0, g * p) for g, p in zip(grid, patch_size, strict=True)))]
+    rows = x.reshape(B * C, 1, *x.shape[2:])  # one (image, band) per row
+    per_row = math.prod(x.shape[2:]) * (13 if x.dim() == 5 else 1)
+    step = max(1, chunk_elements // per_row)
+    hist = torch.cat(
+        [
+            _band_histograms(rows[i : i + step].float(), patch_size, num_bins, eps)
+            for i in range(0, B * C, step)
+        ]
+    )  # [B*C, L, K]
+    return hist.view(B, C, *hist.shape[1:]).sum(dim=1)  # [B, L, K]
 
 
 @torch.no_grad()

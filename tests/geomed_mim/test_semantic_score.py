@@ -129,3 +129,13 @@ def test_3d_gradient_score_ranks_volume_patches():
     result = selector.select(vol, (8, 8, 8), sample_seeds=torch.tensor([1, 2]))
     w = result.selected_idx[:, : result.num_seeds] % 4
     assert (w >= 2).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("spatial", [(24, 40), (16, 16, 16)])
+def test_chunked_histograms_equal_the_whole_batch(spatial):
+    """Memory-bounding chunks over (image, band) rows change nothing."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, *spatial).cumsum(-1)
+    patch = (8,) * len(spatial)
+    whole = orientation_histograms(x, patch)
+    torch.testing.assert_close(orientation_histograms(x, patch, chunk_elements=1), whole)
