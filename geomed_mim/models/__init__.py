@@ -1,8 +1,9 @@
-"""Models: ViT encoder, MAE, Hi-End-MAE, position/patch embeddings, and the timm-style registry."""
+"""Models: ViT encoder, MAE, SelectiveMAE, Hi-End-MAE, embeddings, the timm-style registry."""
 
 from geomed_mim.models.hi_end import HiEndMAE
 from geomed_mim.models.mae import MAEDecoder, MaskedAutoencoder, MIMOutput, patchify, unpatchify
 from geomed_mim.models.registry import create_model, list_models, register_model
+from geomed_mim.models.selective import SelectiveMAE  # registers selective_mae_vit_*
 from geomed_mim.models.vit import VisionTransformerEncoder
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "MAEDecoder",
     "MIMOutput",
     "MaskedAutoencoder",
+    "SelectiveMAE",
     "VisionTransformerEncoder",
     "create_model",
     "list_models",

@@ -61,8 +61,8 @@ class MIMPretrainTask(LightningModule):
         model_kwargs: overrides for the registry builder (``mask_ratio``, ``norm_pix_loss``,
             ``patch_size``, decoder sizes, ...). ``in_chans``, ``img_size`` and ``spatial_dims``
             come from the data module (linked by the CLI).
-        base_lr: lr for an effective batch of 256; ``lr = base_lr × eff_batch / 256`` unless
-            ``lr`` is given.
+        base_lr: lr for an effective batch of 256; ``lr = base_lr × eff_batch / 256`` (times the
+            model's ``lr_scale`` if it has one) unless ``lr`` is given.
         warmup_fraction: share of the optimizer steps spent in linear warmup (or ``warmup_steps``).
         mask_seed: masks are drawn from per-sample seeds derived from (mask_seed, epoch, sample
             index); None uses the global RNG (as the MAE reference).
@@ -285,13 +285,22 @@ class MIMPretrainTask(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         eff_batch = self.effective_batch_size()
-        lr = self.hparams.lr or self.hparams.base_lr * eff_batch / 256
+        # a model may scale its lr (SelectiveMAE: reconstruction_ratio / mask_ratio)
+        lr_scale = float(getattr(self.model, "lr_scale", 1.0))
+        lr = self.hparams.lr or self.hparams.base_lr * eff_batch / 256 * lr_scale
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = self.hparams.warmup_steps
         if warmup is None:
             warmup = round(self.hparams.warmup_fraction * total)
         warmup = max(int(warmup), 1)
-        log.info("effective batch %d → lr %.3g; %d steps, %d warmup", eff_batch, lr, total, warmup)
+        log.info(
+            "effective batch %d, model lr scale %.3g → lr %.3g; %d steps, %d warmup",
+            eff_batch,
+            lr_scale,
+            lr,
+            total,
+            warmup,
+        )
         optimizer = torch.optim.AdamW(
             self.parameter_groups(), lr=lr, betas=tuple(self.hparams.betas)
         )

@@ -1,0 +1,199 @@
+"""SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share (issue 6).
+
+    PYTHONPATH=. python benchmarks/bench_selective_mae.py [--device cuda] [--steps 5]
+
+For each encoder size at 224×224 with 14 bands (modis_toa14), same encoder, image size and batch,
+measured in one run with the steps interleaved (MAE, SelectiveMAE, SelectiveMAE + pruning, score,
+MAE, ...) so load from other processes hits every column alike:
+
+* ``MAE``: the issue-5 MAE step (mask 0.75, reference decoder 512×8 over all 197 tokens);
+* ``SelectiveMAE``: mask 0.85 (29 of 196 tokens encoded), reconstruction 0.25 (49 targets),
+  CrossMAE decoder 512×8 over the targets only; score + seeds + PSTS inside the step;
+* ``+ pruning``: the same with InfoBatch-style easy-sample pruning (prune ratio 0.5) in its steady
+  state — a loss table over 4096 samples is filled first, then each step drops below-mean samples
+  with probability 0.5 before the forward pass (about a quarter of the batch);
+* ``score``: the semantic-richness score alone on the batch, and the whole selection
+  (score + Gumbel-top-k seeds + PSTS + targets); their share of the SelectiveMAE step.
+
+Every step is forward + backward + AdamW. FLOPs come from torch's FLOP counter (matmuls,
+convolutions, attention; the score's elementwise work is not counted there — its time is).
+Memory: on a GPU the peak allocated during a step; on CPU the bytes of tensors autograd saves
+for backward during the step (the activation memory, which dominates a training step's peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pretrain_throughput import (
+    GPU_PEAK_BF16,
+    count_flops,
+    mae_step_fn,
+    sync,
+)
+
+from geomed_mim.models import create_model
+from geomed_mim.selection import EasySamplePruner
+
+BANDS = 14
+IMG = 224
+
+
+def pruned_step_fn(model, opt, x, amp: bool, pruner: EasySamplePruner, n_samples: int):
+    gen = torch.Generator().manual_seed(0)
+    kept: list[float] = []
+
+    def step():
+        idx = torch.randint(0, n_samples, (x.shape[0],), generator=gen)
+        keep, weight = pruner.keep(idx, 0.5, gen)
+        kept.append(float(keep.float().mean()))
+        keep = keep.to(x.device)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x[keep])
+        loss = (out.per_sample_loss * weight.to(x.device)).mean()
+        loss.backward()
+        pruner.update(idx[keep.cpu()], out.per_sample_loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, kept
+
+
+def memory_of(step, device: torch.device) -> float:
+    """MiB: peak allocated (GPU) or autograd-saved tensor bytes (CPU) during one step."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values()) / 2**20
+
+
+def time_interleaved(steps_by_name: dict, rounds: int, device: torch.device) -> dict:
+    """Median seconds per call of each function, called in alternation (one warm-up each)."""
+    for step in steps_by_name.values():
+        step()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
+    amp = device.type == "cuda"
+    torch.manual_seed(0)
+    # smooth fields + noise: structure for the score to rank, like imagery rather than noise
+    x = torch.randn(batch, BANDS, IMG // 8, IMG // 8).repeat_interleave(8, -1)
+    x = (x.repeat_interleave(8, -2) + 0.3 * torch.randn(batch, BANDS, IMG, IMG)).to(device)
+    kw = {"in_chans": BANDS, "img_size": IMG, "norm_pix_loss": True}
+    mae = create_model(f"mae_vit_{size}_patch16", **kw).to(device)
+    sel = create_model(f"selective_mae_vit_{size}_patch16", **kw).to(device)
+    sel.masking.set_progress(0.5)  # mid-training: near/far PSTS mix
+    opt_mae = torch.optim.AdamW([p for p in mae.parameters() if p.requires_grad], lr=1e-4)
+    opt_sel = torch.optim.AdamW([p for p in sel.parameters() if p.requires_grad], lr=1e-4)
+    n_samples = 4096
+    pruner = EasySamplePruner(prune_ratio=0.5)
+    pruner.update(torch.arange(n_samples), torch.rand(n_samples))  # steady state: table known
+    steps = {
+        "mae": mae_step_fn(mae, opt_mae, x, amp),
+        "selective": mae_step_fn(sel, opt_sel, x, amp),
+    }
+    steps["pruned"], kept = pruned_step_fn(sel, opt_sel, x, amp, pruner, n_samples)
+    patch = sel.encoder.patch_size
+    steps["score"] = lambda: sel.masking.score(x, patch)
+    steps["selection"] = lambda: sel.masking.select(x, patch, sel.encoder.patch_embed(x).detach())
+    flops = {k: count_flops(steps[k]) for k in ("mae", "selective")}
+    memory = {k: memory_of(steps[k], device) for k in ("mae", "selective")}
+    t = time_interleaved(steps, rounds, device)
+    row = {
+        "size": size,
+        "batch": batch,
+        **{f"t_{k}": v for k, v in t.items()},
+        "speedup": t["mae"] / t["selective"],
+        "speedup_pruned": t["mae"] / t["pruned"],
+        "kept": float(np.mean(kept)),
+        "gflop_mae": flops["mae"] / batch / 1e9,
+        "gflop_sel": flops["selective"] / batch / 1e9,
+        "mem_mae": memory["mae"],
+        "mem_sel": memory["selective"],
+        "score_share": t["score"] / t["selective"],
+        "selection_share": t["selection"] / t["selective"],
+    }
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+        row["mfu_sel"] = flops["selective"] / t["selective"] / peak if peak else float("nan")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"])
+    parser.add_argument("--batch", nargs="+", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    batches = args.batch or [
+        (256 if device.type == "cuda" else (8 if s == "tiny" else 2)) for s in args.sizes
+    ]
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    rows = [bench(s, b, args.steps, device) for s, b in zip(args.sizes, batches, strict=True)]
+    mem = "peak MiB" if device.type == "cuda" else "saved-activation MiB"
+    print(
+        f"\n{IMG}x{IMG}, {BANDS} bands, patch 16 (196 tokens); MAE mask 0.75; SelectiveMAE mask "
+        f"0.85 / reconstruction 0.25; decoders 512x8; "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; median of {args.steps} "
+        "interleaved rounds\n"
+    )
+    head = (
+        "| encoder | batch | MAE step s | SelectiveMAE step s | MAE/Selective time | "
+        "+ pruning step s (kept) | MAE/(Selective+pruning) | GFLOP/image MAE / Selective | "
+        f"{mem} MAE / Selective | score s (share) | selection s (share) |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        print(
+            f"| ViT-{r['size']}/16 | {r['batch']} | {r['t_mae']:.3f} | {r['t_selective']:.3f} | "
+            f"**{r['speedup']:.2f}×** | {r['t_pruned']:.3f} ({r['kept']:.0%}) | "
+            f"{r['speedup_pruned']:.2f}× | {r['gflop_mae']:.1f} / {r['gflop_sel']:.1f} "
+            f"({r['gflop_mae'] / r['gflop_sel']:.2f}×) | {r['mem_mae']:.0f} / {r['mem_sel']:.0f} "
+            f"({r['mem_mae'] / r['mem_sel']:.2f}×) | {r['t_score']:.4f} ({r['score_share']:.1%}) | "
+            f"{r['t_selection']:.4f} ({r['selection_share']:.1%}) |"
+        )
+    if device.type == "cuda":
+        for r in rows:
+            print(f"- ViT-{r['size']}: SelectiveMAE MFU {r['mfu_sel']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
