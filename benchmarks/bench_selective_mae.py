@@ -17,8 +17,8 @@ MAE, ...) so load from other processes hits every column alike:
 
 Every step is forward + backward + AdamW. FLOPs come from torch's FLOP counter (matmuls,
 convolutions, attention; the score's elementwise work is not counted there — its time is).
-Memory: on a GPU the peak allocated during a step; on CPU the bytes of tensors autograd saves
-for backward during the step (the activation memory, which dominates a training step's peak).
+Memory: on a GPU the peak allocated during a step; on CPU the bytes of the tensors autograd saves
+for backward during the step, parameters excluded (the activation memory).
 """
 
 from __future__ import annotations
@@ -67,8 +67,19 @@ def pruned_step_fn(model, opt, x, amp: bool, pruner: EasySamplePruner, n_samples
     return step, kept
 
 
-def memory_of(step, device: torch.device) -> float:
-    """MiB: peak allocated (GPU) or autograd-saved tensor bytes (CPU) during one step."""
+def fwd_bwd_fn(model, x, amp: bool):
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def memory_of(step, device: torch.device, model: torch.nn.Module) -> float:
+    """MiB: peak allocated (GPU) or autograd-saved activation bytes (CPU; parameters, which
+    autograd also saves, left out) during one step."""
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -76,11 +87,13 @@ def memory_of(step, device: torch.device) -> float:
         step()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -89,18 +102,26 @@ def memory_of(step, device: torch.device) -> float:
 
 
 def time_interleaved(steps_by_name: dict, rounds: int, device: torch.device) -> dict:
-    """Median seconds per call of each function, called in alternation (one warm-up each)."""
+    """Per function, median wall seconds and median process CPU seconds per call, called in
+    alternation (one warm-up each). CPU seconds (all threads of this process) count the work
+    done rather than the time waited for a core, so on a shared, oversubscribed CPU they are
+    the steadier measure; on a GPU only wall time means anything."""
     for step in steps_by_name.values():
         step()
     sync(device)
-    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    wall: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    cpu: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(rounds):
         for name, step in steps_by_name.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(v)) for name, v in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {
+        **{name: float(np.median(v)) for name, v in wall.items()},
+        **{f"cpu_{name}": float(np.median(v)) for name, v in cpu.items()},
+    }
 
 
 def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
@@ -123,11 +144,15 @@ def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
         "selective": mae_step_fn(sel, opt_sel, x, amp),
     }
     steps["pruned"], kept = pruned_step_fn(sel, opt_sel, x, amp, pruner, n_samples)
+    # forward + backward only: the part that grows with the batch (the AdamW update is a fixed
+    # cost per step, the same for both, that dominates small CPU batches but not GPU ones)
+    steps["fb_mae"] = fwd_bwd_fn(mae, x, amp)
+    steps["fb_selective"] = fwd_bwd_fn(sel, x, amp)
     patch = sel.encoder.patch_size
     steps["score"] = lambda: sel.masking.score(x, patch)
     steps["selection"] = lambda: sel.masking.select(x, patch, sel.encoder.patch_embed(x).detach())
     flops = {k: count_flops(steps[k]) for k in ("mae", "selective")}
-    memory = {k: memory_of(steps[k], device) for k in ("mae", "selective")}
+    memory = {k: memory_of(steps[k], device, m) for k, m in (("mae", mae), ("selective", sel))}
     t = time_interleaved(steps, rounds, device)
     row = {
         "size": size,
@@ -135,6 +160,11 @@ def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
         **{f"t_{k}": v for k, v in t.items()},
         "speedup": t["mae"] / t["selective"],
         "speedup_pruned": t["mae"] / t["pruned"],
+        "cpu_speedup": t["cpu_mae"] / t["cpu_selective"],
+        "fb_speedup": t["fb_mae"] / t["fb_selective"],
+        "cpu_fb_speedup": t["cpu_fb_mae"] / t["cpu_fb_selective"],
+        "cpu_speedup_pruned": t["cpu_mae"] / t["cpu_pruned"],
+        "cpu_score_share": t["cpu_score"] / t["cpu_selective"],
         "kept": float(np.mean(kept)),
         "gflop_mae": flops["mae"] / batch / 1e9,
         "gflop_sel": flops["selective"] / batch / 1e9,
@@ -193,6 +223,27 @@ def main() -> None:
     if device.type == "cuda":
         for r in rows:
             print(f"- ViT-{r['size']}: SelectiveMAE MFU {r['mfu_sel']:.1%}")
+    else:
+        print(
+            "\nProcess CPU seconds per step (work done, whatever the wait for a core):\n\n"
+            "| encoder | MAE CPU s | SelectiveMAE CPU s | MAE/Selective | + pruning CPU s | "
+            "MAE/(Selective+pruning) | score CPU s (share) | fwd+bwd CPU s MAE / Selective |"
+            "\n|---|---|---|---|---|---|---|---|"
+        )
+        for r in rows:
+            print(
+                f"| ViT-{r['size']}/16 | {r['t_cpu_mae']:.3f} | {r['t_cpu_selective']:.3f} | "
+                f"**{r['cpu_speedup']:.2f}×** | {r['t_cpu_pruned']:.3f} | "
+                f"{r['cpu_speedup_pruned']:.2f}× | {r['t_cpu_score']:.4f} "
+                f"({r['cpu_score_share']:.1%}) | {r['t_cpu_fb_mae']:.3f} / "
+                f"{r['t_cpu_fb_selective']:.3f} (**{r['cpu_fb_speedup']:.2f}×**) |"
+            )
+    print("\nForward + backward only (no optimizer update), wall s:\n")
+    for r in rows:
+        print(
+            f"- ViT-{r['size']}/16, batch {r['batch']}: MAE {r['t_fb_mae']:.3f}, SelectiveMAE "
+            f"{r['t_fb_selective']:.3f} → {r['fb_speedup']:.2f}×"
+        )
 
 
 if __name__ == "__main__":
