@@ -34,15 +34,8 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from geomed_mim.masking import MaskingResult, MaskingStrategy, build_masking
-from geomed_mim.models.mae import (
-    MAEDecoder,
-    MIMOutput,
-    masked_mse,
-    normalized_patch_targets,
-    patchify,
-    unpatchify,
-)
+from geomed_mim.masking import MaskingStrategy, build_masking
+from geomed_mim.models.mae import MAEDecoder, MIMModel, MIMOutput
 from geomed_mim.models.vit import VisionTransformerEncoder
 
 
@@ -154,7 +147,7 @@ class HiEndDecoder(MAEDecoder):
 
 
 # -- the model -----------------------------------------------------------------------------------
-class HiEndMAE(nn.Module):
+class HiEndMAE(MIMModel):
     """Hi-End-MAE with a ViT encoder; 3-D by default (96³ CT, patch 16), 2-D too; any ``in_chans``.
 
     Args:
@@ -214,40 +207,6 @@ class HiEndMAE(nn.Module):
         )
         self.masking = build_masking(masking, mask_ratio)
         self.norm_pix_loss = norm_pix_loss
-
-    @property
-    def mask_ratio(self) -> float:
-        return self.masking.mask_ratio
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {
-            f"decoder.{n}" for n in self.decoder.no_weight_decay()
-        }
-
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        return patchify(imgs, self.encoder.patch_size)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x, self.encoder.patch_size, self.encoder.grid_size, self.encoder.in_chans)
-
-    def choose_mask(
-        self,
-        imgs: torch.Tensor,
-        sample_seeds: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> MaskingResult:
-        return self.masking(
-            imgs.shape[0], self.encoder.grid_size, imgs.device, sample_seeds, imgs, noise
-        )
-
-    def forward_loss(
-        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """imgs [B, C, *spatial], pred [B, L, P], mask [B, L] → scalar (masked patches only)."""
-        target = self.patchify(imgs)  # [B, L, P]
-        if self.norm_pix_loss:
-            target = normalized_patch_targets(target)
-        return masked_mse(pred, target, mask)
 
     def forward(
         self,

@@ -145,7 +145,47 @@ class MIMOutput:
     keep_idx: torch.Tensor | None = None  # [B, K] visible patch indices
 
 
-class MaskedAutoencoder(nn.Module):
+class MIMModel(nn.Module):
+    """What every MIM model here shares, given ``self.encoder`` (a VisionTransformerEncoder),
+    ``self.decoder``, ``self.masking`` and ``self.norm_pix_loss``: patchify/unpatchify, the
+    mask choice, weight-decay exclusions and the masked, optionally normalized pixel loss."""
+
+    @property
+    def mask_ratio(self) -> float:
+        return self.masking.mask_ratio
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {
+            f"decoder.{n}" for n in self.decoder.no_weight_decay()
+        }
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        return patchify(imgs, self.encoder.patch_size)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        return unpatchify(x, self.encoder.patch_size, self.encoder.grid_size, self.encoder.in_chans)
+
+    def choose_mask(
+        self,
+        imgs: torch.Tensor,
+        sample_seeds: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> MaskingResult:
+        return self.masking(
+            imgs.shape[0], self.encoder.grid_size, imgs.device, sample_seeds, imgs, noise
+        )
+
+    def forward_loss(
+        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """imgs [B, C, *spatial], pred [B, L, P], mask [B, L] → scalar (masked patches only)."""
+        target = self.patchify(imgs)  # [B, L, P]
+        if self.norm_pix_loss:
+            target = normalized_patch_targets(target)
+        return masked_mse(pred, target, mask)
+
+
+class MaskedAutoencoder(MIMModel):
     """MAE with a ViT encoder; 2-D or 3-D; any ``in_chans``."""
 
     def __init__(
@@ -191,40 +231,6 @@ class MaskedAutoencoder(nn.Module):
         )
         self.masking = build_masking(masking, mask_ratio)
         self.norm_pix_loss = norm_pix_loss
-
-    @property
-    def mask_ratio(self) -> float:
-        return self.masking.mask_ratio
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {
-            f"decoder.{n}" for n in self.decoder.no_weight_decay()
-        }
-
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        return patchify(imgs, self.encoder.patch_size)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x, self.encoder.patch_size, self.encoder.grid_size, self.encoder.in_chans)
-
-    def choose_mask(
-        self,
-        imgs: torch.Tensor,
-        sample_seeds: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> MaskingResult:
-        return self.masking(
-            imgs.shape[0], self.encoder.grid_size, imgs.device, sample_seeds, imgs, noise
-        )
-
-    def forward_loss(
-        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """imgs [B, C, *spatial], pred [B, L, P], mask [B, L] → scalar."""
-        target = self.patchify(imgs)  # [B, L, P]
-        if self.norm_pix_loss:
-            target = normalized_patch_targets(target)
-        return masked_mse(pred, target, mask)
 
     def forward(
         self,

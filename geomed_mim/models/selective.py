@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from geomed_mim.models.mae import MIMOutput, normalized_patch_targets, patchify, unpatchify
+from geomed_mim.models.mae import MIMModel, MIMOutput, normalized_patch_targets
 from geomed_mim.models.pos_embed import get_sincos_pos_embed
 from geomed_mim.models.registry import ENCODER_ARCHS, MAE_DECODER_DEFAULTS, register_model
 from geomed_mim.models.vit import VisionTransformerEncoder, gather_tokens, init_linear_and_norm
@@ -136,7 +136,7 @@ class SelectiveMIMOutput(MIMOutput):
     selection: SelectionResult | None = None
 
 
-class SelectiveMAE(nn.Module):
+class SelectiveMAE(MIMModel):
     """SelectiveMAE with a ViT encoder; 2-D or 3-D; any ``in_chans``.
 
     Selection arguments are :class:`~geomed_mim.selection.SemanticTokenSelection`'s.
@@ -205,24 +205,9 @@ class SelectiveMAE(nn.Module):
         self.norm_pix_loss = norm_pix_loss
 
     @property
-    def mask_ratio(self) -> float:
-        return self.masking.mask_ratio
-
-    @property
     def lr_scale(self) -> float:
         """Learning-rate factor reconstruction_ratio / mask_ratio (fewer targets, smaller lr)."""
         return self.masking.reconstruction_ratio / self.masking.mask_ratio
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {
-            f"decoder.{n}" for n in self.decoder.no_weight_decay()
-        }
-
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        return patchify(imgs, self.encoder.patch_size)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x, self.encoder.patch_size, self.encoder.grid_size, self.encoder.in_chans)
 
     def encode(self, tokens: torch.Tensor, selected_idx: torch.Tensor) -> torch.Tensor:
         """tokens [B, L, D] (patch + position) → normed encoder output [B, 1+K, D]."""
