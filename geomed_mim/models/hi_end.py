@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
 from geomed_mim.masking import MaskingStrategy, build_masking
+from geomed_mim.models.cross_attention import CrossAttention
 from geomed_mim.models.mae import MAEDecoder, MIMModel, MIMOutput
 from geomed_mim.models.vit import VisionTransformerEncoder
 
@@ -50,27 +50,6 @@ def default_encoder_levels(depth: int) -> tuple[int, ...]:
 
 
 # -- decoder pieces ------------------------------------------------------------------------------
-class CrossAttention(nn.Module):
-    """Multi-head attention of queries x [B, N, D] over a context [B, M, D] (keys and values)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        M, H = context.shape[1], self.num_heads
-        q = self.q(x).reshape(B, N, H, D // H).transpose(1, 2)  # [B, H, N, d]
-        k, v = self.kv(context).reshape(B, M, 2, H, D // H).permute(2, 0, 3, 1, 4)  # [B, H, M, d]
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, d]
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))  # [B, N, D]
-
-
 class HiEndDecoderBlock(nn.Module):
     """Pre-norm self-attention, cross-attention to one encoder level, MLP (each residual)."""
 

@@ -22,10 +22,10 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from geomed_mim.models.cross_attention import CrossAttention
 from geomed_mim.models.mae import MIMModel, MIMOutput, normalized_patch_targets
 from geomed_mim.models.pos_embed import get_sincos_pos_embed
 from geomed_mim.models.registry import ENCODER_ARCHS, MAE_DECODER_DEFAULTS, register_model
@@ -34,27 +34,6 @@ from geomed_mim.selection import SelectionResult, SemanticTokenSelection
 
 
 # -- CrossMAE decoder ----------------------------------------------------------------------------
-class CrossAttention(nn.Module):
-    """Multi-head attention from queries [B, T, D] to a memory [B, M, D]."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"decoder width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        h = self.num_heads
-        q = self.q(x).reshape(B, T, h, D // h).transpose(1, 2)  # [B, h, T, d]
-        kv = self.kv(memory).reshape(B, memory.shape[1], 2, h, D // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1])  # [B, h, T, d]
-        return self.proj(out.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
-
-
 class CrossAttentionBlock(nn.Module):
     """Pre-norm block: queries cross-attend to the memory, then an MLP (CrossMAE decoder)."""
 
