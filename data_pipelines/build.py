@@ -10,6 +10,7 @@ rest and gives the same manifest as an uninterrupted build.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ from data_pipelines.store import (
     atomic_write_json,
     delete_part_array,
     dir_size,
+    fragment_path,
     open_root,
     read_fragment,
     write_manifest,
@@ -43,6 +45,13 @@ from data_pipelines.store import (
 
 SETTINGS_NAME = "_settings.json"
 LOCK_NAME = ".build.lock"
+
+
+def assign_split(key: str, val_fraction: float) -> str:
+    """Deterministic train/val split by a hash of ``key`` (a scene, case or patient id), so all
+    samples of one key land on the same side."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+    return "val" if h < val_fraction else "train"
 
 
 class BuildConfigError(ValueError):
@@ -209,7 +218,7 @@ def run_build(
         root = open_root(out_dir, groups=(group, *extra_groups))
         root.attrs.update(store_attrs)
 
-        pending = [t for t in tasks if read_fragment(out_dir, t.part) is None]
+        pending = [t for t in tasks if not fragment_path(out_dir, t.part).is_file()]
         resumed = len(tasks) - len(pending)
         quarantined: list[Quarantined] = []
         run_counts: Counter = Counter()
@@ -253,7 +262,7 @@ def run_build(
             summaries.append(summary)
             counts.update(summary.get("counts", {}))
             timings.update(summary.get("timings", {}))
-        counts[f"{unit}s_done"] = sum(1 for t in tasks if read_fragment(out_dir, t.part))
+        counts[f"{unit}s_done"] = len(summaries)
         counts[f"{unit}s_quarantined"] = len(quarantined)
         manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
         manifest, archive_counts = finalize(out_dir, manifest, summaries)

@@ -16,6 +16,7 @@ is rewritten on resume.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -48,6 +49,19 @@ def safe_part_name(text: str) -> str:
     """A zarr/file-safe name: path separators become ``__``, odd characters ``-``."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "__").replace("\\", "__"))
     return name.strip(".-") or "part"
+
+
+def unique_part_names(ids: list[str]) -> list[str]:
+    """Stable, unique part names for input ids (scene or case ids), in the same order."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for key in ids:
+        name = safe_part_name(key)
+        if name in seen:
+            name = f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, run_build
+from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, assign_split, run_build
 from data_pipelines.ct.dicom import read_series
 from data_pipelines.ct.discover import LABEL_MODES, CTCase, discover_ct
 from data_pipelines.ct.volume import (
@@ -52,7 +52,7 @@ from data_pipelines.rs.labels import ClassTable, LabelError, load_class_table
 from data_pipelines.store import (
     VOLUME_CODECS,
     delete_part_array,
-    safe_part_name,
+    unique_part_names,
     volume_compressors,
     write_fragment,
     write_volume,
@@ -363,12 +363,6 @@ def process_case(job: CaseJob) -> dict[str, Any]:
 # -- archive-wide steps ----------------------------------------------------------------------------
 
 
-def assign_split(key: str, val_fraction: float) -> str:
-    """Deterministic split by a hash of the patient (or case) id."""
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
-    return "val" if h < val_fraction else "train"
-
-
 def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
     """Sort by case, mark exact duplicates (first id of a hash group is kept), assign splits.
 
@@ -410,25 +404,12 @@ def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def plan_parts(case_ids: list[str]) -> list[str]:
-    """Unique, stable array names derived from case ids."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for cid in case_ids:
-        name = safe_part_name(cid)
-        if name in seen:
-            name = f"{name}-{hashlib.sha1(cid.encode()).hexdigest()[:8]}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
 def build_ct(cfg: CTBuildConfig) -> BuildReport:
     """Validate, discover, and run the build; config errors are raised before any work."""
     cfg.validate()
     discovery = discover_ct(cfg.input, labels=cfg.labels, labels_csv=cfg.labels_csv)
     out_dir = str(Path(cfg.output).resolve())
-    parts = plan_parts([c.case_id for c in discovery.cases])
+    parts = unique_part_names([c.case_id for c in discovery.cases])
     tasks = [
         BuildTask(part=part, source=case.source, payload=CaseJob(case, cfg, out_dir, part))
         for case, part in zip(discovery.cases, parts, strict=True)

@@ -9,7 +9,6 @@ archive-wide steps once all parts exist: deduplication, splits, band statistics,
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
@@ -23,7 +22,13 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildConfigError, BuildReport, BuildTask, run_build
+from data_pipelines.build import (
+    BuildConfigError,
+    BuildReport,
+    BuildTask,
+    assign_split,
+    run_build,
+)
 from data_pipelines.dedup import MAX_EXACT_RADIUS, exact_hash, mark_duplicates, perceptual_hashes
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure_batch
@@ -50,7 +55,7 @@ from data_pipelines.store import (
     PartWriter,
     delete_part_array,
     open_root,
-    safe_part_name,
+    unique_part_names,
     write_fragment,
 )
 
@@ -403,12 +408,6 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
 # -- archive-wide steps ----------------------------------------------------------------------------
 
 
-def assign_split(scene_id: str, val_fraction: float) -> str:
-    """Deterministic per-scene split: tiles of one scene never straddle train and val."""
-    h = int.from_bytes(hashlib.sha1(scene_id.encode()).digest()[:8], "big") / 2**64
-    return "val" if h < val_fraction else "train"
-
-
 def merged_moments(table: pa.Table, use: np.ndarray, n_bands: int) -> BandMoments:
     """Merge the per-tile moments of the rows selected by ``use`` in one vectorized step
     (the closed form of Chan's pairwise update over many parts)."""
@@ -460,6 +459,7 @@ def finalize_manifest(
         table.schema.get_field_index("dup_kind"), "dup_kind", pa.array(dup_kind, pa.string())
     )
     scenes_col = table.column("scene").to_pylist()
+    # per scene: tiles of one scene never straddle train and val
     splits = {s: assign_split(s, cfg.val_fraction) for s in set(scenes_col)}
     table = table.set_column(
         table.schema.get_field_index("split"),
@@ -497,19 +497,6 @@ def finalize_manifest(
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def plan_parts(scenes: list[Scene]) -> list[str]:
-    """Unique, stable part names derived from scene ids."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for s in scenes:
-        name = safe_part_name(s.scene_id)
-        if name in seen:
-            name = f"{name}-{hashlib.sha1(s.scene_id.encode()).hexdigest()[:8]}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
 def store_attributes(profile: SensorProfile, cfg: RSBuildConfig) -> dict[str, Any]:
     table = cfg.class_table()
     return {
@@ -537,7 +524,7 @@ def build_rs(cfg: RSBuildConfig) -> BuildReport:
     profile = load_profile(cfg.profile)
     discovery = discover_scenes(cfg.input, profile)
     out_dir = str(Path(cfg.output).resolve())
-    parts = plan_parts(discovery.scenes)
+    parts = unique_part_names([s.scene_id for s in discovery.scenes])
     tasks = [
         BuildTask(
             part=part,
