@@ -67,7 +67,8 @@ def make_clinical_volume(src: Path, out: Path) -> Path:
 
 
 def build_store(nifti: Path, out: Path, chunk: int = 64, codec: str = "lz4") -> Path:
-    from data_pipelines.ct.pipeline import CTBuildConfig, build_ct
+    from data_pipelines.ct.config import CTBuildConfig
+    from data_pipelines.ct.pipeline import build_ct
 
     src = out.parent / f"{out.name}_in"
     src.mkdir(parents=True, exist_ok=True)

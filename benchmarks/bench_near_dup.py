@@ -28,7 +28,7 @@ from data_pipelines.dedup import (
     near_pairs_mih,
     perceptual_hash,
 )
-from data_pipelines.resources import demo_data_dir
+from geomed_mim.resources import demo_data_dir
 
 SHARED = Path(
     os.environ.get("GEOMED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

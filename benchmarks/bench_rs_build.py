@@ -29,9 +29,10 @@ import zarr
 from distributed import LocalCluster
 
 from data_pipelines import parallel
-from data_pipelines.resources import demo_data_dir
-from data_pipelines.rs.pipeline import RSBuildConfig, build_rs
+from data_pipelines.rs.config import RSBuildConfig
+from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.store import default_compressor
+from geomed_mim.resources import demo_data_dir
 
 SHARED = Path(
     os.environ.get("GEOMED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -1,10 +1,18 @@
 """The build runner shared by every modality: lock, resume, run tasks, quarantine, record.
 
-A modality (``rs.pipeline``, later ``ct``) supplies a list of tasks and a module-level task
+A modality (``rs.pipeline``, ``ct.pipeline``) supplies a list of tasks and a module-level task
 function; the runner decides which tasks still have to run, runs them where ``parallel`` says,
 sets failures aside with a one-line reason, assembles the manifest from the parts' fragments
 and writes ``build.json``. Re-running the same command after a crash or a kill finishes the
 rest and gives the same manifest as an uninterrupted build.
+
+The stages of :func:`run_build`: :func:`prepare_output` (settings check, store group) →
+:func:`run_pending` (tasks, quarantine) → :func:`collect_fragments` (manifest rows and counts
+of every finished part) → ``finalize`` (the modality's archive-wide steps) →
+:func:`write_records` (manifest, quarantine list, build record).
+
+Crash tests set ``GEOMED_BUILD_STOP_AFTER_PARTS=N``: the runner then ends its process at once
+(``os._exit``, no cleanup, like a kill) right after the N-th part of this run was committed.
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_pipelines import parallel
+from data_pipelines.errors import BuildConfigError, BuildLockedError, first_line
 from data_pipelines.store import (
     BUILD_RECORD_NAME,
+    LOCK_NAME,
     MANIFEST_NAME,
     PARTS_DIRNAME,
+    PREVIEW_NAME,
     QUARANTINE_NAME,
+    SETTINGS_NAME,
     STORE_DIRNAME,
     atomic_write_bytes,
     atomic_write_json,
@@ -43,8 +55,8 @@ from data_pipelines.store import (
     write_manifest,
 )
 
-SETTINGS_NAME = "_settings.json"
-LOCK_NAME = ".build.lock"
+STOP_AFTER_PARTS_ENV = "GEOMED_BUILD_STOP_AFTER_PARTS"
+STOPPED_EXIT_CODE = 75  # the exit status of a build stopped by STOP_AFTER_PARTS_ENV
 
 
 def assign_split(key: str, val_fraction: float) -> str:
@@ -52,14 +64,6 @@ def assign_split(key: str, val_fraction: float) -> str:
     samples of one key land on the same side."""
     h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
     return "val" if h < val_fraction else "train"
-
-
-class BuildConfigError(ValueError):
-    """A setting that cannot work; raised before any input is read."""
-
-
-class BuildLockedError(RuntimeError):
-    """Another build is writing to the same output folder."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def reset_output(out_dir: Path) -> None:
     """Remove what a previous build wrote (only our own files and folders)."""
     for name in (STORE_DIRNAME, PARTS_DIRNAME):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in (MANIFEST_NAME, BUILD_RECORD_NAME, QUARANTINE_NAME, "preview.png"):
+    for name in (MANIFEST_NAME, BUILD_RECORD_NAME, QUARANTINE_NAME, PREVIEW_NAME):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -183,6 +187,144 @@ def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
             f"pass --overwrite or choose another --output"
         )
     atomic_write_json(path, settings)
+
+
+def stop_after_parts() -> int | None:
+    """The part count after which the runner stops hard (crash tests), or None."""
+    value = os.environ.get(STOP_AFTER_PARTS_ENV)
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise BuildConfigError(f"{STOP_AFTER_PARTS_ENV}: {value!r} is not a positive part count")
+    return n
+
+
+# -- the stages of a build ----------------------------------------------------------------------
+
+
+def prepare_output(
+    out_dir: Path,
+    settings: dict[str, Any],
+    overwrite: bool,
+    groups: tuple[str, ...],
+    store_attrs: dict[str, Any],
+) -> None:
+    """Check that ``out_dir`` may be (re)used, create the store's groups, record its attributes."""
+    check_settings(out_dir, settings, overwrite)
+    root = open_root(out_dir, groups=groups)
+    root.attrs.update(store_attrs)
+
+
+def run_pending(
+    out_dir: Path,
+    pending: list[BuildTask],
+    total: int,
+    task_fn: Callable[[Any], dict[str, Any]],
+    groups: tuple[str, ...],
+    scheduler: str,
+    workers: int,
+    unit: str,
+) -> list[Quarantined]:
+    """Run the tasks not finished yet; a failed task's arrays are removed and it is quarantined.
+
+    Returns the quarantined tasks sorted by source (completion order is not deterministic).
+    """
+    stop_after = stop_after_parts()
+    quarantined: list[Quarantined] = []
+    counts: Counter = Counter()
+    committed = 0
+    bar = tqdm(
+        total=total,
+        initial=total - len(pending),
+        desc=f"building {out_dir.name}",
+        unit=unit,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    with bar:
+        results = parallel.map_unordered(
+            task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
+        )
+        for i, result in results:
+            task = pending[i]
+            if isinstance(result, BaseException):
+                for g in groups:
+                    delete_part_array(out_dir, g, task.part)
+                error_type = getattr(result, "error_type", type(result).__name__)
+                q = Quarantined(task.part, task.source, first_line(result), error_type)
+                quarantined.append(q)
+                bar.write(f"quarantined {task.source}: {q.reason}")
+            else:
+                counts.update(result.get("counts", {}))
+                bar.set_postfix(samples=counts.get("samples_written", 0), refresh=False)
+                committed += 1
+                if stop_after is not None and committed >= stop_after:
+                    os._exit(STOPPED_EXIT_CODE)  # as abrupt as a kill: nothing is cleaned up
+            bar.update(1)
+    return sorted(quarantined, key=lambda q: q.source)
+
+
+def collect_fragments(
+    out_dir: Path, tasks: list[BuildTask]
+) -> tuple[pa.Table, list[dict[str, Any]], Counter, Counter]:
+    """The manifest rows, summaries, counts and task timings of every finished part, resumed
+    or not, in task order."""
+    tables, summaries, counts, timings = [], [], Counter(), Counter()
+    for t in tasks:
+        frag = read_fragment(out_dir, t.part)
+        if frag is None:
+            continue
+        table, summary = frag
+        if table.num_columns:
+            tables.append(table)
+        summaries.append(summary)
+        counts.update(summary.get("counts", {}))
+        timings.update(summary.get("timings", {}))
+    manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    return manifest, summaries, counts, timings
+
+
+def write_records(
+    report: BuildReport,
+    manifest: pa.Table,
+    config: dict[str, Any],
+    total: int,
+    run_seconds: float,
+    timings: Counter,
+) -> None:
+    """Write the manifest, the quarantine list and ``build.json`` (each atomically)."""
+    out_dir, seconds, counts = report.out_dir, report.seconds, report.counts
+    write_manifest(out_dir, manifest)
+    atomic_write_bytes(
+        out_dir / QUARANTINE_NAME,
+        "".join(json.dumps(q.to_json()) + "\n" for q in report.quarantined).encode(),
+    )
+    atomic_write_json(
+        out_dir / BUILD_RECORD_NAME,
+        {
+            "config": config,
+            "versions": package_versions(),
+            "counts": dict(sorted(counts.items())),
+            "quarantined": [q.to_json() for q in report.quarantined],
+            "ignored_files": [{"path": p, "why": w} for p, w in report.ignored],
+            "parts": {"total": total, "resumed": report.resumed_parts, "ran": report.ran_parts},
+            "scheduler": report.scheduler,
+            "timings_s": {
+                "total": round(seconds, 3),
+                "tasks": round(run_seconds, 3),
+                **{f"task_{k}_sum": round(v, 3) for k, v in sorted(timings.items())},
+            },
+            "throughput": {
+                "samples_per_s": round(counts.get("samples_written", 0) / max(seconds, 1e-9), 2),
+                "output_mb_per_s": round(report.output_bytes / 2**20 / max(seconds, 1e-9), 3),
+            },
+            "output_bytes": report.output_bytes,
+        },
+    )
 
 
 def run_build(
@@ -212,107 +354,32 @@ def run_build(
     and cleaned like ``group`` when the task fails.
     """
     out_dir = Path(out_dir)
+    groups = (group, *extra_groups)
     started = time.perf_counter()
     with OutputLock(out_dir):
-        check_settings(out_dir, settings, overwrite)
-        root = open_root(out_dir, groups=(group, *extra_groups))
-        root.attrs.update(store_attrs)
-
+        prepare_output(out_dir, settings, overwrite, groups, store_attrs)
         pending = [t for t in tasks if not fragment_path(out_dir, t.part).is_file()]
-        resumed = len(tasks) - len(pending)
-        quarantined: list[Quarantined] = []
-        run_counts: Counter = Counter()
-        bar = tqdm(
-            total=len(tasks),
-            initial=resumed,
-            desc=f"building {out_dir.name}",
-            unit=unit,
-            dynamic_ncols=True,
-            mininterval=0.5,
+        quarantined = run_pending(
+            out_dir, pending, len(tasks), task_fn, groups, scheduler, workers, unit
         )
-        with bar:
-            results = parallel.map_unordered(
-                task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
-            )
-            for i, result in results:
-                task = pending[i]
-                if isinstance(result, BaseException):
-                    for g in (group, *extra_groups):
-                        delete_part_array(out_dir, g, task.part)
-                    error_type = getattr(result, "error_type", type(result).__name__)
-                    q = Quarantined(task.part, task.source, _one_line(result), error_type)
-                    quarantined.append(q)
-                    bar.write(f"quarantined {task.source}: {q.reason}")
-                else:
-                    run_counts.update(result.get("counts", {}))
-                    bar.set_postfix(samples=run_counts.get("samples_written", 0), refresh=False)
-                bar.update(1)
         run_seconds = time.perf_counter() - started
-        quarantined.sort(key=lambda q: q.source)  # completion order is not deterministic
-
-        # the manifest and the counts cover every finished part, resumed or not
-        tables, summaries, counts, timings = [], [], Counter(), Counter()
-        for t in tasks:
-            frag = read_fragment(out_dir, t.part)
-            if frag is None:
-                continue
-            table, summary = frag
-            if table.num_columns:
-                tables.append(table)
-            summaries.append(summary)
-            counts.update(summary.get("counts", {}))
-            timings.update(summary.get("timings", {}))
+        manifest, summaries, counts, timings = collect_fragments(out_dir, tasks)
         counts[f"{unit}s_done"] = len(summaries)
         counts[f"{unit}s_quarantined"] = len(quarantined)
-        manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
         manifest, archive_counts = finalize(out_dir, manifest, summaries)
         counts.update(archive_counts)
-        write_manifest(out_dir, manifest)
-        atomic_write_bytes(
-            out_dir / QUARANTINE_NAME,
-            "".join(json.dumps(q.to_json()) + "\n" for q in quarantined).encode(),
-        )
-        output_bytes = dir_size(out_dir / STORE_DIRNAME)
-        seconds = time.perf_counter() - started
         report = BuildReport(
             out_dir=out_dir,
             counts=counts,
             quarantined=quarantined,
             ignored=list(ignored or []),
-            seconds=seconds,
-            output_bytes=output_bytes,
+            seconds=0.0,
+            output_bytes=dir_size(out_dir / STORE_DIRNAME),
             manifest_rows=manifest.num_rows,
-            resumed_parts=resumed,
+            resumed_parts=len(tasks) - len(pending),
             ran_parts=len(pending),
             scheduler=parallel.describe_scheduler(scheduler, workers),
         )
-        atomic_write_json(
-            out_dir / BUILD_RECORD_NAME,
-            {
-                "config": config,
-                "versions": package_versions(),
-                "counts": dict(sorted(counts.items())),
-                "quarantined": [q.to_json() for q in quarantined],
-                "ignored_files": [{"path": p, "why": w} for p, w in report.ignored],
-                "parts": {"total": len(tasks), "resumed": resumed, "ran": len(pending)},
-                "scheduler": report.scheduler,
-                "timings_s": {
-                    "total": round(seconds, 3),
-                    "tasks": round(run_seconds, 3),
-                    **{f"task_{k}_sum": round(v, 3) for k, v in sorted(timings.items())},
-                },
-                "throughput": {
-                    "samples_per_s": round(
-                        counts.get("samples_written", 0) / max(seconds, 1e-9), 2
-                    ),
-                    "output_mb_per_s": round(output_bytes / 2**20 / max(seconds, 1e-9), 3),
-                },
-                "output_bytes": output_bytes,
-            },
-        )
+        report.seconds = time.perf_counter() - started
+        write_records(report, manifest, config, len(tasks), run_seconds, timings)
     return report
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__

@@ -1,7 +1,8 @@
 """Archive-wide deduplication: exact hashes, 64-bit perceptual hashes, Hamming-radius search.
 
 - **exact**: BLAKE2b of the decoded pixels plus shape and dtype, so the same pixels under
-  another file name (or another container format) collide and nothing else does.
+  another file name (or another container format) collide and nothing else does. RS tiles and
+  CT volumes use the same hash and the same first-in-order-wins marking.
 - **near**: a DCT perceptual hash of a per-band-normalized composite: each band is
   standardized within the tile, the bands are averaged, the result is resized to 32×32, and the
   64 lowest DCT frequencies are thresholded at their median. Per-band standardization makes the
@@ -142,6 +143,28 @@ def group_representatives(n: int, pairs: np.ndarray) -> np.ndarray:
     return first[labels]
 
 
+def mark_exact_duplicates(
+    exact: list[str | None], candidates: np.ndarray | None = None
+) -> np.ndarray:
+    """For items in order: index of the first earlier item with the same exact hash, else -1.
+
+    ``candidates`` (a boolean mask, default all) limits which items take part; items without a
+    hash never do.
+    """
+    dup_of = np.full(len(exact), -1, dtype=np.int64)
+    first_seen: dict[str, int] = {}
+    members = np.arange(len(exact)) if candidates is None else np.nonzero(candidates)[0]
+    for i in members:
+        key = exact[i]
+        if key is None:
+            continue
+        if key in first_seen:
+            dup_of[i] = first_seen[key]
+        else:
+            first_seen[key] = int(i)
+    return dup_of
+
+
 def mark_duplicates(
     exact: list[str | None],
     phash: np.ndarray,
@@ -153,19 +176,8 @@ def mark_duplicates(
     ``candidates`` is a boolean mask of items taking part (kept tiles); exact duplicates are
     resolved first, then near duplicates among the remaining unique items.
     """
-    n = len(exact)
-    dup_of = np.full(n, -1, dtype=np.int64)
-    kind: list[str | None] = [None] * n
-    first_seen: dict[str, int] = {}
-    for i in np.nonzero(candidates)[0]:
-        key = exact[i]
-        if key is None:
-            continue
-        if key in first_seen:
-            dup_of[i] = first_seen[key]
-            kind[i] = "exact"
-        else:
-            first_seen[key] = int(i)
+    dup_of = mark_exact_duplicates(exact, candidates)
+    kind: list[str | None] = ["exact" if j >= 0 else None for j in dup_of]
     if radius is None or radius < 0:
         return dup_of, kind
     unique = np.nonzero(candidates & (dup_of < 0))[0]

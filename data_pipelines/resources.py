@@ -1,24 +1,19 @@
-"""Where configs and the embedded demo archive live, for editable and wheel installs alike."""
+"""Where the shipped configs (sensor profiles, class tables, data configs) live.
+
+In a checkout that is the repository's own ``configs/``; an installed wheel carries a copy
+inside this package (``data_pipelines/_configs``), so profiles resolve by name either way.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def configs_dir() -> Path:
     """The ``configs/`` folder: the repo's own in a checkout, the wheel's copy otherwise."""
-    in_repo = _REPO_ROOT / "configs"
+    in_repo = _PACKAGE_DIR.parent / "configs"
     if in_repo.is_dir():
         return in_repo
-    import geomed_mim
-
-    return Path(geomed_mim.__file__).resolve().parent / "_configs"
-
-
-def demo_data_dir() -> Path:
-    """The demo archive shipped inside the ``geomed_mim`` package."""
-    import geomed_mim
-
-    return Path(geomed_mim.__file__).resolve().parent / "demo_data"
+    return _PACKAGE_DIR / "_configs"

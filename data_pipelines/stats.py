@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.store import ATTR_BAND_STATS, ATTR_BANDS, select_samples, store_path
+
 PERCENTILES = (1, 2, 50, 98, 99)
 SAMPLE_PER_PART = 256  # values per band a task keeps for the percentile estimate
 MAX_SAMPLE = 200_000  # values per band used for the final percentiles
@@ -170,30 +172,27 @@ def recompute_store_stats(out_dir: str | Path, progress: bool = True) -> dict[st
     Moments are exact; percentiles use an evenly strided sample of up to ``MAX_SAMPLE`` values
     per band.
     """
-    import pyarrow.parquet as pq
     import zarr
     from tqdm.auto import tqdm
 
-    from data_pipelines.store import MANIFEST_NAME, store_path
-
-    out_dir = Path(out_dir)
-    manifest = pq.read_table(out_dir / MANIFEST_NAME).to_pandas()
-    use = manifest[manifest["excluded"].isna() & manifest["dup_of"].isna()]
+    samples = select_samples(out_dir, split=None)
+    by_array: dict[str, list[int]] = {}
+    for array, index in samples:
+        by_array.setdefault(array, []).append(index)
     root = zarr.open_group(str(store_path(out_dir)), mode="r+")
-    bands = list(root.attrs["bands"])
+    bands = list(root.attrs[ATTR_BANDS])
     total = BandMoments.empty(len(bands))
     sample = BandSample(len(bands), limit=MAX_SAMPLE)
-    groups = list(use.groupby("array", sort=True))
-    for array_path, rows in tqdm(groups, desc="band statistics", unit="part", disable=not progress):
-        arr = root[array_path]
-        idx = np.sort(rows["index"].to_numpy())
+    for array in tqdm(sorted(by_array), desc="band statistics", unit="part", disable=not progress):
+        arr = root[array]
+        idx = np.sort(np.asarray(by_array[array]))
         for start in range(0, len(idx), 256):
             block = np.asarray(arr.get_orthogonal_selection((idx[start : start + 256],)))
             for tile in block:
                 total = total.merge(BandMoments.of_tile(tile))
                 sample.add_tile(tile, per_tile=64)
     percentiles = percentiles_from_samples([sample.finish()], len(bands))
-    previous = dict(root.attrs.get("band_stats", {}))
+    previous = dict(root.attrs.get(ATTR_BAND_STATS, {}))
     attrs = stats_attrs(
         bands,
         total,
@@ -201,5 +200,5 @@ def recompute_store_stats(out_dir: str | Path, progress: bool = True) -> dict[st
         values=previous.get("values", "as stored"),
         over="kept, non-duplicate tiles (recomputed by `build_dataset stats`)",
     )
-    root.attrs["band_stats"] = attrs
+    root.attrs[ATTR_BAND_STATS] = attrs
     return attrs

@@ -9,24 +9,24 @@ per-band statistics of an existing store. Every flag can also be given in a YAML
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildConfigError, BuildLockedError, BuildReport
-from data_pipelines.ct.pipeline import CTBuildConfig, build_ct
-from data_pipelines.resources import configs_dir, demo_data_dir
-from data_pipelines.rs.discover import InputError
-from data_pipelines.rs.pipeline import (
-    DEFAULT_NEAR_DUP_RADIUS,
-    RESAMPLING_CHOICES,
-    RSBuildConfig,
-    build_rs,
-)
+from data_pipelines.build import BuildReport
+from data_pipelines.ct.config import CTBuildConfig
+from data_pipelines.ct.pipeline import build_ct
+from data_pipelines.errors import BuildConfigError, BuildLockedError, InputError
+from data_pipelines.resources import configs_dir
+from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
+from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.rs.profiles import ProfileError, available_profiles
 from data_pipelines.stats import recompute_store_stats
+from data_pipelines.store import COL_DUP_OF, MANIFEST_NAME, manifest_path, read_manifest
+from geomed_mim.resources import demo_data_dir
 
 DEMO_PREFIX = "demo:"
 EXIT_OK, EXIT_QUARANTINED_STRICT, EXIT_CONFIG = 0, 1, 2
@@ -64,6 +64,136 @@ def resolve_repo_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
+@dataclass(frozen=True)
+class Flag:
+    """One command-line option: ``--name`` with its type, default and help."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+    def add_to(self, parser: ArgumentParser | Any) -> None:
+        if self.type is bool:  # --flag / --no_flag
+            parser.add_argument(self.name, action=ActionYesNo, default=self.default, help=self.help)
+        else:
+            parser.add_argument(self.name, type=self.type, default=self.default, help=self.help)
+
+
+def input_output_flags() -> list[Flag]:
+    """What to read and where to write (every modality)."""
+    return [
+        Flag("--input", str | list[str] | None, None,
+             "Folder of rasters (searched recursively), a glob such as 'scenes/**/*.tif', a "
+             "raster file, or demo:NAME for the embedded demo (demo:sentinel2_l1c, "
+             "demo:landsat8_l1, demo:ct). Default: the demo archive."),
+        Flag("--output", str | None, None,
+             "Folder to write store.zarr, manifest.parquet, build.json and quarantine.jsonl "
+             "into. Re-running into the same folder resumes."),
+    ]  # fmt: skip
+
+
+def label_flags() -> list[Flag]:
+    """Label maps and their class table (RS and CT, each with its own pairing rule)."""
+    return [
+        Flag("--labels", str | None, None,
+             "RS: label raster(s) for a segmentation store: one GeoTIFF covering every scene, "
+             "or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
+             "reprojected to each scene's grid with nearest neighbour and cut like the tiles "
+             "(labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. CT: "
+             "default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
+             "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels."),
+        Flag("--classes", str | None, None,
+             "Class table for --labels: YAML with ignore_index and classes: [{id, name, "
+             "color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in the table "
+             "become ignore_index. CT: a class may list source_ids (the label map's ids that "
+             "become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is done "
+             "at build time and recorded as the store's 'classes' attribute."),
+    ]  # fmt: skip
+
+
+def run_flags() -> list[Flag]:
+    """How to split, compress and run (every modality)."""
+    return [
+        Flag("--val-fraction", float, 0.05,
+             "Fraction of scenes (not tiles) assigned to the 'val' split."),
+        Flag("--workers", int, parallel.default_workers(),
+             "Worker processes of the local dask cluster (1 = run in this process)."),
+        Flag("--scheduler", str, parallel.LOCAL,
+             "'local' (a LocalCluster of --workers processes), 'synchronous' (this process, "
+             "for debugging) or the address of a running dask scheduler (tcp://HOST:PORT)."),
+        Flag("--compression-level", int, 5, "zstd level 0-9."),
+        Flag("--strict", bool, False,
+             "Exit with status 1 when any input had to be quarantined."),
+        Flag("--overwrite", bool, False,
+             "Delete a previous build in --output instead of resuming it."),
+    ]  # fmt: skip
+
+
+def rs_flags() -> list[Flag]:
+    """Flags of the RS build (--modality rs)."""
+    return [
+        Flag("--profile", str, "sentinel2_l1c",
+             f"Sensor profile name ({', '.join(available_profiles())}) or a path to a profile "
+             "YAML. Names the bands and their order."),
+        Flag("--tile-size", int, 64, "Tile edge in pixels of the scene's finest grid."),
+        Flag("--stride", int | None, None,
+             "Step between tiles in pixels; smaller than --tile-size gives overlap. Default: "
+             "the tile size (no overlap)."),
+        Flag("--cover-edges", bool, True,
+             "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
+             "(--no_cover-edges drops partial edge tiles instead)."),
+        Flag("--resampling", str, "bilinear",
+             f"How coarser bands are brought to the finest grid: "
+             f"{', '.join(RESAMPLING_CHOICES)}."),
+        Flag("--max-nodata-fraction", float, 0.5,
+             "Exclude a tile when more than this fraction of its pixels is nodata/NaN."),
+        Flag("--calibrate", str, "toa",
+             "'toa': store physical top-of-atmosphere values (float32) as the profile defines "
+             "them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature "
+             "from the MTL file, MODIS scaling); 'none': store raw values."),
+        Flag("--max-out-of-range-fraction", float, 0.05,
+             "Exclude a tile when more than this fraction of its valid pixels lies outside the "
+             "profile's valid_range."),
+        Flag("--max-saturated-fraction", float, 0.05,
+             "Exclude a tile when more than this fraction of pixels is saturated."),
+        Flag("--max-cloud-fraction", float, 0.5,
+             "Exclude a tile when more than this fraction of pixels is flagged cloud by the QA "
+             "band (profiles with a QA band, e.g. Landsat BQA)."),
+        Flag("--min-band-std", float | None, None,
+             "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
+             "Default: the profile's min_band_std."),
+        Flag("--dedup", bool, True,
+             "Mark exact and near duplicates across the whole archive (--no_dedup to skip)."),
+        Flag("--near-dup-radius", int, DEFAULT_NEAR_DUP_RADIUS,
+             "Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are "
+             "near duplicates."),
+        Flag("--preview", bool, True,
+             "Write preview.png, a mosaic of sample tiles with excluded and duplicate tiles "
+             "outlined."),
+    ]  # fmt: skip
+
+
+def ct_flags() -> list[Flag]:
+    """Flags that only the CT build reads (--modality ct)."""
+    return [
+        Flag("--spacing", float | list[float], 1.5,
+             "Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes)."),
+        Flag("--labels-csv", str | None, None,
+             "CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
+             "wins over the naming rule. image may be a DICOM series folder."),
+        Flag("--crop-foreground", bool, False,
+             "Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm."),
+        Flag("--foreground-hu", float, -500.0, "Body threshold in HU."),
+        Flag("--crop-margin-mm", float, 10.0, "Margin of the crop in mm."),
+        Flag("--foreground-points", int, 1024,
+             "Crop centres stored per case for foreground-biased sampling (label or body "
+             "voxels)."),
+        Flag("--chunk-size", int, 64, "Edge of the cubic zarr chunks."),
+        Flag("--codec", str, "lz4", "Volume codec: lz4 (fast), zstd (small), none."),
+    ]  # fmt: skip
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m geomed_mim.build_dataset",
@@ -88,272 +218,37 @@ def build_parser() -> ArgumentParser:
         help="'rs' (satellite scenes -> tiles) or 'ct' (CT volumes -> resampled HU volumes; "
         "see the CT flags below and docs/ct_pipeline.md).",
     )
-    p.add_argument(
-        "--input",
-        type=str | list[str] | None,
-        default=None,
-        help="Folder of rasters (searched recursively), a glob such as "
-        "'scenes/**/*.tif', a raster file, or demo:NAME for the embedded demo "
-        "(demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo archive.",
-    )
-    p.add_argument(
-        "--output",
-        type=str | None,
-        default=None,
-        help="Folder to write store.zarr, manifest.parquet, build.json and "
-        "quarantine.jsonl into. Re-running into the same folder resumes.",
-    )
-    p.add_argument(
-        "--profile",
-        type=str,
-        default="sentinel2_l1c",
-        help=f"Sensor profile name ({', '.join(available_profiles())}) or a path "
-        "to a profile YAML. Names the bands and their order.",
-    )
-    p.add_argument(
-        "--tile-size", type=int, default=64, help="Tile edge in pixels of the scene's finest grid."
-    )
-    p.add_argument(
-        "--stride",
-        type=int | None,
-        default=None,
-        help="Step between tiles in pixels; smaller than --tile-size gives overlap. "
-        "Default: the tile size (no overlap).",
-    )
-    p.add_argument(
-        "--cover-edges",
-        action=ActionYesNo,
-        default=True,
-        help="Add a last row/column of tiles snapped to the scene edge so no pixel is "
-        "left out (--no_cover-edges drops partial edge tiles instead).",
-    )
-    p.add_argument(
-        "--resampling",
-        type=str,
-        default="bilinear",
-        help=f"How coarser bands are brought to the finest grid: {', '.join(RESAMPLING_CHOICES)}.",
-    )
-    p.add_argument(
-        "--max-nodata-fraction",
-        type=float,
-        default=0.5,
-        help="Exclude a tile when more than this fraction of its pixels is nodata/NaN.",
-    )
-    p.add_argument(
-        "--calibrate",
-        type=str,
-        default="toa",
-        help="'toa': store physical top-of-atmosphere values (float32) as the profile "
-        "defines them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness "
-        "temperature from the MTL file, MODIS scaling); 'none': store raw values.",
-    )
-    p.add_argument(
-        "--max-out-of-range-fraction",
-        type=float,
-        default=0.05,
-        help="Exclude a tile when more than this fraction of its valid pixels lies "
-        "outside the profile's valid_range.",
-    )
-    p.add_argument(
-        "--max-saturated-fraction",
-        type=float,
-        default=0.05,
-        help="Exclude a tile when more than this fraction of pixels is saturated.",
-    )
-    p.add_argument(
-        "--max-cloud-fraction",
-        type=float,
-        default=0.5,
-        help="Exclude a tile when more than this fraction of pixels is flagged cloud by "
-        "the QA band (profiles with a QA band, e.g. Landsat BQA).",
-    )
-    p.add_argument(
-        "--min-band-std",
-        type=float | None,
-        default=None,
-        help="Exclude a tile as 'constant' when every band's std (raw units) is at "
-        "most this. Default: the profile's min_band_std.",
-    )
-    p.add_argument(
-        "--dedup",
-        action=ActionYesNo,
-        default=True,
-        help="Mark exact and near duplicates across the whole archive (--no_dedup to skip).",
-    )
-    p.add_argument(
-        "--near-dup-radius",
-        type=int,
-        default=DEFAULT_NEAR_DUP_RADIUS,
-        help="Hamming radius (bits of the 64-bit perceptual hash) within which two "
-        "tiles are near duplicates.",
-    )
-    p.add_argument(
-        "--preview",
-        action=ActionYesNo,
-        default=True,
-        help="Write preview.png, a mosaic of sample tiles with excluded and duplicate "
-        "tiles outlined.",
-    )
-    p.add_argument(
-        "--labels",
-        type=str | None,
-        default=None,
-        help="RS: label raster(s) for a segmentation store: one GeoTIFF covering every "
-        "scene, or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
-        "reprojected to each scene's grid with nearest neighbour and cut like the "
-        "tiles (labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. "
-        "CT: default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
-        "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels.",
-    )
-    p.add_argument(
-        "--classes",
-        type=str | None,
-        default=None,
-        help="Class table for --labels: YAML with ignore_index and classes: "
-        "[{id, name, color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in "
-        "the table become ignore_index. CT: a class may list source_ids (the label map's "
-        "ids that become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is "
-        "done at build time and recorded as the store's 'classes' attribute.",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.05,
-        help="Fraction of scenes (not tiles) assigned to the 'val' split.",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=parallel.default_workers(),
-        help="Worker processes of the local dask cluster (1 = run in this process).",
-    )
-    p.add_argument(
-        "--scheduler",
-        type=str,
-        default=parallel.LOCAL,
-        help="'local' (a LocalCluster of --workers processes), 'synchronous' (this "
-        "process, for debugging) or the address of a running dask scheduler "
-        "(tcp://HOST:PORT).",
-    )
-    p.add_argument("--compression-level", type=int, default=5, help="zstd level 0-9.")
-    p.add_argument(
-        "--strict",
-        action=ActionYesNo,
-        default=False,
-        help="Exit with status 1 when any input had to be quarantined.",
-    )
-    p.add_argument(
-        "--overwrite",
-        action=ActionYesNo,
-        default=False,
-        help="Delete a previous build in --output instead of resuming it.",
-    )
-    add_ct_arguments(p)
+    for flag in input_output_flags() + rs_flags() + label_flags() + run_flags():
+        flag.add_to(p)
+    ct_group = p.add_argument_group("CT (--modality ct)")
+    for flag in ct_flags():
+        flag.add_to(ct_group)
     return p
 
 
-# -- CT (--modality ct) --------------------------------------------------------------------------
+# -- configs from parsed flags -------------------------------------------------------------------
 
 
-def add_ct_arguments(p: ArgumentParser) -> None:
-    """Flags that only the CT build reads (the shared ones: input, output, workers, ...)."""
-    g = p.add_argument_group("CT (--modality ct)")
-    g.add_argument(
-        "--spacing",
-        type=float | list[float],
-        default=1.5,
-        help="Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes).",
-    )
-    g.add_argument(
-        "--labels-csv",
-        type=str | None,
-        default=None,
-        help="CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
-        "wins over the naming rule. image may be a DICOM series folder.",
-    )
-    g.add_argument(
-        "--crop-foreground",
-        action=ActionYesNo,
-        default=False,
-        help="Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm.",
-    )
-    g.add_argument("--foreground-hu", type=float, default=-500.0, help="Body threshold in HU.")
-    g.add_argument("--crop-margin-mm", type=float, default=10.0, help="Margin of the crop in mm.")
-    g.add_argument(
-        "--foreground-points",
-        type=int,
-        default=1024,
-        help="Crop centres stored per case for foreground-biased sampling (label or body voxels).",
-    )
-    g.add_argument("--chunk-size", type=int, default=64, help="Edge of the cubic zarr chunks.")
-    g.add_argument(
-        "--codec", type=str, default="lz4", help="Volume codec: lz4 (fast), zstd (small), none."
-    )
+def config_values(args: Any, config_class: type) -> dict[str, Any]:
+    """The parsed flags a config class has a field for."""
+    return {f.name: getattr(args, f.name) for f in fields(config_class) if f.name in args}
 
 
-def ct_config(args: object) -> CTBuildConfig:
-    a = args
-    return CTBuildConfig(
-        input=resolve_input(a.input),
-        output=a.output,
-        spacing=a.spacing,
-        labels=a.labels if a.labels is not None else "auto",
-        labels_csv=a.labels_csv,
-        classes=resolve_repo_path(a.classes),
-        crop_foreground=a.crop_foreground,
-        foreground_hu=a.foreground_hu,
-        crop_margin_mm=a.crop_margin_mm,
-        foreground_points=a.foreground_points,
-        chunk_size=a.chunk_size,
-        codec=a.codec,
-        compression_level=a.compression_level,
-        val_fraction=a.val_fraction,
-        workers=a.workers,
-        scheduler=a.scheduler,
-        strict=a.strict,
-        overwrite=a.overwrite,
-    )
+def ct_config(args: Any) -> CTBuildConfig:
+    values = config_values(args, CTBuildConfig)
+    values["input"] = resolve_input(args.input)
+    values["labels"] = args.labels if args.labels is not None else "auto"
+    values["classes"] = resolve_repo_path(args.classes)
+    return CTBuildConfig(**values)
 
 
-def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
-    c = report.counts
-    resumed = (
-        f"  ({report.resumed_parts} resumed from an earlier run)" if report.resumed_parts else ""
-    )
-    dups = "?"
-    try:
-        from data_pipelines.store import read_manifest
-
-        dups = str(sum(1 for d in read_manifest(report.out_dir).column("dup_of").to_pylist() if d))
-    except Exception:  # the summary never fails a finished build
-        pass
-    fmt = ", ".join(
-        f"{k.split(':', 1)[1]}: {v}" for k, v in sorted(c.items()) if k.startswith("format:")
-    )
-    rows = [
-        ("volumes built", f"{c.get('volumes_read', 0)}{resumed}" + (f"  ({fmt})" if fmt else "")),
-        ("volumes quarantined", f"{len(report.quarantined)}"),
-        ("files ignored", f"{len(report.ignored)}"),
-        ("with label maps", f"{c.get('labels_written', 0)}"),
-        ("exact duplicates", f"{dups}  (marked dup_of in the manifest, kept in the store)"),
-        ("spacing", " x ".join(f"{s:g}" for s in cfg.spacing) + " mm, int16 HU, RAS"),
-        ("voxels written", f"{c.get('voxels_written', 0) / 1e6:.1f} M"),
-        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr, {cfg.codec})"),
-        (
-            "time",
-            f"{report.seconds:.1f} s  ({c.get('volumes_read', 0) / max(report.seconds, 1e-9):.2f} "
-            f"volumes/s, {report.scheduler})",
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"build_dataset: ct -> {report.out_dir}"]
-    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-    lines += [f"  quarantined: {q.source}: {q.reason}" for q in report.quarantined]
-    lines += [f"  ignored: {path}: {why}" for path, why in report.ignored[:10]]
-    if len(report.ignored) > 10:
-        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
-    lines.append(f"  manifest: {report.out_dir / 'manifest.parquet'} ({report.manifest_rows} rows)")
-    return "\n".join(lines)
+def rs_config(args: Any) -> RSBuildConfig:
+    values = config_values(args, RSBuildConfig)
+    values["input"] = resolve_input(args.input)
+    if values.get("labels"):
+        values["labels"] = resolve_input(values["labels"])
+    values["classes"] = resolve_repo_path(values.get("classes"))
+    return RSBuildConfig(**values)
 
 
 def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
@@ -372,14 +267,10 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
         )
     if args.modality not in ("rs", "ct"):
         raise BuildConfigError(f"--modality: {args.modality!r} is not 'rs' or 'ct'")
-    if args.modality == "ct":
-        return ct_config(args), is_demo
-    values = {f.name: getattr(args, f.name) for f in fields(RSBuildConfig) if f.name in args}
-    values["input"] = resolve_input(args.input)
-    if values.get("labels"):
-        values["labels"] = resolve_input(values["labels"])
-    values["classes"] = resolve_repo_path(values.get("classes"))
-    return RSBuildConfig(**values), is_demo
+    return (ct_config(args) if args.modality == "ct" else rs_config(args)), is_demo
+
+
+# -- the summary printed at the end ----------------------------------------------------------------
 
 
 def _human_bytes(n: float) -> str:
@@ -390,60 +281,80 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _resumed(report: BuildReport) -> str:
+    if not report.resumed_parts:
+        return ""
+    return f"  ({report.resumed_parts} resumed from an earlier run)"
+
+
+def summary_table(title: str, rows: list[tuple[str, str]], report: BuildReport) -> str:
+    """``title``, the aligned ``rows``, then quarantined and ignored inputs and the manifest."""
+    width = max(len(k) for k, _ in rows)
+    lines = [title]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += [f"  quarantined: {q.source}: {q.reason}" for q in report.quarantined]
+    lines += [f"  ignored: {path}: {why}" for path, why in report.ignored[:10]]
+    if len(report.ignored) > 10:
+        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
+    manifest = manifest_path(report.out_dir)
+    lines.append(f"  manifest: {manifest} ({report.manifest_rows} rows)")
+    return "\n".join(lines)
+
+
 def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     c = report.counts
     excluded = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("excluded:")}
+    reasons = ", ".join(f"{k}: {v}" for k, v in excluded.items())
+    stride = cfg.stride or cfg.tile_size
+    tiles_per_s = c.get("samples_written", 0) / max(report.seconds, 1e-9)
     rows = [
-        (
-            "scenes read",
-            f"{c.get('scenes_read', 0)}"
-            + (
-                f"  ({report.resumed_parts} resumed from an earlier run)"
-                if report.resumed_parts
-                else ""
-            ),
-        ),
+        ("scenes read", f"{c.get('scenes_read', 0)}{_resumed(report)}"),
         ("scenes quarantined", f"{len(report.quarantined)}"),
         ("files ignored", f"{len(report.ignored)}"),
-        (
-            "tiles cut",
-            f"{c.get('tiles_total', 0)}  ({cfg.tile_size}x{cfg.tile_size}, "
-            f"stride {cfg.stride or cfg.tile_size})",
-        ),
+        ("tiles cut", f"{c.get('tiles_total', 0)}  ({cfg.tile_size}x{cfg.tile_size}, "
+                      f"stride {stride})"),
         ("tiles written", f"{c.get('samples_written', 0)}"),
-        (
-            "tiles excluded",
-            f"{sum(excluded.values())}"
-            + (
-                "  (" + ", ".join(f"{k}: {v}" for k, v in excluded.items()) + ")"
-                if excluded
-                else ""
-            ),
-        ),
-        (
-            "duplicates",
-            f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} near"
-            + ("" if cfg.dedup else "  (dedup off)"),
-        ),
+        ("tiles excluded", f"{sum(excluded.values())}" + (f"  ({reasons})" if excluded else "")),
+        ("duplicates", f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} "
+                       f"near" + ("" if cfg.dedup else "  (dedup off)")),
         ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr)"),
-        (
-            "time",
-            f"{report.seconds:.1f} s  "
-            f"({c.get('samples_written', 0) / max(report.seconds, 1e-9):.0f} tiles/s, "
-            f"{report.scheduler})",
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"build_dataset: {cfg.profile} -> {report.out_dir}"]
-    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-    for q in report.quarantined:
-        lines.append(f"  quarantined: {q.source}: {q.reason}")
-    for path, why in report.ignored[:10]:
-        lines.append(f"  ignored: {path}: {why}")
-    if len(report.ignored) > 10:
-        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
-    lines.append(f"  manifest: {report.out_dir / 'manifest.parquet'} ({report.manifest_rows} rows)")
-    return "\n".join(lines)
+        ("time", f"{report.seconds:.1f} s  ({tiles_per_s:.0f} tiles/s, {report.scheduler})"),
+    ]  # fmt: skip
+    return summary_table(f"build_dataset: {cfg.profile} -> {report.out_dir}", rows, report)
+
+
+def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
+    c = report.counts
+    fmt = ", ".join(
+        f"{k.split(':', 1)[1]}: {v}" for k, v in sorted(c.items()) if k.startswith("format:")
+    )
+    volumes = c.get("volumes_read", 0)
+    rows = [
+        ("volumes built", f"{volumes}{_resumed(report)}" + (f"  ({fmt})" if fmt else "")),
+        ("volumes quarantined", f"{len(report.quarantined)}"),
+        ("files ignored", f"{len(report.ignored)}"),
+        ("with label maps", f"{c.get('labels_written', 0)}"),
+        ("exact duplicates", f"{_ct_duplicates(report)}  (marked dup_of in the manifest, kept "
+                             f"in the store)"),
+        ("spacing", " x ".join(f"{s:g}" for s in cfg.spacing) + " mm, int16 HU, RAS"),
+        ("voxels written", f"{c.get('voxels_written', 0) / 1e6:.1f} M"),
+        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr, {cfg.codec})"),
+        ("time", f"{report.seconds:.1f} s  ({volumes / max(report.seconds, 1e-9):.2f} "
+                 f"volumes/s, {report.scheduler})"),
+    ]  # fmt: skip
+    return summary_table(f"build_dataset: ct -> {report.out_dir}", rows, report)
+
+
+def _ct_duplicates(report: BuildReport) -> str:
+    """Duplicates marked in the manifest (all of them, resumed parts included)."""
+    try:
+        dup_of = read_manifest(report.out_dir, columns=[COL_DUP_OF]).column(COL_DUP_OF)
+        return str(sum(1 for d in dup_of.to_pylist() if d))
+    except Exception:  # the summary never fails a finished build
+        return "?"
+
+
+# -- entry points ----------------------------------------------------------------------------------
 
 
 def stats_main(argv: list[str]) -> int:
@@ -456,9 +367,9 @@ def stats_main(argv: list[str]) -> int:
     p.add_argument("--output", type=str, required=True, help="The built dataset folder.")
     args = p.parse_args(argv)
     out = Path(args.output)
-    if not (out / "manifest.parquet").is_file():
+    if not manifest_path(out).is_file():
         print(
-            f"error: --output: {out} holds no built dataset (no manifest.parquet)", file=sys.stderr
+            f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
         )
         return EXIT_CONFIG
     attrs = recompute_store_stats(out)

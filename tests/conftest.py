@@ -26,6 +26,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     """The demo archive embedded in the package (always present)."""
-    from data_pipelines.resources import demo_data_dir
+    from geomed_mim.resources import demo_data_dir
 
     return demo_data_dir()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipelines.ct.dicom import DicomSeries, group_series, has_dicom_magic, series_key
-from data_pipelines.rs.discover import InputError
+from data_pipelines.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LABEL_SUFFIX = re.compile(r"^(?P<stem>.+?)_(seg|label|labels|mask|gt)$", re.IGNORECASE)

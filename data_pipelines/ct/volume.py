@@ -8,19 +8,20 @@ grid), the routine the training baselines use, so the stored grid is the one MON
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_pipelines.errors import first_line
+from data_pipelines.store.layout import HU_PERCENTILES, hu_percentile_column
+
 INT16_MIN, INT16_MAX = -32768, 32767
 AIR_HU = -1024
 # geometry is rounded before resampling so that the same scan stored as NIfTI (float32 header)
 # and as DICOM (decimal strings) resamples to bit-identical voxels, and duplicates hash equal
 AFFINE_DECIMALS = 4
-HU_PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
 
 
 class VolumeError(ValueError):
@@ -68,7 +69,7 @@ def load_nifti(path: str | Path, is_label: bool = False) -> SourceVolume:
     try:
         img = nib.load(str(path))
     except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as e:
-        raise VolumeError(f"not a readable NIfTI ({type(e).__name__}: {_first_line(e)})") from e
+        raise VolumeError(f"not a readable NIfTI ({type(e).__name__}: {first_line(e)})") from e
     shape = tuple(int(s) for s in img.shape)
     spatial = shape[:3]
     extra = shape[3:]
@@ -87,7 +88,7 @@ def load_nifti(path: str | Path, is_label: bool = False) -> SourceVolume:
         raw = np.asarray(img.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as e:
         raise VolumeError(
-            f"voxel data is truncated or corrupt ({type(e).__name__}: {_first_line(e)}); "
+            f"voxel data is truncated or corrupt ({type(e).__name__}: {first_line(e)}); "
             f"re-export or re-download {name}"
         ) from e
     raw = raw.reshape(spatial)
@@ -239,18 +240,5 @@ def hu_stats(hu: np.ndarray) -> dict[str, float]:
     }
     for q in HU_PERCENTILES:
         rank = min(total - 1, int(np.floor(q / 100.0 * (total - 1))))
-        out[f"hu_p{q:g}".replace(".", "_")] = float(values[np.searchsorted(cdf, rank + 1)])
+        out[hu_percentile_column(q)] = float(values[np.searchsorted(cdf, rank + 1)])
     return out
-
-
-def voxel_hash(hu: np.ndarray) -> str:
-    """Exact-duplicate key: sha256 of shape, dtype and the stored voxels."""
-    h = hashlib.sha256()
-    h.update(f"{hu.shape}|{hu.dtype.str}|".encode())
-    h.update(np.ascontiguousarray(hu).tobytes())
-    return h.hexdigest()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

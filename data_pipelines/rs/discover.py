@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipelines.errors import InputError
 from data_pipelines.rs.profiles import SensorProfile
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
@@ -42,10 +43,6 @@ class Scene:
 class Discovery:
     scenes: list[Scene]
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-
-
-class InputError(ValueError):
-    """The --input value cannot be used (missing folder, nothing matched)."""
 
 
 def list_raster_files(input_spec: str | list[str]) -> tuple[list[Path], Path]:

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.rs.reader import SceneReader
-from data_pipelines.store import atomic_write_bytes, store_path
+from data_pipelines.store import PREVIEW_NAME, atomic_write_bytes, store_path
 
 CELL = 96  # pixels per tile in the mosaic
 COLUMNS = 8
@@ -100,7 +100,7 @@ def write_preview(
             draw.rectangle([x0, y0, x0 + CELL - 1, y0 + CELL - 1], outline=OUTLINE[status], width=3)
             label = row["excluded"] or f"dup:{status}"
             draw.text((x0 + 5, y0 + CELL - 14), label, fill=OUTLINE[status])
-    path = out_dir / "preview.png"
+    path = out_dir / PREVIEW_NAME
     import io
 
     buf = io.BytesIO()

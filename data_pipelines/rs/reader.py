@@ -18,6 +18,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
+from data_pipelines.errors import first_line
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
 
@@ -217,14 +218,9 @@ def _gdal_reason(path: str, e: BaseException) -> str:
         return "empty file (0 bytes)"
     while "See previous exception" in str(e) and e.__cause__ is not None:
         e = e.__cause__  # rasterio chains GDAL's own message as the cause
-    msg = _first_line(e).replace(f"'{path}'", "").replace(f"{p.name}: ", "").strip()
+    msg = first_line(e).replace(f"'{path}'", "").replace(f"{p.name}: ", "").strip()
     if "not recognized as being in a supported file format" in msg:
         return "not a raster format GDAL can read"
     if "TIFFReadDirectory" in msg or "TIFFFetch" in msg or "IReadBlock" in msg:
         return f"damaged or truncated TIFF ({msg})"
     return msg
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -32,15 +32,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
+from data_pipelines.store import (
+    COL_ARRAY,
+    COL_ID,
+    COL_LABEL_ARRAY,
+    VOLUMES_GROUP,
+    array_dir,
+    manifest_path,
+    read_manifest,
+    usable_rows,
+)
 from geomed_mim.data.chunked_volume import ChunkedVolume
 
-STORE_DIRNAME = "store.zarr"
-MANIFEST_NAME = "manifest.parquet"
 DEFAULT_WINDOW = (-175.0, 250.0)
+
+
+def _is_ct_manifest(table: pa.Table) -> bool:
+    """Every row's array is a CT volume (``volumes/<case>``)."""
+    if table.num_rows == 0:
+        return True
+    if COL_ARRAY not in table.column_names:
+        return False
+    is_volume = pc.starts_with(table.column(COL_ARRAY), f"{VOLUMES_GROUP}/")
+    return bool(pc.all(pc.fill_null(is_volume, False)).as_py())
 
 
 @dataclass(frozen=True)
@@ -130,31 +149,21 @@ class CTCropDataset(Dataset):
         cases: list[CTCaseRef] = []
         max_label = 0
         for store in stores:
-            path = Path(store) / MANIFEST_NAME
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} not found: give the folder a CT build wrote (--output)"
+            table = read_manifest(store)
+            if not _is_ct_manifest(table):
+                raise ValueError(
+                    f"{manifest_path(store)} is not a CT store manifest (no volumes/ arrays)"
                 )
-            rows = pq.read_table(path).to_pylist()
-            for r in rows:
-                if "array" not in r or not str(r["array"]).startswith("volumes/"):
-                    raise ValueError(f"{path} is not a CT store manifest (no volumes/ arrays)")
-                if split is not None and r.get("split") != split:
-                    continue
-                if r.get("dup_of") and not include_dups:
-                    continue
-                if r.get("excluded"):
-                    continue
-                if need_labels and not r.get("label_array"):
-                    continue
+            require = (COL_ARRAY, COL_LABEL_ARRAY) if need_labels else (COL_ARRAY,)
+            for r in usable_rows(table, split, include_dups, require).to_pylist():
                 if need_labels and r.get("label_ids"):
                     max_label = max(max_label, max(r["label_ids"]))
                 cases.append(
                     CTCaseRef(
                         store=store,
-                        case=r["id"],
-                        array=r["array"],
-                        label_array=r.get("label_array"),
+                        case=r[COL_ID],
+                        array=r[COL_ARRAY],
+                        label_array=r.get(COL_LABEL_ARRAY),
                         foreground_array=r.get("foreground_array"),
                         shape=tuple(int(s) for s in r["shape"]),  # type: ignore[arg-type]
                     )
@@ -177,7 +186,7 @@ class CTCropDataset(Dataset):
         key = f"{store}|{path}"
         arr = self._arrays.get(key)
         if arr is None:
-            arr = ChunkedVolume(Path(store) / STORE_DIRNAME / path)
+            arr = ChunkedVolume(array_dir(store, path))
             self._arrays[key] = arr
         return arr
 

@@ -3,11 +3,14 @@
 Both expose what the training task needs to build and describe a model, read before any pixel is
 loaded: ``in_chans``, ``img_size``, ``spatial_dims``, ``images_per_batch`` and :meth:`metadata`
 (band names, per-band mean/std, modality) which the task stores in checkpoints and exports.
+:class:`StoreDataModule` holds what they share: batch sizing over ranks and the sharded,
+resumable loaders (:mod:`geomed_mim.data.sharding`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +18,88 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from geomed_mim.data.rs import (
-    RSTileDataset,
-    compute_band_stats,
+from data_pipelines.store import (
+    ATTR_BANDS,
+    ATTR_PROFILE,
+    ATTR_TILE_SIZE,
     read_store_attrs,
     select_samples,
     store_band_stats,
 )
+from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
 
 log = logging.getLogger(__name__)
 
 
-class RSDataModule(LightningDataModule):
+def resolve_batch_size(datamodule: LightningDataModule, batch_size: int) -> int:
+    """Per-rank batch size: from ``global_batch_size`` when the data module sets one."""
+    trainer = datamodule.trainer
+    world_size, _ = world_of(trainer)
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer else 1
+    return per_rank_batch_size(batch_size, datamodule.global_batch_size, world_size, accumulate)
+
+
+class StoreDataModule(LightningDataModule):
+    """Per-rank shares of whole global batches, resumable mid-epoch, for any store dataset.
+
+    Subclasses set ``train_dataset`` / ``val_dataset`` in ``setup`` (after calling
+    :meth:`resolve_batch_size`) and may set ``collate_fn``.
+    """
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        val_split: str | None,
+        seed: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        global_batch_size: int | None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    def resolve_batch_size(self) -> None:
+        self.batch_size = resolve_batch_size(self, self.batch_size)
+
+    def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
+        return sharded_loader(
+            dataset,
+            self.batch_size,
+            trainer=self.trainer,
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=drop_last and len(dataset) >= self.batch_size,
+            collate_fn=self.collate_fn,
+            resumable=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return []
+        return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+
+
+class RSDataModule(StoreDataModule):
     """Tiles of an RS store (``build_dataset`` output folder), normalized with its band stats.
 
     Args:
@@ -60,32 +132,24 @@ class RSDataModule(LightningDataModule):
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
+            global_batch_size, drop_last,
+        )  # fmt: skip
         self.store = store
-        self.batch_size = batch_size
-        self.global_batch_size = global_batch_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.num_workers = num_workers
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
-        self.val_split = val_split
         self.include_duplicates = include_duplicates
         self.stats_max_tiles = stats_max_tiles
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
         self.attrs = read_store_attrs(store)
-        profile = self.attrs.get("profile") or {}
-        self.bands: list[str] = list(self.attrs.get("bands") or profile.get("bands") or [])
+        profile = self.attrs.get(ATTR_PROFILE) or {}
+        self.bands: list[str] = list(self.attrs.get(ATTR_BANDS) or profile.get("bands") or [])
         if not self.bands:
             raise ValueError(f"store {store} lists no bands in its attributes")
-        tile_size = self.attrs.get("tile_size")
-        self.img_size = int(crop_size or tile_size)
+        self.img_size = int(crop_size or self.attrs.get(ATTR_TILE_SIZE))
         self._mean: list[float] | None = None
         self._std: list[float] | None = None
         self.stats_source = ""
-        self.train_dataset: RSTileDataset | None = None
-        self.val_dataset: RSTileDataset | None = None
 
     # -- what the task reads --------------------------------------------------------------
     @property
@@ -107,27 +171,29 @@ class RSDataModule(LightningDataModule):
                 self._mean, self._std = stats
                 self.stats_source = "store attribute band_stats"
             else:
-                samples = select_samples(self.store, "train", self.include_duplicates)
-                nodata = (self.attrs.get("profile") or {}).get("nodata")
-                self._mean, self._std = compute_band_stats(
-                    self.store, samples, self.stats_max_tiles, nodata
-                )
-                self.stats_source = f"computed from {min(len(samples), self.stats_max_tiles)} tiles"
-                log.warning(
-                    "store %s has no band_stats attribute: per-band mean/std computed on the fly "
-                    "from %d training tiles",
-                    self.store,
-                    min(len(samples), self.stats_max_tiles),
-                )
+                self._mean, self._std = self._computed_band_stats()
             if len(self._mean) != self.in_chans:
                 raise ValueError(
                     f"band_stats has {len(self._mean)} bands, the store lists {self.in_chans}"
                 )
         return self._mean, self._std
 
+    def _computed_band_stats(self) -> tuple[list[float], list[float]]:
+        samples = select_samples(self.store, "train", self.include_duplicates)
+        nodata = (self.attrs.get(ATTR_PROFILE) or {}).get("nodata")
+        tiles = min(len(samples), self.stats_max_tiles)
+        self.stats_source = f"computed from {tiles} tiles"
+        log.warning(
+            "store %s has no band_stats attribute: per-band mean/std computed on the fly "
+            "from %d training tiles",
+            self.store,
+            tiles,
+        )
+        return compute_band_stats(self.store, samples, self.stats_max_tiles, nodata)
+
     def metadata(self) -> dict[str, Any]:
         mean, std = self.band_stats()
-        profile = self.attrs.get("profile") or {}
+        profile = self.attrs.get(ATTR_PROFILE) or {}
         return {
             "modality": "rs",
             "bands": list(self.bands),
@@ -144,7 +210,7 @@ class RSDataModule(LightningDataModule):
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        self.batch_size = resolve_batch_size(self, self.batch_size)
+        self.resolve_batch_size()
         mean, std = self.band_stats()
         common = {
             "store_dir": self.store,
@@ -160,37 +226,6 @@ class RSDataModule(LightningDataModule):
             raise ValueError(f"store {self.store} has no usable training tiles")
         if self.val_split:
             self.val_dataset = RSTileDataset(**common, split=self.val_split, augment=False)
-
-    def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
-        # per-rank shares of whole global batches (geomed_mim.data.sharding), resumable mid-epoch
-        return sharded_loader(
-            dataset,
-            self.batch_size,
-            trainer=self.trainer,
-            shuffle=shuffle,
-            seed=self.seed,
-            drop_last=drop_last and len(dataset) >= self.batch_size,
-            resumable=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None or len(self.val_dataset) == 0:
-            return []
-        return self._loader(self.val_dataset, shuffle=False, drop_last=False)
-
-
-def resolve_batch_size(datamodule: LightningDataModule, batch_size: int) -> int:
-    """Per-rank batch size: from ``global_batch_size`` when the data module sets one."""
-    trainer = datamodule.trainer
-    world_size, _ = world_of(trainer)
-    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer else 1
-    return per_rank_batch_size(batch_size, datamodule.global_batch_size, world_size, accumulate)
 
 
 def concat_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -222,12 +257,16 @@ class IndexedDataset(torch.utils.data.Dataset):
         return item
 
 
-class CTDataModule(LightningDataModule):
-    """Random 3-D crops from CT stores via :class:`geomed_mim.data.ct.CTCropDataset` (issue 4).
+class CTDataModule(StoreDataModule):
+    """Random 3-D crops from CT stores via :class:`geomed_mim.data.ct.CTCropDataset`.
 
     A batch holds ``batch_size`` volumes × ``crops_per_volume`` crops; the images are windowed
     to [0, 1] by the loader, so the recorded mean/std are (0, 1) and the window is recorded.
     """
+
+    collate_fn = staticmethod(concat_crops)
+    in_chans = 1
+    spatial_dims = 3
 
     def __init__(
         self,
@@ -242,32 +281,18 @@ class CTDataModule(LightningDataModule):
         seed: int = 0,
         pin_memory: bool = True,
         persistent_workers: bool = True,
-        global_batch_size: int | None = None,
+        global_batch_size: int | None = None,  # volumes per optimizer step, all ranks
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
+            global_batch_size,
+        )  # fmt: skip
         self.stores = list(stores)
-        self.batch_size = batch_size
-        self.global_batch_size = global_batch_size  # volumes per optimizer step, all ranks
         self.crops_per_volume = crops_per_volume
         self.img_size = int(crop_size)
-        self.window = tuple(window)
+        self.window = (float(window[0]), float(window[1]))
         self.foreground_fraction = foreground_fraction
-        self.num_workers = num_workers
-        self.val_split = val_split
-        self.seed = seed
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
         self.bands = ["CT"]
-        self.train_dataset: Any = None
-        self.val_dataset: Any = None
-
-    @property
-    def in_chans(self) -> int:
-        return 1
-
-    @property
-    def spatial_dims(self) -> int:
-        return 3
 
     @property
     def images_per_batch(self) -> int:
@@ -285,48 +310,26 @@ class CTDataModule(LightningDataModule):
             "store": [str(Path(s).resolve()) for s in self.stores],
         }
 
-    def _dataset(self, split: str, augment: bool) -> Any:
-        from geomed_mim.data.ct import CTCropDataset  # issue 4's loader; imported when used
+    def crops(self, split: str | None, augment: bool, **options: Any) -> Any:
+        """A :class:`~geomed_mim.data.ct.CTCropDataset` of ``split`` with this module's crop
+        settings (``options``: further ``CTCropDataset`` arguments)."""
+        # imported when used: training-task tests substitute this module with a light stand-in
+        from geomed_mim.data.ct import CTCropDataset
 
-        crop = (self.img_size,) * 3
-        return IndexedDataset(
-            CTCropDataset(
-                self.stores,
-                crop_size=crop,
-                crops_per_volume=self.crops_per_volume,
-                window=self.window,
-                split=split,
-                foreground_fraction=self.foreground_fraction,
-                augment=augment,
-                seed=self.seed,
-            )
+        return CTCropDataset(
+            self.stores,
+            crop_size=(self.img_size,) * 3,
+            crops_per_volume=self.crops_per_volume,
+            window=self.window,
+            split=split,
+            foreground_fraction=self.foreground_fraction,
+            augment=augment,
+            seed=self.seed,
+            **options,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        self.batch_size = resolve_batch_size(self, self.batch_size)
-        self.train_dataset = self._dataset("train", augment=True)
+        self.resolve_batch_size()
+        self.train_dataset = IndexedDataset(self.crops("train", augment=True))
         if self.val_split:
-            self.val_dataset = self._dataset(self.val_split, augment=False)
-
-    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
-        # per-rank shares of whole global batches (geomed_mim.data.sharding), resumable mid-epoch
-        return sharded_loader(
-            dataset,
-            self.batch_size,
-            trainer=self.trainer,
-            shuffle=shuffle,
-            seed=self.seed,
-            collate_fn=concat_crops,
-            resumable=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None or len(self.val_dataset) == 0:
-            return []
-        return self._loader(self.val_dataset, shuffle=False)
+            self.val_dataset = IndexedDataset(self.crops(self.val_split, augment=False))

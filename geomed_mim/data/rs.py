@@ -1,91 +1,26 @@
 """Remote-sensing tiles from a built store, normalized per band, with crop/flip augmentation.
 
-The store (DESIGN.md §3) is read lazily: the parent process reads only ``zarr.json`` and the
-manifest (plain files); each DataLoader worker opens the zarr group itself on first use.
+The store is read through ``data_pipelines.store`` and lazily: the parent process reads only
+``zarr.json`` and the manifest (plain files); each DataLoader worker opens the zarr group
+itself on first use.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from data_pipelines.store import LazyZarrArrays, select_samples
+
 log = logging.getLogger(__name__)
-
-STORE_DIRNAME = "store.zarr"
-MANIFEST_NAME = "manifest.parquet"
-
-
-def read_store_attrs(store_dir: str | Path) -> dict[str, Any]:
-    """The root group's attributes, read from ``zarr.json`` directly (no zarr event loop)."""
-    meta_path = Path(store_dir) / STORE_DIRNAME / "zarr.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} not found: pass the output folder of build_dataset (it holds store.zarr/)"
-        )
-    return json.loads(meta_path.read_text()).get("attributes", {})
-
-
-def store_band_stats(attrs: dict[str, Any]) -> tuple[list[float], list[float]] | None:
-    """(mean, std) per band from the store's ``band_stats`` attribute, or None when absent."""
-    stats = attrs.get("band_stats")
-    if not stats or "mean" not in stats or "std" not in stats:
-        return None
-    return [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
-
-
-def select_samples(
-    store_dir: str | Path, split: str | None = "train", include_duplicates: bool = False
-) -> list[tuple[str, int]]:
-    """(array path, index) of the usable samples: not excluded, not a duplicate, in ``split``."""
-    table = pq.read_table(Path(store_dir) / MANIFEST_NAME)
-    cols = set(table.column_names)
-    rows = table.select([c for c in ("array", "index", "excluded", "dup_of", "split") if c in cols])
-    out = []
-    for row in rows.to_pylist():
-        if row.get("excluded") is not None or row.get("array") is None:
-            continue
-        if not include_duplicates and row.get("dup_of") is not None:
-            continue
-        if split is not None and row.get("split") != split:
-            continue
-        out.append((row["array"], int(row["index"])))
-    return out
-
-
-class LazyZarrArrays:
-    """Opens the zarr group on first use in each process (safe across DataLoader forks)."""
-
-    def __init__(self, store_dir: str | Path) -> None:
-        self.store_path = str(Path(store_dir) / STORE_DIRNAME)
-        self._pid: int | None = None
-        self._arrays: dict[str, Any] = {}
-        self._root: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"store_path": self.store_path, "_pid": None, "_arrays": {}, "_root": None}
-
-    def read(self, array: str, index: int) -> np.ndarray:
-        if self._pid != os.getpid():
-            import zarr
-
-            self._root = zarr.open_group(self.store_path, mode="r")
-            self._arrays = {}
-            self._pid = os.getpid()
-        arr = self._arrays.get(array)
-        if arr is None:
-            arr = self._arrays[array] = self._root[array]
-        return np.asarray(arr[index])
 
 
 def compute_band_stats(

@@ -18,21 +18,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from data_pipelines.store import (
+    ATTR_CALIBRATION,
+    ATTR_CLASSES,
+    ATTR_SPACING,
+    COL_ARRAY,
+    COL_INDEX,
+    COL_LABEL_ARRAY,
+    LazyZarrArrays,
+    read_manifest,
+    read_store_attrs,
+    usable_rows,
+)
 from geomed_mim.data.ct import CTCropDataset
-from geomed_mim.data.datamodules import RSDataModule
-from geomed_mim.data.rs import MANIFEST_NAME, STORE_DIRNAME, LazyZarrArrays, read_store_attrs
+from geomed_mim.data.datamodules import CTDataModule, RSDataModule
 
 log = logging.getLogger(__name__)
 
 
 def store_classes(store: str | Path) -> dict[str, Any]:
     """The store's ``classes`` attribute (ids, names, ignore_index, colors); error when absent."""
-    classes = read_store_attrs(store).get("classes")
+    classes = read_store_attrs(store).get(ATTR_CLASSES)
     if not classes:
         raise ValueError(
             f"store {store} has no 'classes' attribute: build it with --labels and --classes "
@@ -45,17 +54,11 @@ def labeled_rs_samples(
     store: str | Path, split: str | None, include_duplicates: bool = False
 ) -> list[tuple[str, str, int]]:
     """(tile array, label array, index) of usable labeled samples in ``split``."""
-    table = pq.read_table(Path(store) / MANIFEST_NAME)
-    out = []
-    for row in table.to_pylist():
-        if row.get("excluded") is not None or not row.get("label_array"):
-            continue
-        if not include_duplicates and row.get("dup_of") is not None:
-            continue
-        if split is not None and row.get("split") != split:
-            continue
-        out.append((row["array"], row["label_array"], int(row["index"])))
-    return out
+    rows = usable_rows(
+        read_manifest(store), split, include_duplicates, require=(COL_ARRAY, COL_LABEL_ARRAY)
+    )
+    columns = (rows.column(c).to_pylist() for c in (COL_ARRAY, COL_LABEL_ARRAY, COL_INDEX))
+    return [(a, lab, int(i)) for a, lab, i in zip(*columns, strict=True)]
 
 
 class RSSegDataset(Dataset):
@@ -112,6 +115,13 @@ def _first(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0]
 
 
+def predict_loader(inputs: list[str], example: str) -> DataLoader:
+    """One whole input file per batch, for ``predict``; ``example`` shows the expected inputs."""
+    if not inputs:
+        raise ValueError(f"predict needs --data.init_args.predict_inputs [{example}, ...]")
+    return DataLoader(PathDataset(inputs), batch_size=1, collate_fn=_first)
+
+
 class RSSegDataModule(RSDataModule):
     """Labeled tiles of an RS store (built with ``--labels``/``--classes``).
 
@@ -166,7 +176,7 @@ class RSSegDataModule(RSDataModule):
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta["classes"] = self.classes
-        meta["calibration"] = self.attrs.get("calibration")
+        meta["calibration"] = self.attrs.get(ATTR_CALIBRATION)
         return meta
 
     def setup(self, stage: str | None = None) -> None:
@@ -188,9 +198,7 @@ class RSSegDataModule(RSDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        if not self.predict_inputs:
-            raise ValueError("predict needs --data.init_args.predict_inputs [scene.tif, ...]")
-        return DataLoader(PathDataset(self.predict_inputs), batch_size=1, collate_fn=_first)
+        return predict_loader(self.predict_inputs, "scene.tif")
 
 
 class CTVolumeDataset(Dataset):
@@ -224,8 +232,10 @@ def _concat_labeled_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class CTSegDataModule(LightningDataModule):
+class CTSegDataModule(CTDataModule):
     """Labeled CT: random crops for training, whole volumes for validation/test.
+
+    Unlike pretraining, batches come from a plain shuffled DataLoader (one process's view).
 
     Args:
         stores: CT store folders built with labels and ``--classes``.
@@ -248,31 +258,26 @@ class CTSegDataModule(LightningDataModule):
         predict_inputs: list[str] | None = None,
         predict_output: str = "predictions",
     ) -> None:
-        super().__init__()
-        self.stores = list(stores)
-        self.batch_size = batch_size
-        self.crops_per_volume = crops_per_volume
-        self.img_size = int(crop_size)
-        self.window = (float(window[0]), float(window[1]))
-        self.foreground_fraction = foreground_fraction
+        super().__init__(
+            stores,
+            batch_size=batch_size,
+            crops_per_volume=crops_per_volume,
+            crop_size=crop_size,
+            window=window,
+            foreground_fraction=foreground_fraction,
+            num_workers=num_workers,
+            val_split=val_split,
+            seed=seed,
+        )
         self.samples_per_epoch = samples_per_epoch
-        self.num_workers = num_workers
-        self.val_split = val_split
-        self.seed = seed
         self.predict_inputs = list(predict_inputs or [])
         self.predict_output = predict_output
         self.classes = store_classes(self.stores[0])
         for other in self.stores[1:]:
             if store_classes(other) != self.classes:
                 raise ValueError(f"store {other} has another class table than {self.stores[0]}")
-        self.spacing = read_store_attrs(self.stores[0]).get("spacing", [1.5, 1.5, 1.5])
-        self.bands = ["CT"]
+        self.spacing = read_store_attrs(self.stores[0]).get(ATTR_SPACING, [1.5, 1.5, 1.5])
         self.mean, self.std = [0.0], [1.0]  # the window maps HU to [0, 1]
-        self.train_dataset: Any = None
-        self.val_dataset: Any = None
-
-    in_chans = 1
-    spatial_dims = 3
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -285,17 +290,8 @@ class CTSegDataModule(LightningDataModule):
         }
 
     def _crops(self, split: str | None, augment: bool) -> CTCropDataset:
-        return CTCropDataset(
-            self.stores,
-            crop_size=self.img_size,
-            crops_per_volume=self.crops_per_volume,
-            window=self.window,
-            split=split,
-            foreground_fraction=self.foreground_fraction,
-            augment=augment,
-            seed=self.seed,
-            return_labels=True,
-            samples_per_epoch=self.samples_per_epoch,
+        return self.crops(
+            split, augment, return_labels=True, samples_per_epoch=self.samples_per_epoch
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -324,17 +320,15 @@ class CTSegDataModule(LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        if not self.predict_inputs:
-            raise ValueError("predict needs --data.init_args.predict_inputs [volume.nii.gz, ...]")
-        return DataLoader(PathDataset(self.predict_inputs), batch_size=1, collate_fn=_first)
+        return predict_loader(self.predict_inputs, "volume.nii.gz")
 
 
 __all__ = [
-    "STORE_DIRNAME",
     "CTSegDataModule",
     "CTVolumeDataset",
     "RSSegDataModule",
     "RSSegDataset",
     "labeled_rs_samples",
+    "predict_loader",
     "store_classes",
 ]

@@ -10,7 +10,7 @@ from geomed_mim.build_dataset import EXIT_CONFIG, main, parse_config
 
 
 def test_ct_flags_parse_into_the_ct_config(tmp_path: Path, demo_data: Path) -> None:
-    from data_pipelines.ct.pipeline import CTBuildConfig
+    from data_pipelines.ct.config import CTBuildConfig
 
     cfg, is_demo = parse_config(
         [

@@ -10,7 +10,7 @@ import pytest
 
 from data_pipelines.ct.dicom import DicomSeriesError, read_series
 from data_pipelines.ct.discover import discover_ct
-from data_pipelines.rs.discover import InputError
+from data_pipelines.errors import InputError
 
 CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"
 

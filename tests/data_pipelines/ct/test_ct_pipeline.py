@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from data_pipelines.ct.pipeline import CTBuildConfig, build_ct
+from data_pipelines.ct.config import CTBuildConfig
+from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.volume import to_int16_hu
 
 pytestmark = pytest.mark.shared_data

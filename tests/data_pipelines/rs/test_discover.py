@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from data_pipelines.rs.discover import InputError, discover_scenes
+from data_pipelines.errors import InputError
+from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.profiles import load_profile
 
 

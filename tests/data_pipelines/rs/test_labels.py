@@ -13,7 +13,9 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
-from data_pipelines.rs.labels import LabelError, load_class_table, match_label
+from data_pipelines.classes import load_class_table
+from data_pipelines.errors import LabelError
+from data_pipelines.rs.labels import match_label
 from geomed_mim.build_dataset import main
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,7 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def ct_demo_store(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two demo scans (with labels) plus a byte copy of one, built at 1.5 mm; all train."""
-    from data_pipelines.ct.pipeline import CTBuildConfig, build_ct
+    from data_pipelines.ct.config import CTBuildConfig
+    from data_pipelines.ct.pipeline import build_ct
 
     src = tmp_path_factory.mktemp("ct_demo_in")
     for f in (demo_data / "ct").glob("*.nii.gz"):

@@ -1,27 +1,18 @@
-"""The store: a zarr v3 group of per-task arrays, a parquet manifest, and the build record.
-
-Layout (see DESIGN.md §3)::
-
-    <out>/store.zarr/tiles/<part>     (N, C, H, W), chunk = one tile, shard = many tiles
-    <out>/manifest.parquet            one row per sample
-    <out>/build.json                  config, versions, counts, timings
-    <out>/quarantine.jsonl            inputs that could not be used
-    <out>/parts/<part>.parquet        per-task manifest fragment: the task's commit record
+"""Writing a store: atomic files, per-part arrays, fragments and the manifest.
 
 A task owns its array (so it owns whole shards) and writes its fragment last, atomically: a
 part whose fragment exists is complete; an array without one is debris from a killed run and
-is rewritten on resume.
+is rewritten on resume. Every file is written to a temporary name in the same folder, flushed
+and renamed over the target, so a reader (or a crash) never sees half a file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,43 +23,27 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
-STORE_DIRNAME = "store.zarr"
-PARTS_DIRNAME = "parts"
-MANIFEST_NAME = "manifest.parquet"
-BUILD_RECORD_NAME = "build.json"
-QUARANTINE_NAME = "quarantine.jsonl"
+from data_pipelines.store.layout import (
+    TILES_GROUP,
+    fragment_path,
+    manifest_path,
+    store_path,
+)
+
 # uncompressed bytes per shard: big enough for few files per part, small enough to buffer
 TARGET_SHARD_BYTES = 16 * 2**20
 
 
-def store_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / STORE_DIRNAME
-
-
-def safe_part_name(text: str) -> str:
-    """A zarr/file-safe name: path separators become ``__``, odd characters ``-``."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "__").replace("\\", "__"))
-    return name.strip(".-") or "part"
-
-
-def unique_part_names(ids: list[str]) -> list[str]:
-    """Stable, unique part names for input ids (scene or case ids), in the same order."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for key in ids:
-        name = safe_part_name(key)
-        if name in seen:
-            name = f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    The file gets the permissions of any new file (0o666 less the umask); on failure the
+    temp file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -76,7 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -94,7 +69,7 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def open_root(out_dir: str | Path, groups: Iterable[str] = ("tiles",)) -> zarr.Group:
+def open_root(out_dir: str | Path, groups: Iterable[str] = (TILES_GROUP,)) -> zarr.Group:
     """Create (or open) the store group and its sub-groups."""
     root = zarr.open_group(store=str(store_path(out_dir)), mode="a", zarr_format=3)
     for g in groups:
@@ -175,10 +150,6 @@ def delete_part_array(out_dir: str | Path, group: str, part: str) -> None:
 # -- fragments and manifest --------------------------------------------------------------------
 
 
-def fragment_path(out_dir: str | Path, part: str) -> Path:
-    return Path(out_dir) / PARTS_DIRNAME / f"{part}.parquet"
-
-
 def write_fragment(
     out_dir: str | Path,
     part: str,
@@ -211,16 +182,18 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -
     return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
+def replace_column(table: pa.Table, name: str, values: list[Any]) -> pa.Table:
+    """``table`` with column ``name`` replaced by ``values`` (same position, same type)."""
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, name, pa.array(values, table.schema.field(name).type))
+
+
 def write_manifest(out_dir: str | Path, table: pa.Table) -> Path:
-    path = Path(out_dir) / MANIFEST_NAME
+    path = manifest_path(out_dir)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
-
-
-def read_manifest(out_dir: str | Path) -> pa.Table:
-    return pq.read_table(Path(out_dir) / MANIFEST_NAME)
 
 
 def dir_size(path: str | Path) -> int:

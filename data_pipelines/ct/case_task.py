@@ -1,0 +1,280 @@
+"""The CT build task: one case in, ``volumes/<case>`` (+ ``labels/``, ``foreground/``) and its
+fragment out.
+
+:func:`process_case` runs these stages:
+
+1. :func:`load_source`: the voxels and affine from NIfTI or a DICOM series;
+2. :func:`to_stored_grid`: orient to RAS, resample to the target spacing, int16 HU;
+3. :func:`label_on_grid`: the label map resampled onto that grid (nearest), remapped through
+   the class table;
+4. :func:`crop_to_foreground`: optionally, the body plus a margin;
+5. :func:`write_case_arrays`: the volume, the labels and the foreground points;
+6. :func:`case_row`: the manifest row (geometry before and after, HU statistics, exact hash).
+
+The fragment is written last: it is the part's commit record. On any error the case's arrays
+are removed before re-raising.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipelines.ct.config import CTBuildConfig
+from data_pipelines.ct.dicom import read_series
+from data_pipelines.ct.discover import CTCase
+from data_pipelines.ct.volume import (
+    AIR_HU,
+    SourceVolume,
+    VolumeError,
+    foreground_bbox,
+    foreground_points,
+    hu_stats,
+    label_dtype,
+    load_nifti,
+    resample_image,
+    resample_label,
+    round_affine,
+    shift_affine,
+    spacing_of,
+    to_int16_hu,
+    to_ras,
+)
+from data_pipelines.dedup import exact_hash
+from data_pipelines.store import (
+    CT_MANIFEST_SCHEMA,
+    FOREGROUND_GROUP,
+    LABELS_GROUP,
+    VOLUMES_GROUP,
+    array_path,
+    delete_part_array,
+    volume_compressors,
+    write_fragment,
+    write_volume,
+)
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    case: CTCase
+    config: CTBuildConfig
+    out_dir: str
+    part: str
+
+
+@dataclass
+class StoredCase:
+    """A case on its stored grid."""
+
+    hu: np.ndarray  # [X, Y, Z] int16 HU
+    affine: np.ndarray  # [4, 4] stored voxel -> RAS+ mm
+    clipped: int  # voxels clipped to the int16 range
+    labels: np.ndarray | None = None  # [X, Y, Z] class ids on the same grid
+    crop_offset: tuple[int, int, int] = (0, 0, 0)
+
+
+# -- the stages ----------------------------------------------------------------------------------
+
+
+def load_source(case: CTCase) -> SourceVolume:
+    """Stage 1: the case's voxels (float32 HU, [X, Y, Z]) and affine, from NIfTI or DICOM."""
+    if case.kind == "dicom":
+        vol = read_series(case.files)
+        return SourceVolume(data=vol.hu, affine=vol.affine)
+    return load_nifti(case.source)
+
+
+def load_label(path: str) -> SourceVolume:
+    lab = load_nifti(path, is_label=True)
+    data = lab.data
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.array_equal(data, np.rint(data)):
+            raise VolumeError(f"label map {Path(path).name} has non-integer values")
+        data = data.astype(np.int64)
+    return SourceVolume(data=data, affine=lab.affine)
+
+
+def to_stored_grid(src: SourceVolume, spacing: tuple[float, float, float]) -> StoredCase:
+    """Stage 2: RAS orientation, resampling to ``spacing``, int16 HU (clipped, never wrapped)."""
+    data, affine = to_ras(src.data, src.affine)
+    resampled, new_affine = resample_image(data, round_affine(affine), spacing)
+    del data
+    hu, clipped = to_int16_hu(resampled)
+    return StoredCase(hu=hu, affine=new_affine, clipped=clipped)
+
+
+def label_on_grid(label_path: str, stored: StoredCase, cfg: CTBuildConfig) -> np.ndarray:
+    """Stage 3: the label map on the stored grid (nearest neighbour through world coordinates),
+    source ids remapped to class ids when the build has a class table."""
+    lab = load_label(label_path)
+    lab_data, lab_affine = to_ras(lab.data, lab.affine)
+    had_labels = bool(lab_data.any())
+    res = resample_label(lab_data, round_affine(lab_affine), stored.affine, stored.hu.shape)
+    table = cfg.class_table()
+    if table is not None:  # source ids -> class ids; unknown -> ignore_index
+        res = table.remap(res)
+    labels = res.astype(label_dtype(res))
+    if had_labels and not labels.any():
+        raise VolumeError(
+            f"label map {Path(label_path).name} does not overlap the image in world "
+            f"coordinates (check that it belongs to this scan)"
+        )
+    return labels
+
+
+def crop_to_foreground(stored: StoredCase, cfg: CTBuildConfig) -> None:
+    """Stage 4: keep the body (HU above the threshold) plus the margin; shifts the affine."""
+    margin = tuple(math.ceil(cfg.crop_margin_mm / s) for s in cfg.spacing)
+    box = foreground_bbox(stored.hu, cfg.foreground_hu, margin)  # type: ignore[arg-type]
+    if box is None:
+        return
+    sl = tuple(slice(lo, hi) for lo, hi in box)
+    stored.crop_offset = tuple(lo for lo, _ in box)  # type: ignore[assignment]
+    stored.hu = np.ascontiguousarray(stored.hu[sl])
+    if stored.labels is not None:
+        stored.labels = np.ascontiguousarray(stored.labels[sl])
+    stored.affine = shift_affine(stored.affine, stored.crop_offset)
+
+
+def _case_seed(case_id: str) -> int:
+    return int.from_bytes(hashlib.sha1(case_id.encode()).digest()[:8], "big")
+
+
+def write_case_arrays(job: CaseJob, stored: StoredCase, points: np.ndarray) -> None:
+    """Stage 5: ``volumes/<part>``, ``labels/<part>`` (when labeled) and ``foreground/<part>``."""
+    cfg, case = job.config, job.case
+    chunks = (cfg.chunk_size,) * 3
+    compressors = volume_compressors(cfg.codec, cfg.compression_level)
+    attrs = {
+        "case": case.case_id,
+        "source": case.source,
+        "spacing": list(spacing_of(stored.affine)),
+        "affine": stored.affine.tolist(),
+        "axes": "RAS voxel axes [X, Y, Z]",
+        "units": "HU",
+    }
+    write_volume(
+        job.out_dir, VOLUMES_GROUP, job.part, stored.hu, chunks, compressors, AIR_HU, attrs
+    )
+    if stored.labels is not None:
+        write_volume(
+            job.out_dir,
+            LABELS_GROUP,
+            job.part,
+            stored.labels,
+            chunks,
+            compressors,
+            0,
+            {"case": case.case_id, "source": case.label},
+        )
+    from_what = "labels" if stored.labels is not None else "body"
+    write_volume(
+        job.out_dir,
+        FOREGROUND_GROUP,
+        job.part,
+        points,
+        (max(1, len(points)), 3),
+        [],
+        0,
+        {"case": case.case_id, "from": from_what},
+    )
+
+
+def case_row(
+    job: CaseJob, src: SourceVolume, stored: StoredCase, points: np.ndarray
+) -> dict[str, Any]:
+    """Stage 6: the case's manifest row; duplicates and splits are filled in archive-wide."""
+    from nibabel.orientations import aff2axcodes
+
+    case, labels = job.case, stored.labels
+    return {
+        "id": case.case_id,
+        "array": array_path(VOLUMES_GROUP, job.part),
+        "label_array": array_path(LABELS_GROUP, job.part) if labels is not None else None,
+        "foreground_array": array_path(FOREGROUND_GROUP, job.part),
+        "source": case.source,
+        "label_source": case.label,
+        "format": case.kind,
+        "patient_id": case.patient_id or None,
+        "study_uid": case.study_uid or None,
+        "series_uid": case.series_uid or None,
+        "shape": list(stored.hu.shape),
+        "spacing": list(spacing_of(stored.affine)),
+        "affine": stored.affine.ravel().tolist(),
+        "orig_shape": list(src.data.shape),
+        "orig_spacing": list(src.spacing),
+        "orig_affine": np.asarray(src.affine).ravel().tolist(),
+        "orig_orientation": "".join(aff2axcodes(src.affine)),
+        "crop_offset": list(stored.crop_offset),
+        **hu_stats(stored.hu),
+        "hu_clipped": stored.clipped,
+        "label_ids": [int(v) for v in np.unique(labels) if v != 0] if labels is not None else None,
+        "foreground_points": len(points),
+        "exact_hash": exact_hash(stored.hu),
+        "excluded": None,
+        "dup_of": None,
+        "split": None,
+    }
+
+
+def case_counts(case: CTCase, stored: StoredCase) -> dict[str, int]:
+    counts = {
+        "volumes_read": 1,
+        "samples_written": 1,
+        "voxels_written": int(stored.hu.size),
+        f"format:{case.kind}": 1,
+    }
+    if stored.labels is not None:
+        counts["labels_written"] = 1
+    if stored.clipped:
+        counts["volumes_with_clipped_hu"] = 1
+    return counts
+
+
+# -- the task ------------------------------------------------------------------------------------
+
+
+def process_case(job: CaseJob) -> dict[str, Any]:
+    """Build one case into its arrays and fragment; return counts and timings."""
+    cfg, case = job.config, job.case
+    t_start = time.perf_counter()
+    try:
+        src = load_source(case)
+        t_read = time.perf_counter()
+        stored = to_stored_grid(src, cfg.spacing)
+        if case.label:
+            stored.labels = label_on_grid(case.label, stored, cfg)
+        if cfg.crop_foreground:
+            crop_to_foreground(stored, cfg)
+        t_proc = time.perf_counter()
+        points = foreground_points(
+            stored.hu,
+            stored.labels,
+            cfg.foreground_hu,
+            cfg.foreground_points,
+            _case_seed(case.case_id),
+        )
+        row = case_row(job, src, stored, points)
+        write_case_arrays(job, stored, points)
+        t_write = time.perf_counter()
+        summary = {
+            "counts": case_counts(case, stored),
+            "timings": {
+                "read": t_read - t_start,
+                "resample": t_proc - t_read,
+                "write": t_write - t_proc,
+                "total": time.perf_counter() - t_start,
+            },
+        }
+        write_fragment(job.out_dir, job.part, [row], summary, schema=CT_MANIFEST_SCHEMA)
+        return summary
+    except BaseException:
+        for group in (VOLUMES_GROUP, LABELS_GROUP, FOREGROUND_GROUP):
+            delete_part_array(job.out_dir, group, job.part)
+        raise
