@@ -112,6 +112,17 @@ def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure:
         return TaskFailure(type(e).__name__, str(e))
 
 
+def _task_error(exc: BaseException) -> Exception:
+    """The error a failed future reports, as one a quarantine line can explain."""
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return TaskCrashedError(
+            "the worker process died while running this task (it crashed or ran out of memory)"
+        )
+    return exc if isinstance(exc, Exception) else TaskCrashedError(str(exc))
+
+
 def map_unordered(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -141,10 +152,7 @@ def map_unordered(
         for future in as_completed(futures):
             i = index[future.key]
             if future.status == "error":
-                exc = future.exception()
-                if not isinstance(exc, Exception):
-                    exc = TaskCrashedError(str(exc))
-                yield i, exc
+                yield i, _task_error(future.exception())
             else:
                 result = future.result()
                 yield i, result.to_exception() if isinstance(result, TaskFailure) else result

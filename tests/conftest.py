@@ -15,6 +15,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GEOMED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child process that imports this checkout first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """Environment for subprocesses (CLI runs) that import this checkout."""
+    return subprocess_env()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or $GEOMED_SHARED_DATA); skips the test when it is absent."""

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT, subprocess_env
 
-
-def subprocess_env() -> dict[str, str]:
-    """The environment of a child process that imports this checkout first."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
-    return env
-
-
-@pytest.fixture(scope="session")
-def child_env() -> dict[str, str]:
-    """Environment for subprocesses (CLI runs) that import this checkout."""
-    return subprocess_env()
+__all__ = ["REPO_ROOT", "subprocess_env"]
 
 
 @pytest.fixture(scope="session")

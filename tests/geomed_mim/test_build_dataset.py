@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from rasterio.windows import Window
 
 from geomed_mim.build_dataset import main, parse_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "data").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
 
 S2_BANDS = [
     "B01",
@@ -250,6 +252,7 @@ def test_changed_settings_refuse_to_mix_into_existing_build(
     assert main(["--output", str(out), "--tile-size", "48", "--workers", "1", "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_cli_without_arguments_builds_demo_in_cwd(tmp_path: Path) -> None:
     """What a new user types: the real module entry point, in a fresh folder."""
     proc = subprocess.run(
@@ -265,6 +268,7 @@ def test_cli_without_arguments_builds_demo_in_cwd(tmp_path: Path) -> None:
     assert "dask LocalCluster, 2 processes" in proc.stdout
 
 
+@pytest.mark.slow
 def test_help_explains_every_flag() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "geomed_mim.build_dataset", "--help"],
@@ -284,6 +288,43 @@ def test_help_explains_every_flag() -> None:
         "--strict",
     ):
         assert flag in proc.stdout
+
+
+@pytest.mark.slow
+def test_installed_layout_finds_profiles_configs_and_demo(tmp_path: Path) -> None:
+    """A non-editable install holds the two packages and, as pyproject's force-include says,
+    a copy of configs/; the CLI must build the demo from that layout alone, no checkout."""
+    tomllib = pytest.importorskip("tomllib", reason="the standard library reads TOML from 3.11")
+    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    wheel = wheel["targets"]["wheel"]
+    site = tmp_path / "site"
+    for package in wheel["packages"]:
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / package, site / package, ignore=ignore)
+    for source, target in wheel["force-include"].items():
+        shutil.copytree(REPO / source, site / target)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    work = tmp_path / "work"
+    work.mkdir()
+    where = subprocess.run(
+        [sys.executable, "-c", "import data_pipelines, geomed_mim.resources as r; "
+         "from data_pipelines.resources import configs_dir; "
+         "print(data_pipelines.__file__, configs_dir(), r.demo_data_dir(), sep='\\n')"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    module, configs, demo = where.stdout.split()
+    assert Path(module).is_relative_to(site)
+    assert Path(configs) == site / "data_pipelines" / "_configs"
+    assert Path(demo) == site / "geomed_mim" / "demo_data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--workers", "1",
+         "--classes", "configs/data/classes/eolearn_lulc.yaml", "--labels",
+         "demo:sentinel2_l1c/labels/lulc_mask.tif"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "tiles written       80" in proc.stdout
+    assert (work / "geomed_demo" / "manifest.parquet").is_file()
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
