@@ -147,7 +147,7 @@ def bench_volume(name: str, nifti: Path, store: Path, work: Path, args) -> list[
     rows.append({"method": "MONAI PersistentDataset", "s": persistent, "bytes": cached})
 
     # naive zarr slice + window
-    from data_pipelines.store import read_manifest
+    from data_pipelines.store.read import read_manifest
 
     row = read_manifest(store).to_pylist()[0]
     shape = tuple(row["shape"])
@@ -240,7 +240,7 @@ def sweep(nifti: Path, work: Path, args) -> None:
     for chunk in (32, 48, 64, 96):
         for codec in ("lz4", "zstd", "none"):
             store = build_store(nifti, work / f"sweep_{chunk}_{codec}", chunk, codec)
-            from data_pipelines.store import dir_size
+            from data_pipelines.store.write import dir_size
 
             out = []
             dec = 0.0

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from data_pipelines.store import PartWriter, open_root, write_manifest
+from data_pipelines.store.write import PartWriter, open_root, write_manifest
 from geomed_mim.data.rs import RSTileDataset
 from geomed_mim.models import create_model
 

@@ -31,7 +31,7 @@ from distributed import LocalCluster
 from data_pipelines import parallel
 from data_pipelines.rs.config import RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
-from data_pipelines.store import default_compressor
+from data_pipelines.store.write import default_compressor
 from geomed_mim.resources import demo_data_dir
 
 SHARED = Path(

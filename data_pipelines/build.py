@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines import parallel
 from data_pipelines.errors import BuildConfigError, BuildLockedError, first_line
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     BUILD_RECORD_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -45,11 +45,13 @@ from data_pipelines.store import (
     QUARANTINE_NAME,
     SETTINGS_NAME,
     STORE_DIRNAME,
+    fragment_path,
+)
+from data_pipelines.store.write import (
     atomic_write_bytes,
     atomic_write_json,
     delete_part_array,
     dir_size,
-    fragment_path,
     open_root,
     read_fragment,
     write_manifest,
@@ -75,18 +77,15 @@ class BuildTask:
 
 @dataclass
 class Quarantined:
+    """An input set aside: its quarantine.jsonl line, in this field order."""
+
+    source: str  # the input path(s)
     part: str
-    source: str
-    reason: str
-    error_type: str
+    reason: str  # one line
+    error: str  # the error's type name
 
     def to_json(self) -> dict[str, str]:
-        return {
-            "source": self.source,
-            "part": self.part,
-            "reason": self.reason,
-            "error": self.error_type,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -255,7 +254,7 @@ def run_pending(
                 for g in groups:
                     delete_part_array(out_dir, g, task.part)
                 error_type = getattr(result, "error_type", type(result).__name__)
-                q = Quarantined(task.part, task.source, first_line(result), error_type)
+                q = Quarantined(task.source, task.part, first_line(result), error_type)
                 quarantined.append(q)
                 bar.write(f"quarantined {task.source}: {q.reason}")
             else:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.store import ATTR_BAND_STATS, ATTR_BANDS, select_samples, store_path
+from data_pipelines.store.layout import ATTR_BAND_STATS, ATTR_BANDS, store_path
+from data_pipelines.store.read import select_samples
 
 PERCENTILES = (1, 2, 50, 98, 99)
 SAMPLE_PER_PART = 256  # values per band a task keeps for the percentile estimate

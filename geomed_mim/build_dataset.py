@@ -25,7 +25,8 @@ from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES
 from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.rs.profiles import ProfileError, available_profiles
 from data_pipelines.stats import recompute_store_stats
-from data_pipelines.store import COL_DUP_OF, MANIFEST_NAME, manifest_path, read_manifest
+from data_pipelines.store.layout import COL_DUP_OF, MANIFEST_NAME, manifest_path
+from data_pipelines.store.read import read_manifest
 from geomed_mim.resources import demo_data_dir
 
 DEMO_PREFIX = "demo:"

@@ -1,1 +1,2 @@
-"""CT modality: NIfTI / DICOM series -> resampled int16 HU volumes in the store (DESIGN.md §5)."""
+"""CT modality: NIfTI / DICOM series -> resampled int16 HU volumes in the store (RAS, 1.5 mm
+by default, as Hi-End-MAE pretrains)."""

@@ -47,12 +47,14 @@ from data_pipelines.ct.volume import (
     to_ras,
 )
 from data_pipelines.dedup import exact_hash
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     CT_MANIFEST_SCHEMA,
     FOREGROUND_GROUP,
     LABELS_GROUP,
     VOLUMES_GROUP,
     array_path,
+)
+from data_pipelines.store.write import (
     delete_part_array,
     volume_compressors,
     write_fragment,

@@ -10,7 +10,8 @@ from data_pipelines.classes import ClassTable, load_class_table
 from data_pipelines.config import BuildConfig, checked_class_table
 from data_pipelines.ct.discover import LABEL_MODES
 from data_pipelines.errors import BuildConfigError
-from data_pipelines.store import STORE_FORMAT_VERSION, VOLUME_CODECS
+from data_pipelines.store.layout import STORE_FORMAT_VERSION
+from data_pipelines.store.write import VOLUME_CODECS
 
 MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 20.0
 MIN_CHUNK, MAX_CHUNK = 16, 256

@@ -26,7 +26,7 @@ from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.discover import discover_ct
 from data_pipelines.dedup import mark_exact_duplicates
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     ATTR_CLASSES,
     ATTR_FORMAT,
     ATTR_MODALITY,
@@ -36,9 +36,9 @@ from data_pipelines.store import (
     LABELS_GROUP,
     STORE_FORMAT_VERSION,
     VOLUMES_GROUP,
-    replace_column,
     unique_part_names,
 )
+from data_pipelines.store.write import replace_column
 
 # -- archive-wide steps ----------------------------------------------------------------------------
 

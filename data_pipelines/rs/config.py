@@ -13,7 +13,7 @@ from data_pipelines.errors import BuildConfigError, LabelError
 from data_pipelines.rs.exclusion import ExclusionRules
 from data_pipelines.rs.labels import check_labels_spec
 from data_pipelines.rs.toa import CALIBRATE_CHOICES
-from data_pipelines.store import STORE_FORMAT_VERSION
+from data_pipelines.store.layout import STORE_FORMAT_VERSION
 
 MIN_TILE, MAX_TILE = 8, 8192
 RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")

@@ -15,7 +15,7 @@ the tile's reason and is counted in ``build.json`` as ``excluded:<reason>``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -43,13 +43,8 @@ class TileQuality:
     max_band_std: float
 
     def as_row(self) -> dict[str, Any]:
-        return {
-            "nodata_fraction": self.nodata_fraction,
-            "out_of_range_fraction": self.out_of_range_fraction,
-            "saturated_fraction": self.saturated_fraction,
-            "cloud_fraction": self.cloud_fraction,
-            "max_band_std": self.max_band_std,
-        }
+        """The manifest columns of the same names."""
+        return asdict(self)
 
 
 def qa_flag_mask(qa: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -24,7 +24,7 @@ from data_pipelines.rs.labels import match_label
 from data_pipelines.rs.profiles import SensorProfile, load_profile
 from data_pipelines.rs.scene_task import SceneJob, process_scene
 from data_pipelines.stats import BandMoments, percentiles_from_samples, stats_attrs
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     ATTR_BAND_STATS,
     ATTR_BANDS,
     ATTR_CALIBRATION,
@@ -38,10 +38,9 @@ from data_pipelines.store import (
     RS_MANIFEST_SCHEMA,
     STORE_FORMAT_VERSION,
     TILES_GROUP,
-    open_root,
-    replace_column,
     unique_part_names,
 )
+from data_pipelines.store.write import open_root, replace_column
 
 # -- archive-wide steps ----------------------------------------------------------------------------
 

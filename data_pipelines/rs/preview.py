@@ -18,7 +18,8 @@ from rasterio.windows import Window
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.rs.reader import SceneReader
-from data_pipelines.store import PREVIEW_NAME, atomic_write_bytes, store_path
+from data_pipelines.store.layout import PREVIEW_NAME, store_path
+from data_pipelines.store.write import atomic_write_bytes
 
 CELL = 96  # pixels per tile in the mosaic
 COLUMNS = 8

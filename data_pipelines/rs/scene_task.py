@@ -39,15 +39,8 @@ from data_pipelines.rs.reader import SceneError, SceneReader
 from data_pipelines.rs.tiling import TileWindow, tile_grid
 from data_pipelines.rs.toa import Calibrator, make_calibrator
 from data_pipelines.stats import BandSample, tile_moments
-from data_pipelines.store import (
-    LABELS_GROUP,
-    RS_MANIFEST_SCHEMA,
-    TILES_GROUP,
-    PartWriter,
-    array_path,
-    delete_part_array,
-    write_fragment,
-)
+from data_pipelines.store.layout import LABELS_GROUP, RS_MANIFEST_SCHEMA, TILES_GROUP, array_path
+from data_pipelines.store.write import PartWriter, delete_part_array, write_fragment
 
 TILE_BATCH = 16  # tiles measured/hashed/calibrated together: vectorized, yet bounded memory
 

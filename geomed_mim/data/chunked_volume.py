@@ -1,13 +1,14 @@
 """Crops out of one chunked zarr v3 volume, decoding only the chunks a crop touches.
 
 zarr-python's own slicing runs every chunk through its async codec pipeline; for a random 96³
-crop that touches ~27 chunks of 64³ this per-chunk overhead costs more than the decoding
-itself (measured ~13 ms vs ~4 ms per crop). Arrays written by ``data_pipelines.store.write_volume``
-have a plain layout (regular chunks, ``c/i/j/k`` keys, bytes + optional blosc, no sharding), so a
-crop is: read those chunk files, ``blosc.decompress`` each, copy the overlaps. Any other layout
-(sharded, other codecs, non-local stores) falls back to zarr's slicing, so correctness never
-depends on the fast path. Chunks decoded for one crop can be kept in a per-visit ``cache`` dict
-and reused by the next crops of the same volume.
+crop that touches ~27 chunks of 64³ this per-chunk overhead costs more than the decoding itself
+(measured ~13 ms vs ~4 ms per crop). Arrays written by
+``data_pipelines.store.write.write_volume`` have a plain layout (regular chunks, ``c/i/j/k``
+keys, bytes + optional blosc, no sharding), so a crop is: read those chunk files,
+``blosc.decompress`` each, copy the overlaps. Any other layout (sharded, other codecs, non-local
+stores) falls back to zarr's slicing, so correctness never depends on the fast path. Chunks
+decoded for one crop can be kept in a per-visit ``cache`` dict and reused by the next crops of
+the same volume.
 """
 
 from __future__ import annotations

@@ -37,16 +37,15 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     COL_ARRAY,
     COL_ID,
     COL_LABEL_ARRAY,
     VOLUMES_GROUP,
     array_dir,
     manifest_path,
-    read_manifest,
-    usable_rows,
 )
+from data_pipelines.store.read import read_manifest, usable_rows
 from geomed_mim.data.chunked_volume import ChunkedVolume
 
 DEFAULT_WINDOW = (-175.0, 250.0)

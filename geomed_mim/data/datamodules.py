@@ -18,14 +18,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from data_pipelines.store import (
-    ATTR_BANDS,
-    ATTR_PROFILE,
-    ATTR_TILE_SIZE,
-    read_store_attrs,
-    select_samples,
-    store_band_stats,
-)
+from data_pipelines.store.layout import ATTR_BANDS, ATTR_PROFILE, ATTR_TILE_SIZE
+from data_pipelines.store.read import read_store_attrs, select_samples, store_band_stats
 from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
 

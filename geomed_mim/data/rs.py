@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from data_pipelines.store import LazyZarrArrays, select_samples
+from data_pipelines.store.read import LazyZarrArrays, select_samples
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_pipelines.store import (
+from data_pipelines.store.layout import (
     ATTR_CALIBRATION,
     ATTR_CLASSES,
     ATTR_SPACING,
     COL_ARRAY,
     COL_INDEX,
     COL_LABEL_ARRAY,
-    LazyZarrArrays,
-    read_manifest,
-    read_store_attrs,
-    usable_rows,
 )
+from data_pipelines.store.read import LazyZarrArrays, read_manifest, read_store_attrs, usable_rows
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.datamodules import CTDataModule, RSDataModule
 

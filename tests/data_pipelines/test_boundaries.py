@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipelines import store
+from data_pipelines.store import layout
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "data_pipelines"
@@ -85,12 +85,12 @@ def _code_strings(path: Path) -> set[str]:
 
 
 def test_only_the_layout_module_spells_the_store_file_names() -> None:
-    names = {store.STORE_DIRNAME, store.MANIFEST_NAME, store.BUILD_RECORD_NAME,
-             store.QUARANTINE_NAME, store.SETTINGS_NAME, store.LOCK_NAME}  # fmt: skip
-    layout = PIPELINES / "store" / "layout.py"
-    assert names <= _code_strings(layout)
+    names = {layout.STORE_DIRNAME, layout.MANIFEST_NAME, layout.BUILD_RECORD_NAME,
+             layout.QUARANTINE_NAME, layout.SETTINGS_NAME, layout.LOCK_NAME}  # fmt: skip
+    layout_module = PIPELINES / "store" / "layout.py"
+    assert names <= _code_strings(layout_module)
     for path in _modules(PIPELINES) + _modules(REPO / "geomed_mim"):
-        if path != layout:
+        if path != layout_module:
             spelled = names & _code_strings(path)
             assert not spelled, (
                 f"{path.relative_to(REPO)} spells {spelled}; use data_pipelines.store"

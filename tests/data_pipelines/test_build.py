@@ -25,7 +25,7 @@ from data_pipelines.build import (
     run_build,
 )
 from data_pipelines.errors import BuildConfigError, BuildLockedError
-from data_pipelines.store import PartWriter, write_fragment
+from data_pipelines.store.write import PartWriter, write_fragment
 
 PARTS = ["p0", "p1", "p2", "p3", "p4"]
 

@@ -14,19 +14,22 @@ import pyarrow as pa
 import pytest
 import zarr
 
-from data_pipelines import store
-from data_pipelines.store import (
+from data_pipelines.store import layout
+from data_pipelines.store.read import (
     LazyZarrArrays,
-    PartWriter,
-    atomic_write_bytes,
-    atomic_write_json,
-    open_root,
-    read_fragment,
     read_manifest,
     read_store_attrs,
     select_samples,
     store_band_stats,
     usable_rows,
+)
+from data_pipelines.store.write import (
+    PartWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    open_root,
+    read_fragment,
+    volume_compressors,
     write_fragment,
     write_manifest,
     write_volume,
@@ -52,47 +55,47 @@ def _tiny_store(out: Path, n: int = 5) -> np.ndarray:
 
 def test_layout_names_are_the_documented_ones() -> None:
     names = {
-        store.STORE_DIRNAME: "store.zarr",
-        store.MANIFEST_NAME: "manifest.parquet",
-        store.BUILD_RECORD_NAME: "build.json",
-        store.QUARANTINE_NAME: "quarantine.jsonl",
-        store.PARTS_DIRNAME: "parts",
-        store.SETTINGS_NAME: "_settings.json",
-        store.LOCK_NAME: ".build.lock",
-        store.TILES_GROUP: "tiles",
-        store.LABELS_GROUP: "labels",
-        store.VOLUMES_GROUP: "volumes",
-        store.FOREGROUND_GROUP: "foreground",
+        layout.STORE_DIRNAME: "store.zarr",
+        layout.MANIFEST_NAME: "manifest.parquet",
+        layout.BUILD_RECORD_NAME: "build.json",
+        layout.QUARANTINE_NAME: "quarantine.jsonl",
+        layout.PARTS_DIRNAME: "parts",
+        layout.SETTINGS_NAME: "_settings.json",
+        layout.LOCK_NAME: ".build.lock",
+        layout.TILES_GROUP: "tiles",
+        layout.LABELS_GROUP: "labels",
+        layout.VOLUMES_GROUP: "volumes",
+        layout.FOREGROUND_GROUP: "foreground",
     }
     assert all(k == v for k, v in names.items()), names
     doc = DOCS.read_text()
     for name in names:
         assert name in doc, f"docs/store.md does not mention {name}"
-    for key in (store.ATTR_FORMAT, store.ATTR_BANDS, store.ATTR_BAND_STATS, store.ATTR_CLASSES):
+    for key in (layout.ATTR_FORMAT, layout.ATTR_BANDS, layout.ATTR_BAND_STATS, layout.ATTR_CLASSES):
         assert f"`{key}`" in doc
 
 
 def test_paths_are_built_from_the_names(tmp_path: Path) -> None:
-    assert store.store_path(tmp_path) == tmp_path / "store.zarr"
-    assert store.manifest_path(tmp_path) == tmp_path / "manifest.parquet"
-    assert store.fragment_path(tmp_path, "s1") == tmp_path / "parts" / "s1.parquet"
-    assert store.array_path("volumes", "case_1") == "volumes/case_1"
-    assert store.array_dir(tmp_path, "volumes/case_1") == tmp_path / "store.zarr/volumes/case_1"
+    assert layout.store_path(tmp_path) == tmp_path / "store.zarr"
+    assert layout.manifest_path(tmp_path) == tmp_path / "manifest.parquet"
+    assert layout.fragment_path(tmp_path, "s1") == tmp_path / "parts" / "s1.parquet"
+    assert layout.array_path("volumes", "case_1") == "volumes/case_1"
+    assert layout.array_dir(tmp_path, "volumes/case_1") == tmp_path / "store.zarr/volumes/case_1"
 
 
 def test_manifest_schemas_carry_the_columns_readers_select_on() -> None:
-    readers_need = {store.COL_ID, store.COL_ARRAY, store.COL_EXCLUDED, store.COL_DUP_OF,
-                    store.COL_SPLIT, store.COL_LABEL_ARRAY}  # fmt: skip
-    assert readers_need | {store.COL_INDEX} <= set(store.RS_MANIFEST_SCHEMA.names)
-    assert readers_need <= set(store.CT_MANIFEST_SCHEMA.names)
-    assert set(store.RS_INTERNAL_COLUMNS) <= set(store.RS_MANIFEST_SCHEMA.names)
-    assert "hu_p0_5" in store.CT_MANIFEST_SCHEMA.names  # 0.5th percentile, dot-free
+    readers_need = {layout.COL_ID, layout.COL_ARRAY, layout.COL_EXCLUDED, layout.COL_DUP_OF,
+                    layout.COL_SPLIT, layout.COL_LABEL_ARRAY}  # fmt: skip
+    assert readers_need | {layout.COL_INDEX} <= set(layout.RS_MANIFEST_SCHEMA.names)
+    assert readers_need <= set(layout.CT_MANIFEST_SCHEMA.names)
+    assert set(layout.RS_INTERNAL_COLUMNS) <= set(layout.RS_MANIFEST_SCHEMA.names)
+    assert "hu_p0_5" in layout.CT_MANIFEST_SCHEMA.names  # 0.5th percentile, dot-free
 
 
 def test_part_names_are_safe_unique_and_stable() -> None:
     ids = ["a/b c", "a__b-c", "a/b c", "..x.."]
-    names = store.unique_part_names(ids)
-    assert names == store.unique_part_names(ids)
+    names = layout.unique_part_names(ids)
+    assert names == layout.unique_part_names(ids)
     assert len(set(names)) == len(names)
     assert names[0] == "a__b-c"
     assert names[1].startswith("a__b-c-")
@@ -114,7 +117,7 @@ def test_written_part_is_chunked_per_sample_and_sharded(tmp_path: Path) -> None:
 
 def test_volume_chunks_are_plain_and_clipped_to_the_shape(tmp_path: Path) -> None:
     vol = np.arange(10 * 20 * 30, dtype=np.int16).reshape(10, 20, 30)
-    arr = write_volume(tmp_path, "volumes", "c", vol, (16, 16, 16), store.volume_compressors())
+    arr = write_volume(tmp_path, "volumes", "c", vol, (16, 16, 16), volume_compressors())
     assert arr.chunks == (10, 16, 16)
     assert arr.shards is None
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "store.zarr/volumes/c"))[:], vol)

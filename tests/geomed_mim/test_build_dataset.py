@@ -20,22 +20,11 @@ from geomed_mim.build_dataset import main, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
+CT = ["--modality", "ct", "--input", "demo:ct"]
 
-S2_BANDS = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
+S2_BANDS = [  # product order
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +140,11 @@ def test_band_descriptions_reorder_bands(demo_data: Path, tmp_path: Path) -> Non
         (["--tile-size", "3"], "--tile-size"),
         (["--stride", "0"], "--stride"),
         (["--scheduler", "bogus"], "--scheduler"),
+        ([*CT, "--spacing", "0"], "--spacing"),
+        ([*CT, "--codec", "brotli"], "--codec"),
+        ([*CT, "--chunk-size", "4"], "--chunk-size"),
+        ([*CT, "--labels", "guess"], "--labels"),
+        ([*CT, "--modality", "mri"], "--modality"),
     ],
 )
 def test_config_errors_stop_before_any_work(
@@ -159,8 +153,7 @@ def test_config_errors_stop_before_any_work(
     out = tmp_path / "out"
     assert main([*flags, "--output", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ")
-    assert field in err
+    assert err.startswith(f"error: {field}")
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 

@@ -1,12 +1,13 @@
-"""``build_dataset --modality ct``: flags reach the CT config, config errors stop before work."""
+"""``build_dataset --modality ct``: flags reach the CT config.
+
+CT config errors are checked with the RS ones in test_build_dataset.py.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from geomed_mim.build_dataset import EXIT_CONFIG, main, parse_config
+from geomed_mim.build_dataset import parse_config
 
 
 def test_ct_flags_parse_into_the_ct_config(tmp_path: Path, demo_data: Path) -> None:
@@ -36,23 +37,3 @@ def test_ct_demo_config_is_the_default_for_modality_ct() -> None:
     assert is_demo
     assert cfg.output == "geomed_demo_ct"
     assert cfg.spacing == (1.5, 1.5, 1.5)
-
-
-@pytest.mark.parametrize(
-    ("flags", "named"),
-    [
-        (["--spacing", "0"], "--spacing"),
-        (["--codec", "brotli"], "--codec"),
-        (["--chunk-size", "4"], "--chunk-size"),
-        (["--labels", "guess"], "--labels"),
-        (["--modality", "mri"], "--modality"),
-    ],
-)
-def test_config_errors_name_the_flag_and_write_nothing(
-    tmp_path: Path, capsys, flags: list[str], named: str
-) -> None:
-    out = tmp_path / "o"
-    rc = main(["--modality", "ct", "--input", "demo:ct", "--output", str(out), *flags])
-    assert rc == EXIT_CONFIG
-    assert f"error: {named}" in capsys.readouterr().err
-    assert not out.exists()

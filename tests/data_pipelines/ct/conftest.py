@@ -92,7 +92,7 @@ def write_dicom_series(
 
 
 def write_bad_inputs(shared: Path, bad: Path) -> None:
-    """The four inputs issue 4 asks to quarantine, each made from a real volume."""
+    """Four inputs a CT build must quarantine, each made from a real volume."""
     bad.mkdir(parents=True, exist_ok=True)
     raw = (shared / CT_SM).read_bytes()
     (bad / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])

@@ -40,6 +40,19 @@ def _check_aligned(out: Path, mask_pixels: np.ndarray, ignore: int) -> int:
     return len(kept)
 
 
+def _build_scene_with_label(
+    demo_data: Path, tmp_path: Path, label: np.ndarray, profile: dict
+) -> Path:
+    """Build demo scene 2 with ``label`` (written as a GeoTIFF with ``profile``) as its labels."""
+    path = tmp_path / "label.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(label, 1)
+    out = tmp_path / "out"
+    scene = demo_data / "sentinel2_l1c" / "scenes" / "s2_l1c_reference_scene_2.tif"
+    assert main(["--input", str(scene), "--labels", str(path), "--output", str(out), *FLAGS]) == 0
+    return out
+
+
 def test_demo_lulc_store_labels_align_with_tiles(demo_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "lulc"
     scenes = demo_data / "sentinel2_l1c" / "scenes"
@@ -63,12 +76,7 @@ def test_label_on_a_finer_grid_is_reprojected_with_nearest(demo_data: Path, tmp_
         height=fine.shape[0],
         transform=rasterio.Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f),
     )
-    path = tmp_path / "mask_5m.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(fine, 1)
-    out = tmp_path / "out"
-    scene = demo_data / "sentinel2_l1c" / "scenes" / "s2_l1c_reference_scene_2.tif"
-    assert main(["--input", str(scene), "--labels", str(path), "--output", str(out), *FLAGS]) == 0
+    out = _build_scene_with_label(demo_data, tmp_path, fine, profile)
     assert _check_aligned(out, mask, ignore=0) == 16
 
 
@@ -77,12 +85,7 @@ def test_unknown_class_ids_become_ignore(demo_data: Path, tmp_path: Path) -> Non
         mask, profile = src.read(1), src.profile
     odd = mask.copy()
     odd[:10, :10] = 42  # not in the class table
-    path = tmp_path / "odd.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(odd, 1)
-    out = tmp_path / "out"
-    scene = demo_data / "sentinel2_l1c" / "scenes" / "s2_l1c_reference_scene_2.tif"
-    assert main(["--input", str(scene), "--labels", str(path), "--output", str(out), *FLAGS]) == 0
+    out = _build_scene_with_label(demo_data, tmp_path, odd, profile)
     expected = odd.copy()
     expected[expected == 42] = 0
     _check_aligned(out, expected, ignore=0)

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from data_pipelines.classes import ClassTable, load_class_table
 from data_pipelines.errors import LabelError
-from data_pipelines.store import read_store_attrs
+from data_pipelines.store.read import read_store_attrs
 from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
