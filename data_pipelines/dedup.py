@@ -29,11 +29,12 @@ DCT_SIZE = 32
 # 3 tables x 21 bits, 1 flip probed: exact for radius <= 3 * (1 + 1) - 1
 MIH_TABLES, MIH_BITS, MIH_FLIPS = 3, 21, 1
 MAX_EXACT_RADIUS = MIH_TABLES * (MIH_FLIPS + 1) - 1
+EXACT_HASH_KIND = "blake2b-128"  # what exact_hash computes; parts hashed otherwise never mix
 
 
 def exact_hash(tile: np.ndarray) -> str:
     """Hex digest of pixels + shape + dtype."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=16)  # EXACT_HASH_KIND
     h.update(f"{tile.dtype.str}{tile.shape}".encode())
     h.update(np.ascontiguousarray(tile).tobytes())
     return h.hexdigest()

@@ -9,6 +9,7 @@ from typing import Any
 from data_pipelines.classes import ClassTable, load_class_table
 from data_pipelines.config import BuildConfig, checked_class_table
 from data_pipelines.ct.discover import LABEL_MODES
+from data_pipelines.dedup import EXACT_HASH_KIND
 from data_pipelines.errors import BuildConfigError
 from data_pipelines.store.layout import STORE_FORMAT_VERSION
 from data_pipelines.store.write import VOLUME_CODECS
@@ -94,5 +95,8 @@ class CTBuildConfig(BuildConfig):
             "chunk_size": self.chunk_size,
             "codec": self.codec,
             "compression_level": self.compression_level,
+            # earlier CT builds hashed volumes with sha256: their parts must not be resumed into
+            # a build whose duplicates are found by comparing hashes
+            "exact_hash": EXACT_HASH_KIND,
             "store_format": STORE_FORMAT_VERSION,
         }
