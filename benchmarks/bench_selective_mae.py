@@ -41,7 +41,7 @@ from bench_pretrain_throughput import (
 )
 
 from geomed_mim.models import create_model
-from geomed_mim.selection import EasySamplePruner
+from geomed_mim.models.masking import EasySamplePruner
 
 BANDS = 14
 IMG = 224

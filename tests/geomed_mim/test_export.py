@@ -8,14 +8,9 @@ import pytest
 import timm
 import torch
 
-from geomed_mim.export import (
-    build_monai_vit,
-    export_encoder,
-    load_encoder,
-    main,
-    match_band_channels,
-)
-from geomed_mim.tasks.pretrain import MIMPretrainTask
+from geomed_mim.export import export_encoder, main
+from geomed_mim.models.weights import build_monai_vit, load_encoder, match_band_channels
+from geomed_mim.tasks.pretraining import MIMPretrainTask
 
 S2_BANDS = [
     "B01",
@@ -71,7 +66,7 @@ def test_timm_round_trip_strict_same_features(tmp_path):
     assert cfg["mean"][3] == 3.0
     assert cfg["patch_size"] == [16, 16]
     assert cfg["intermediate_blocks"] == [4, 7, 10]
-    # exactly the call from the issue; timm's loader is strict about keys
+    # exactly the call the export documents; timm's loader is strict about keys
     model = timm.create_model(
         cfg["architecture"],
         in_chans=cfg["in_chans"],
@@ -83,6 +78,39 @@ def test_timm_round_trip_strict_same_features(tmp_path):
     with torch.no_grad():
         ours = task.model.encoder.eval().forward_features(x)
         torch.testing.assert_close(model.forward_features(x), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_timm_forward_intermediates_of_the_recorded_blocks(tmp_path):
+    """The export's ``intermediate_indices`` given to timm's ``forward_intermediates`` return the
+    recorded blocks (``intermediate_blocks``, numbered from 1), equal to our encoder's."""
+    ckpt, task = fake_checkpoint(
+        tmp_path,
+        S2_BANDS,
+        model="mae_vit_tiny_patch16",
+        in_chans=13,
+        img_size=32,
+        model_kwargs={"decoder_depth": 1, "decoder_embed_dim": 32, "decoder_num_heads": 2},
+    )
+    cfg = export_encoder(ckpt, tmp_path / "export")
+    assert cfg["intermediate_indices"] == [3, 6, 9]
+    model = timm.create_model(
+        cfg["architecture"],
+        in_chans=cfg["in_chans"],
+        img_size=cfg["img_size"][0],
+        num_classes=0,
+        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
+    ).eval()
+    enc = task.model.encoder.eval()
+    x = torch.randn(2, 13, 32, 32)
+    with torch.no_grad():
+        theirs = model.forward_intermediates(x, indices=cfg["intermediate_indices"])
+        ours = enc.forward_intermediates(x, indices=cfg["intermediate_indices"])
+        _, blocks = enc.forward_with_block_outputs(x, block_numbers=cfg["intermediate_blocks"])
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=1e-5)
+    for mine, timms, tokens in zip(ours[1], theirs[1], blocks, strict=True):
+        assert mine.shape == timms.shape == (2, 192, 2, 2)
+        torch.testing.assert_close(mine, timms, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine, tokens[:, 1:].transpose(1, 2).reshape(2, 192, 2, 2))
 
 
 def test_timm_round_trip_with_overridden_architecture(tmp_path):
@@ -142,7 +170,7 @@ def test_3d_export_loads_into_monai_vit(tmp_path):
     enc = task.model.encoder.eval()
     with torch.no_grad():
         _, hidden = vit(x)
-        ours, inter = enc.forward_intermediates(x, block_numbers=(1, 2, 3))
+        ours, inter = enc.forward_with_block_outputs(x, block_numbers=(1, 2, 3))
     for mine, theirs in zip(inter, hidden, strict=True):
         torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(normed["out"], ours, atol=1e-5, rtol=1e-5)
@@ -192,3 +220,18 @@ def test_match_band_channels_rejects_inconsistent_names():
         match_band_channels(
             torch.zeros(4, 2, 2, 2), torch.zeros(4, 3, 2, 2), ["a", "b"], ["a", "b"]
         )
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_ours", "not_torch"])
+def test_a_wrong_checkpoint_is_one_line_exit_2(tmp_path, capsys, kind):
+    path = tmp_path / "model.ckpt"
+    if kind == "not_ours":
+        torch.save({"state_dict": {}}, path)  # a Lightning checkpoint of something else
+    elif kind == "not_torch":
+        path.write_text("not a checkpoint")
+    assert main([str(path), "--output", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: checkpoint: ")
+    assert "pretraining run wrote" in err
+    assert not (tmp_path / "export").exists()  # nothing written

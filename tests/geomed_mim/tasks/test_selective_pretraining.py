@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from geomed_mim.tasks.selective_pretrain import SelectivePretrainTask
+from geomed_mim.tasks.selective_pretraining import SelectivePretrainTask
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrain" / "selective_mae_demo_cpu.yaml"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from geomed_mim.export import build_monai_vit, export_encoder, load_encoder
-from geomed_mim.tasks.pretrain import MIMPretrainTask
+from geomed_mim.export import export_encoder
+from geomed_mim.models.weights import build_monai_vit, load_encoder
+from geomed_mim.tasks.pretraining import MIMPretrainTask
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RS_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_cpu.yaml"
@@ -113,37 +112,21 @@ def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         _, hidden = vit(x)
-        _, ours = task.model.encoder.forward_intermediates(x, block_numbers=[5, 3, 1])
-        _, loaded = encoder.forward_intermediates(x, block_numbers=[5, 3, 1])
+        _, ours = task.model.encoder.forward_with_block_outputs(x, block_numbers=[5, 3, 1])
+        _, loaded = encoder.forward_with_block_outputs(x, block_numbers=[5, 3, 1])
     for n, a, b in zip([5, 3, 1], ours, loaded, strict=True):
         assert torch.allclose(hidden[n - 1], a, atol=1e-5)
         assert torch.allclose(a, b, atol=1e-6)
 
 
-class FakeCTCropDataset(torch.utils.data.Dataset):
-    """Stands in for issue 4's CTCropDataset until it is on main: same arguments and items."""
-
-    def __init__(self, stores, crop_size, crops_per_volume, window, split, **kwargs):
-        self.crop_size, self.crops = crop_size, crops_per_volume
-        self.n = 4 if split == "train" else 2
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return {"image": torch.rand(self.crops, 1, *self.crop_size, generator=g)}
-
-
-def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, monkeypatch):
+def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
     from lightning.pytorch import Trainer
 
     from geomed_mim.data.datamodules import CTDataModule
 
-    fake = types.ModuleType("geomed_mim.data.ct")
-    fake.CTCropDataset = FakeCTCropDataset
-    monkeypatch.setitem(sys.modules, "geomed_mim.data.ct", fake)
-    dm = CTDataModule(["unused"], batch_size=2, crops_per_volume=2, crop_size=32, num_workers=0)
+    dm = CTDataModule(
+        [str(ct_demo_store)], batch_size=2, crops_per_volume=2, crop_size=32, num_workers=0
+    )
     task = MIMPretrainTask(
         model="hi_end_mae_vit_tiny_patch16",
         in_chans=dm.in_chans,
@@ -213,10 +196,6 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("geomed_mim.data.ct") is None,
-    reason="the CT loader (issue 4, geomed_mim.data.ct) is not on this branch yet",
-)
 def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
     store = tmp_path / "geomed_demo_ct"
     run_cli(

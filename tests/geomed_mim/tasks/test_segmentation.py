@@ -23,8 +23,8 @@ from geomed_mim.data.rs import read_store_attrs
 from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
-from geomed_mim.tasks.finetune_seg import masked_soft_dice_loss, scores_from_confusion
 from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
+from geomed_mim.tasks.segmentation import masked_soft_dice_loss, scores_from_confusion
 from tests.geomed_mim.conftest import REPO_ROOT, subprocess_env
 
 CONFIGS = REPO_ROOT / "configs"
@@ -249,6 +249,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, tmp_path):
     cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
     common = ["--config", cfg, "--data.init_args.store", str(lulc_store)]
@@ -275,6 +276,7 @@ def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, t
         assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
 
 
+@pytest.mark.slow
 def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
     cfg = str(CONFIGS / "finetune/ct_organs_demo_cpu.yaml")
     run_cli(
@@ -313,7 +315,7 @@ def _fake_pretraining_checkpoint(path: Path, bands: list[str]) -> Path:
 
 
 def _task(init_from, bands, **kw):
-    from geomed_mim.tasks.finetune_seg import SegmentationTask
+    from geomed_mim.tasks.segmentation import SegmentationTask
 
     classes = {"ids": [0, 1, 2], "names": ["a", "b", "c"], "ignore_index": 255}
     return SegmentationTask(
@@ -323,7 +325,8 @@ def _task(init_from, bands, **kw):
 
 
 def test_start_from_checkpoint_or_export_matches_bands_by_name(tmp_path):
-    from geomed_mim.export import export_encoder, load_pretrained_model
+    from geomed_mim.export import export_encoder
+    from geomed_mim.models.weights import load_pretrained_model
 
     ckpt = _fake_pretraining_checkpoint(tmp_path / "pre.ckpt", ["B02", "B03", "B04"])
     pretrained = load_pretrained_model(ckpt)[0].encoder.state_dict()
