@@ -19,7 +19,7 @@ tokens back into patch order).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,24 +52,24 @@ class MIMOutput:
 
 # -- decoder skeleton ----------------------------------------------------------------------------
 class MIMDecoder(nn.Module):
-    """Projection, mask token, fixed sin-cos positions (class slot first), ``depth`` blocks from
-    ``make_block()``, norm and a linear head to ``patch_dim`` values per patch."""
+    """For ``encoder``'s patch grid: projection of its tokens, mask token, fixed sin-cos positions
+    (class slot first), ``depth`` blocks from ``make_block()``, norm and a linear head to the
+    patch's values (prod(patch_size) × in_chans). The encoder is read, not kept."""
 
     def __init__(
         self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
+        encoder: VisionTransformerEncoder,
         embed_dim: int,
         depth: int,
         make_block: Callable[[], nn.Module],
     ) -> None:
         super().__init__()
+        num_patches = encoder.num_patches
+        patch_dim = math.prod(encoder.patch_size) * encoder.in_chans
         self.num_patches = num_patches
-        self.grid_size = tuple(grid_size)
+        self.grid_size = tuple(encoder.grid_size)
         self.embed_dim = embed_dim
-        self.decoder_embed = nn.Linear(encoder_dim, embed_dim, bias=True)
+        self.decoder_embed = nn.Linear(encoder.embed_dim, embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False
@@ -106,38 +106,22 @@ class MIMModel(nn.Module):
     """Base of the MIM models: the encoder, the forward template and the loss.
 
     Subclasses set ``self.decoder`` and ``self.masking`` after ``super().__init__(...)`` and
-    override the steps that differ. Arguments are the encoder's
-    (:class:`~geomed_mim.models.vit.VisionTransformerEncoder`) and ``norm_pix_loss``.
+    override the steps that differ.
+
+    Args:
+        norm_pix_loss: targets are per-patch normalized pixels (MAE's ``norm_pix_loss``).
+        **encoder_kwargs: the encoder's arguments, the one place it is built
+            (:class:`~geomed_mim.models.vit.VisionTransformerEncoder`: ``img_size``,
+            ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
+            ``spatial_dims``, ``drop_path_rate``).
     """
 
     decoder: nn.Module
     masking: MaskingStrategy
 
-    def __init__(
-        self,
-        img_size: int | Sequence[int] = 224,
-        patch_size: int | Sequence[int] = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        spatial_dims: int = 2,
-        drop_path_rate: float = 0.0,
-        norm_pix_loss: bool = False,
-    ) -> None:
+    def __init__(self, norm_pix_loss: bool = False, **encoder_kwargs: Any) -> None:
         super().__init__()
-        self.encoder = VisionTransformerEncoder(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            spatial_dims=spatial_dims,
-            drop_path_rate=drop_path_rate,
-        )
+        self.encoder = VisionTransformerEncoder(**encoder_kwargs)
         self.norm_pix_loss = norm_pix_loss
 
     @classmethod
@@ -163,11 +147,6 @@ class MIMModel(nn.Module):
     @property
     def mask_ratio(self) -> float:
         return self.masking.mask_ratio
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per patch: prod(patch_size) × in_chans."""
-        return math.prod(self.encoder.patch_size) * self.encoder.in_chans
 
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {

@@ -38,6 +38,7 @@ from geomed_mim.models.cross_attention import CrossAttention
 from geomed_mim.models.mae import MAEDecoder
 from geomed_mim.models.masking import MaskingResult, MaskingStrategy, build_masking
 from geomed_mim.models.registry import register_model
+from geomed_mim.models.vit import VisionTransformerEncoder
 
 
 def default_encoder_levels(depth: int) -> tuple[int, ...]:
@@ -83,25 +84,19 @@ class HiEndDecoder(MAEDecoder):
 
     def __init__(
         self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
+        encoder: VisionTransformerEncoder,
         num_levels: int = 3,
         embed_dim: int = 384,
         depth: int = 2,
         num_heads: int = 12,
-        mlp_ratio: float = 4.0,
     ) -> None:
-        super().__init__(
-            num_patches, grid_size, encoder_dim, patch_dim, embed_dim, depth, num_heads, mlp_ratio
-        )
+        super().__init__(encoder, embed_dim, depth, num_heads)
         self.num_levels = num_levels
         self.level_embed = nn.ModuleList(
-            nn.Linear(encoder_dim, embed_dim, bias=True) for _ in range(num_levels)
+            nn.Linear(encoder.embed_dim, embed_dim, bias=True) for _ in range(num_levels)
         )
         self.level_blocks = nn.ModuleList(
-            HiEndDecoderBlock(embed_dim, num_heads, mlp_ratio) for _ in range(num_levels)
+            HiEndDecoderBlock(embed_dim, num_heads, encoder.mlp_ratio) for _ in range(num_levels)
         )
         self.initialize_weights()  # again, now that the level modules exist
 
@@ -154,12 +149,9 @@ class HiEndMAE(MIMModel):
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__(
-            img_size=img_size,
-            in_chans=in_chans,
-            spatial_dims=spatial_dims,
-            norm_pix_loss=norm_pix_loss,
+            norm_pix_loss, img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims,
             **encoder_kwargs,
-        )
+        )  # fmt: skip
         depth = self.encoder.depth
         levels = tuple(int(n) for n in (encoder_levels or default_encoder_levels(depth)))
         if not levels or len(set(levels)) != len(levels):
@@ -168,15 +160,7 @@ class HiEndMAE(MIMModel):
             raise ValueError(f"encoder_levels {levels} outside 1..{depth} (1-indexed blocks)")
         self.encoder_levels = levels
         self.decoder = HiEndDecoder(
-            num_patches=self.encoder.num_patches,
-            grid_size=self.encoder.grid_size,
-            encoder_dim=self.encoder.embed_dim,
-            patch_dim=self.patch_dim,
-            num_levels=len(levels),
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=self.encoder.mlp_ratio,
+            self.encoder, len(levels), decoder_embed_dim, decoder_depth, decoder_num_heads
         )
         self.masking = build_masking(masking, mask_ratio)
 

@@ -11,7 +11,7 @@ loss on masked patches only, against per-patch normalized pixels when ``norm_pix
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 from geomed_mim.models.base import MIMDecoder, MIMModel
 from geomed_mim.models.masking import MaskingStrategy, build_masking
 from geomed_mim.models.registry import register_model
+from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder
 
 # the MAE reference decoder, the same for every encoder size
 MAE_DECODER_DEFAULTS: dict[str, Any] = {
@@ -42,17 +43,13 @@ class MAEDecoder(MIMDecoder):
 
     def __init__(
         self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
+        encoder: VisionTransformerEncoder,
         embed_dim: int = 512,
         depth: int = 8,
         num_heads: int = 16,
-        mlp_ratio: float = 4.0,
     ) -> None:
-        block = self_attention_block(embed_dim, num_heads, mlp_ratio)
-        super().__init__(num_patches, grid_size, encoder_dim, patch_dim, embed_dim, depth, block)
+        block = self_attention_block(embed_dim, num_heads, encoder.mlp_ratio)
+        super().__init__(encoder, embed_dim, depth, block)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent [B, 1+K, De] (class first), ids_restore [B, L] → prediction [B, L, P]."""
@@ -67,20 +64,15 @@ class MaskedAutoencoder(MIMModel):
     """MAE with a ViT encoder; 2-D or 3-D; any ``in_chans``.
 
     Args:
-        embed_dim, depth, num_heads: the encoder's size (default ViT-L, as the reference).
         decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder's size.
         mask_ratio: share of patches hidden from the encoder.
         masking: ``"random"`` (MAE), ``"block"`` or a :class:`MaskingStrategy`.
-        **encoder_kwargs: the rest of :class:`~geomed_mim.models.base.MIMModel`'s arguments
-            (``img_size``, ``patch_size``, ``in_chans``, ``mlp_ratio``, ``spatial_dims``,
-            ``drop_path_rate``).
+        **encoder_kwargs: the encoder's (:class:`~geomed_mim.models.base.MIMModel`); the encoder
+            defaults to ViT-L, as the reference's.
     """
 
     def __init__(
         self,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
@@ -89,23 +81,8 @@ class MaskedAutoencoder(MIMModel):
         norm_pix_loss: bool = False,
         **encoder_kwargs: Any,
     ) -> None:
-        super().__init__(
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            norm_pix_loss=norm_pix_loss,
-            **encoder_kwargs,
-        )
-        self.decoder = MAEDecoder(
-            num_patches=self.encoder.num_patches,
-            grid_size=self.encoder.grid_size,
-            encoder_dim=self.encoder.embed_dim,
-            patch_dim=self.patch_dim,
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=self.encoder.mlp_ratio,
-        )
+        super().__init__(norm_pix_loss, **{**ENCODER_ARCHS["large"], **encoder_kwargs})
+        self.decoder = MAEDecoder(self.encoder, decoder_embed_dim, decoder_depth, decoder_num_heads)
         self.masking = build_masking(masking, mask_ratio)
 
 

@@ -15,7 +15,7 @@ With the paper's ViT-B defaults (mask 0.85, reconstruction 0.25, 14×14 patches)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -30,6 +30,7 @@ from geomed_mim.models.mae import MAE_DECODER_DEFAULTS
 from geomed_mim.models.masking import SelectionResult, SemanticTokenSelection
 from geomed_mim.models.patches import gather_tokens
 from geomed_mim.models.registry import register_model
+from geomed_mim.models.vit import VisionTransformerEncoder
 
 
 # -- CrossMAE decoder ----------------------------------------------------------------------------
@@ -55,17 +56,13 @@ class CrossMAEDecoder(MIMDecoder):
 
     def __init__(
         self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
+        encoder: VisionTransformerEncoder,
         embed_dim: int = 512,
         depth: int = 8,
         num_heads: int = 16,
-        mlp_ratio: float = 4.0,
     ) -> None:
-        block = partial(CrossAttentionBlock, embed_dim, num_heads, mlp_ratio)
-        super().__init__(num_patches, grid_size, encoder_dim, patch_dim, embed_dim, depth, block)
+        block = partial(CrossAttentionBlock, embed_dim, num_heads, encoder.mlp_ratio)
+        super().__init__(encoder, embed_dim, depth, block)
 
     def forward(
         self, latent: torch.Tensor, selected_idx: torch.Tensor, target_idx: torch.Tensor
@@ -82,6 +79,9 @@ class CrossMAEDecoder(MIMDecoder):
 
 
 # -- the model -----------------------------------------------------------------------------------
+SELECTION_ARGS = tuple(inspect.signature(SemanticTokenSelection).parameters)
+
+
 @dataclass
 class SelectiveMIMOutput(MIMOutput):
     """``pred`` is [B, L, P] with the predictions at the targets and zeros elsewhere;
@@ -97,12 +97,16 @@ class SelectiveMAE(MIMModel):
 
     Overrides the token choice (:class:`SemanticTokenSelection`, on the patch embeddings the
     encoder then reuses), the decoder step (CrossMAE over the targets only) and the loss targets
-    (the reconstruction targets, each counting equally). Selection arguments are
-    :class:`SemanticTokenSelection`'s; ``**encoder_kwargs`` the rest of
-    :class:`~geomed_mim.models.base.MIMModel`'s (``img_size``, ``patch_size``, ``in_chans``,
-    ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``spatial_dims``,
-    ``drop_path_rate``). ``lr_scale`` (reconstruction_ratio / mask_ratio) is applied by the
-    training task.
+    (the reconstruction targets, each counting equally). ``lr_scale`` (reconstruction_ratio /
+    mask_ratio) is applied by the training task.
+
+    Args:
+        decoder_embed_dim, decoder_depth, decoder_num_heads: the CrossMAE decoder's size.
+        norm_pix_loss: per-patch normalized targets (on by default, as the paper).
+        **kwargs: the selection's arguments (:class:`SemanticTokenSelection`: ``mask_ratio``
+            0.85, ``reconstruction_ratio`` 0.25, ``seed_fraction``, ``temperature``,
+            ``stage_boundaries``, ``stage_blend``, ``num_bins``, ``orientation_weight``,
+            ``score_floor``), the others the encoder's (:class:`~geomed_mim.models.base.MIMModel`).
     """
 
     def __init__(
@@ -110,40 +114,15 @@ class SelectiveMAE(MIMModel):
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
-        mask_ratio: float = 0.85,
-        reconstruction_ratio: float = 0.25,
-        seed_fraction: float = 0.5,
-        temperature: float = 1.0,
-        stage_boundaries: Sequence[float] = (0.3, 0.7),
-        stage_blend: float = 0.1,
-        num_bins: int = 9,
-        orientation_weight: float = 0.5,
-        score_floor: float = 0.02,
         norm_pix_loss: bool = True,
-        **encoder_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(norm_pix_loss=norm_pix_loss, **encoder_kwargs)
+        selection = {k: kwargs.pop(k) for k in SELECTION_ARGS if k in kwargs}
+        super().__init__(norm_pix_loss, **kwargs)
         self.decoder = CrossMAEDecoder(
-            num_patches=self.encoder.num_patches,
-            grid_size=self.encoder.grid_size,
-            encoder_dim=self.encoder.embed_dim,
-            patch_dim=self.patch_dim,
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=self.encoder.mlp_ratio,
+            self.encoder, decoder_embed_dim, decoder_depth, decoder_num_heads
         )
-        self.masking = SemanticTokenSelection(
-            mask_ratio=mask_ratio,
-            reconstruction_ratio=reconstruction_ratio,
-            seed_fraction=seed_fraction,
-            temperature=temperature,
-            stage_boundaries=stage_boundaries,
-            stage_blend=stage_blend,
-            num_bins=num_bins,
-            orientation_weight=orientation_weight,
-            score_floor=score_floor,
-        )
+        self.masking = SemanticTokenSelection(**selection)
         self.masking.set_sizes(self.encoder.num_patches)  # fail at build time, not at step 1
 
     @property

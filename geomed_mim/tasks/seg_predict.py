@@ -71,9 +71,12 @@ def class_colors(classes: dict[str, Any], num_classes: int) -> np.ndarray:
 
 
 def save_overlay(
-    rgb: np.ndarray, class_map: np.ndarray, palette: np.ndarray, path: Path, ignore: int
+    rgb: np.ndarray, class_map: np.ndarray, classes: dict[str, Any], num_classes: int, path: Path
 ) -> None:
-    """rgb float [H, W, 3] in [0, 1], class ids [H, W] → side by side: image | overlay."""
+    """rgb float [H, W, 3] in [0, 1], class ids [H, W] → side by side: image | overlay in the
+    class table's colours (its ignore index left clear)."""
+    palette = class_colors(classes, num_classes)
+    ignore = int(classes.get("ignore_index", 255))
     color = palette[np.clip(class_map, 0, len(palette) - 1)].astype(np.float32) / 255
     alpha = np.where(class_map == ignore, 0.0, 0.5)[..., None]
     over = rgb * (1 - alpha) + color * alpha
@@ -254,13 +257,7 @@ def write_rs_overlay(
     img = reader.read_window(Window(0, 0, W, H))[rgb_idx][:, ::scale, ::scale]
     with rasterio.open(class_path) as src:
         ids = src.read(1)[::scale, ::scale]
-    save_overlay(
-        stretch(np.moveaxis(img, 0, -1)),
-        ids,
-        class_colors(classes, num_classes),
-        png,
-        int(classes.get("ignore_index", 255)),
-    )
+    save_overlay(stretch(np.moveaxis(img, 0, -1)), ids, classes, num_classes, png)
 
 
 # -- CT -------------------------------------------------------------------------------------------
@@ -307,11 +304,6 @@ def predict_ct_volume(
     classes = classes or {}
     z = image.shape[2] // 2
     png = out_dir / f"{stem}_overlay.png"
-    save_overlay(
-        np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1),
-        np.rot90(pred[:, :, z].astype(np.int64)),
-        class_colors(classes, num_classes),
-        png,
-        int(classes.get("ignore_index", 255)),
-    )
+    gray = np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1)
+    save_overlay(gray, np.rot90(pred[:, :, z].astype(np.int64)), classes, num_classes, png)
     return {"classes": str(out_path), "overlay": str(png), "shape": tuple(orig.shape)}

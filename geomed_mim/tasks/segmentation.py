@@ -250,29 +250,15 @@ class SegmentationTask(LightningModule):
         def predict_fn(x: torch.Tensor) -> torch.Tensor:
             return self(x.to(self.device))
 
-        if self.hparams.spatial_dims == 2:
+        hp = self.hparams
+        common = {"num_classes": self.num_classes, "output_dir": dm.predict_output,
+                  "overlap": hp.sw_overlap, "classes": classes}  # fmt: skip
+        if hp.spatial_dims == 2:
             return seg_predict.predict_rs_scene(
-                predict_fn,
-                batch["path"],
-                dm.attrs,
-                self.hparams.mean or dm.mean,
-                self.hparams.std or dm.std,
-                tile=self.hparams.img_size,
-                num_classes=self.num_classes,
-                output_dir=dm.predict_output,
-                overlap=self.hparams.sw_overlap,
-                write_probabilities=self.hparams.write_probabilities,
-                classes=classes,
-            )
+                predict_fn, batch["path"], dm.attrs, hp.mean or dm.mean, hp.std or dm.std,
+                tile=hp.img_size, write_probabilities=hp.write_probabilities, **common,
+            )  # fmt: skip
         return seg_predict.predict_ct_volume(
-            predict_fn,
-            batch["path"],
-            spacing=dm.spacing,
-            window=dm.window,
-            roi=self.hparams.img_size,
-            num_classes=self.num_classes,
-            output_dir=dm.predict_output,
-            overlap=self.hparams.sw_overlap,
-            sw_batch_size=self.hparams.sw_batch_size,
-            classes=classes,
-        )
+            predict_fn, batch["path"], spacing=dm.spacing, window=dm.window, roi=hp.img_size,
+            sw_batch_size=hp.sw_batch_size, **common,
+        )  # fmt: skip

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from geomed_mim.export import export_encoder
-from geomed_mim.models import create_model
 from geomed_mim.models.weights import (
     CONFIG_NAME,
     from_monai_state_dict,
@@ -19,28 +18,16 @@ from geomed_mim.models.weights import (
     to_monai_state_dict,
 )
 from geomed_mim.tasks.segmentation import SegmentationTask
+from tests.geomed_mim.training import TINY_DECODER, model_checkpoint
 
-KWARGS = {"in_chans": 3, "img_size": 16, "patch_size": 4, "depth": 4,
-          "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}  # fmt: skip
+KWARGS = {"in_chans": 3, "img_size": 16, "patch_size": 4, "depth": 4, **TINY_DECODER}
 BANDS = ["B02", "B03", "B04"]
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    """A pretraining checkpoint as the task writes it (metadata + ``model.`` weights)."""
-    torch.manual_seed(0)
-    model = create_model("mae_vit_tiny_patch16", **KWARGS)
-    meta = {
-        "model_name": "mae_vit_tiny_patch16",
-        "model_kwargs": KWARGS,
-        "bands": BANDS,
-        "intermediate_blocks": [2, 3],
-        "encoder_arch": {"size": "tiny", "patch_size": 16},
-    }
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    path = tmp_path / "pre.ckpt"
-    torch.save({"state_dict": state, "geomed_mim": meta}, path)
-    return path
+    """A pretraining checkpoint (metadata + ``model.`` weights) recording blocks 2 and 3."""
+    return model_checkpoint(tmp_path / "pre.ckpt", "mae_vit_tiny_patch16", KWARGS, BANDS, [2, 3])
 
 
 def test_recorded_block_numbers_of_every_config_version():

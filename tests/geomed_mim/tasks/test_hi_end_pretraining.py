@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
 from geomed_mim.export import export_encoder
 from geomed_mim.models.weights import build_monai_vit, load_encoder
-from geomed_mim.tasks.pretraining import MIMPretrainTask
+from tests.geomed_mim.training import (
+    epoch_losses,
+    fit_on_ct_crops,
+    run_module,
+    task_checkpoint,
+    timm_from_export,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RS_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_cpu.yaml"
@@ -30,39 +32,10 @@ TINY = {
 }
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def epoch_losses(run_dir: Path) -> list[float]:
-    (metrics,) = run_dir.glob("logs/version_*/metrics.csv")
-    return [
-        float(r["train/loss_epoch"])
-        for r in csv.DictReader(metrics.open())
-        if r.get("train/loss_epoch")
-    ]
-
-
-def checkpoint(tmp_path: Path, **task_kwargs) -> tuple[Path, MIMPretrainTask]:
-    torch.manual_seed(0)
-    task = MIMPretrainTask(**task_kwargs)
-    with torch.no_grad():  # off the init, so a wrong key mapping cannot pass by accident
-        for name, p in task.model.named_parameters():
-            if "pos_embed" not in name:
-                p.add_(torch.randn_like(p) * 0.02)
-    bands = [f"b{i}" for i in range(task.model.encoder.in_chans)]
-    task.data_metadata = {"bands": bands, "mean": [0.0] * len(bands), "std": [1.0] * len(bands)}
-    path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": task.state_dict(), "geomed_mim": task.checkpoint_metadata()}, path)
-    return path, task
-
-
 def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
-    ckpt, task = checkpoint(
+    ckpt, task = task_checkpoint(
         tmp_path,
+        None,
         model="hi_end_mae_vit_tiny_patch12",
         model_kwargs=TINY,
         in_chans=4,
@@ -79,14 +52,7 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
     # timm has no patch-12 ViT-Ti: the patch-16 architecture with patch_size=12 loads strictly
     assert cfg["architecture"] == "vit_tiny_patch16_224"
     assert cfg["timm_kwargs"]["patch_size"] == 12
-    vit = timm.create_model(
-        cfg["architecture"],
-        in_chans=4,
-        img_size=24,
-        num_classes=0,
-        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
-        **cfg["timm_kwargs"],
-    )
+    vit = timm_from_export(tmp_path / "export")
     x = torch.randn(2, 4, 24, 24)
     with torch.no_grad():
         ours = task.model.encoder.forward_features(x)
@@ -94,8 +60,9 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
 
 
 def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
-    ckpt, task = checkpoint(
+    ckpt, task = task_checkpoint(
         tmp_path,
+        None,
         model="hi_end_mae_vit_tiny_patch16",
         model_kwargs=TINY,
         in_chans=1,
@@ -120,32 +87,7 @@ def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
 
 
 def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
-    from lightning.pytorch import Trainer
-
-    from geomed_mim.data.datamodules import CTDataModule
-
-    dm = CTDataModule(
-        [str(ct_demo_store)], batch_size=2, crops_per_volume=2, crop_size=32, num_workers=0
-    )
-    task = MIMPretrainTask(
-        model="hi_end_mae_vit_tiny_patch16",
-        in_chans=dm.in_chans,
-        img_size=dm.img_size,
-        spatial_dims=dm.spatial_dims,
-        model_kwargs=TINY,
-        preview_every_n_steps=1,
-    )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-    )
-    trainer.fit(task, datamodule=dm)
+    task, trainer = fit_on_ct_crops(ct_demo_store, tmp_path, "hi_end_mae_vit_tiny_patch16", TINY)
     assert trainer.global_step == 2
     meta = task.checkpoint_metadata()
     assert meta["spatial_dims"] == 3
@@ -158,7 +100,7 @@ def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
 def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
     demo_store, tmp_path, child_env
 ):
-    run_cli(
+    run_module(
         [
             "-m",
             "geomed_mim.pretrain",
@@ -185,7 +127,7 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
     meta = torch.load(ckpt, map_location="cpu", weights_only=True)["geomed_mim"]
     assert meta["model_name"] == "hi_end_mae_vit_tiny_patch16"
     assert meta["encoder_levels"] == [3, 2, 1]
-    run_cli(
+    run_module(
         ["-m", "geomed_mim.export", str(ckpt), "--output", str(tmp_path / "export")],
         cwd=tmp_path,
         env=child_env,
@@ -198,7 +140,7 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
 @pytest.mark.slow
 def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
     store = tmp_path / "geomed_demo_ct"
-    run_cli(
+    run_module(
         [
             "-m",
             "geomed_mim.build_dataset",
@@ -216,7 +158,7 @@ def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
         cwd=tmp_path,
         env=child_env,
     )
-    run_cli(
+    run_module(
         [
             "-m",
             "geomed_mim.pretrain",
