@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning benchmark (issue 9): pretrained vs scratch at an equal CPU budget,
+"""Segmentation fine-tuning benchmark: pretrained vs scratch at an equal CPU budget,
 plus whole-scene / whole-volume inference speed.
 
 RS: the labeled Sentinel-2 demo store (configs/data/demo_lulc.yaml). The pretrained encoder comes

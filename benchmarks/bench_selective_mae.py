@@ -1,4 +1,4 @@
-"""SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share (issue 6).
+"""SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share.
 
     PYTHONPATH=. python benchmarks/bench_selective_mae.py [--device cuda] [--steps 5]
 
