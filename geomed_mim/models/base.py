@@ -53,15 +53,18 @@ class MIMOutput:
 # -- decoder skeleton ----------------------------------------------------------------------------
 class MIMDecoder(nn.Module):
     """For ``encoder``'s patch grid: projection of its tokens, mask token, fixed sin-cos positions
-    (class slot first), ``depth`` blocks from ``make_block()``, norm and a linear head to the
-    patch's values (prod(patch_size) × in_chans). The encoder is read, not kept."""
+    (class slot first), ``depth`` blocks, norm and a linear head to the patch's values
+    (prod(patch_size) × in_chans). The encoder is read, not kept. A decoder class names its block
+    in ``make_block(dim, num_heads, mlp_ratio)``."""
+
+    make_block: Callable[[int, int, float], nn.Module]
 
     def __init__(
         self,
         encoder: VisionTransformerEncoder,
-        embed_dim: int,
-        depth: int,
-        make_block: Callable[[], nn.Module],
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
     ) -> None:
         super().__init__()
         num_patches = encoder.num_patches
@@ -74,7 +77,9 @@ class MIMDecoder(nn.Module):
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False
         )
-        self.decoder_blocks = nn.ModuleList(make_block() for _ in range(depth))
+        self.decoder_blocks = nn.ModuleList(
+            self.make_block(embed_dim, num_heads, encoder.mlp_ratio) for _ in range(depth)
+        )
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(embed_dim, patch_dim, bias=True)
         self.initialize_weights()

@@ -11,7 +11,6 @@ loss on masked patches only, against per-patch normalized pixels when ``norm_pix
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch import nn
 from geomed_mim.models.base import MIMDecoder, MIMModel
 from geomed_mim.models.masking import MaskingStrategy, build_masking
 from geomed_mim.models.registry import register_model
-from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder
+from geomed_mim.models.vit import ENCODER_ARCHS
 
 # the MAE reference decoder, the same for every encoder size
 MAE_DECODER_DEFAULTS: dict[str, Any] = {
@@ -32,24 +31,11 @@ MAE_DECODER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def self_attention_block(dim: int, num_heads: int, mlp_ratio: float) -> Callable[[], nn.Module]:
-    """A factory of the timm ``Block`` MAE's decoder stacks (qkv bias, LayerNorm eps 1e-6)."""
-    norm_layer = partial(nn.LayerNorm, eps=1e-6)
-    return partial(Block, dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-
-
 class MAEDecoder(MIMDecoder):
     """Embeds encoder tokens, fills masked slots with a mask token, unshuffles, predicts patches."""
 
-    def __init__(
-        self,
-        encoder: VisionTransformerEncoder,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-    ) -> None:
-        block = self_attention_block(embed_dim, num_heads, encoder.mlp_ratio)
-        super().__init__(encoder, embed_dim, depth, block)
+    # timm's ViT block, as the reference decoder stacks it (qkv bias, LayerNorm eps 1e-6)
+    make_block = partial(Block, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent [B, 1+K, De] (class first), ids_restore [B, L] → prediction [B, L, P]."""

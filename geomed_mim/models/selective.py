@@ -30,7 +30,6 @@ from geomed_mim.models.mae import MAE_DECODER_DEFAULTS
 from geomed_mim.models.masking import SelectionResult, SemanticTokenSelection
 from geomed_mim.models.patches import gather_tokens
 from geomed_mim.models.registry import register_model
-from geomed_mim.models.vit import VisionTransformerEncoder
 
 
 # -- CrossMAE decoder ----------------------------------------------------------------------------
@@ -54,15 +53,7 @@ class CrossAttentionBlock(nn.Module):
 class CrossMAEDecoder(MIMDecoder):
     """Predicts the target patches from queries (mask token + position) over the encoder output."""
 
-    def __init__(
-        self,
-        encoder: VisionTransformerEncoder,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-    ) -> None:
-        block = partial(CrossAttentionBlock, embed_dim, num_heads, encoder.mlp_ratio)
-        super().__init__(encoder, embed_dim, depth, block)
+    make_block = CrossAttentionBlock
 
     def forward(
         self, latent: torch.Tensor, selected_idx: torch.Tensor, target_idx: torch.Tensor

@@ -10,13 +10,7 @@ import torch
 
 from geomed_mim.export import export_encoder
 from geomed_mim.models.weights import build_monai_vit, load_encoder
-from tests.geomed_mim.training import (
-    epoch_losses,
-    fit_on_ct_crops,
-    run_module,
-    task_checkpoint,
-    timm_from_export,
-)
+from tests.geomed_mim import training
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RS_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_cpu.yaml"
@@ -32,16 +26,16 @@ TINY = {
 }
 
 
+def hi_end_checkpoint(tmp_path, model, in_chans, img_size, spatial_dims, **task_kwargs):
+    """A pretraining checkpoint of a tiny Hi-End-MAE (levels 5, 3, 1 of 6 blocks)."""
+    return training.task_checkpoint(
+        tmp_path, None, model=model, model_kwargs=TINY, in_chans=in_chans, img_size=img_size,
+        spatial_dims=spatial_dims, **task_kwargs,
+    )  # fmt: skip
+
+
 def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
-    ckpt, task = task_checkpoint(
-        tmp_path,
-        None,
-        model="hi_end_mae_vit_tiny_patch12",
-        model_kwargs=TINY,
-        in_chans=4,
-        img_size=24,
-        spatial_dims=2,
-    )
+    ckpt, task = hi_end_checkpoint(tmp_path, "hi_end_mae_vit_tiny_patch12", 4, 24, 2)
     assert task.intermediate_blocks == [1, 3, 5]  # the decoder's levels, ascending for UNETR
     assert task.checkpoint_metadata()["encoder_levels"] == [5, 3, 1]
     cfg = export_encoder(ckpt, tmp_path / "export")
@@ -52,7 +46,7 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
     # timm has no patch-12 ViT-Ti: the patch-16 architecture with patch_size=12 loads strictly
     assert cfg["architecture"] == "vit_tiny_patch16_224"
     assert cfg["timm_kwargs"]["patch_size"] == 12
-    vit = timm_from_export(tmp_path / "export")
+    vit = training.timm_from_export(tmp_path / "export")
     x = torch.randn(2, 4, 24, 24)
     with torch.no_grad():
         ours = task.model.encoder.forward_features(x)
@@ -60,16 +54,10 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
 
 
 def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
-    ckpt, task = task_checkpoint(
-        tmp_path,
-        None,
-        model="hi_end_mae_vit_tiny_patch16",
-        model_kwargs=TINY,
-        in_chans=1,
-        img_size=32,
-        spatial_dims=3,
+    ckpt, task = hi_end_checkpoint(
+        tmp_path, "hi_end_mae_vit_tiny_patch16", 1, 32, 3,
         intermediate_blocks=[2, 4, 6],  # an explicit choice wins (with a warning)
-    )
+    )  # fmt: skip
     assert task.intermediate_blocks == [2, 4, 6]
     cfg = export_encoder(ckpt, tmp_path / "export")
     assert cfg["encoder_levels"] == [5, 3, 1]
@@ -87,7 +75,9 @@ def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
 
 
 def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
-    task, trainer = fit_on_ct_crops(ct_demo_store, tmp_path, "hi_end_mae_vit_tiny_patch16", TINY)
+    task, trainer = training.fit_on_ct_crops(
+        ct_demo_store, tmp_path, "hi_end_mae_vit_tiny_patch16", TINY
+    )
     assert trainer.global_step == 2
     meta = task.checkpoint_metadata()
     assert meta["spatial_dims"] == 3
@@ -100,7 +90,7 @@ def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
 def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
     demo_store, tmp_path, child_env
 ):
-    run_module(
+    training.run_module(
         [
             "-m",
             "geomed_mim.pretrain",
@@ -120,14 +110,14 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
         env=child_env,
     )
     run_dir = tmp_path / "runs" / "hi_end_demo_cpu"
-    losses = epoch_losses(run_dir)
+    losses = training.epoch_losses(run_dir)
     assert len(losses) == 10
     assert losses[-1] < 0.75 * losses[0], losses
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     meta = torch.load(ckpt, map_location="cpu", weights_only=True)["geomed_mim"]
     assert meta["model_name"] == "hi_end_mae_vit_tiny_patch16"
     assert meta["encoder_levels"] == [3, 2, 1]
-    run_module(
+    training.run_module(
         ["-m", "geomed_mim.export", str(ckpt), "--output", str(tmp_path / "export")],
         cwd=tmp_path,
         env=child_env,
@@ -140,7 +130,7 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
 @pytest.mark.slow
 def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
     store = tmp_path / "geomed_demo_ct"
-    run_module(
+    training.run_module(
         [
             "-m",
             "geomed_mim.build_dataset",
@@ -158,7 +148,7 @@ def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
         cwd=tmp_path,
         env=child_env,
     )
-    run_module(
+    training.run_module(
         [
             "-m",
             "geomed_mim.pretrain",
@@ -176,7 +166,7 @@ def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
         env=child_env,
     )
     run_dir = tmp_path / "runs" / "hi_end_demo_ct_cpu"
-    losses = epoch_losses(run_dir)  # one step of 4 crops per epoch: compare 10-epoch means
+    losses = training.epoch_losses(run_dir)  # one step of 4 crops per epoch: compare 10-epoch means
     assert len(losses) == 50
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.85 * first, losses
