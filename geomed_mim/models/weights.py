@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.networks.nets import ViT
 from safetensors.torch import load_file
 from torch import nn
 
@@ -211,8 +212,6 @@ def build_monai_vit(export_dir: str | Path, classification: bool = True) -> nn.M
     Keys the export does not hold (``classification_head.*``, unused ``norm_cross_attn``) keep
     MONAI's initialization; any other mismatch raises.
     """
-    from monai.networks.nets import ViT
-
     state, config = read_export(export_dir)
     if config.get("weights_keys") != "monai":
         raise ValueError(f"{export_dir} is a {config.get('weights_keys')} export, not a 3-D one")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from monai.inferers import sliding_window_inference
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
@@ -200,8 +201,6 @@ class SegmentationTask(LightningModule):
         roi = self.hparams.img_size
         if all(s == roi for s in image.shape[2:]):
             return self(image)
-        from monai.inferers import sliding_window_inference
-
         return sliding_window_inference(
             image,
             roi_size=(roi,) * self.hparams.spatial_dims,
