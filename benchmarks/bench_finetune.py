@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning benchmark (issue 9): pretrained vs scratch at an equal CPU budget,
+"""Segmentation fine-tuning benchmark: pretrained vs scratch at an equal CPU budget,
 plus whole-scene / whole-volume inference speed.
 
 RS: the labeled Sentinel-2 demo store (configs/data/demo_lulc.yaml). The pretrained encoder comes
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from geomed_mim.data.segmentation import RSSegDataModule  # noqa: E402
 from geomed_mim.tasks import seg_predict  # noqa: E402
-from geomed_mim.tasks.finetune_seg import SegmentationTask  # noqa: E402
+from geomed_mim.tasks.segmentation import SegmentationTask  # noqa: E402
 
 DEMO_SCENE = REPO / "geomed_mim/demo_data/sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
 DEMO_CT = REPO / "geomed_mim/demo_data/ct/abdomen_3mm.nii.gz"

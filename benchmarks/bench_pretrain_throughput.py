@@ -45,6 +45,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def default_batches(sizes: list[str], device: torch.device) -> list[int]:
+    """Per-size batch: 256 on a GPU; on the CPU 8 for tiny, 2 for larger encoders."""
+    return [(256 if device.type == "cuda" else (8 if s == "tiny" else 2)) for s in sizes]
+
+
+def machine_line(device: torch.device) -> str:
+    """The table's first line: processor, torch version, threads, device (and GPU name)."""
+    return (
+        f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+
+
 def mae_step_fn(model, opt, x, amp: bool):
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -193,14 +207,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    batches = args.batch or [
-        (256 if device.type == "cuda" else (8 if s == "tiny" else 2)) for s in args.sizes
-    ]
-    print(
-        f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    )
+    batches = args.batch or default_batches(args.sizes, device)
+    print(machine_line(device))
     rows = bench_models(args.sizes, batches, args.steps, device)
     with tempfile.TemporaryDirectory() as tmp:
         store = write_synthetic_store(Path(tmp) / "store", 96)

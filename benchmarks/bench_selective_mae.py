@@ -1,4 +1,4 @@
-"""SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share (issue 6).
+"""SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share.
 
     PYTHONPATH=. python benchmarks/bench_selective_mae.py [--device cuda] [--steps 5]
 
@@ -24,7 +24,6 @@ for backward during the step, parameters excluded (the activation memory).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain_throughput import (
     GPU_PEAK_BF16,
     count_flops,
+    default_batches,
+    machine_line,
     mae_step_fn,
     sync,
 )
 
 from geomed_mim.models import create_model
-from geomed_mim.selection import EasySamplePruner
+from geomed_mim.models.masking import EasySamplePruner
 
 BANDS = 14
 IMG = 224
@@ -188,14 +189,8 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    batches = args.batch or [
-        (256 if device.type == "cuda" else (8 if s == "tiny" else 2)) for s in args.sizes
-    ]
-    print(
-        f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    )
+    batches = args.batch or default_batches(args.sizes, device)
+    print(machine_line(device))
     rows = [bench(s, b, args.steps, device) for s, b in zip(args.sizes, batches, strict=True)]
     mem = "peak MiB" if device.type == "cuda" else "saved-activation MiB"
     print(

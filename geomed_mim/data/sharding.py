@@ -37,7 +37,7 @@ from torch.utils.data._utils.collate import default_collate
 log = logging.getLogger(__name__)
 
 # entropy tag that keeps augmentation streams apart from the mask-noise streams, which are
-# seeded from (mask_seed, epoch, index) without a tag (geomed_mim.tasks.pretrain.mask_seeds_for)
+# seeded from (mask_seed, epoch, index) without a tag (geomed_mim.tasks.pretraining.mask_seeds_for)
 _AUGMENT_STREAM = 0xA06
 
 

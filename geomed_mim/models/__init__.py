@@ -1,20 +1,32 @@
-"""Models: ViT encoder, MAE, SelectiveMAE, Hi-End-MAE, embeddings, the timm-style registry."""
+"""Models: ViT encoder, the MIM base and its three methods, token choice, the timm-style registry.
 
+Importing this package imports every model module, and with it each one's ``@register_model``
+builders, so :func:`create_model` knows all names afterwards.
+"""
+
+from geomed_mim.models import hi_end, mae, selective  # noqa: F401  (register the builders)
+from geomed_mim.models.base import MIMDecoder, MIMModel, MIMOutput, normalized_patch_targets
 from geomed_mim.models.hi_end import HiEndMAE
-from geomed_mim.models.mae import MAEDecoder, MaskedAutoencoder, MIMOutput, patchify, unpatchify
-from geomed_mim.models.registry import create_model, list_models, register_model
-from geomed_mim.models.selective import SelectiveMAE  # registers selective_mae_vit_*
+from geomed_mim.models.mae import MAEDecoder, MaskedAutoencoder
+from geomed_mim.models.patches import gather_tokens, patchify, unpatchify
+from geomed_mim.models.registry import create_model, is_model, list_models, register_model
+from geomed_mim.models.selective import SelectiveMAE
 from geomed_mim.models.vit import VisionTransformerEncoder
 
 __all__ = [
     "HiEndMAE",
     "MAEDecoder",
+    "MIMDecoder",
+    "MIMModel",
     "MIMOutput",
     "MaskedAutoencoder",
     "SelectiveMAE",
     "VisionTransformerEncoder",
     "create_model",
+    "gather_tokens",
+    "is_model",
     "list_models",
+    "normalized_patch_targets",
     "patchify",
     "register_model",
     "unpatchify",

@@ -24,18 +24,20 @@ targets use MAE's unbiased per-patch variance like the rest of geomed_mim; 2-D w
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from geomed_mim.masking import MaskingStrategy, build_masking
+from geomed_mim.models.base import MIMModel
 from geomed_mim.models.cross_attention import CrossAttention
-from geomed_mim.models.mae import MAEDecoder, MIMModel, MIMOutput
+from geomed_mim.models.mae import MAEDecoder
+from geomed_mim.models.masking import MaskingResult, MaskingStrategy, build_masking
+from geomed_mim.models.registry import register_model
 from geomed_mim.models.vit import VisionTransformerEncoder
 
 
@@ -82,25 +84,19 @@ class HiEndDecoder(MAEDecoder):
 
     def __init__(
         self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
+        encoder: VisionTransformerEncoder,
         num_levels: int = 3,
         embed_dim: int = 384,
         depth: int = 2,
         num_heads: int = 12,
-        mlp_ratio: float = 4.0,
     ) -> None:
-        super().__init__(
-            num_patches, grid_size, encoder_dim, patch_dim, embed_dim, depth, num_heads, mlp_ratio
-        )
+        super().__init__(encoder, embed_dim, depth, num_heads)
         self.num_levels = num_levels
         self.level_embed = nn.ModuleList(
-            nn.Linear(encoder_dim, embed_dim, bias=True) for _ in range(num_levels)
+            nn.Linear(encoder.embed_dim, embed_dim, bias=True) for _ in range(num_levels)
         )
         self.level_blocks = nn.ModuleList(
-            HiEndDecoderBlock(embed_dim, num_heads, mlp_ratio) for _ in range(num_levels)
+            HiEndDecoderBlock(embed_dim, num_heads, encoder.mlp_ratio) for _ in range(num_levels)
         )
         self.initialize_weights()  # again, now that the level modules exist
 
@@ -111,12 +107,7 @@ class HiEndDecoder(MAEDecoder):
         order the level blocks read them (deep to shallow); ids_restore [B, L] → pred [B, L, P]."""
         if len(levels) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} encoder levels, got {len(levels)}")
-        x = self.decoder_embed(latent)  # [B, 1+K, Dd]
-        B, L = ids_restore.shape
-        mask_tokens = self.mask_token.expand(B, L + 1 - x.shape[1], -1)  # [B, L-K, Dd]
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # [B, L, Dd], shuffle order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # [B, 1+L, Dd]
+        x = self.unshuffle_with_mask_tokens(latent, ids_restore)  # [B, 1+L, Dd]
         for blk in self.decoder_blocks:
             x = blk(x)
         for blk, proj, feats in zip(self.level_blocks, self.level_embed, levels, strict=True):
@@ -129,75 +120,115 @@ class HiEndDecoder(MAEDecoder):
 class HiEndMAE(MIMModel):
     """Hi-End-MAE with a ViT encoder; 3-D by default (96³ CT, patch 16), 2-D too; any ``in_chans``.
 
+    Overrides the encoder step (it also returns the outputs of ``encoder_levels``) and the
+    decoder step (which reads them); masking, loss and the rest are MAE's.
+
     Args:
-        encoder_levels: 1-indexed encoder blocks the decoder cross-attends to, in reading order
-            (deep to shallow); default :func:`default_encoder_levels` ((10, 7, 4) for 12 blocks).
+        encoder_levels: encoder blocks the decoder cross-attends to, numbered from 1 (block 1 is
+            ``encoder.blocks[0]``), in reading order (deep to shallow); default
+            :func:`default_encoder_levels` ((10, 7, 4) for 12 blocks).
         decoder_depth: self-attention blocks before the level blocks (the paper's 2); the decoder
             has ``decoder_depth + len(encoder_levels)`` blocks in all.
+        **encoder_kwargs: the rest of :class:`~geomed_mim.models.base.MIMModel`'s arguments
+            (``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
+            ``drop_path_rate``).
     """
 
     def __init__(
         self,
         img_size: int | Sequence[int] = 96,
-        patch_size: int | Sequence[int] = 16,
         in_chans: int = 1,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
+        spatial_dims: int = 3,
         encoder_levels: Sequence[int] | None = None,
         decoder_embed_dim: int = 384,
         decoder_depth: int = 2,
         decoder_num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        spatial_dims: int = 3,
         mask_ratio: float = 0.75,
         masking: str | MaskingStrategy = "random",
         norm_pix_loss: bool = True,
-        drop_path_rate: float = 0.0,
+        **encoder_kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            norm_pix_loss, img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims,
+            **encoder_kwargs,
+        )  # fmt: skip
+        depth = self.encoder.depth
         levels = tuple(int(n) for n in (encoder_levels or default_encoder_levels(depth)))
         if not levels or len(set(levels)) != len(levels):
             raise ValueError(f"encoder_levels must be distinct block numbers, got {levels}")
         if not all(1 <= n <= depth for n in levels):
             raise ValueError(f"encoder_levels {levels} outside 1..{depth} (1-indexed blocks)")
         self.encoder_levels = levels
-        self.encoder = VisionTransformerEncoder(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            spatial_dims=spatial_dims,
-            drop_path_rate=drop_path_rate,
-        )
         self.decoder = HiEndDecoder(
-            num_patches=self.encoder.num_patches,
-            grid_size=self.encoder.grid_size,
-            encoder_dim=embed_dim,
-            patch_dim=math.prod(self.encoder.patch_size) * in_chans,
-            num_levels=len(levels),
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=mlp_ratio,
+            self.encoder, len(levels), decoder_embed_dim, decoder_depth, decoder_num_heads
         )
         self.masking = build_masking(masking, mask_ratio)
-        self.norm_pix_loss = norm_pix_loss
 
-    def forward(
-        self,
-        imgs: torch.Tensor,
-        sample_seeds: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> MIMOutput:
-        """imgs [B, C, *spatial]; ``noise`` [B, L] or ``sample_seeds`` [B] fix the masks."""
-        masking = self.choose_mask(imgs, sample_seeds, noise)
-        latent, levels = self.encoder.forward_intermediates(
-            imgs, masking.keep_idx, self.encoder_levels
-        )  # [B, 1+K, D] normed, and len(levels) × [B, 1+K, D] before the norm
-        pred = self.decoder(latent, levels, masking.ids_restore)  # [B, L, P]
-        loss = self.forward_loss(imgs, pred.float(), masking.mask)
-        return MIMOutput(loss=loss, pred=pred, mask=masking.mask, keep_idx=masking.keep_idx)
+    def forward_encoder(
+        self, patches: torch.Tensor, choice: MaskingResult
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Normed output [B, 1+K, D] and ``len(encoder_levels)`` × [B, 1+K, D] before the norm."""
+        return self.encoder.forward_from_patches(patches, choice.keep_idx, self.encoder_levels)
+
+    def forward_decoder(
+        self, encoded: tuple[torch.Tensor, list[torch.Tensor]], choice: MaskingResult
+    ) -> torch.Tensor:
+        latent, levels = encoded
+        return self.decoder(latent, levels, choice.ids_restore)  # [B, L, P]
+
+
+# -- registry ------------------------------------------------------------------------------------
+# Decoder per encoder size: base and large are the released decoders (384 wide / 12 heads, 528 / 16
+# heads; 2 self-attention blocks before the level blocks); tiny and small scale them down.
+HI_END_DECODER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},
+    "small": {"decoder_embed_dim": 256, "decoder_depth": 2, "decoder_num_heads": 8},
+    "base": {"decoder_embed_dim": 384, "decoder_depth": 2, "decoder_num_heads": 12},
+    "large": {"decoder_embed_dim": 528, "decoder_depth": 2, "decoder_num_heads": 16},
+}
+
+
+def _hi_end(size: str, default_patch_size: int, /, **kwargs: Any) -> HiEndMAE:
+    # timm has no patch-12 ViTs: name the patch-16 one, the export passes patch_size=12 as a kwarg
+    decoder = HI_END_DECODER_DEFAULTS[size]
+    return HiEndMAE.from_size(size, default_patch_size, decoder, 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_tiny_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("tiny", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_tiny_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("tiny", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_small_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("small", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_small_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("small", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_base_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("base", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_base_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("base", 16, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_large_patch12(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("large", 12, **kwargs)
+
+
+@register_model
+def hi_end_mae_vit_large_patch16(**kwargs: Any) -> HiEndMAE:
+    return _hi_end("large", 16, **kwargs)

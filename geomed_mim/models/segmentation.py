@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.blocks import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from torch import nn
 
-from geomed_mim.models.vit import VisionTransformerEncoder
-
-
-def tokens_to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Patch tokens [B, L, D] (no class token) → feature map [B, D, *grid]."""
-    b, _, d = tokens.shape
-    return tokens.transpose(1, 2).reshape(b, d, *grid)
+from geomed_mim.models.vit import VisionTransformerEncoder, tokens_to_map
 
 
 def skip_blocks_for(depth: int, patch_size: int, recorded: Sequence[int] | None) -> list[int]:
@@ -107,7 +102,7 @@ class ViTUNETR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, *S] → logits [B, num_classes, *S] (S = the encoder's image size)."""
         grid = self.encoder.grid_size
-        last, skips = self.encoder.forward_intermediates(x, block_numbers=self.skip_blocks)
+        last, skips = self.encoder.forward_with_block_outputs(x, block_numbers=self.skip_blocks)
         maps = [tokens_to_map(t[:, 1:], grid) for t in skips]  # each [B, D, *grid]
         levels = [self.stem(x)] + [blk(m) for blk, m in zip(self.pyramid, maps, strict=True)]
         out = tokens_to_map(last[:, 1:], grid)  # [B, D, *grid], stride p
@@ -115,12 +110,11 @@ class ViTUNETR(nn.Module):
             out = up(out, skip)  # stride halves, fused with the matching pyramid level
         return self.head(out)
 
-
-def layer_id_for(name: str, depth: int) -> int:
-    """Layer-wise lr decay depth of an encoder parameter: embeddings 0, block N → N+1, the rest
-    (final norm) depth+1. Names are relative to the encoder."""
-    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter grouping for layer-wise lr decay (``param_groups_layer_decay``):
+        the encoder's embeddings, then one layer per block; its final norm and the whole
+        decoder form the last layer (full lr)."""
+        return {
+            "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
+            "blocks": [(r"^encoder\.blocks\.(\d+)", None)],
+        }

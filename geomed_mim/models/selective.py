@@ -1,9 +1,9 @@
 """SelectiveMAE (OpticalRS-13M): encode a few well-chosen patches, reconstruct a few others.
 
-Per sample (see :mod:`geomed_mim.selection`): ``K = int(L·(1 - mask_ratio))`` patches are
-*selected* for the encoder — semantic seeds drawn from ``softmax(score / T)`` plus progressive
-semantic token selection (PSTS) — and ``T = int(L·reconstruction_ratio)`` of the others are
-reconstruction *targets*, drawn by the same score; the rest are ignored. The decoder is
+Per sample (see :mod:`geomed_mim.models.masking.semantic`): ``K = int(L·(1 - mask_ratio))``
+patches are *selected* for the encoder — semantic seeds drawn from ``softmax(score / T)`` plus
+progressive semantic token selection (PSTS) — and ``T = int(L·reconstruction_ratio)`` of the
+others are reconstruction *targets*, drawn by the same score; the rest are ignored. The decoder is
 CrossMAE-style: its queries are the targets only (mask token + position embedding), and each block
 cross-attends from the queries to the encoder output (no self-attention over all L tokens), so the
 decoder's cost scales with T·(1+K), not L². The loss is the per-patch-normalized pixel MSE on the
@@ -15,8 +15,7 @@ With the paper's ViT-B defaults (mask 0.85, reconstruction 0.25, 14×14 patches)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -25,12 +24,12 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
+from geomed_mim.models.base import MIMDecoder, MIMModel, MIMOutput
 from geomed_mim.models.cross_attention import CrossAttention
-from geomed_mim.models.mae import MIMModel, MIMOutput, normalized_patch_targets
-from geomed_mim.models.pos_embed import get_sincos_pos_embed
-from geomed_mim.models.registry import ENCODER_ARCHS, MAE_DECODER_DEFAULTS, register_model
-from geomed_mim.models.vit import VisionTransformerEncoder, gather_tokens, init_linear_and_norm
-from geomed_mim.selection import SelectionResult, SemanticTokenSelection
+from geomed_mim.models.mae import MAE_DECODER_DEFAULTS
+from geomed_mim.models.masking import SelectionResult, SemanticTokenSelection
+from geomed_mim.models.patches import gather_tokens
+from geomed_mim.models.registry import register_model
 
 
 # -- CrossMAE decoder ----------------------------------------------------------------------------
@@ -51,43 +50,10 @@ class CrossAttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class CrossMAEDecoder(nn.Module):
+class CrossMAEDecoder(MIMDecoder):
     """Predicts the target patches from queries (mask token + position) over the encoder output."""
 
-    def __init__(
-        self,
-        num_patches: int,
-        grid_size: Sequence[int],
-        encoder_dim: int,
-        patch_dim: int,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-    ) -> None:
-        super().__init__()
-        self.grid_size = tuple(grid_size)
-        self.embed_dim = embed_dim
-        self.decoder_embed = nn.Linear(encoder_dim, embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False
-        )
-        self.decoder_blocks = nn.ModuleList(
-            CrossAttentionBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth)
-        )
-        self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(embed_dim, patch_dim, bias=True)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        pos = get_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=True)
-        self.decoder_pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
-        nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(init_linear_and_norm)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"mask_token", "decoder_pos_embed"}
+    make_block = CrossAttentionBlock
 
     def forward(
         self, latent: torch.Tensor, selected_idx: torch.Tensor, target_idx: torch.Tensor
@@ -104,6 +70,9 @@ class CrossMAEDecoder(nn.Module):
 
 
 # -- the model -----------------------------------------------------------------------------------
+SELECTION_ARGS = tuple(inspect.signature(SemanticTokenSelection).parameters)
+
+
 @dataclass
 class SelectiveMIMOutput(MIMOutput):
     """``pred`` is [B, L, P] with the predictions at the targets and zeros elsewhere;
@@ -111,147 +80,104 @@ class SelectiveMIMOutput(MIMOutput):
 
     target_idx: torch.Tensor | None = None  # [B, T]
     target_mask: torch.Tensor | None = None  # [B, L], 1 = target
-    per_sample_loss: torch.Tensor | None = None  # [B], mean over each sample's targets
     selection: SelectionResult | None = None
 
 
 class SelectiveMAE(MIMModel):
     """SelectiveMAE with a ViT encoder; 2-D or 3-D; any ``in_chans``.
 
-    Selection arguments are :class:`~geomed_mim.selection.SemanticTokenSelection`'s.
-    ``lr_scale`` (reconstruction_ratio / mask_ratio) is applied by the training task.
+    Overrides the token choice (:class:`SemanticTokenSelection`, on the patch embeddings the
+    encoder then reuses), the decoder step (CrossMAE over the targets only) and the loss targets
+    (the reconstruction targets, each counting equally). ``lr_scale`` (reconstruction_ratio /
+    mask_ratio) is applied by the training task.
+
+    Args:
+        decoder_embed_dim, decoder_depth, decoder_num_heads: the CrossMAE decoder's size.
+        norm_pix_loss: per-patch normalized targets (on by default, as the paper).
+        **kwargs: the selection's arguments (:class:`SemanticTokenSelection`: ``mask_ratio``
+            0.85, ``reconstruction_ratio`` 0.25, ``seed_fraction``, ``temperature``,
+            ``stage_boundaries``, ``stage_blend``, ``num_bins``, ``orientation_weight``,
+            ``score_floor``), the others the encoder's (:class:`~geomed_mim.models.base.MIMModel`).
     """
 
     def __init__(
         self,
-        img_size: int | Sequence[int] = 224,
-        patch_size: int | Sequence[int] = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        spatial_dims: int = 2,
-        mask_ratio: float = 0.85,
-        reconstruction_ratio: float = 0.25,
-        seed_fraction: float = 0.5,
-        temperature: float = 1.0,
-        stage_boundaries: Sequence[float] = (0.3, 0.7),
-        stage_blend: float = 0.1,
-        num_bins: int = 9,
-        orientation_weight: float = 0.5,
-        score_floor: float = 0.02,
         norm_pix_loss: bool = True,
-        drop_path_rate: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.encoder = VisionTransformerEncoder(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            spatial_dims=spatial_dims,
-            drop_path_rate=drop_path_rate,
-        )
+        selection = {k: kwargs.pop(k) for k in SELECTION_ARGS if k in kwargs}
+        super().__init__(norm_pix_loss, **kwargs)
         self.decoder = CrossMAEDecoder(
-            num_patches=self.encoder.num_patches,
-            grid_size=self.encoder.grid_size,
-            encoder_dim=embed_dim,
-            patch_dim=math.prod(self.encoder.patch_size) * in_chans,
-            embed_dim=decoder_embed_dim,
-            depth=decoder_depth,
-            num_heads=decoder_num_heads,
-            mlp_ratio=mlp_ratio,
+            self.encoder, decoder_embed_dim, decoder_depth, decoder_num_heads
         )
-        self.masking = SemanticTokenSelection(
-            mask_ratio=mask_ratio,
-            reconstruction_ratio=reconstruction_ratio,
-            seed_fraction=seed_fraction,
-            temperature=temperature,
-            stage_boundaries=stage_boundaries,
-            stage_blend=stage_blend,
-            num_bins=num_bins,
-            orientation_weight=orientation_weight,
-            score_floor=score_floor,
-        )
+        self.masking = SemanticTokenSelection(**selection)
         self.masking.set_sizes(self.encoder.num_patches)  # fail at build time, not at step 1
-        self.norm_pix_loss = norm_pix_loss
 
     @property
     def lr_scale(self) -> float:
         """Learning-rate factor reconstruction_ratio / mask_ratio (fewer targets, smaller lr)."""
         return self.masking.reconstruction_ratio / self.masking.mask_ratio
 
-    def encode(self, tokens: torch.Tensor, selected_idx: torch.Tensor) -> torch.Tensor:
-        """tokens [B, L, D] (patch + position) → normed encoder output [B, 1+K, D]."""
-        enc = self.encoder
-        x = enc.prepend_cls(gather_tokens(tokens, selected_idx))  # [B, 1+K, D]
-        for block in enc.blocks:
-            x = block(x)
-        return enc.norm(x)
-
-    def forward(
+    def choose_tokens(
         self,
         imgs: torch.Tensor,
+        patches: torch.Tensor,
         sample_seeds: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+    ) -> SelectionResult:
+        """Semantic seeds + PSTS on the patch embeddings; ``noise`` [B, L] fixes the order
+        outright (ascending: selected, then targets)."""
+        return self.masking.select(imgs, self.encoder.patch_size, patches, sample_seeds, noise)
+
+    def forward_decoder(self, encoded: torch.Tensor, choice: SelectionResult) -> torch.Tensor:
+        """Predictions at the targets only: [B, T, P]."""
+        return self.decoder(encoded, choice.selected_idx, choice.target_idx)
+
+    def loss_targets(self, choice: SelectionResult) -> tuple[torch.Tensor, None]:
+        return choice.target_idx, None  # pred holds the targets; each counts
+
+    def make_output(
+        self,
+        loss: torch.Tensor,
+        per_sample: torch.Tensor,
+        pred: torch.Tensor,
+        choice: SelectionResult,
     ) -> SelectiveMIMOutput:
-        """imgs [B, C, *spatial]; ``sample_seeds`` [B] fix the draws, ``noise`` [B, L] fixes the
-        order outright (ascending: selected, then targets)."""
-        enc = self.encoder
-        patches = enc.patch_embed(imgs)  # [B, L, D], computed once: PSTS and the encoder
-        sel = self.masking.select(imgs, enc.patch_size, patches, sample_seeds, order=noise)
-        latent = self.encode(patches + enc.pos_embed[:, 1:, :], sel.selected_idx)  # [B, 1+K, D]
-        pred = self.decoder(latent, sel.selected_idx, sel.target_idx)  # [B, T, P]
-        target = gather_tokens(self.patchify(imgs), sel.target_idx)  # [B, T, P]
-        if self.norm_pix_loss:
-            target = normalized_patch_targets(target)
-        per_sample = ((pred.float() - target) ** 2).mean(dim=-1).mean(dim=-1)  # [B]
-        full = pred.new_zeros(imgs.shape[0], enc.num_patches, pred.shape[-1])  # [B, L, P]
-        full = full.scatter(1, sel.target_idx.unsqueeze(-1).expand_as(pred), pred)
+        B, L = choice.ids_shuffle.shape
+        full = pred.new_zeros(B, L, pred.shape[-1])  # [B, L, P]
+        full = full.scatter(1, choice.target_idx.unsqueeze(-1).expand_as(pred), pred)
         return SelectiveMIMOutput(
-            loss=per_sample.mean(),  # equal target counts: the mean over all target patches
+            loss=loss,  # equal target counts: the mean over all target patches
             pred=full,
-            mask=sel.mask,
-            keep_idx=sel.selected_idx,
-            target_idx=sel.target_idx,
-            target_mask=sel.target_mask,
+            mask=choice.mask,
+            keep_idx=choice.selected_idx,
             per_sample_loss=per_sample,
-            selection=sel,
+            target_idx=choice.target_idx,
+            target_mask=choice.target_mask,
+            selection=choice,
         )
 
 
 # -- registry ------------------------------------------------------------------------------------
-def _selective(size: str, default_patch_size: int, **kwargs: Any) -> SelectiveMAE:
-    cfg: dict[str, Any] = {"patch_size": default_patch_size, **ENCODER_ARCHS[size]}
-    cfg.update(MAE_DECODER_DEFAULTS)  # same decoder width/depth as MAE: a like-for-like baseline
-    cfg.update(kwargs)
-    model = SelectiveMAE(**cfg)
-    model.encoder_arch = {"size": size, "patch_size": default_patch_size}
-    return model
-
-
+# same decoder width/depth as MAE: a like-for-like baseline
 @register_model
 def selective_mae_vit_tiny_patch16(**kwargs: Any) -> SelectiveMAE:
-    return _selective("tiny", 16, **kwargs)
+    return SelectiveMAE.from_size("tiny", 16, MAE_DECODER_DEFAULTS, **kwargs)
 
 
 @register_model
 def selective_mae_vit_small_patch16(**kwargs: Any) -> SelectiveMAE:
-    return _selective("small", 16, **kwargs)
+    return SelectiveMAE.from_size("small", 16, MAE_DECODER_DEFAULTS, **kwargs)
 
 
 @register_model
 def selective_mae_vit_base_patch16(**kwargs: Any) -> SelectiveMAE:
-    return _selective("base", 16, **kwargs)
+    return SelectiveMAE.from_size("base", 16, MAE_DECODER_DEFAULTS, **kwargs)
 
 
 @register_model
 def selective_mae_vit_large_patch16(**kwargs: Any) -> SelectiveMAE:
-    return _selective("large", 16, **kwargs)
+    return SelectiveMAE.from_size("large", 16, MAE_DECODER_DEFAULTS, **kwargs)

@@ -1,4 +1,4 @@
-"""Checkpoint writing that a crash or kill can never leave half-written (DESIGN.md §7)."""
+"""Checkpoint writing that a crash or kill can never leave half-written."""
 
 from __future__ import annotations
 

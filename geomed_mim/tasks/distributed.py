@@ -1,18 +1,11 @@
-"""What every training CLI (pretrain, finetune_seg) needs to run the same way on a laptop, under
-``torchrun`` (one node, several nodes, elastic) and in the cluster launchers of ``docker/``.
+"""Following a ``torchrun`` launch (one node, several nodes, elastic): what the training CLI
+(:mod:`geomed_mim.cli`) changes in the trainer's configuration.
 
-:class:`ClusterCLI` is a ``LightningCLI`` that
-
-* under ``torchrun`` (``TORCHELASTIC_RUN_ID`` set) takes ``devices`` and ``num_nodes`` from the
-  launcher (``LOCAL_WORLD_SIZE``, ``WORLD_SIZE / LOCAL_WORLD_SIZE``), so one config serves one
-  process and any number of nodes, and pins Lightning's cluster environment to torchelastic:
-  inside a SLURM allocation Lightning would otherwise pick up ``SLURM_NTASKS`` (one task per
-  node in ``docker/slurm/pretrain.sbatch``) as the world size;
-* adds :class:`geomed_mim.tasks.preemption.PreemptionCheckpoint` unless the config has one;
-* makes ``fit --ckpt_path`` default to ``last``: re-running the same command resumes from the
-  newest ``last*.ckpt`` of the run's ``ModelCheckpoint`` folder (preemption, requeue, elastic
-  restart); with none there, Lightning warns once and starts fresh. ``--ckpt_path null`` always
-  starts fresh, ``--ckpt_path PATH`` resumes from PATH.
+Under ``torchrun`` (``TORCHELASTIC_RUN_ID`` set) the trainer takes ``devices`` and ``num_nodes``
+from the launcher (``LOCAL_WORLD_SIZE``, ``WORLD_SIZE / LOCAL_WORLD_SIZE``), so one config serves
+one process and any number of nodes, and Lightning's cluster environment is pinned to
+torchelastic: inside a SLURM allocation Lightning would otherwise pick up ``SLURM_NTASKS`` (one
+task per node in ``docker/slurm/pretrain.sbatch``) as the world size.
 
 Data sharding, global batch and resume position: :mod:`geomed_mim.data.sharding`.
 """
@@ -24,10 +17,6 @@ import os
 from typing import Any
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, TorchElasticEnvironment
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
-
-from geomed_mim.tasks.preemption import PreemptionCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +50,3 @@ def torchrun_trainer_overrides(trainer_config: dict[str, Any]) -> dict[str, Any]
     if not any(isinstance(p, ClusterEnvironment) for p in plugins):
         overrides["plugins"] = [*plugins, TorchElasticEnvironment()]
     return overrides
-
-
-class ClusterCLI(LightningCLI):
-    """LightningCLI for training under torchrun / SLURM / Kubernetes (see the module docstring)."""
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "fit":
-            parser.set_defaults(ckpt_path="last")  # the same command resumes
-        return parser
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={}) or {}
-        kwargs = {**torchrun_trainer_overrides(config), **kwargs}
-        trainer = super().instantiate_trainer(**kwargs)
-        if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
-            trainer.callbacks.append(PreemptionCheckpoint())
-        return trainer

@@ -16,8 +16,8 @@ them 30 s later. :class:`PreemptionCheckpoint` turns either signal into:
    retry", never as "finished".
 
 Restarting the same command (``fit`` defaults to ``--ckpt_path last``, see
-:class:`geomed_mim.tasks.distributed.ClusterCLI`) resumes from
-that checkpoint: the same optimizer step, learning rate, epoch and position in the epoch.
+:mod:`geomed_mim.cli`) resumes from that checkpoint: the same optimizer step, learning rate, epoch
+and position in the epoch.
 
 Lightning's own SIGTERM handling (in ``Trainer``) is replaced while training runs: it issues a
 ``broadcast`` from inside the signal handler, which can interleave with DDP's gradient

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from geomed_mim.models.mae import patchify, unpatchify
+from geomed_mim.models.patches import patchify, unpatchify
 
 
 def display_channels(image: torch.Tensor, preview_bands: Sequence[int]) -> torch.Tensor:

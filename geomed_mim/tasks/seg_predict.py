@@ -12,14 +12,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import rasterio
 import torch
+from monai.inferers import sliding_window_inference
 from PIL import Image
+from rasterio.windows import Window
+
+from data_pipelines.ct.volume import (
+    load_nifti,
+    resample_image,
+    resample_label,
+    round_affine,
+    to_int16_hu,
+    to_ras,
+)
+from data_pipelines.rs.discover import discover_scenes
+from data_pipelines.rs.profiles import load_profile
+from data_pipelines.rs.reader import SceneReader
+from data_pipelines.rs.toa import make_calibrator
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
 
@@ -53,9 +71,12 @@ def class_colors(classes: dict[str, Any], num_classes: int) -> np.ndarray:
 
 
 def save_overlay(
-    rgb: np.ndarray, class_map: np.ndarray, palette: np.ndarray, path: Path, ignore: int
+    rgb: np.ndarray, class_map: np.ndarray, classes: dict[str, Any], num_classes: int, path: Path
 ) -> None:
-    """rgb float [H, W, 3] in [0, 1], class ids [H, W] → side by side: image | overlay."""
+    """rgb float [H, W, 3] in [0, 1], class ids [H, W] → side by side: image | overlay in the
+    class table's colours (its ignore index left clear)."""
+    palette = class_colors(classes, num_classes)
+    ignore = int(classes.get("ignore_index", 255))
     color = palette[np.clip(class_map, 0, len(palette) - 1)].astype(np.float32) / 255
     alpha = np.where(class_map == ignore, 0.0, 0.5)[..., None]
     over = rgb * (1 - alpha) + color * alpha
@@ -85,15 +106,11 @@ def predict_rs_scene(
     write_probabilities: bool = False,
     classes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Predict one scene; returns the written paths and the grid. See the module docstring."""
-    import rasterio
-    from rasterio.windows import Window
+    """Predict one scene; returns the written paths and the grid. See the module docstring.
 
-    from data_pipelines.rs.discover import discover_scenes
-    from data_pipelines.rs.profiles import load_profile
-    from data_pipelines.rs.reader import SceneReader
-    from data_pipelines.rs.toa import make_calibrator
-
+    Stages: open the scene with the store's profile → accumulate blended logits on disk →
+    write the class GeoTIFF (+ probabilities) → write the PNG overlay.
+    """
     profile = load_profile((store_attrs.get("profile") or {})["name"])
     mode = (store_attrs.get("calibration") or {}).get("mode", "none")
     scenes = discover_scenes(scene_path, profile).scenes
@@ -102,100 +119,145 @@ def predict_rs_scene(
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(scene_path).name.split(".")[0]
-    mean_a = np.asarray(mean, np.float32)[:, None, None]
-    std_a = np.asarray(std, np.float32)[:, None, None]
-    weight = gaussian_weight(tile)
-    classes = classes or {}
+    class_path = out_dir / f"{stem}_classes.tif"
+    prob_path = out_dir / f"{stem}_probabilities.tif" if write_probabilities else None
+    png = out_dir / f"{stem}_overlay.png"
     with SceneReader(scenes[0], profile) as reader:
         grid = reader.grid
         calibrator = make_calibrator(profile, mode, reader.tags(), scenes[0].metadata_files)
-        H, W = grid.height, grid.width
+        standardize = band_standardizer(calibrator, mean, std)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".acc_") as tmp:
-            # disk-backed accumulators: the scene's logits never need to fit in memory
-            acc = np.lib.format.open_memmap(
-                Path(tmp) / "acc.npy", "w+", np.float32, (num_classes, H, W)
-            )
-            wsum = np.lib.format.open_memmap(Path(tmp) / "w.npy", "w+", np.float32, (H, W))
-            boxes = [
-                (r, c)
-                for r in window_starts(H, tile, overlap)
-                for c in window_starts(W, tile, overlap)
-            ]
-            for b0 in range(0, len(boxes), batch_size):
-                chunk = boxes[b0 : b0 + batch_size]
-                batch = np.zeros((len(chunk), len(mean), tile, tile), np.float32)  # padded edges
-                for k, (r, c) in enumerate(chunk):
-                    h, w = min(tile, H - r), min(tile, W - c)
-                    raw = reader.read_window(Window(c, r, w, h))  # [C, h, w]
-                    vals = calibrator.apply(raw) if calibrator else raw.astype(np.float32)
-                    batch[k, :, :h, :w] = np.nan_to_num((vals - mean_a) / std_a)
-                with torch.no_grad():
-                    logits = predict_fn(torch.from_numpy(batch)).float().cpu().numpy()
-                for k, (r, c) in enumerate(chunk):
-                    h, w = min(tile, H - r), min(tile, W - c)
-                    acc[:, r : r + h, c : c + w] += logits[k, :, :h, :w] * weight[:h, :w]
-                    wsum[r : r + h, c : c + w] += weight[:h, :w]
-            profile_out = {
-                "driver": "GTiff",
-                "height": H,
-                "width": W,
-                "count": 1,
-                "dtype": "uint8" if num_classes <= 256 else "uint16",
-                "crs": grid.crs or None,
-                "transform": grid.transform,
-                "compress": "deflate",
-                "tiled": True,
-                "blockxsize": 256,
-                "blockysize": 256,
-            }
-            if W < 256 or H < 256:
-                profile_out.update(tiled=False, blockxsize=None, blockysize=None)
-                profile_out = {k: v for k, v in profile_out.items() if v is not None}
-            class_path = out_dir / f"{stem}_classes.tif"
-            prob_path = out_dir / f"{stem}_probabilities.tif"
-            strip = 512
-            with rasterio.open(class_path, "w", **profile_out) as dst:
-                probs_dst = None
-                if write_probabilities:
-                    probs_dst = rasterio.open(
-                        prob_path, "w", **{**profile_out, "count": num_classes, "dtype": "float32"}
-                    )
-                try:
-                    for r in range(0, H, strip):
-                        h = min(strip, H - r)
-                        logit = torch.from_numpy(acc[:, r : r + h] / wsum[r : r + h][None])
-                        ids = logit.argmax(0).numpy().astype(profile_out["dtype"])
-                        dst.write(ids, 1, window=Window(0, r, W, h))
-                        if probs_dst is not None:
-                            p = logit.softmax(0).numpy()
-                            probs_dst.write(p, window=Window(0, r, W, h))
-                finally:
-                    if probs_dst is not None:
-                        probs_dst.close()
-            del acc, wsum
-        # quick look: preview bands, decimated to at most 1024 px on a side
-        scale = max(1, int(np.ceil(max(H, W) / 1024)))
-        rgb_idx = [
-            profile.band_names.index(b) for b in profile.preview_rgb if b in profile.band_names
-        ]
-        rgb_idx = (rgb_idx or [0, 0, 0])[:3]
-        img = reader.read_window(Window(0, 0, W, H))[rgb_idx][:, ::scale, ::scale]
-    with rasterio.open(class_path) as src:
-        ids = src.read(1)[::scale, ::scale]
-    png = out_dir / f"{stem}_overlay.png"
-    save_overlay(
-        stretch(np.moveaxis(img, 0, -1)),
-        ids,
-        class_colors(classes, num_classes),
-        png,
-        int(classes.get("ignore_index", 255)),
-    )
+            acc, wsum = accumulate_scene_logits(
+                predict_fn, reader, standardize, (grid.height, grid.width), len(mean), tile,
+                num_classes, Path(tmp), overlap, batch_size,
+            )  # fmt: skip
+            write_class_geotiff(acc, wsum, grid, num_classes, class_path, prob_path)
+            del acc, wsum  # release the memmaps before their folder goes
+        write_rs_overlay(reader, profile, class_path, png, classes or {}, num_classes)
     return {
         "classes": str(class_path),
-        "probabilities": str(prob_path) if write_probabilities else None,
+        "probabilities": str(prob_path) if prob_path else None,
         "overlay": str(png),
-        "shape": (H, W),
+        "shape": (grid.height, grid.width),
     }
+
+
+def band_standardizer(
+    calibrator: Any, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw window [C, h, w] → calibrated, standardized float32 values (NaN → 0)."""
+    mean_a = np.asarray(mean, np.float32)[:, None, None]
+    std_a = np.asarray(std, np.float32)[:, None, None]
+
+    def standardize(raw: np.ndarray) -> np.ndarray:
+        vals = calibrator.apply(raw) if calibrator else raw.astype(np.float32)
+        return np.nan_to_num((vals - mean_a) / std_a)
+
+    return standardize
+
+
+def accumulate_scene_logits(
+    predict_fn: PredictFn,
+    reader: SceneReader,
+    standardize: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, int],
+    bands: int,
+    tile: int,
+    num_classes: int,
+    tmp_dir: Path,
+    overlap: float,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-weighted logit sums [K, H, W] and weight sums [H, W] over overlapping tiles.
+
+    Disk-backed (memmaps in ``tmp_dir``): the scene's logits never need to fit in memory.
+    """
+    H, W = shape
+    acc = np.lib.format.open_memmap(tmp_dir / "acc.npy", "w+", np.float32, (num_classes, H, W))
+    wsum = np.lib.format.open_memmap(tmp_dir / "w.npy", "w+", np.float32, (H, W))
+    weight = gaussian_weight(tile)
+    boxes = [
+        (r, c) for r in window_starts(H, tile, overlap) for c in window_starts(W, tile, overlap)
+    ]
+    for b0 in range(0, len(boxes), batch_size):
+        chunk = boxes[b0 : b0 + batch_size]
+        batch = np.zeros((len(chunk), bands, tile, tile), np.float32)  # padded edges
+        for k, (r, c) in enumerate(chunk):
+            h, w = min(tile, H - r), min(tile, W - c)
+            batch[k, :, :h, :w] = standardize(reader.read_window(Window(c, r, w, h)))
+        with torch.no_grad():
+            logits = predict_fn(torch.from_numpy(batch)).float().cpu().numpy()
+        for k, (r, c) in enumerate(chunk):
+            h, w = min(tile, H - r), min(tile, W - c)
+            acc[:, r : r + h, c : c + w] += logits[k, :, :h, :w] * weight[:h, :w]
+            wsum[r : r + h, c : c + w] += weight[:h, :w]
+    return acc, wsum
+
+
+def class_geotiff_profile(grid: Any, num_classes: int) -> dict[str, Any]:
+    """A deflate-compressed, single-band class-id GeoTIFF on the scene's grid (tiled if ≥ 256)."""
+    H, W = grid.height, grid.width
+    profile = {
+        "driver": "GTiff",
+        "height": H,
+        "width": W,
+        "count": 1,
+        "dtype": "uint8" if num_classes <= 256 else "uint16",
+        "crs": grid.crs or None,
+        "transform": grid.transform,
+        "compress": "deflate",
+    }
+    if W >= 256 and H >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    else:
+        profile.update(tiled=False)
+    return profile
+
+
+def write_class_geotiff(
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    grid: Any,
+    num_classes: int,
+    class_path: Path,
+    prob_path: Path | None = None,
+    strip: int = 512,
+) -> None:
+    """Argmax of the blended logits as class ids (+ softmax probabilities), strip by strip."""
+    H, W = grid.height, grid.width
+    profile = class_geotiff_profile(grid, num_classes)
+    with contextlib.ExitStack() as stack:
+        dst = stack.enter_context(rasterio.open(class_path, "w", **profile))
+        probs_dst = None
+        if prob_path is not None:
+            prob_profile = {**profile, "count": num_classes, "dtype": "float32"}
+            probs_dst = stack.enter_context(rasterio.open(prob_path, "w", **prob_profile))
+        for r in range(0, H, strip):
+            h = min(strip, H - r)
+            logit = torch.from_numpy(acc[:, r : r + h] / wsum[r : r + h][None])
+            ids = logit.argmax(0).numpy().astype(profile["dtype"])
+            dst.write(ids, 1, window=Window(0, r, W, h))
+            if probs_dst is not None:
+                probs_dst.write(logit.softmax(0).numpy(), window=Window(0, r, W, h))
+
+
+def write_rs_overlay(
+    reader: SceneReader,
+    profile: Any,
+    class_path: Path,
+    png: Path,
+    classes: dict[str, Any],
+    num_classes: int,
+) -> None:
+    """Quick look: preview bands with the class map, decimated to at most 1024 px on a side."""
+    H, W = reader.grid.height, reader.grid.width
+    scale = max(1, int(np.ceil(max(H, W) / 1024)))
+    rgb_idx = [profile.band_names.index(b) for b in profile.preview_rgb if b in profile.band_names]
+    rgb_idx = (rgb_idx or [0, 0, 0])[:3]
+    img = reader.read_window(Window(0, 0, W, H))[rgb_idx][:, ::scale, ::scale]
+    with rasterio.open(class_path) as src:
+        ids = src.read(1)[::scale, ::scale]
+    save_overlay(stretch(np.moveaxis(img, 0, -1)), ids, classes, num_classes, png)
 
 
 # -- CT -------------------------------------------------------------------------------------------
@@ -212,18 +274,6 @@ def predict_ct_volume(
     classes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict a NIfTI volume; the class map is saved on the *input* grid with its affine."""
-    import nibabel as nib
-    from monai.inferers import sliding_window_inference
-
-    from data_pipelines.ct.volume import (
-        load_nifti,
-        resample_image,
-        resample_label,
-        round_affine,
-        to_int16_hu,
-        to_ras,
-    )
-
     src = load_nifti(nifti_path)
     data, affine = to_ras(src.data, src.affine)
     resampled, new_affine = resample_image(data, round_affine(affine), tuple(spacing))
@@ -254,11 +304,6 @@ def predict_ct_volume(
     classes = classes or {}
     z = image.shape[2] // 2
     png = out_dir / f"{stem}_overlay.png"
-    save_overlay(
-        np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1),
-        np.rot90(pred[:, :, z].astype(np.int64)),
-        class_colors(classes, num_classes),
-        png,
-        int(classes.get("ignore_index", 255)),
-    )
+    gray = np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1)
+    save_overlay(gray, np.rot90(pred[:, :, z].astype(np.int64)), classes, num_classes, png)
     return {"classes": str(out_path), "overlay": str(png), "shape": tuple(orig.shape)}

@@ -8,61 +8,25 @@ import pytest
 import timm
 import torch
 
-from geomed_mim.export import (
-    build_monai_vit,
-    export_encoder,
-    load_encoder,
-    main,
-    match_band_channels,
-)
-from geomed_mim.tasks.pretrain import MIMPretrainTask
+from data_pipelines.rs.profiles import load_profile
+from geomed_mim.export import export_encoder, main
+from geomed_mim.models.weights import build_monai_vit, load_encoder, match_band_channels
+from tests.geomed_mim.training import TINY_DECODER, task_checkpoint, timm_from_export
 
-S2_BANDS = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
+S2_BANDS = load_profile("sentinel2_l1c").band_names  # B01 … B12 with B8A, 13 bands
 
 
-def fake_checkpoint(tmp_path, bands, **task_kwargs):
-    """A checkpoint as the task writes it (state_dict + metadata), with trained-looking weights."""
-    torch.manual_seed(0)
-    task = MIMPretrainTask(**task_kwargs)
-    with torch.no_grad():  # move away from the init so a wrong mapping cannot pass by accident
-        for name, p in task.model.named_parameters():
-            if "pos_embed" not in name:
-                p.add_(torch.randn_like(p) * 0.02)
-    task.data_metadata = {
-        "bands": bands,
-        "mean": [float(i) for i in range(len(bands))],
-        "std": [1.0] * len(bands),
-        "modality": "rs",
-    }
-    ckpt = {"state_dict": task.state_dict(), "geomed_mim": task.checkpoint_metadata()}
-    path = tmp_path / "model.ckpt"
-    torch.save(ckpt, path)
-    return path, task
+def s2_checkpoint(tmp_path, **model_kwargs):
+    """A ViT-Ti/16 MAE on 13 Sentinel-2 bands, 32×32, a one-block decoder."""
+    kwargs = {**TINY_DECODER, **model_kwargs}
+    return task_checkpoint(
+        tmp_path, S2_BANDS, model="mae_vit_tiny_patch16", in_chans=13, img_size=32,
+        model_kwargs=kwargs,
+    )  # fmt: skip
 
 
 def test_timm_round_trip_strict_same_features(tmp_path):
-    ckpt, task = fake_checkpoint(
-        tmp_path,
-        S2_BANDS,
-        model="mae_vit_tiny_patch16",
-        in_chans=13,
-        img_size=32,
-        model_kwargs={"decoder_depth": 1, "decoder_embed_dim": 32, "decoder_num_heads": 2},
-    )
+    ckpt, task = s2_checkpoint(tmp_path)
     assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 0
     cfg = json.loads((tmp_path / "export" / "config.json").read_text())
     assert cfg["architecture"] == "vit_tiny_patch16_224"
@@ -71,7 +35,7 @@ def test_timm_round_trip_strict_same_features(tmp_path):
     assert cfg["mean"][3] == 3.0
     assert cfg["patch_size"] == [16, 16]
     assert cfg["intermediate_blocks"] == [4, 7, 10]
-    # exactly the call from the issue; timm's loader is strict about keys
+    # exactly the call the export documents; timm's loader is strict about keys
     model = timm.create_model(
         cfg["architecture"],
         in_chans=cfg["in_chans"],
@@ -85,31 +49,38 @@ def test_timm_round_trip_strict_same_features(tmp_path):
         torch.testing.assert_close(model.forward_features(x), ours, atol=1e-5, rtol=1e-5)
 
 
+def test_timm_forward_intermediates_of_the_recorded_blocks(tmp_path):
+    """The export's ``intermediate_indices`` given to timm's ``forward_intermediates`` return the
+    recorded blocks (``intermediate_blocks``, numbered from 1), equal to our encoder's."""
+    ckpt, task = s2_checkpoint(tmp_path)
+    cfg = export_encoder(ckpt, tmp_path / "export")
+    assert cfg["intermediate_indices"] == [3, 6, 9]
+    model = timm_from_export(tmp_path / "export")
+    enc = task.model.encoder.eval()
+    x = torch.randn(2, 13, 32, 32)
+    with torch.no_grad():
+        theirs = model.forward_intermediates(x, indices=cfg["intermediate_indices"])
+        ours = enc.forward_intermediates(x, indices=cfg["intermediate_indices"])
+        _, blocks = enc.forward_with_block_outputs(x, block_numbers=cfg["intermediate_blocks"])
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=1e-5)
+    for mine, timms, tokens in zip(ours[1], theirs[1], blocks, strict=True):
+        assert mine.shape == timms.shape == (2, 192, 2, 2)
+        torch.testing.assert_close(mine, timms, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine, tokens[:, 1:].transpose(1, 2).reshape(2, 192, 2, 2))
+
+
 def test_timm_round_trip_with_overridden_architecture(tmp_path):
-    ckpt, task = fake_checkpoint(
+    ckpt, task = task_checkpoint(
         tmp_path,
         ["red", "nir"],
         model="mae_vit_small_patch16",
         in_chans=2,
         img_size=32,
-        model_kwargs={
-            "patch_size": 8,
-            "depth": 2,
-            "decoder_depth": 1,
-            "decoder_embed_dim": 32,
-            "decoder_num_heads": 2,
-        },
+        model_kwargs={"patch_size": 8, "depth": 2, **TINY_DECODER},
     )
     cfg = export_encoder(ckpt, tmp_path / "export")
     assert cfg["timm_kwargs"] == {"depth": 2, "patch_size": 8}
-    model = timm.create_model(
-        cfg["architecture"],
-        in_chans=2,
-        img_size=32,
-        num_classes=0,
-        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
-        **cfg["timm_kwargs"],
-    ).eval()
+    model = timm_from_export(tmp_path / "export")
     x = torch.randn(1, 2, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -118,19 +89,14 @@ def test_timm_round_trip_with_overridden_architecture(tmp_path):
 
 
 def test_3d_export_loads_into_monai_vit(tmp_path):
-    ckpt, task = fake_checkpoint(
+    ckpt, task = task_checkpoint(
         tmp_path,
         ["CT"],
         model="mae_vit_tiny_patch16",
         in_chans=1,
         img_size=32,
         spatial_dims=3,
-        model_kwargs={
-            "depth": 3,
-            "decoder_depth": 1,
-            "decoder_embed_dim": 32,
-            "decoder_num_heads": 2,
-        },
+        model_kwargs={"depth": 3, **TINY_DECODER},
     )
     cfg = export_encoder(ckpt, tmp_path / "export")
     assert cfg["weights_keys"] == "monai"
@@ -142,7 +108,7 @@ def test_3d_export_loads_into_monai_vit(tmp_path):
     enc = task.model.encoder.eval()
     with torch.no_grad():
         _, hidden = vit(x)
-        ours, inter = enc.forward_intermediates(x, block_numbers=(1, 2, 3))
+        ours, inter = enc.forward_with_block_outputs(x, block_numbers=(1, 2, 3))
     for mine, theirs in zip(inter, hidden, strict=True):
         torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(normed["out"], ours, atol=1e-5, rtol=1e-5)
@@ -155,19 +121,7 @@ def test_3d_export_loads_into_monai_vit(tmp_path):
 
 
 def test_band_name_matching(tmp_path, caplog):
-    ckpt, task = fake_checkpoint(
-        tmp_path,
-        S2_BANDS,
-        model="mae_vit_tiny_patch16",
-        in_chans=13,
-        img_size=32,
-        model_kwargs={
-            "depth": 1,
-            "decoder_depth": 1,
-            "decoder_embed_dim": 32,
-            "decoder_num_heads": 2,
-        },
-    )
+    ckpt, task = s2_checkpoint(tmp_path, depth=1)
     export_encoder(ckpt, tmp_path / "export")
     src = task.model.encoder.patch_embed.proj.weight.detach()
     new_bands = ["B04", "b03", "B02", "TIR1", "B08"]  # RGB reordered (one lower-case), a new band
@@ -192,3 +146,18 @@ def test_match_band_channels_rejects_inconsistent_names():
         match_band_channels(
             torch.zeros(4, 2, 2, 2), torch.zeros(4, 3, 2, 2), ["a", "b"], ["a", "b"]
         )
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_ours", "not_torch"])
+def test_a_wrong_checkpoint_is_one_line_exit_2(tmp_path, capsys, kind):
+    path = tmp_path / "model.ckpt"
+    if kind == "not_ours":
+        torch.save({"state_dict": {}}, path)  # a Lightning checkpoint of something else
+    elif kind == "not_torch":
+        path.write_text("not a checkpoint")
+    assert main([str(path), "--output", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: checkpoint: ")
+    assert "pretraining run wrote" in err
+    assert not (tmp_path / "export").exists()  # nothing written

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from geomed_mim.models import create_model, list_models, patchify
+from geomed_mim.models.base import normalized_patch_targets
 from geomed_mim.models.hi_end import HiEndMAE, default_encoder_levels
-from geomed_mim.models.mae import normalized_patch_targets
-from geomed_mim.tasks.pretrain import default_intermediate_blocks
+from geomed_mim.tasks.pretraining import default_intermediate_blocks
 
 
 def tiny_hi_end(**kwargs) -> HiEndMAE:
@@ -184,7 +184,7 @@ def reference_order_prediction(model: HiEndMAE, x: torch.Tensor, noise: torch.Te
     L = enc.num_patches
     K = int(L * (1 - model.mask_ratio))
     ids_shuffle = torch.argsort(noise, dim=1)
-    latent, levels = enc.forward_intermediates(x, ids_shuffle[:, :K], model.encoder_levels)
+    latent, levels = enc.forward_with_block_outputs(x, ids_shuffle[:, :K], model.encoder_levels)
     B = x.shape[0]
     q = torch.cat(
         [dec.decoder_embed(latent), dec.mask_token.expand(B, L - K, -1)], dim=1

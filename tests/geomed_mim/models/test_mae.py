@@ -163,26 +163,6 @@ def test_any_channel_count_shapes_and_backward(in_chans, spatial_dims):
     assert model.encoder.pos_embed.grad is None  # fixed sin-cos
 
 
-def test_encoder_keep_idx_and_intermediates():
-    torch.manual_seed(0)
-    model = tiny_mae(in_chans=4, img_size=32, patch_size=8, depth=4).eval()
-    enc = model.encoder
-    x = torch.randn(2, 4, 32, 32)
-    full = enc.forward_features(x)
-    all_idx = torch.arange(enc.num_patches).expand(2, -1)
-    torch.testing.assert_close(enc.forward_features(x, all_idx), full)
-    keep = torch.tensor([[0, 5, 9], [15, 1, 2]])
-    normed, inter = enc.forward_intermediates(x, keep, block_numbers=(4, 1, 3))
-    assert normed.shape == (2, 4, enc.embed_dim)
-    assert len(inter) == 3
-    torch.testing.assert_close(enc.norm(inter[0]), normed)  # block 4 is the last, pre-norm
-    # block 1's output computed by hand from the kept tokens
-    tokens = enc.prepend_cls(torch.stack([enc.embed_patches(x)[i, keep[i]] for i in range(2)]))
-    torch.testing.assert_close(inter[1], enc.blocks[0](tokens))
-    with pytest.raises(ValueError, match="1-indexed"):
-        enc.forward_intermediates(x, block_numbers=(0,))
-
-
 def test_registry():
     names = list_models()
     for size in ("tiny", "small", "base", "large"):

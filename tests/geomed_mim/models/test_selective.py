@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomed_mim.models import SelectiveMAE, create_model, list_models
-from geomed_mim.models.mae import normalized_patch_targets, patchify
+from geomed_mim.models import (
+    SelectiveMAE,
+    create_model,
+    list_models,
+    normalized_patch_targets,
+    patchify,
+)
 
 TINY = {
     "depth": 2,

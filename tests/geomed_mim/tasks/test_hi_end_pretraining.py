@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
-import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
-from geomed_mim.export import build_monai_vit, export_encoder, load_encoder
-from geomed_mim.tasks.pretrain import MIMPretrainTask
+from geomed_mim.export import export_encoder
+from geomed_mim.models.weights import build_monai_vit, load_encoder
+from tests.geomed_mim import training
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RS_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_cpu.yaml"
@@ -31,45 +26,16 @@ TINY = {
 }
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def epoch_losses(run_dir: Path) -> list[float]:
-    (metrics,) = run_dir.glob("logs/version_*/metrics.csv")
-    return [
-        float(r["train/loss_epoch"])
-        for r in csv.DictReader(metrics.open())
-        if r.get("train/loss_epoch")
-    ]
-
-
-def checkpoint(tmp_path: Path, **task_kwargs) -> tuple[Path, MIMPretrainTask]:
-    torch.manual_seed(0)
-    task = MIMPretrainTask(**task_kwargs)
-    with torch.no_grad():  # off the init, so a wrong key mapping cannot pass by accident
-        for name, p in task.model.named_parameters():
-            if "pos_embed" not in name:
-                p.add_(torch.randn_like(p) * 0.02)
-    bands = [f"b{i}" for i in range(task.model.encoder.in_chans)]
-    task.data_metadata = {"bands": bands, "mean": [0.0] * len(bands), "std": [1.0] * len(bands)}
-    path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": task.state_dict(), "geomed_mim": task.checkpoint_metadata()}, path)
-    return path, task
+def hi_end_checkpoint(tmp_path, model, in_chans, img_size, spatial_dims, **task_kwargs):
+    """A pretraining checkpoint of a tiny Hi-End-MAE (levels 5, 3, 1 of 6 blocks)."""
+    return training.task_checkpoint(
+        tmp_path, None, model=model, model_kwargs=TINY, in_chans=in_chans, img_size=img_size,
+        spatial_dims=spatial_dims, **task_kwargs,
+    )  # fmt: skip
 
 
 def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
-    ckpt, task = checkpoint(
-        tmp_path,
-        model="hi_end_mae_vit_tiny_patch12",
-        model_kwargs=TINY,
-        in_chans=4,
-        img_size=24,
-        spatial_dims=2,
-    )
+    ckpt, task = hi_end_checkpoint(tmp_path, "hi_end_mae_vit_tiny_patch12", 4, 24, 2)
     assert task.intermediate_blocks == [1, 3, 5]  # the decoder's levels, ascending for UNETR
     assert task.checkpoint_metadata()["encoder_levels"] == [5, 3, 1]
     cfg = export_encoder(ckpt, tmp_path / "export")
@@ -80,14 +46,7 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
     # timm has no patch-12 ViT-Ti: the patch-16 architecture with patch_size=12 loads strictly
     assert cfg["architecture"] == "vit_tiny_patch16_224"
     assert cfg["timm_kwargs"]["patch_size"] == 12
-    vit = timm.create_model(
-        cfg["architecture"],
-        in_chans=4,
-        img_size=24,
-        num_classes=0,
-        checkpoint_path=str(tmp_path / "export" / "model.safetensors"),
-        **cfg["timm_kwargs"],
-    )
+    vit = training.timm_from_export(tmp_path / "export")
     x = torch.randn(2, 4, 24, 24)
     with torch.no_grad():
         ours = task.model.encoder.forward_features(x)
@@ -95,15 +54,10 @@ def test_levels_become_the_recorded_blocks_and_reach_the_2d_export(tmp_path):
 
 
 def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
-    ckpt, task = checkpoint(
-        tmp_path,
-        model="hi_end_mae_vit_tiny_patch16",
-        model_kwargs=TINY,
-        in_chans=1,
-        img_size=32,
-        spatial_dims=3,
+    ckpt, task = hi_end_checkpoint(
+        tmp_path, "hi_end_mae_vit_tiny_patch16", 1, 32, 3,
         intermediate_blocks=[2, 4, 6],  # an explicit choice wins (with a warning)
-    )
+    )  # fmt: skip
     assert task.intermediate_blocks == [2, 4, 6]
     cfg = export_encoder(ckpt, tmp_path / "export")
     assert cfg["encoder_levels"] == [5, 3, 1]
@@ -113,56 +67,17 @@ def test_3d_export_loads_in_monai_and_keeps_the_levels(tmp_path):
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         _, hidden = vit(x)
-        _, ours = task.model.encoder.forward_intermediates(x, block_numbers=[5, 3, 1])
-        _, loaded = encoder.forward_intermediates(x, block_numbers=[5, 3, 1])
+        _, ours = task.model.encoder.forward_with_block_outputs(x, block_numbers=[5, 3, 1])
+        _, loaded = encoder.forward_with_block_outputs(x, block_numbers=[5, 3, 1])
     for n, a, b in zip([5, 3, 1], ours, loaded, strict=True):
         assert torch.allclose(hidden[n - 1], a, atol=1e-5)
         assert torch.allclose(a, b, atol=1e-6)
 
 
-class FakeCTCropDataset(torch.utils.data.Dataset):
-    """Stands in for issue 4's CTCropDataset until it is on main: same arguments and items."""
-
-    def __init__(self, stores, crop_size, crops_per_volume, window, split, **kwargs):
-        self.crop_size, self.crops = crop_size, crops_per_volume
-        self.n = 4 if split == "train" else 2
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return {"image": torch.rand(self.crops, 1, *self.crop_size, generator=g)}
-
-
-def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, monkeypatch):
-    from lightning.pytorch import Trainer
-
-    from geomed_mim.data.datamodules import CTDataModule
-
-    fake = types.ModuleType("geomed_mim.data.ct")
-    fake.CTCropDataset = FakeCTCropDataset
-    monkeypatch.setitem(sys.modules, "geomed_mim.data.ct", fake)
-    dm = CTDataModule(["unused"], batch_size=2, crops_per_volume=2, crop_size=32, num_workers=0)
-    task = MIMPretrainTask(
-        model="hi_end_mae_vit_tiny_patch16",
-        in_chans=dm.in_chans,
-        img_size=dm.img_size,
-        spatial_dims=dm.spatial_dims,
-        model_kwargs=TINY,
-        preview_every_n_steps=1,
+def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
+    task, trainer = training.fit_on_ct_crops(
+        ct_demo_store, tmp_path, "hi_end_mae_vit_tiny_patch16", TINY
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-    )
-    trainer.fit(task, datamodule=dm)
     assert trainer.global_step == 2
     meta = task.checkpoint_metadata()
     assert meta["spatial_dims"] == 3
@@ -175,7 +90,7 @@ def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, monkeypatch):
 def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
     demo_store, tmp_path, child_env
 ):
-    run_cli(
+    training.run_module(
         [
             "-m",
             "geomed_mim.pretrain",
@@ -195,14 +110,14 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
         env=child_env,
     )
     run_dir = tmp_path / "runs" / "hi_end_demo_cpu"
-    losses = epoch_losses(run_dir)
+    losses = training.epoch_losses(run_dir)
     assert len(losses) == 10
     assert losses[-1] < 0.75 * losses[0], losses
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     meta = torch.load(ckpt, map_location="cpu", weights_only=True)["geomed_mim"]
     assert meta["model_name"] == "hi_end_mae_vit_tiny_patch16"
     assert meta["encoder_levels"] == [3, 2, 1]
-    run_cli(
+    training.run_module(
         ["-m", "geomed_mim.export", str(ckpt), "--output", str(tmp_path / "export")],
         cwd=tmp_path,
         env=child_env,
@@ -213,13 +128,9 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("geomed_mim.data.ct") is None,
-    reason="the CT loader (issue 4, geomed_mim.data.ct) is not on this branch yet",
-)
 def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
     store = tmp_path / "geomed_demo_ct"
-    run_cli(
+    training.run_module(
         [
             "-m",
             "geomed_mim.build_dataset",
@@ -237,7 +148,7 @@ def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
         cwd=tmp_path,
         env=child_env,
     )
-    run_cli(
+    training.run_module(
         [
             "-m",
             "geomed_mim.pretrain",
@@ -255,7 +166,7 @@ def test_ct_demo_config_trains_through_the_cli(tmp_path, child_env):
         env=child_env,
     )
     run_dir = tmp_path / "runs" / "hi_end_demo_ct_cpu"
-    losses = epoch_losses(run_dir)  # one step of 4 crops per epoch: compare 10-epoch means
+    losses = training.epoch_losses(run_dir)  # one step of 4 crops per epoch: compare 10-epoch means
     assert len(losses) == 50
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.85 * first, losses

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 
-from geomed_mim.tasks.selective_pretrain import SelectivePretrainTask
+from geomed_mim.tasks.selective_pretraining import SelectivePretrainTask
+from tests.geomed_mim.training import TINY_DECODER, read_metrics, run_module, timm_from_export
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrain" / "selective_mae_demo_cpu.yaml"
@@ -23,13 +20,7 @@ def test_lr_is_scaled_by_reconstruction_over_mask_ratio():
         model="selective_mae_vit_tiny_patch16",
         in_chans=3,
         img_size=32,
-        model_kwargs={
-            "patch_size": 4,
-            "depth": 1,
-            "decoder_depth": 1,
-            "decoder_embed_dim": 32,
-            "decoder_num_heads": 2,
-        },
+        model_kwargs={"patch_size": 4, "depth": 1, **TINY_DECODER},
     )
     assert task.pruner is None  # pruning is off unless asked for
     assert task.model.lr_scale == pytest.approx(0.25 / 0.85)
@@ -37,34 +28,15 @@ def test_lr_is_scaled_by_reconstruction_over_mask_ratio():
 
 @pytest.mark.slow
 def test_demo_config_trains_through_the_cli_with_pruning(demo_store, tmp_path, child_env):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geomed_mim.pretrain",
-            "fit",
-            "--config",
-            str(DEMO_CONFIG),
-            "--data.init_args.store",
-            str(demo_store),
-            "--trainer.max_epochs",
-            "2",  # epoch 1 records every sample's loss, epoch 2 prunes
-            "--trainer.log_every_n_steps",
-            "1",
-            "--trainer.check_val_every_n_epoch",
-            "2",
-            "--model.init_args.easy_sample_pruning",
-            "true",
-            "--model.init_args.preview_every_n_steps",
-            "4",
-        ],
-        cwd=tmp_path,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_module(
+        ["-m", "geomed_mim.pretrain", "fit", "--config", str(DEMO_CONFIG),
+         "--data.init_args.store", str(demo_store),
+         "--trainer.max_epochs", "2",  # epoch 1 records every sample's loss, epoch 2 prunes
+         "--trainer.log_every_n_steps", "1", "--trainer.check_val_every_n_epoch", "2",
+         "--model.init_args.easy_sample_pruning", "true",
+         "--model.init_args.preview_every_n_steps", "4"],
+        tmp_path, child_env, timeout=300,
+    )  # fmt: skip
     run_dir = tmp_path / "runs" / "selective_mae_demo_cpu"
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -72,8 +44,7 @@ def test_demo_config_trains_through_the_cli_with_pruning(demo_store, tmp_path, c
     assert meta["model_name"] == "selective_mae_vit_tiny_patch16"
     assert meta["model_kwargs"]["mask_ratio"] == 0.85
     assert meta["in_chans"] == 13
-    (metrics,) = run_dir.glob("logs/version_*/metrics.csv")
-    rows = list(csv.DictReader(metrics.open()))
+    rows = read_metrics(run_dir)
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
     assert max(lrs) == pytest.approx(1e-3 * 16 / 256 * 0.25 / 0.85)
     kept = [float(r["perf/kept_fraction"]) for r in rows if r.get("perf/kept_fraction")]
@@ -85,24 +56,12 @@ def test_demo_config_trains_through_the_cli_with_pruning(demo_store, tmp_path, c
     assert list(run_dir.glob("logs/version_*/previews/step_*.png"))
     # the pretrained encoder exports and loads into timm like MAE's
     out = tmp_path / "export"
-    subprocess.run(
-        [sys.executable, "-m", "geomed_mim.export", str(ckpt_path), "--output", str(out)],
-        cwd=tmp_path,
-        env=child_env,
-        check=True,
-        capture_output=True,
-        timeout=300,
+    run_module(
+        ["-m", "geomed_mim.export", str(ckpt_path), "--output", str(out)], tmp_path, child_env
     )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["pretraining_model"] == "selective_mae_vit_tiny_patch16"
-    model = timm.create_model(
-        cfg["architecture"],
-        in_chans=cfg["in_chans"],
-        img_size=cfg["img_size"][0],
-        num_classes=0,
-        checkpoint_path=str(out / "model.safetensors"),
-        **cfg["timm_kwargs"],
-    )
+    model = timm_from_export(out)
     assert model.forward_features(torch.randn(1, 13, 32, 32)).shape == (1, 65, 192)
 
 

@@ -3,13 +3,16 @@
 Hyperparameters are plain values (strings, numbers, lists, dicts), so checkpoints hold no pickled
 config objects and load with ``torch.load(weights_only=True)``. Each checkpoint also carries a
 ``"geomed_mim"`` entry: the registry name and arguments that rebuild the model, and the data's band
-names and per-band mean/std (what :mod:`geomed_mim.export` writes into ``config.json``).
+names and per-band mean/std (what :mod:`geomed_mim.export` writes into ``config.json``;
+:mod:`geomed_mim.models.weights` reads it back).
+
+Block numbers (``intermediate_blocks``, Hi-End-MAE's ``encoder_levels``) count from 1: block 1 is
+``encoder.blocks[0]``, the output before the final norm.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,12 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from geomed_mim.models.registry import create_model
+from geomed_mim.models import create_model
+from geomed_mim.models.weights import CHECKPOINT_METADATA_KEY
+from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 from geomed_mim.tasks.preview import render_preview, save_png
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_METADATA_KEY = "geomed_mim"
 
 
 def default_intermediate_blocks(depth: int) -> list[int]:
@@ -42,15 +45,6 @@ def mask_seeds_for(indices: torch.Tensor, base_seed: int, epoch: int) -> torch.T
         for i in indices.tolist()
     ]
     return torch.tensor(seeds, dtype=torch.long)
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup from 0, then half-cosine down to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    progress = min(progress, 1.0)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class MIMPretrainTask(LightningModule):
@@ -166,24 +160,28 @@ class MIMPretrainTask(LightningModule):
             return None
         return mask_seeds_for(batch["index"], self.hparams.mask_seed, epoch)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        images = batch["image"]
+    def training_progress(self) -> float:
+        """Fraction of the optimizer steps done, in [0, 1] (schedules of token choice read it)."""
         if self._total_steps is None:  # Lightning recomputes this property on every access
             self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        self.model.masking.set_progress(min(self.global_step / self._total_steps, 1.0))
-        out = self.model(images, sample_seeds=self._seeds(batch, self.current_epoch))
+        return min(self.global_step / self._total_steps, 1.0)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.model.masking.set_progress(self.training_progress())
+        out = self.model(batch["image"], sample_seeds=self._seeds(batch, self.current_epoch))
+        return self.record_training_step(batch["image"], out, out.loss)
+
+    def record_training_step(
+        self, images: torch.Tensor, out: Any, loss: torch.Tensor
+    ) -> torch.Tensor:
+        """Log the step's loss and keep a few samples for the next preview; returns ``loss``."""
         self.log(
-            "train/loss",
-            out.loss,
-            prog_bar=True,
-            on_step=True,
-            on_epoch=True,
-            batch_size=images.shape[0],
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
         )
         if self._preview_due():
             k = self.hparams.preview_samples
             self._preview = (images[:k].detach(), out.pred[:k].detach(), out.mask[:k].detach())
-        return out.loss
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
@@ -267,21 +265,16 @@ class MIMPretrainTask(LightningModule):
         )
         return int(per_device) * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on weight matrices only: not on norms, biases, tokens, positions."""
+    def parameter_groups(self, lr: float | None = None) -> list[dict[str, Any]]:
+        """Weight decay on weight matrices only: not on norms, biases, tokens, positions.
+
+        Two groups, the decay group first: the order the optimizer state of every pretraining
+        checkpoint holds, so runs resume across versions.
+        """
+        lr = self.hparams.base_lr if lr is None else lr
         skip = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim <= 1 or name in skip or name.endswith(".bias"):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = param_groups(self.model, lr, self.hparams.weight_decay, no_weight_decay=skip)
+        return sorted(groups, key=lambda g: g["weight_decay"] == 0)  # decay first (stable)
 
     def configure_optimizers(self) -> dict[str, Any]:
         eff_batch = self.effective_batch_size()
@@ -301,14 +294,11 @@ class MIMPretrainTask(LightningModule):
             total,
             warmup,
         )
-        optimizer = torch.optim.AdamW(
-            self.parameter_groups(), lr=lr, betas=tuple(self.hparams.betas)
+        return adamw_warmup_cosine(
+            self.parameter_groups(lr),
+            lr,
+            warmup,
+            total,
+            min_lr=self.hparams.min_lr,
+            betas=tuple(self.hparams.betas),
         )
-        min_ratio = self.hparams.min_lr / lr if lr > 0 else 0.0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -4,7 +4,8 @@ The SelectiveMAE reference also prunes "easy" samples (InfoBatch) without saying
 figures. Here it is an explicit switch, off by default: ``easy_sample_pruning: true`` drops, each
 step, samples whose last loss was below the running mean with probability ``prune_ratio`` (the
 kept easy ones are up-weighted by ``1 / (1 - prune_ratio)``), until ``prune_anneal_fraction`` of
-training. Logged as ``perf/kept_fraction``. Works for any model that returns ``per_sample_loss``.
+training. Logged as ``perf/kept_fraction``. Works for any model that returns ``per_sample_loss``
+(every model here does).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import torch
 
-from geomed_mim.selection import EasySamplePruner
-from geomed_mim.tasks.pretrain import MIMPretrainTask
+from geomed_mim.models.masking import EasySamplePruner
+from geomed_mim.tasks.pretraining import MIMPretrainTask
 
 
 class SelectivePretrainTask(MIMPretrainTask):
@@ -47,9 +48,7 @@ class SelectivePretrainTask(MIMPretrainTask):
             return super().training_step(batch, batch_idx)
         if "index" not in batch:
             raise ValueError("easy_sample_pruning needs the dataset index of each sample")
-        if self._total_steps is None:
-            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        progress = min(self.global_step / self._total_steps, 1.0)
+        progress = self.training_progress()
         keep, weights = self.pruner.keep(batch["index"], progress)
         keep = keep.to(batch["image"].device)
         batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -60,9 +59,5 @@ class SelectivePretrainTask(MIMPretrainTask):
         self.pruner.update(batch["index"], out.per_sample_loss)
         loss = (out.per_sample_loss * weights.to(out.per_sample_loss.device)).mean()
         n = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         self.log("perf/kept_fraction", keep.float().mean(), on_step=True, batch_size=n)
-        if self._preview_due():
-            k = self.hparams.preview_samples
-            self._preview = (batch["image"][:k].detach(), out.pred[:k].detach(), out.mask[:k])
-        return loss
+        return self.record_training_step(batch["image"], out, loss)

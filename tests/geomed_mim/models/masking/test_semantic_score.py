@@ -10,10 +10,14 @@ import pytest
 import rasterio
 import torch
 
-from geomed_mim.selection import SemanticTokenSelection
-from geomed_mim.semantic_score import orientation_histograms, semantic_richness, semantic_score
+from geomed_mim.models.masking import SemanticTokenSelection
+from geomed_mim.models.masking.semantic_score import (
+    orientation_histograms,
+    semantic_richness,
+    semantic_score,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 S2_SCENE = REPO_ROOT / "geomed_mim/demo_data/sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
 PATCH = (8, 8)
 

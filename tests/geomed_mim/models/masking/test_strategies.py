@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from geomed_mim.masking import BlockMasking, RandomMasking, build_masking
+from geomed_mim.models.masking import BlockMasking, RandomMasking, build_masking
 
 
 @pytest.mark.parametrize("strategy", [RandomMasking, BlockMasking])

@@ -24,9 +24,10 @@ from data_pipelines.store.read import read_store_attrs
 from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
-from geomed_mim.tasks.finetune_seg import masked_soft_dice_loss, scores_from_confusion
 from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
+from geomed_mim.tasks.segmentation import masked_soft_dice_loss, scores_from_confusion
 from tests.geomed_mim.conftest import REPO_ROOT, subprocess_env
+from tests.geomed_mim.training import TINY_DECODER, model_checkpoint
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -250,6 +251,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, tmp_path):
     cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
     common = ["--config", cfg, "--data.init_args.store", str(lulc_store)]
@@ -276,6 +278,7 @@ def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, t
         assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
 
 
+@pytest.mark.slow
 def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
     cfg = str(CONFIGS / "finetune/ct_organs_demo_cpu.yaml")
     run_cli(
@@ -294,27 +297,8 @@ def test_ct_demo_config_fit_through_the_cli(ct_organ_store, tmp_path):
 
 
 # -- starting points -------------------------------------------------------------------------------
-def _fake_pretraining_checkpoint(path: Path, bands: list[str]) -> Path:
-    """A pretraining checkpoint as MIMPretrainTask writes it (metadata + ``model.`` weights)."""
-    from geomed_mim.models import create_model
-
-    kwargs = {"in_chans": len(bands), "img_size": 16, "patch_size": 4, "depth": 2,
-              "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}  # fmt: skip
-    model = create_model("mae_vit_tiny_patch16", **kwargs)
-    meta = {
-        "model_name": "mae_vit_tiny_patch16",
-        "model_kwargs": kwargs,
-        "bands": bands,
-        "intermediate_blocks": [1, 2],
-        "encoder_arch": {"size": "tiny", "patch_size": 4},
-    }
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "geomed_mim": meta}, path)
-    return path
-
-
 def _task(init_from, bands, **kw):
-    from geomed_mim.tasks.finetune_seg import SegmentationTask
+    from geomed_mim.tasks.segmentation import SegmentationTask
 
     classes = {"ids": [0, 1, 2], "names": ["a", "b", "c"], "ignore_index": 255}
     return SegmentationTask(
@@ -324,9 +308,12 @@ def _task(init_from, bands, **kw):
 
 
 def test_start_from_checkpoint_or_export_matches_bands_by_name(tmp_path):
-    from geomed_mim.export import export_encoder, load_pretrained_model
+    from geomed_mim.export import export_encoder
+    from geomed_mim.models.weights import load_pretrained_model
 
-    ckpt = _fake_pretraining_checkpoint(tmp_path / "pre.ckpt", ["B02", "B03", "B04"])
+    kwargs = {"in_chans": 3, "img_size": 16, "patch_size": 4, "depth": 2, **TINY_DECODER}
+    bands = ["B02", "B03", "B04"]
+    ckpt = model_checkpoint(tmp_path / "pre.ckpt", "mae_vit_tiny_patch16", kwargs, bands, [1, 2])
     pretrained = load_pretrained_model(ckpt)[0].encoder.state_dict()
     export_encoder(ckpt, tmp_path / "export")
     for source in (str(ckpt), str(tmp_path / "export")):

@@ -9,17 +9,19 @@ Metrics come from one torchmetrics confusion matrix (ignore_index dropped): per-
 from __future__ import annotations
 
 import logging
-import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from monai.inferers import sliding_window_inference
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from geomed_mim.models.segmentation import ViTUNETR, layer_id_for, skip_blocks_for
+from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
+from geomed_mim.models.weights import load_encoder, recorded_block_numbers
+from geomed_mim.tasks import seg_predict
+from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,13 @@ class SegmentationTask(LightningModule):
             The encoder architecture then comes from it; input bands are matched by name.
         encoder: architecture for scratch runs (``embed_dim``, ``depth``, ``num_heads``,
             ``patch_size``, ``mlp_ratio``); ignored when ``init_from`` is given.
-        skip_blocks: 1-indexed encoder blocks feeding the decoder; None = those recorded in
-            the checkpoint/export (see :func:`skip_blocks_for`).
+        skip_blocks: encoder blocks feeding the decoder, numbered from 1 (block 1 is
+            ``encoder.blocks[0]``; the numbering of the export's ``intermediate_blocks``); None =
+            those recorded in the checkpoint/export (see :func:`skip_blocks_for`).
         freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
-        layer_decay: layer-wise lr decay for full fine-tuning (block N gets
-            ``lr * layer_decay ** (depth + 1 - (N + 1))``); 1.0 turns it off.
+        layer_decay: layer-wise lr decay for full fine-tuning: ``encoder.blocks[i]`` gets
+            ``lr * layer_decay ** (depth - i)``, the embeddings ``lr * layer_decay ** (depth + 1)``,
+            the final norm and the decoder ``lr``; 1.0 turns it off.
         dice_weight: weight of the masked soft Dice term added to CE (DiceCE); 0 = CE only.
         sw_overlap: overlap of sliding-window inference (CT validation and all predictions).
         in_chans / img_size / spatial_dims / bands / classes / mean / std / window: linked from
@@ -140,80 +144,30 @@ class SegmentationTask(LightningModule):
         img_size: int,
         spatial_dims: int,
     ) -> tuple[VisionTransformerEncoder, list[int]]:
-        from geomed_mim.export import (
-            from_monai_state_dict,
-            load_encoder_weights,
-            load_pretrained_model,
-            read_export,
-        )
-
+        """(encoder, recorded block numbers): fresh from ``arch``, or the pretrained one of a
+        checkpoint/export with the input bands matched by name."""
         if init_from is None:
             kw = {**ENCODER_DEFAULTS, **(arch or {})}
             enc = VisionTransformerEncoder(
                 img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims, **kw
             )
             return enc, []
-        if Path(init_from).is_dir():  # an export
-            state, cfg = read_export(init_from)
-            if cfg.get("weights_keys") == "monai":
-                state = from_monai_state_dict(state)
-            source_bands = cfg.get("bands") or [f"band{i}" for i in range(cfg["in_chans"])]
-            spec = {k: cfg[k] for k in ("embed_dim", "depth", "num_heads", "mlp_ratio")}
-            spec["patch_size"] = cfg["patch_size"]
-            recorded = list(cfg.get("intermediate_blocks") or [])
-        else:  # a pretraining checkpoint
-            model, meta = load_pretrained_model(init_from)
-            src = model.encoder
-            state = src.state_dict()
-            source_bands = list(meta.get("bands") or [f"band{i}" for i in range(src.in_chans)])
-            spec = {
-                "embed_dim": src.embed_dim,
-                "depth": src.depth,
-                "num_heads": src.num_heads,
-                "mlp_ratio": src.mlp_ratio,
-                "patch_size": src.patch_size,
-            }
-            recorded = list(meta.get("intermediate_blocks") or [])
-        enc = VisionTransformerEncoder(
-            img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims, **spec
-        )
-        report = load_encoder_weights(enc, state, source_bands, self.bands)
+        enc, report, source = load_encoder(init_from, self.bands, img_size, spatial_dims)
         log.info("encoder initialized from %s; %s", init_from, report)
-        return enc, recorded
+        return enc, recorded_block_numbers(source)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with layer-wise lr decay on the encoder; no weight decay on norms/biases/tokens."""
-        depth = self.net.encoder.depth
-        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-        for name, p in self.net.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith("encoder."):
-                layer = layer_id_for(name[len("encoder.") :], depth)
-                scale = self.hparams.layer_decay ** (depth + 1 - layer)
-            else:
-                scale = 1.0
-            wd = 0.0 if p.ndim == 1 or name.endswith(("cls_token", "pos_embed")) else 1.0
-            groups.setdefault((scale, wd), []).append(p)
-        param_groups = [
-            {
-                "params": ps,
-                "lr": self.hparams.lr * scale,
-                "weight_decay": self.hparams.weight_decay * wd,
-            }
-            for (scale, wd), ps in groups.items()
-        ]
-        opt = torch.optim.AdamW(param_groups, lr=self.hparams.lr)
+        groups = param_groups(
+            self.net,
+            self.hparams.lr,
+            self.hparams.weight_decay,
+            no_weight_decay=[f"encoder.{n}" for n in self.net.encoder.no_weight_decay()],
+            layer_decay=self.hparams.layer_decay,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.hparams.warmup_fraction)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(groups, self.hparams.lr, warmup, total)
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_encoder:
@@ -247,8 +201,6 @@ class SegmentationTask(LightningModule):
         roi = self.hparams.img_size
         if all(s == roi for s in image.shape[2:]):
             return self(image)
-        from monai.inferers import sliding_window_inference
-
         return sliding_window_inference(
             image,
             roi_size=(roi,) * self.hparams.spatial_dims,
@@ -291,37 +243,21 @@ class SegmentationTask(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """One input file → written class map + overlay (:mod:`geomed_mim.tasks.seg_predict`)."""
-        from geomed_mim.tasks import seg_predict
-
         dm = self.trainer.datamodule
         classes = dict(self.hparams.classes)
 
         def predict_fn(x: torch.Tensor) -> torch.Tensor:
             return self(x.to(self.device))
 
-        if self.hparams.spatial_dims == 2:
+        hp = self.hparams
+        common = {"num_classes": self.num_classes, "output_dir": dm.predict_output,
+                  "overlap": hp.sw_overlap, "classes": classes}  # fmt: skip
+        if hp.spatial_dims == 2:
             return seg_predict.predict_rs_scene(
-                predict_fn,
-                batch["path"],
-                dm.attrs,
-                self.hparams.mean or dm.mean,
-                self.hparams.std or dm.std,
-                tile=self.hparams.img_size,
-                num_classes=self.num_classes,
-                output_dir=dm.predict_output,
-                overlap=self.hparams.sw_overlap,
-                write_probabilities=self.hparams.write_probabilities,
-                classes=classes,
-            )
+                predict_fn, batch["path"], dm.attrs, hp.mean or dm.mean, hp.std or dm.std,
+                tile=hp.img_size, write_probabilities=hp.write_probabilities, **common,
+            )  # fmt: skip
         return seg_predict.predict_ct_volume(
-            predict_fn,
-            batch["path"],
-            spacing=dm.spacing,
-            window=dm.window,
-            roi=self.hparams.img_size,
-            num_classes=self.num_classes,
-            output_dir=dm.predict_output,
-            overlap=self.hparams.sw_overlap,
-            sw_batch_size=self.hparams.sw_batch_size,
-            classes=classes,
-        )
+            predict_fn, batch["path"], spacing=dm.spacing, window=dm.window, roi=hp.img_size,
+            sw_batch_size=hp.sw_batch_size, **common,
+        )  # fmt: skip

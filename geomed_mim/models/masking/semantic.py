@@ -1,5 +1,5 @@
-"""SelectiveMAE's token selection: semantic seeds, progressive semantic token selection (PSTS),
-score-drawn reconstruction targets, and InfoBatch-style easy-sample pruning (off by default).
+"""SelectiveMAE's token selection: semantic seeds, progressive semantic token selection (PSTS)
+and score-drawn reconstruction targets.
 
 Per sample, the L patches are split into three disjoint sets of fixed size:
 
@@ -12,8 +12,8 @@ Per sample, the L patches are split into three disjoint sets of fixed size:
 * **targets** ``T = int(L·reconstruction_ratio)`` — drawn among the rest from the same softmax;
 * **ignored** — everything else (neither encoded nor reconstructed).
 
-Every draw uses per-sample randomness (a generator per ``sample_seeds[i]`` when given, as
-:mod:`geomed_mim.masking`), so no sample's selection depends on another row of the batch.
+Every draw uses per-sample randomness (a generator per ``sample_seeds[i]`` when given, as the
+masking strategies do), so no sample's selection depends on another row of the batch.
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from geomed_mim.masking import MaskingStrategy, num_visible_patches, seeded_uniform
-from geomed_mim.semantic_score import semantic_score
+from geomed_mim.models.masking.semantic_score import semantic_score
+from geomed_mim.models.masking.strategies import (
+    MaskingStrategy,
+    num_visible_patches,
+    seeded_uniform,
+)
+from geomed_mim.models.patches import gather_tokens, patchify
 
 
 # -- PSTS schedule -------------------------------------------------------------------------------
@@ -79,6 +84,11 @@ class SelectionResult:
     seed_probs: torch.Tensor | None = None  # [B, L] softmax(score / temperature)
 
     @property
+    def keep_idx(self) -> torch.Tensor:
+        """[B, K] the encoder's tokens (the name :class:`MaskingResult` gives them)."""
+        return self.selected_idx
+
+    @property
     def mask(self) -> torch.Tensor:
         """[B, L] float, 1 = not encoded (MAE's meaning of "masked")."""
         B, L = self.ids_shuffle.shape
@@ -99,7 +109,7 @@ def gumbel(u: torch.Tensor) -> torch.Tensor:
 
 
 class SemanticTokenSelection(MaskingStrategy):
-    """Seeds by semantic richness + PSTS; a :class:`~geomed_mim.masking.MaskingStrategy`, so the
+    """Seeds by semantic richness + PSTS; a :class:`MaskingStrategy`, so the
     training task's ``set_progress`` drives the stage schedule.
 
     Args:
@@ -111,7 +121,7 @@ class SemanticTokenSelection(MaskingStrategy):
         stage_boundaries: training fractions where PSTS moves near → far and far → random.
         stage_blend: width (training fraction) of the linear blend around each boundary.
         num_bins, orientation_weight, score_floor: the score's parameters
-            (:func:`~geomed_mim.semantic_score.semantic_score`).
+            (:func:`semantic_score`).
     """
 
     def __init__(
@@ -206,11 +216,9 @@ class SemanticTokenSelection(MaskingStrategy):
         seeds = take(logits + g_seed, K0)  # [B, K0] without replacement ∝ softmax(logits)
         # PSTS: cosine similarity of every patch to its nearest seed (per sample)
         if embeddings is None:
-            from geomed_mim.models.mae import patchify
-
             embeddings = patchify(images, patch_size)  # [B, L, P]
         e = F.normalize(embeddings.detach().float(), dim=-1)  # [B, L, D]
-        e_seed = torch.gather(e, 1, seeds.unsqueeze(-1).expand(-1, -1, e.shape[-1]))  # [B, K0, D]
+        e_seed = gather_tokens(e, seeds)  # [B, K0, D]
         sim = torch.bmm(e, e_seed.transpose(1, 2)).amax(dim=-1)  # [B, L]
         n_near, n_far, n_rand = self.schedule.counts(K - K0, self.progress)
         near = take(sim, n_near)  # most similar first (early training)
@@ -240,54 +248,3 @@ class SemanticTokenSelection(MaskingStrategy):
             f"{self.reconstruction_ratio}, seed_fraction={self.seed_fraction}, temperature="
             f"{self.temperature}, schedule={self.schedule})"
         )
-
-
-# -- InfoBatch-style easy-sample pruning ---------------------------------------------------------
-class EasySamplePruner:
-    """InfoBatch (Qin et al., 2024) at batch level: a sample whose last loss was below the mean of
-    all recorded losses is dropped from the step with probability ``prune_ratio``; the easy samples
-    that stay get loss weight ``1 / (1 - prune_ratio)`` so the expected gradient is unchanged. From
-    ``anneal_fraction`` of training on, nothing is pruned. Dropped samples skip forward and
-    backward (the speed-up); the loader still reads them.
-
-    The loss table is per process and not checkpointed (a resumed run re-learns it in one epoch).
-    """
-
-    def __init__(self, prune_ratio: float = 0.5, anneal_fraction: float = 0.875) -> None:
-        if not 0.0 <= prune_ratio < 1.0:
-            raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
-        self.prune_ratio = prune_ratio
-        self.anneal_fraction = anneal_fraction
-        self.losses = torch.zeros(0)
-        self.seen = torch.zeros(0, dtype=torch.bool)
-
-    def _grow(self, size: int) -> None:
-        if size > self.losses.numel():
-            extra = size - self.losses.numel()
-            self.losses = torch.cat([self.losses, torch.zeros(extra)])
-            self.seen = torch.cat([self.seen, torch.zeros(extra, dtype=torch.bool)])
-
-    def keep(
-        self, indices: torch.Tensor, progress: float, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep [B] bool, loss weights [B] for the kept samples) for dataset ``indices`` [B]."""
-        idx = indices.detach().cpu().long()
-        B = idx.numel()
-        if self.prune_ratio == 0 or progress >= self.anneal_fraction or not bool(self.seen.any()):
-            return torch.ones(B, dtype=torch.bool), torch.ones(B)
-        self._grow(int(idx.max()) + 1)
-        mean = self.losses[self.seen].mean()
-        easy = self.seen[idx] & (self.losses[idx] < mean)
-        drop = easy & (torch.rand(B, generator=generator) < self.prune_ratio)
-        if bool(drop.all()):
-            drop[0] = False  # a step needs at least one sample
-        keep = ~drop
-        weight = torch.where(easy, 1.0 / (1.0 - self.prune_ratio), 1.0)
-        return keep, weight[keep]
-
-    def update(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the per-sample losses [n] of dataset ``indices`` [n]."""
-        idx = indices.detach().cpu().long()
-        self._grow(int(idx.max()) + 1)
-        self.losses[idx] = losses.detach().float().cpu()
-        self.seen[idx] = True

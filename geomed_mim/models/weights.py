@@ -1,0 +1,321 @@
+"""Pretrained encoder weights: read them from a pretraining checkpoint or an export folder, convert
+between key layouts, and load them into an encoder for another band list.
+
+* A **pretraining checkpoint** (``.ckpt``, written by the pretraining task) holds the whole MIM
+  model under ``state_dict`` (``model.`` prefix) and a plain-data description under
+  :data:`CHECKPOINT_METADATA_KEY`; :func:`load_pretrained_model` rebuilds the model from it.
+* An **export folder** holds ``model.safetensors`` (encoder only) and ``config.json``. 2-D weights
+  use timm's ``VisionTransformer`` keys (our own); 3-D weights use MONAI ``ViT`` keys
+  (:data:`MONAI_KEY_MAP`), which :func:`build_monai_vit` loads into MONAI.
+* Either way, :func:`read_encoder_source` gives our-key weights, the band names, the architecture
+  and the recorded intermediate blocks; :func:`load_encoder` builds an encoder from it, matching
+  patch-embedding input channels **by band name**: shared bands are copied, new bands keep the
+  fresh initialization, dropped bands are reported.
+
+Block numbering: ``intermediate_blocks`` (checkpoints and exports) are numbered from 1, block 1
+being ``encoder.blocks[0]``; exports also carry them 0-indexed as ``intermediate_indices``, the
+``indices`` of timm's ``forward_intermediates``. :func:`recorded_block_numbers` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import ViT
+from safetensors.torch import load_file
+from torch import nn
+
+from geomed_mim.models.registry import create_model
+from geomed_mim.models.vit import VisionTransformerEncoder
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_METADATA_KEY = "geomed_mim"  # the checkpoint entry the pretraining task writes
+EXPORT_FORMAT = "geomed_mim.encoder/1"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")
+
+# our (timm) key → MONAI ViT key; ``N`` is a block index. pos_embed drops its class slot.
+MONAI_KEY_MAP: dict[str, str] = {
+    "cls_token": "cls_token",
+    "pos_embed": "patch_embedding.position_embeddings",
+    "patch_embed.proj.weight": "patch_embedding.patch_embeddings.weight",
+    "patch_embed.proj.bias": "patch_embedding.patch_embeddings.bias",
+    "blocks.N.norm1.{weight,bias}": "blocks.N.norm1.{weight,bias}",
+    "blocks.N.attn.qkv.{weight,bias}": "blocks.N.attn.qkv.{weight,bias}",
+    "blocks.N.attn.proj.{weight,bias}": "blocks.N.attn.out_proj.{weight,bias}",
+    "blocks.N.norm2.{weight,bias}": "blocks.N.norm2.{weight,bias}",
+    "blocks.N.mlp.fc1.{weight,bias}": "blocks.N.mlp.linear1.{weight,bias}",
+    "blocks.N.mlp.fc2.{weight,bias}": "blocks.N.mlp.linear2.{weight,bias}",
+    "norm.{weight,bias}": "norm.{weight,bias}",
+}
+_TO_MONAI = [
+    (r"^patch_embed\.proj\.", "patch_embedding.patch_embeddings."),
+    (r"^(blocks\.\d+)\.attn\.proj\.", r"\1.attn.out_proj."),
+    (r"^(blocks\.\d+)\.mlp\.fc1\.", r"\1.mlp.linear1."),
+    (r"^(blocks\.\d+)\.mlp\.fc2\.", r"\1.mlp.linear2."),
+]
+_FROM_MONAI = [
+    (r"^patch_embedding\.patch_embeddings\.", "patch_embed.proj."),
+    (r"^(blocks\.\d+)\.attn\.out_proj\.", r"\1.attn.proj."),
+    (r"^(blocks\.\d+)\.mlp\.linear1\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.mlp\.linear2\.", r"\1.mlp.fc2."),
+]
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, repl in rules:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def to_monai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our encoder's keys → MONAI ``ViT`` keys (see :data:`MONAI_KEY_MAP`)."""
+    out = {}
+    for key, value in state.items():
+        if key == "pos_embed":
+            out["patch_embedding.position_embeddings"] = value[:, 1:, :].contiguous()
+        else:
+            out[_rename(key, _TO_MONAI)] = value
+    return out
+
+
+def from_monai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MONAI ``ViT`` keys → our encoder's keys (a zero class slot is put back in pos_embed)."""
+    out = {}
+    for key, value in state.items():
+        if key == "patch_embedding.position_embeddings":
+            out["pos_embed"] = torch.cat([value.new_zeros(1, 1, value.shape[-1]), value], dim=1)
+        elif key.startswith("classification_head.") or (
+            key.startswith("blocks.") and "norm_cross_attn" in key
+        ):
+            continue  # MONAI-only modules our encoder does not have
+        else:
+            out[_rename(key, _FROM_MONAI)] = value
+    return out
+
+
+# -- reading checkpoints and exports --------------------------------------------------------------
+class NotAPretrainingCheckpointError(ValueError):
+    """The file is not a checkpoint the pretraining task wrote."""
+
+
+def load_pretrained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The MIM model and its metadata from a Lightning checkpoint (loaded with weights_only)."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as e:
+        raise NotAPretrainingCheckpointError(
+            f"{checkpoint} is not a torch checkpoint that loads with weights_only=True"
+        ) from e
+    meta = ckpt.get(CHECKPOINT_METADATA_KEY) if isinstance(ckpt, dict) else None
+    if not meta:
+        raise NotAPretrainingCheckpointError(
+            f"{checkpoint} has no '{CHECKPOINT_METADATA_KEY}' entry: not written by the "
+            "pretraining task"
+        )
+    model = create_model(meta["model_name"], **meta["model_kwargs"])
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def read_export(export_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights as stored, config) of an export folder."""
+    export_dir = Path(export_dir)
+    config = json.loads((export_dir / CONFIG_NAME).read_text())
+    return load_file(str(export_dir / WEIGHTS_NAME)), config
+
+
+def recorded_block_numbers(config: dict[str, Any]) -> list[int]:
+    """The recorded intermediate blocks, numbered from 1, from checkpoint metadata or an export
+    config: ``intermediate_blocks`` (1-indexed, every version writes it), else timm's 0-indexed
+    ``intermediate_indices`` + 1; [] when neither is there."""
+    if config.get("intermediate_blocks"):
+        return [int(n) for n in config["intermediate_blocks"]]
+    return [int(i) + 1 for i in config.get("intermediate_indices") or []]
+
+
+@dataclass
+class EncoderSource:
+    """Pretrained encoder weights in our key layout, with what is needed to rebuild the encoder."""
+
+    state: dict[str, torch.Tensor]
+    bands: list[str]
+    arch: dict[str, Any]  # embed_dim, depth, num_heads, mlp_ratio, patch_size
+    block_numbers: list[int]  # recorded intermediate blocks, numbered from 1
+    config: dict[str, Any]  # the export config or the checkpoint metadata
+    spatial_dims: int
+    img_size: list[int]
+
+
+def read_encoder_source(path: str | Path) -> EncoderSource:
+    """Encoder weights from an export folder or a pretraining checkpoint (``.ckpt``)."""
+    if Path(path).is_dir():
+        state, config = read_export(path)
+        if config.get("weights_keys") == "monai":
+            state = from_monai_state_dict(state)
+        arch = {k: config[k] for k in ARCH_KEYS}
+        spatial_dims, img_size, in_chans = (
+            config[k] for k in ("spatial_dims", "img_size", "in_chans")
+        )
+    else:
+        model, config = load_pretrained_model(path)
+        encoder = model.encoder
+        state = encoder.state_dict()
+        arch = {k: getattr(encoder, k) for k in ARCH_KEYS}
+        spatial_dims, img_size, in_chans = encoder.spatial_dims, encoder.img_size, encoder.in_chans
+    bands = list(config.get("bands") or [f"band{i}" for i in range(in_chans)])
+    return EncoderSource(
+        state=state,
+        bands=bands,
+        arch=arch,
+        block_numbers=recorded_block_numbers(config),
+        config=config,
+        spatial_dims=int(spatial_dims),
+        img_size=list(img_size),
+    )
+
+
+# -- MONAI ----------------------------------------------------------------------------------------
+def monai_vit_kwargs(config: dict[str, Any], classification: bool = True) -> dict[str, Any]:
+    return {
+        "in_channels": config["in_chans"],
+        "img_size": list(config["img_size"]),
+        "patch_size": list(config["patch_size"]),
+        "hidden_size": config["embed_dim"],
+        "mlp_dim": int(config["embed_dim"] * config["mlp_ratio"]),
+        "num_layers": config["depth"],
+        "num_heads": config["num_heads"],
+        "proj_type": "conv",
+        "classification": classification,
+        "qkv_bias": True,
+        "spatial_dims": config["spatial_dims"],
+    }
+
+
+def build_monai_vit(export_dir: str | Path, classification: bool = True) -> nn.Module:
+    """A MONAI ``ViT`` holding a 3-D export's weights (LayerNorm eps set to ours, 1e-6).
+
+    With ``classification=False`` (as inside MONAI's UNETR) the class token is not used.
+    Keys the export does not hold (``classification_head.*``, unused ``norm_cross_attn``) keep
+    MONAI's initialization; any other mismatch raises.
+    """
+    state, config = read_export(export_dir)
+    if config.get("weights_keys") != "monai":
+        raise ValueError(f"{export_dir} is a {config.get('weights_keys')} export, not a 3-D one")
+    vit = ViT(**monai_vit_kwargs(config, classification))
+    for module in vit.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = config.get("layer_norm_eps", 1e-6)
+    if not classification:
+        state = {k: v for k, v in state.items() if k != "cls_token"}
+    result = vit.load_state_dict(state, strict=False)
+    allowed = re.compile(r"^(classification_head\.|blocks\.\d+\.norm_cross_attn\.)")
+    bad_missing = [k for k in result.missing_keys if not allowed.match(k)]
+    if bad_missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"MONAI ViT key mismatch: missing {bad_missing}, unexpected {result.unexpected_keys}"
+        )
+    return vit
+
+
+# -- loading with band matching -------------------------------------------------------------------
+@dataclass
+class BandMatchReport:
+    """How the patch embedding's input channels were matched by band name."""
+
+    shared: list[str] = field(default_factory=list)  # copied from the pretrained weights
+    added: list[str] = field(default_factory=list)  # not pretrained: fresh initialization
+    dropped: list[str] = field(default_factory=list)  # pretrained but not in the new band list
+
+    def __str__(self) -> str:
+        return (
+            f"bands: {len(self.shared)} shared {self.shared}; {len(self.added)} new (initialized) "
+            f"{self.added}; {len(self.dropped)} dropped {self.dropped}"
+        )
+
+
+def match_band_channels(
+    target_weight: torch.Tensor,
+    source_weight: torch.Tensor,
+    source_bands: Sequence[str],
+    target_bands: Sequence[str],
+) -> tuple[torch.Tensor, BandMatchReport]:
+    """Patch-embedding weight for ``target_bands``: channels of shared bands (matched by name,
+    case-insensitive) come from ``source_weight``; the others keep ``target_weight``'s values."""
+    if source_weight.shape[1] != len(source_bands):
+        raise ValueError(
+            f"pretrained patch embedding has {source_weight.shape[1]} channels but "
+            f"{len(source_bands)} band names"
+        )
+    src_index = {b.casefold(): i for i, b in enumerate(source_bands)}
+    weight = target_weight.detach().clone()
+    report = BandMatchReport()
+    for j, band in enumerate(target_bands):
+        i = src_index.get(band.casefold())
+        if i is None:
+            report.added.append(band)
+        else:
+            weight[:, j] = source_weight[:, i]
+            report.shared.append(band)
+    target_keys = {b.casefold() for b in target_bands}
+    report.dropped = [b for b in source_bands if b.casefold() not in target_keys]
+    return weight, report
+
+
+def load_encoder_weights(
+    encoder: VisionTransformerEncoder,
+    state: dict[str, torch.Tensor],
+    source_bands: Sequence[str],
+    target_bands: Sequence[str] | None = None,
+) -> BandMatchReport:
+    """Load our-key encoder weights into ``encoder``, matching input bands by name.
+
+    The fixed sin-cos ``pos_embed`` is kept from ``encoder`` when the grid differs.
+    """
+    target_bands = list(target_bands or source_bands)
+    if len(target_bands) != encoder.in_chans:
+        raise ValueError(f"{len(target_bands)} band names for an encoder of {encoder.in_chans}")
+    state = dict(state)
+    own = encoder.state_dict()
+    key = "patch_embed.proj.weight"
+    state[key], report = match_band_channels(own[key], state[key], source_bands, target_bands)
+    if state["pos_embed"].shape != own["pos_embed"].shape:
+        state["pos_embed"] = own["pos_embed"]
+    encoder.load_state_dict(state, strict=True)
+    if report.added or report.dropped:
+        log.warning("loading pretrained encoder: %s", report)
+    return report
+
+
+def load_encoder(
+    source: str | Path,
+    bands: Sequence[str] | None = None,
+    img_size: int | Sequence[int] | None = None,
+    spatial_dims: int | None = None,
+) -> tuple[VisionTransformerEncoder, BandMatchReport, dict[str, Any]]:
+    """Our encoder from an export folder or a pretraining checkpoint, for ``bands`` (default: the
+    source's) at ``img_size`` (default: the source's); returns (encoder, band report, the
+    source's config or checkpoint metadata)."""
+    src = read_encoder_source(source)
+    target_bands = list(bands or src.bands)
+    encoder = VisionTransformerEncoder(
+        img_size=img_size or src.img_size,
+        in_chans=len(target_bands),
+        spatial_dims=spatial_dims or src.spatial_dims,
+        **src.arch,
+    )
+    report = load_encoder_weights(encoder, src.state, src.bands, target_bands)
+    return encoder, report, src.config
