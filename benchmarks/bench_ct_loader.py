@@ -1,4 +1,4 @@
-"""Random 96³ CT crops per second: the store + CTCropDataset vs MONAI from .nii.gz (issue 4).
+"""Random 96³ CT crops per second: the store + CTCropDataset vs MONAI from .nii.gz.
 
 In one run and one process each (torch and blosc limited to one thread, files in the page
 cache), for a real volume and for a clinical-size one:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from data_pipelines.store.layout import ATTR_BANDS, ATTR_PROFILE, ATTR_TILE_SIZE
 from data_pipelines.store.read import read_store_attrs, select_samples, store_band_stats
+from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
 
@@ -307,8 +308,6 @@ class CTDataModule(StoreDataModule):
     def crops(self, split: str | None, augment: bool, **options: Any) -> Any:
         """A :class:`~geomed_mim.data.ct.CTCropDataset` of ``split`` with this module's crop
         settings (``options``: further ``CTCropDataset`` arguments)."""
-        # imported when used: training-task tests substitute this module with a light stand-in
-        from geomed_mim.data.ct import CTCropDataset
 
         return CTCropDataset(
             self.stores,

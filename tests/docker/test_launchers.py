@@ -152,6 +152,7 @@ def entrypoint(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # starts Python processes through the entrypoint
 def test_entrypoint_dispatches_by_name():
     assert "torchrun" in entrypoint("help").stdout
     proc = entrypoint("build_dataset", "--help")
@@ -164,6 +165,7 @@ def test_entrypoint_dispatches_by_name():
     assert "--nproc-per-node" in proc.stdout or "--nproc_per_node" in proc.stdout
 
 
+@pytest.mark.slow  # starts Python processes through the entrypoint
 def test_entrypoint_finetune_seg_runs_the_module_when_present():
     proc = entrypoint("finetune_seg", "--help")
     if importlib.util.find_spec("geomed_mim.finetune_seg") is None:

@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, subprocess_env
 
-__all__ = ["REPO_ROOT", "subprocess_env"]
+__all__ = ["REPO_ROOT", "build_store", "subprocess_env"]
+
+
+def build_store(*args: str) -> None:
+    """Run the build command in this process (one worker, no dask cluster); the CLI's own
+    subprocess runs are tested in tests/geomed_mim/test_build_dataset.py."""
+    from geomed_mim.build_dataset import main as build_dataset
+
+    assert build_dataset([*args, "--workers", "1", "--scheduler", "synchronous"]) == 0
 
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded demo archive built into a store (80 tiles of 13 bands, 32x32)."""
     out = tmp_path_factory.mktemp("demo_store") / "store"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geomed_mim.build_dataset",
-            "--output",
-            str(out),
-            "--workers",
-            "1",
-            "--scheduler",
-            "synchronous",
-        ],
-        check=True,
-        cwd=tmp_path_factory.getbasetemp(),
-        env=subprocess_env(),
-        capture_output=True,
-    )
+    build_store("--output", str(out))
     return out

@@ -26,27 +26,17 @@ from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
 from geomed_mim.tasks.segmentation import masked_soft_dice_loss, scores_from_confusion
-from tests.geomed_mim.conftest import REPO_ROOT, subprocess_env
+from tests.geomed_mim.conftest import REPO_ROOT, build_store, subprocess_env
 from tests.geomed_mim.training import TINY_DECODER, model_checkpoint
 
 CONFIGS = REPO_ROOT / "configs"
-
-
-def build(args: list[str], cwd: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "geomed_mim.build_dataset", *args, "--workers", "1"],
-        check=True,
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-    )
 
 
 @pytest.fixture(scope="module")
 def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The labeled Sentinel-2 demo store (5 scenes, 80 tiles, land-cover mask)."""
     out = tmp_path_factory.mktemp("finetune_lulc") / "store"
-    build(["--config", str(CONFIGS / "data/demo_lulc.yaml"), "--output", str(out)], REPO_ROOT)
+    build_store("--config", str(CONFIGS / "data/demo_lulc.yaml"), "--output", str(out))
     return out
 
 
@@ -54,7 +44,7 @@ def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ct_organ_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The abdominal demo scan with TotalSegmentator ids remapped to 4 training classes."""
     out = tmp_path_factory.mktemp("finetune_ct") / "store"
-    build(["--config", str(CONFIGS / "data/demo_ct_organs.yaml"), "--output", str(out)], REPO_ROOT)
+    build_store("--config", str(CONFIGS / "data/demo_ct_organs.yaml"), "--output", str(out))
     return out
 
 
