@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -66,34 +67,32 @@ def ensure_pretrained(work: Path, store: Path, epochs: int) -> tuple[Path, float
     return ckpt, time.perf_counter() - t0
 
 
-def finetune_once(
-    store: Path, init_from: str | None, seed: int, epochs: int, train_fraction: float
-) -> dict[str, float]:
-    seed_everything(seed, verbose=False)
-    dm = RSSegDataModule(str(store), batch_size=16, train_fraction=train_fraction, subset_seed=0)
-    task = SegmentationTask(
-        init_from=init_from,
-        encoder={"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4},
-        lr=1e-3,
-        layer_decay=0.75,
-        in_chans=dm.in_chans,
-        img_size=dm.img_size,
-        spatial_dims=2,
-        bands=dm.bands,
-        classes=dm.classes,
-        mean=dm.mean,
-        std=dm.std,
-    )
-    trainer = Trainer(
+def quiet_cpu_trainer(**kwargs: Any) -> Trainer:
+    """A CPU trainer with no logger, checkpoints, progress bar or sanity validation."""
+    return Trainer(
         accelerator="cpu",
-        max_epochs=epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=epochs,
+        **kwargs,
     )
+
+
+def finetune_once(
+    store: Path, init_from: str | None, seed: int, epochs: int, train_fraction: float
+) -> dict[str, float]:
+    seed_everything(seed, verbose=False)
+    dm = RSSegDataModule(str(store), batch_size=16, train_fraction=train_fraction, subset_seed=0)
+    task = SegmentationTask.for_data(
+        dm,
+        init_from=init_from,
+        encoder={"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4},
+        lr=1e-3,
+        layer_decay=0.75,
+    )
+    trainer = quiet_cpu_trainer(max_epochs=epochs, check_val_every_n_epoch=epochs)
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     fit_s = time.perf_counter() - t0
@@ -130,17 +129,13 @@ def ct_finetune_once(store: Path, init_from: str | None, seed: int, epochs: int)
     seed_everything(seed, verbose=False)
     dm = CTSegDataModule([str(store)], crop_size=32, batch_size=1, crops_per_volume=4,
                          samples_per_epoch=4, val_split="train", seed=seed)  # fmt: skip
-    task = SegmentationTask(
+    task = SegmentationTask.for_data(
+        dm,
         init_from=init_from,
         encoder={"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 8},
         feature_size=8, lr=1e-3, layer_decay=0.75, dice_weight=1.0, sw_overlap=0.25,
-        in_chans=1, img_size=32, spatial_dims=3, bands=dm.bands, classes=dm.classes,
-        mean=dm.mean, std=dm.std,
     )  # fmt: skip
-    trainer = Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0,
-                      check_val_every_n_epoch=10**6)  # fmt: skip
+    trainer = quiet_cpu_trainer(max_epochs=epochs, check_val_every_n_epoch=10**6)
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     fit_s = time.perf_counter() - t0

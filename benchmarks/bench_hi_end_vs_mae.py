@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from geomed_mim.models import create_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pretrain_throughput import mae_step_fn
 
 TARGET = 1.3  # the project's target: a Hi-End-MAE step ≤ 1.3× an MAE step
 
@@ -62,17 +66,9 @@ def build(name: str, size: str, img: int) -> torch.nn.Module:
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One AdamW training step (bf16 autocast on a GPU), as the throughput benchmark times it."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    amp = x.device.type == "cuda"
-
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return mae_step_fn(model, opt, x, amp=x.device.type == "cuda")
 
 
 def _sdpa_cpu_fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:

@@ -35,6 +35,7 @@ from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
 from geomed_mim.tasks.distributed import torchrun_trainer_overrides
 from geomed_mim.tasks.preemption import PreemptionCheckpoint
 from geomed_mim.tasks.pretraining import MIMPretrainTask
+from geomed_mim.tasks.segmentation import DATA_FIELDS as SEGMENTATION_DATA_FIELDS
 from geomed_mim.tasks.segmentation import SegmentationTask
 
 
@@ -73,7 +74,7 @@ class PretrainCLI(TrainingCLI):
 
 
 class FinetuneSegCLI(TrainingCLI):
-    linked_fields = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
+    linked_fields = SEGMENTATION_DATA_FIELDS
 
 
 def run(

@@ -26,6 +26,8 @@ from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 log = logging.getLogger(__name__)
 
 ENCODER_DEFAULTS = {"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4}
+# what the task takes from its data module (the CLI links these; ``for_data`` copies them)
+DATA_FIELDS = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
 
 
 def scores_from_confusion(confmat: torch.Tensor, class_ids: list[int]) -> dict[str, torch.Tensor]:
@@ -136,6 +138,12 @@ class SegmentationTask(LightningModule):
         log.info("segmentation decoder reads encoder blocks %s (1-indexed)", blocks)
 
     # -- building -----------------------------------------------------------------------------
+    @classmethod
+    def for_data(cls, datamodule: Any, **kwargs: Any) -> SegmentationTask:
+        """The task for ``datamodule``'s bands, sizes, class table and normalization, as the
+        command line links them; ``kwargs`` are the task's other arguments."""
+        return cls(**{f: getattr(datamodule, f) for f in DATA_FIELDS}, **kwargs)
+
     def _build_encoder(
         self,
         init_from: str | None,
