@@ -85,9 +85,11 @@ def input_output_flags() -> list[Flag]:
     """What to read and where to write (every modality)."""
     return [
         Flag("--input", str | list[str] | None, None,
-             "Folder of rasters (searched recursively), a glob such as 'scenes/**/*.tif', a "
-             "raster file, or demo:NAME for the embedded demo (demo:sentinel2_l1c, "
-             "demo:landsat8_l1, demo:ct). Default: the demo archive."),
+             "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
+             ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
+             "such as 'scenes/**/*.tif', a raster or product file, or demo:NAME for the "
+             "embedded demo (demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo "
+             "archive."),
         Flag("--output", str | None, None,
              "Folder to write store.zarr, manifest.parquet, build.json and quarantine.jsonl "
              "into. Re-running into the same folder resumes."),
@@ -160,7 +162,19 @@ def rs_flags() -> list[Flag]:
              "Exclude a tile when more than this fraction of pixels is saturated."),
         Flag("--max-cloud-fraction", float, 0.5,
              "Exclude a tile when more than this fraction of pixels is flagged cloud by the QA "
-             "band (profiles with a QA band, e.g. Landsat BQA)."),
+             "band or cloud mask (Landsat BQA/QA_PIXEL, Sentinel-2 MSK_CLASSI/SCL)."),
+        Flag("--max-cloud-shadow-fraction", float, 0.5,
+             "Exclude a tile when more than this fraction of pixels is flagged cloud shadow "
+             "(Landsat QA_PIXEL/BQA, Sentinel-2 SCL)."),
+        Flag("--max-snow-fraction", float, 1.0,
+             "Exclude a tile when more than this fraction of pixels is flagged snow/ice "
+             "(default 1.0: snowy tiles are kept, the fraction is recorded)."),
+        Flag("--grid", str | None, None,
+             "Swath products (MODIS L1B): resample each granule to this CRS, e.g. EPSG:32632 "
+             "or EPSG:4326 (nearest neighbour); default: tiles cut from the swath itself."),
+        Flag("--resolution", float | None, None,
+             "Pixel size for --grid, in the CRS's units (metres for UTM, degrees for "
+             "EPSG:4326)."),
         Flag("--min-band-std", float | None, None,
              "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
              "Default: the profile's min_band_std."),

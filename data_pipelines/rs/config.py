@@ -34,7 +34,11 @@ class RSBuildConfig(BuildConfig):
     max_out_of_range_fraction: float = 0.05
     max_saturated_fraction: float = 0.05
     max_cloud_fraction: float = 0.5
+    max_cloud_shadow_fraction: float = 0.5
+    max_snow_fraction: float = 1.0
     min_band_std: float | None = None
+    grid: str | None = None  # swath products: resample to this CRS ("EPSG:32632")
+    resolution: float | None = None  # ...at this pixel size, in the CRS's units
     labels: str | None = None
     dedup: bool = True
     near_dup_radius: int = DEFAULT_NEAR_DUP_RADIUS
@@ -55,6 +59,7 @@ class RSBuildConfig(BuildConfig):
         for name, value in asdict(self.rules()).items():
             if name.endswith("_fraction"):
                 check_fraction(name.replace("_", "-"), value)
+        self._validate_swath_grid()
         if not 0 <= self.near_dup_radius <= MAX_EXACT_RADIUS:
             raise BuildConfigError(
                 f"--near-dup-radius: {self.near_dup_radius} is not in [0, {MAX_EXACT_RADIUS}] "
@@ -74,6 +79,36 @@ class RSBuildConfig(BuildConfig):
                 f"--stride: {stride} must be between 1 and 4x the tile size "
                 f"({self.tile_size * 4}); a stride below the tile size gives overlapping tiles"
             )
+
+    def _validate_swath_grid(self) -> None:
+        if self.grid is None and self.resolution is None:
+            return
+        if self.grid is None or self.resolution is None:
+            raise BuildConfigError(
+                "--grid/--resolution: give both (e.g. --grid EPSG:32632 --resolution 1000) to "
+                "resample swath products, or neither to tile the swath itself"
+            )
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError
+
+        try:
+            CRS.from_user_input(self.grid)
+        except CRSError:
+            raise BuildConfigError(
+                f"--grid: {self.grid!r} is not a coordinate reference system; use e.g. "
+                f"EPSG:4326 or EPSG:32632"
+            ) from None
+        if not self.resolution > 0:
+            raise BuildConfigError(
+                f"--resolution: {self.resolution} must be a positive pixel size in the units of "
+                f"--grid (metres for UTM, degrees for EPSG:4326)"
+            )
+
+    def swath_grid(self) -> tuple[str, float] | None:
+        """(CRS, resolution) to resample swath products to, or None to tile the swath."""
+        if self.grid is None or self.resolution is None:
+            return None
+        return (self.grid, float(self.resolution))
 
     def _validate_labels(self) -> None:
         if self.labels is None:
@@ -98,6 +133,8 @@ class RSBuildConfig(BuildConfig):
             max_out_of_range_fraction=self.max_out_of_range_fraction,
             max_saturated_fraction=self.max_saturated_fraction,
             max_cloud_fraction=self.max_cloud_fraction,
+            max_cloud_shadow_fraction=self.max_cloud_shadow_fraction,
+            max_snow_fraction=self.max_snow_fraction,
             min_band_std=self.min_band_std,
         )
 
@@ -110,6 +147,7 @@ class RSBuildConfig(BuildConfig):
             "stride": self.stride or self.tile_size,
             "cover_edges": self.cover_edges,
             "resampling": self.resampling,
+            "swath_grid": list(self.swath_grid()) if self.swath_grid() else None,
             "calibrate": self.calibrate,
             "exclusion": asdict(self.rules()),
             "labels": str(Path(self.labels).resolve()) if self.labels else None,

@@ -1,9 +1,17 @@
-"""Find the scenes of an archive: single multi-band rasters and one-file-per-band groups.
+"""Find the scenes of an archive: provider products, single multi-band rasters and
+one-file-per-band groups.
 
-A file whose stem ends in a band token of the profile (``l8_B4.tif``, ``..._B8A.tif``) joins
-the multi-file scene of its folder and prefix; any other raster is a scene of its own. Files
-are only listed here, never opened: a bad file must fail inside its task, where it is
-quarantined, not stop discovery.
+Provider products are recognised by their names (``rs.products.names``): MODIS
+``MOD021KM``/``MYD021KM`` granules (with a ``MOD03``/``MYD03`` of the same granule beside them
+as geolocation), Sentinel-2 ``.SAFE`` folders and zips (everything inside belongs to the
+product), Landsat Collection 1/2 files grouped by product id (bands, ``QA_PIXEL``/``BQA``,
+``_MTL.txt``/``_MTL.json``; the product's other sidecars are skipped). A product the profile
+does not read is listed as ignored, naming the profile that reads it.
+
+Any other raster: a file whose stem ends in a band token of the profile (``l8_B4.tif``,
+``..._B8A.tif``) joins the multi-file scene of its folder and prefix; any other raster is a
+scene of its own. Files are only listed here, never opened: a bad file must fail inside its
+task, where it is quarantined, not stop discovery.
 """
 
 from __future__ import annotations
@@ -14,9 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipelines.errors import InputError
-from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.products.names import (
+    PRODUCT_DESCRIPTIONS,
+    GranuleName,
+    LandsatFile,
+    safe_kind,
+    safe_stem,
+)
+from data_pipelines.rs.profiles import SensorProfile, profiles_reading
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+# product containers and sidecars: MODIS HDF4, .SAFE zips, Landsat MTL text/JSON
+PRODUCT_SUFFIXES = (".hdf", ".zip", ".txt", ".json")
 _BAND_FILE = re.compile(r"^(?P<prefix>.+?)[_.-](?P<band>B\d{1,2}A?|BQA|QA_PIXEL)$", re.IGNORECASE)
 
 
@@ -29,6 +46,8 @@ class Scene:
     files: tuple[tuple[str, str], ...]
     qa_file: str | None = None
     metadata_files: tuple[str, ...] = ()
+    # provider product kind (data_pipelines.rs.profiles.PRODUCT_KINDS), "" for plain rasters
+    product: str = ""
 
     @property
     def multi_file(self) -> bool:
@@ -45,36 +64,68 @@ class Discovery:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
-def list_raster_files(input_spec: str | list[str]) -> tuple[list[Path], Path]:
-    """Files named by a folder (recursive), a glob, or a list; and the root ids are relative to."""
+@dataclass
+class Listing:
+    """What ``--input`` names: files (rasters and product files), .SAFE folders, the id root."""
+
+    files: list[Path]
+    safe_dirs: list[Path]
+    root: Path
+
+
+def _is_safe_dir(p: Path) -> bool:
+    return p.is_dir() and p.name.upper().endswith(".SAFE")
+
+
+def _wanted(f: Path) -> bool:
+    return f.is_file() and f.suffix.lower() in RASTER_SUFFIXES + PRODUCT_SUFFIXES
+
+
+def _list_folder(folder: Path, files: list[Path], safe_dirs: list[Path]) -> None:
+    if _is_safe_dir(folder):
+        safe_dirs.append(folder)
+        return
+    found = sorted(folder.rglob("*"))
+    safes = [d for d in found if _is_safe_dir(d)]
+    safe_dirs += safes
+    for f in found:
+        if _wanted(f) and not any(d in f.parents for d in safes):
+            files.append(f)
+
+
+def list_inputs(input_spec: str | list[str]) -> Listing:
+    """Files named by a folder (recursive), a glob, or a list; .SAFE folders among them; and
+    the root scene ids are relative to."""
     specs = [input_spec] if isinstance(input_spec, str | Path) else list(input_spec)
     files: list[Path] = []
+    safe_dirs: list[Path] = []
     roots: list[Path] = []
     for spec in specs:
         spec = str(spec)
         p = Path(spec)
         if p.is_dir():
-            roots.append(p)
-            files += [f for f in sorted(p.rglob("*")) if f.suffix.lower() in RASTER_SUFFIXES]
+            roots.append(p.parent if _is_safe_dir(p) else p)
+            _list_folder(p, files, safe_dirs)
         elif p.is_file():
             roots.append(p.parent)
             files.append(p)
         elif glob.has_magic(spec):
             matched = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             roots.append(Path(_glob_root(spec)))
-            files += [f for f in matched if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES]
+            safe_dirs += [m for m in matched if _is_safe_dir(m)]
+            files += [f for f in matched if _wanted(f)]
         else:
             raise InputError(
-                f"--input: {spec!r} does not exist; give a folder of rasters, a glob such as "
-                f"'scenes/**/*.tif', or a raster file"
+                f"--input: {spec!r} does not exist; give a folder of rasters or products, a glob "
+                f"such as 'scenes/**/*.tif', or a raster or product file"
             )
-    if not files:
+    if not files and not safe_dirs:
         raise InputError(
-            f"--input: no raster files ({', '.join(RASTER_SUFFIXES)}) found in {specs}; "
-            f"check the path or glob"
+            f"--input: no raster files ({', '.join(RASTER_SUFFIXES)}) or products (.hdf, .SAFE, "
+            f".zip) found in {specs}; check the path or glob"
         )
     root = Path(_common_root(roots))
-    return sorted(set(files)), root
+    return Listing(sorted(set(files)), sorted(set(safe_dirs)), root)
 
 
 def _glob_root(spec: str) -> str:
@@ -100,13 +151,129 @@ def _scene_id(path_without_suffix: Path, root: Path) -> str:
     return "/".join(rel.parts)
 
 
+def _not_read(kind: str, profile: SensorProfile) -> str:
+    readers = profiles_reading(kind)
+    hint = (
+        f"read it with --profile {' or '.join(readers)}"
+        if readers
+        else "no shipped profile reads it"
+    )
+    return f"{PRODUCT_DESCRIPTIONS[kind]}; profile {profile.name} does not read it ({hint})"
+
+
+def modis_scenes(
+    files: list[Path], root: Path, profile: SensorProfile, found: Discovery
+) -> set[Path]:
+    """MOD021KM/MYD021KM granules (with their MOD03/MYD03); returns the files they claim."""
+    names = {f: GranuleName.parse(f.name) for f in files}
+    names = {f: n for f, n in names.items() if n is not None}
+    geo = {(f.parent, n.prefix, n.key): f for f, n in names.items() if n.product == "03"}
+    for f, n in names.items():
+        if n.product == "03":
+            continue
+        if n.product != "021KM":
+            found.ignored.append(
+                (str(f), f"{n.prefix}{n.product} is not read; the 1-km granules "
+                 f"{n.prefix}021KM hold all 36 bands")
+            )  # fmt: skip
+        elif not profile.reads_product("modis_l1b"):
+            found.ignored.append((str(f), _not_read("modis_l1b", profile)))
+        else:
+            mod03 = geo.get((f.parent, n.prefix, n.key))
+            found.scenes.append(
+                Scene(
+                    scene_id=_scene_id(f.with_suffix(""), root),
+                    files=(("", str(f)),),
+                    metadata_files=(str(mod03),) if mod03 else (),
+                    product="modis_l1b",
+                )
+            )
+    return set(names)
+
+
+def safe_scenes(
+    files: list[Path], safe_dirs: list[Path], root: Path, profile: SensorProfile, found: Discovery
+) -> set[Path]:
+    """Sentinel-2 .SAFE folders and zips; returns the zip files they claim."""
+    zips = [f for f in files if f.suffix.lower() == ".zip"]
+    claimed = set(zips)
+    for path in safe_dirs + zips:
+        kind = safe_kind(path)
+        if kind is None:
+            why = "not a Sentinel-2 product name (S2?_MSIL1C_... or S2?_MSIL2A_...)"
+            found.ignored.append((str(path), why))
+        elif not profile.reads_product(kind):
+            found.ignored.append((str(path), _not_read(kind, profile)))
+        else:
+            scene_id = _scene_id(path.parent / safe_stem(path), root)
+            found.scenes.append(Scene(scene_id, (("", str(path)),), product=kind))
+    return claimed
+
+
+def landsat_scenes(
+    files: list[Path], root: Path, profile: SensorProfile, found: Discovery
+) -> set[Path]:
+    """Landsat Collection 1/2 products grouped by product id; returns the files they claim."""
+    products: dict[tuple[Path, str], list[tuple[Path, LandsatFile]]] = {}
+    for f in files:
+        parsed = LandsatFile.parse(f.name)
+        if parsed is not None:
+            products.setdefault((f.parent, parsed.product_id), []).append((f, parsed))
+    claimed: set[Path] = set()
+    for (folder, pid), members in sorted(products.items()):
+        claimed |= {f for f, _ in members}
+        kind = members[0][1].kind
+        if not profile.reads_product(kind):
+            found.ignored.append((str(folder / pid), _not_read(kind, profile)))
+            continue
+        bands, qa, mtl = {}, None, []
+        for f, parsed in members:
+            if parsed.role == "band":
+                if profile.band_index(parsed.token) is None:
+                    found.ignored.append(
+                        (str(f), f"band {parsed.token} is not in profile {profile.name}")
+                    )
+                else:
+                    bands[parsed.token] = str(f)
+            elif parsed.role == "qa":
+                qa = str(f)
+            elif parsed.role == "mtl":
+                mtl.append(str(f))
+        if not bands:
+            found.ignored.append(
+                (str(folder / pid), f"{PRODUCT_DESCRIPTIONS[kind]} without band files")
+            )
+            continue
+        ordered = sorted(bands.items(), key=lambda kv: profile.band_index(kv[0]))
+        mtl.sort(key=lambda m: (not m.lower().endswith(".txt"), m))  # the text MTL first
+        found.scenes.append(
+            Scene(_scene_id(folder / pid, root), tuple(ordered), qa, tuple(mtl), product=kind)
+        )
+    return claimed
+
+
 def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Discovery:
     """Group the files of ``input_spec`` into scenes for ``profile``; sorted by scene id."""
-    files, root = list_raster_files(input_spec)
+    listing = list_inputs(input_spec)
+    found = Discovery(scenes=[])
+    files, root = listing.files, listing.root
+    claimed = modis_scenes(files, root, profile, found)
+    claimed |= safe_scenes(files, listing.safe_dirs, root, profile, found)
+    claimed |= landsat_scenes(files, root, profile, found)
+    rasters = [f for f in files if f.suffix.lower() in RASTER_SUFFIXES and f not in claimed]
+    for f in files:
+        if f.suffix.lower() in (".hdf", ".zip") and f not in claimed:
+            found.ignored.append((str(f), "not a recognised provider product name"))
+    raster_scenes(rasters, root, profile, found)
+    found.scenes.sort(key=lambda s: s.scene_id)
+    return found
+
+
+def raster_scenes(files: list[Path], root: Path, profile: SensorProfile, found: Discovery) -> None:
+    """Plain rasters: one-file-per-band groups by folder and prefix, other files alone."""
     groups: dict[tuple[Path, str], dict[str, str]] = {}
     qa: dict[tuple[Path, str], str] = {}
     singles: list[Path] = []
-    ignored: list[tuple[str, str]] = []
     for f in files:
         m = _BAND_FILE.match(f.stem)
         if m is None:
@@ -119,31 +286,33 @@ def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Disc
         elif profile.band_index(token) is not None:
             groups.setdefault(key, {})[token] = str(f)
         else:
-            ignored.append((str(f), f"band {token} is not in profile {profile.name}"))
-    scenes: list[Scene] = []
+            found.ignored.append((str(f), f"band {token} is not in profile {profile.name}"))
+    # a one-file-per-band scene with an MTL under a Landsat profile is a Landsat product whose
+    # collection the reader tells from the MTL (pre-collection names carry none)
+    landsat = profile.reads_product("landsat_pre_collection_l1")
     for (folder, prefix), band_files in groups.items():
         ordered = sorted(band_files.items(), key=lambda kv: profile.band_index(kv[0]) or 0)
-        meta = ()
-        if profile.metadata_file:
-            meta = tuple(sorted(str(m) for m in folder.glob(profile.metadata_file)))
-        scenes.append(
+        meta = _metadata_files(folder, profile)
+        found.scenes.append(
             Scene(
                 scene_id=_scene_id(folder / prefix, root),
                 files=tuple(ordered),
                 qa_file=qa.get((folder, prefix)),
                 metadata_files=meta,
+                product="landsat_pre_collection_l1" if landsat else "",
             )
         )
     for f in singles:
-        meta = ()
-        if profile.metadata_file:
-            meta = tuple(sorted(str(m) for m in f.parent.glob(profile.metadata_file)))
-        scenes.append(
+        found.scenes.append(
             Scene(
                 scene_id=_scene_id(f.with_suffix(""), root),
                 files=(("", str(f)),),
-                metadata_files=meta,
+                metadata_files=_metadata_files(f.parent, profile),
             )
         )
-    scenes.sort(key=lambda s: s.scene_id)
-    return Discovery(scenes=scenes, ignored=ignored)
+
+
+def _metadata_files(folder: Path, profile: SensorProfile) -> tuple[str, ...]:
+    if not profile.metadata_file:
+        return ()
+    return tuple(sorted(str(m) for m in folder.glob(profile.metadata_file)))

@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
-from data_pipelines.rs.reader import SceneReader
+from data_pipelines.rs.reader import open_scene_reader
 from data_pipelines.store.layout import PREVIEW_NAME, store_path
 from data_pipelines.store.write import atomic_write_bytes
 
@@ -87,7 +87,10 @@ def write_preview(
             if scene is None:
                 continue
             try:
-                with SceneReader(scene, profile, getattr(cfg, "resampling", "bilinear")) as r:
+                reader = open_scene_reader(
+                    scene, profile, getattr(cfg, "resampling", "bilinear"), cfg.swath_grid()
+                )
+                with reader as r:
                     tile = r.read_window(
                         Window(row["col_off"], row["row_off"], row["width"], row["height"])
                     )

@@ -8,7 +8,7 @@ there into every model trained on it, so weights can later be matched by band na
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,32 @@ import yaml
 from data_pipelines.resources import configs_dir
 
 BAND_KINDS = ("reflectance", "emissive", "other")
+
+# Provider products a profile can read (its ``products`` section names the ones it takes, with
+# how their raw values differ from the profile's defaults). Plain rasters (GeoTIFF, JP2, ...)
+# are always read with the profile's own fields.
+PRODUCT_KINDS = (
+    "modis_l1b",  # MOD021KM / MYD021KM HDF4 granules
+    "sentinel2_l1c_safe",  # S2 MSIL1C .SAFE folder or zip
+    "sentinel2_l2a_safe",  # S2 MSIL2A .SAFE folder or zip
+    "landsat_pre_collection_l1",  # Landsat-8 L1 before the collections (LGN00 names, BQA)
+    "landsat_c1_l1",  # Landsat Collection 1 Level-1 (BQA)
+    "landsat_c2_l1",  # Landsat Collection 2 Level-1 (QA_PIXEL)
+    "landsat_c2_l2",  # Landsat Collection 2 Level-2 (SR_B*, ST_B10, QA_PIXEL)
+)
+# profile fields a product section may set (the raw encoding and the QA layout of that product)
+PRODUCT_OVERRIDES = (
+    "raw_dtype",
+    "nodata",
+    "nodata_above",
+    "valid_range",
+    "saturated_value",
+    "min_band_std",
+    "qa_band",
+    "qa",
+)
+# groups of QA flags, each measured as its own fraction and excluded with its own reason
+QA_FLAG_GROUPS = ("cloud_flags", "shadow_flags", "snow_flags")
 
 
 class ProfileError(ValueError):
@@ -42,15 +68,31 @@ class SensorProfile:
     nodata: float | None = None
     valid_range: tuple[float, float] | None = None
     saturated_value: float | None = None
+    nodata_above: float | None = None  # raw values above this are flags (MODIS L1B): nodata
     units: str = ""
     preview_rgb: tuple[str, ...] = ()
     qa_band: str | None = None
-    # QA bit fields: {"fill": {shift, bits, values}, "cloud_flags": {name: {shift, bits, values}}}
+    # QA bit fields: {"fill": {shift, bits, values}, "cloud_flags": {name: {shift, bits, values}},
+    # "shadow_flags": {...}, "snow_flags": {...}}
     qa: dict[str, Any] = field(default_factory=dict)
     min_band_std: float = 0.0  # raw units; a tile with every band this flat is "constant"
     metadata_file: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
+    # product kind -> the fields that differ for it (see PRODUCT_OVERRIDES)
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""
+
+    def reads_product(self, kind: str) -> bool:
+        return kind in self.products
+
+    def for_product(self, kind: str) -> SensorProfile:
+        """This profile as it applies to one provider product: its raw encoding and QA layout."""
+        if kind not in self.products:
+            raise ProfileError(f"profile {self.name} does not read {kind} products")
+        overrides = dict(self.products[kind])
+        if "valid_range" in overrides and overrides["valid_range"] is not None:
+            overrides["valid_range"] = tuple(overrides["valid_range"])
+        return replace(self, **overrides)
 
     @property
     def band_names(self) -> list[str]:
@@ -160,6 +202,7 @@ def profile_from_dict(raw: Any, source: str = "<dict>") -> SensorProfile:
         nodata=raw.get("nodata"),
         valid_range=tuple(raw["valid_range"]) if raw.get("valid_range") else None,
         saturated_value=raw.get("saturated_value"),
+        nodata_above=raw.get("nodata_above"),
         units=raw.get("units", ""),
         preview_rgb=tuple(raw.get("preview_rgb", ())),
         qa_band=raw.get("qa_band"),
@@ -167,6 +210,7 @@ def profile_from_dict(raw: Any, source: str = "<dict>") -> SensorProfile:
         min_band_std=float(raw.get("min_band_std", 0.0)),
         metadata_file=raw.get("metadata_file"),
         calibration=dict(raw.get("calibration") or {}),
+        products=_checked_products(raw.get("products"), source),
         source=source,
     )
     _check_calibration(profile, source)
@@ -178,9 +222,43 @@ def profile_from_dict(raw: Any, source: str = "<dict>") -> SensorProfile:
     return profile
 
 
+def _checked_products(raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ProfileError(f"profile {source}: 'products' must map product kinds to overrides")
+    out: dict[str, dict[str, Any]] = {}
+    for kind, overrides in raw.items():
+        if kind not in PRODUCT_KINDS:
+            raise ProfileError(
+                f"profile {source}: products.{kind} is not one of {', '.join(PRODUCT_KINDS)}"
+            )
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(PRODUCT_OVERRIDES))
+        if unknown:
+            raise ProfileError(
+                f"profile {source}: products.{kind} sets {unknown}; a product section may set "
+                f"only {', '.join(PRODUCT_OVERRIDES)}"
+            )
+        out[kind] = overrides
+    return out
+
+
+def profiles_reading(kind: str) -> list[str]:
+    """Shipped profiles that read ``kind`` products (for messages that name the right one)."""
+    out = []
+    for name in available_profiles():
+        try:
+            if load_profile(name).reads_product(kind):
+                out.append(name)
+        except ProfileError:
+            continue
+    return out
+
+
 def _check_calibration(profile: SensorProfile, source: str) -> None:
     kind = profile.calibration.get("kind", "none")
-    known = ("none", "linear", "sentinel2", "landsat_mtl", "modis_toa")
+    known = ("none", "linear", "sentinel2", "landsat_mtl", "landsat_c2_l2", "modis_toa")
     if kind not in known:
         raise ProfileError(f"profile {source}: calibration.kind {kind!r} is not one of {known}")
     if kind == "modis_toa":

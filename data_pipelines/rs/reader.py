@@ -4,6 +4,12 @@ One rasterio handle per file, opened inside the task that reads it (GDAL handles
 thread-safe and must not cross a fork). Bands on a coarser grid (Sentinel-2 20/60 m) are read
 through the matching fractional window and resampled to the fine grid by GDAL, so a scene is
 never loaded whole.
+
+Every scene reader, for plain rasters and for provider products (``rs.products``), offers the
+same interface: a context manager with ``grid``, ``dtype``, ``profile`` (the sensor profile as
+it applies to this scene's product), ``product`` (``ProductInfo`` or None), ``read_window``,
+``read_qa``, ``tags``, ``tile_metadata`` (per-tile manifest columns such as the centre
+latitude/longitude) and ``scene_columns``. :func:`open_scene_reader` picks the reader.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from rasterio.windows import bounds as window_bounds
 
 from data_pipelines.errors import first_line
 from data_pipelines.rs.discover import Scene
+from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.profiles import SensorProfile
 
 # GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that
@@ -51,7 +58,8 @@ class SceneReader:
 
     def __init__(self, scene: Scene, profile: SensorProfile, resampling: str = "bilinear"):
         self.scene = scene
-        self.profile = profile
+        self.profile = profile  # product readers replace it with ``profile.for_product(kind)``
+        self.product: ProductInfo | None = None
         self.resampling = Resampling[resampling]
         self._stack = ExitStack()
         self._sources: list[_BandSource] = []
@@ -79,10 +87,14 @@ class SceneReader:
             raise SceneError(f"cannot open {Path(path).name}: {_gdal_reason(path, e)}") from None
 
     def _open(self) -> None:
-        profile, scene = self.profile, self.scene
-        if scene.multi_file:
+        self._open_files(list(self.scene.files), self.scene.qa_file)
+
+    def _open_files(self, files: list[tuple[str, str]], qa_file: str | None) -> None:
+        """Open the band files (token, path) and the QA file; set the grid and dtype."""
+        profile = self.profile
+        if any(token for token, _ in files):
             by_band: dict[int, rasterio.io.DatasetReader] = {}
-            for token, path in scene.files:
+            for token, path in files:
                 idx = profile.band_index(token)
                 if idx is not None:
                     by_band[idx] = self._open_file(path)
@@ -93,7 +105,7 @@ class SceneReader:
                 )
             datasets = [(by_band[i], 1) for i in range(len(profile.bands))]
         else:
-            ds = self._open_file(scene.files[0][1])
+            ds = self._open_file(files[0][1])
             datasets = [(ds, i) for i in self._band_order(ds)]
         fine = min((d for d, _ in datasets), key=lambda d: abs(d.transform.a * d.transform.e))
         self.grid = Grid(
@@ -106,8 +118,8 @@ class SceneReader:
             self._check_extent(ds)
             same = ds.transform == fine.transform and ds.shape == fine.shape
             self._sources.append(_BandSource(ds, idx, same))
-        if scene.qa_file:
-            qa = self._open_file(scene.qa_file)
+        if qa_file:
+            qa = self._open_file(qa_file)
             self._check_extent(qa)
             same = qa.transform == fine.transform and qa.shape == fine.shape
             self._qa = _BandSource(qa, 1, same)
@@ -153,6 +165,14 @@ class SceneReader:
         for src in reversed(self._sources):
             out.update(src.dataset.tags())
         return out
+
+    def tile_metadata(self, window: Window) -> dict[str, float | None]:
+        """Per-tile manifest columns: the tile centre (plain rasters: not computed)."""
+        return {"lat": None, "lon": None}
+
+    def scene_columns(self) -> dict[str, str | None]:
+        """Manifest columns shared by every tile of the scene (the product's facts)."""
+        return self.product.scene_columns() if self.product else dict(EMPTY_SCENE_COLUMNS)
 
     # -- reading ---------------------------------------------------------------------------------
     def read_window(self, window: Window) -> np.ndarray:
@@ -202,6 +222,32 @@ class SceneReader:
             out_shape=(int(window.height), int(window.width)),
             resampling=resampling,
         )
+
+
+def open_scene_reader(
+    scene: Scene,
+    profile: SensorProfile,
+    resampling: str = "bilinear",
+    swath_grid: tuple[str, float] | None = None,
+):
+    """The reader for ``scene``: plain rasters or a provider product's reader.
+
+    ``swath_grid`` (CRS, resolution) resamples swath products (MODIS L1B) to a map grid;
+    without it they are read in swath geometry.
+    """
+    if scene.product == "modis_l1b":
+        from data_pipelines.rs.products.modis import ModisGranuleReader
+
+        return ModisGranuleReader(scene, profile, swath_grid)
+    if scene.product.startswith("sentinel2"):
+        from data_pipelines.rs.products.safe import SafeReader
+
+        return SafeReader(scene, profile, resampling)
+    if scene.product.startswith("landsat"):
+        from data_pipelines.rs.products.landsat import LandsatReader
+
+        return LandsatReader(scene, profile, resampling)
+    return SceneReader(scene, profile, resampling)
 
 
 def _crs_string(crs: rasterio.crs.CRS | None) -> str:

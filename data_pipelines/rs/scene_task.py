@@ -35,7 +35,7 @@ from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.exclusion import TileQuality, exclusion_reason, measure_batch
 from data_pipelines.rs.labels import LabelReader
 from data_pipelines.rs.profiles import SensorProfile
-from data_pipelines.rs.reader import SceneError, SceneReader
+from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
 from data_pipelines.rs.tiling import TileWindow, tile_grid
 from data_pipelines.rs.toa import Calibrator, make_calibrator
 from data_pipelines.stats import BandSample, tile_moments
@@ -82,10 +82,16 @@ class ScenePart:
     sample: BandSample | None = None
     read_s: float = 0.0
     write_s: float = 0.0
+    scene_columns: dict[str, Any] = field(default_factory=dict)  # the product's facts
 
     @property
     def tile_size(self) -> int:
         return self.job.config.tile_size
+
+    @property
+    def profile(self) -> SensorProfile:
+        """The profile as it applies to this scene's product (raw encoding, QA layout)."""
+        return self.reader.profile
 
 
 @dataclass
@@ -113,11 +119,15 @@ class KeptTiles:
 def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
     """Open the scene (and its label raster) and create the part's arrays."""
     cfg, profile, scene = job.config, job.profile, job.scene
-    reader = stack.enter_context(SceneReader(scene, profile, cfg.resampling))
+    reader = stack.enter_context(
+        open_scene_reader(scene, profile, cfg.resampling, cfg.swath_grid())
+    )
     grid = reader.grid
     assert grid is not None
     assert reader.dtype is not None
-    calibrator = make_calibrator(profile, cfg.calibrate, reader.tags(), scene.metadata_files)
+    calibrator = make_calibrator(
+        reader.profile, cfg.calibrate, reader.tags(), scene.metadata_files, reader.product
+    )
     T = cfg.tile_size
     tiles = PartWriter(
         job.out_dir,
@@ -131,10 +141,12 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
             "bands": profile.band_names,
             "crs": grid.crs,
             "calibration": calibrator.describe() if calibrator else None,
+            "product": reader.product.describe() if reader.product else None,
         },
         compression_level=cfg.compression_level,
     )
     part = ScenePart(job, reader, calibrator, tiles, sample=BandSample(len(profile.bands)))
+    part.scene_columns = reader.scene_columns()
     table = cfg.class_table()
     if table is not None:
         open_labels(part, table, stack)
@@ -210,7 +222,7 @@ def measure_and_exclude(
     part: ScenePart, raw: np.ndarray, qa: np.ndarray | None
 ) -> tuple[list[TileQuality], list[str | None]]:
     """Stage 3: each tile's quality and its exclusion reason (None: kept), counted."""
-    profile, rules = part.job.profile, part.job.config.rules()
+    profile, rules = part.profile, part.job.config.rules()
     qualities = measure_batch(raw, profile, qa)
     reasons = [exclusion_reason(q, rules, profile) for q in qualities]
     part.counts["tiles_total"] += len(reasons)
@@ -224,7 +236,7 @@ def measure_and_exclude(
 def hash_kept(part: ScenePart, kept_raw: np.ndarray) -> KeptTiles:
     """Stage 4: stored values, perceptual hashes and per-band moments of the kept tiles."""
     stored = part.calibrator.apply(kept_raw) if part.calibrator else kept_raw
-    phashes = perceptual_hashes(kept_raw, part.job.profile.nodata)
+    phashes = perceptual_hashes(kept_raw, part.profile.nodata)
     moments = tile_moments(stored)
     part.sample.add_tiles(stored)
     return KeptTiles(kept_raw, stored, phashes, moments)
@@ -235,7 +247,10 @@ def tile_row(
 ) -> dict[str, Any]:
     """Stage 6: the manifest row of one tile, before anything kept-only is filled in."""
     scene, grid, T = part.job.scene, part.reader.grid, part.tile_size
+    window = Window(w.col_off, w.row_off, T, T)
     return {
+        **part.scene_columns,
+        **part.reader.tile_metadata(window),
         "id": f"{scene.scene_id}/r{w.row_off}_c{w.col_off}",
         "scene": scene.scene_id,
         "source": scene_source(scene),
@@ -246,7 +261,7 @@ def tile_row(
         "height": T,
         "width": T,
         "crs": grid.crs,
-        "transform": list(window_transform(Window(w.col_off, w.row_off, T, T), grid.transform))[:6],
+        "transform": list(window_transform(window, grid.transform))[:6],
         **quality.as_row(),
         "excluded": reason,
     }

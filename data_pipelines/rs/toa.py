@@ -1,13 +1,25 @@
 """Raw values -> physical top-of-atmosphere units, per sensor profile.
 
-Each profile's ``calibration.kind`` picks a calibrator:
+Each profile's ``calibration.kind`` picks a calibrator; provider products bring their own
+coefficients (read by ``rs.products``) and plain rasters use the profile's:
 
-- ``sentinel2``: reflectance = (DN + offset) / 10000; offset -1000 for processing baseline
-  >= 04.00 (read from the product metadata when it is there), else 0.
-- ``landsat_mtl``: OLI bands to TOA reflectance with the sun-angle correction, TIRS bands to
-  brightness temperature, both from the scene's ``*_MTL.txt`` coefficients.
-- ``modis_toa``: reflective bands from percent x0.01; emissive bands min-max scaled per band
-  with the published kelvin ranges (SatVision-TOA).
+- ``sentinel2``: reflectance = (DN + offset) / quantification. From a ``.SAFE`` product: the
+  per-band ``RADIO_ADD_OFFSET`` / ``BOA_ADD_OFFSET`` and the quantification value of its
+  ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml`` (a product whose offsets cannot be determined is not
+  calibrated). From a plain raster: offset -1000 for processing baseline >= 04.00 (read from
+  its metadata tags when there), else 0; quantification 10000.
+- ``landsat_mtl``: Level-1 OLI bands to TOA reflectance with the sun-angle correction, TIRS
+  bands to brightness temperature, from the scene's MTL (pre-collection, Collection 1 or 2;
+  text or JSON).
+- ``landsat_c2_l2``: Collection 2 Level-2 surface reflectance (``SR_B*``: DN x 2.75e-5 - 0.2)
+  and surface temperature (``ST_B10``: DN x 0.00341802 + 149.0 K), from the MTL's LEVEL2
+  groups, or these published constants when the MTL is absent.
+- ``modis_toa``: MODIS L1B granules: reflectance = reflectance_scales x (DN -
+  reflectance_offsets); emissive bands: radiance = radiance_scales x (DN - radiance_offsets),
+  brightness temperature by inverting Planck at the band's effective central wavenumber with
+  the temperature correction slope/intercept, exactly as SatPy's ``modis_l1b`` reader does, then
+  min-max scaled with the profile's kelvin ranges. Pre-calibrated 14-band rasters: reflective
+  bands from percent x0.01, emissive bands (kelvin) min-max scaled.
 - ``linear``: value * scale + offset, per band or for all bands.
 
 Calibrated tiles are float32 with NaN where the raw value was nodata.
@@ -15,17 +27,52 @@ Calibrated tiles are float32 with NaN where the raw value was nodata.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_pipelines.rs.profiles import SensorProfile
 
+if TYPE_CHECKING:
+    from data_pipelines.rs.products import ProductInfo
+
 CALIBRATE_CHOICES = ("toa", "none")
+
+# -- MODIS emissive bands: the constants of SatPy's modis_l1b reader (one table for Terra and
+# Aqua, as SatPy uses it; SatVision-TOA was calibrated through SatPy). Band order of
+# EV_1KM_Emissive.
+MODIS_EMISSIVE_BANDS = (
+    "20", "21", "22", "23", "24", "25", "27", "28", "29", "30", "31", "32", "33", "34", "35", "36",
+)  # fmt: skip
+# effective central wavenumber [cm^-1]
+MODIS_CWN = (
+    2.641775e3, 2.505277e3, 2.518028e3, 2.465428e3, 2.235815e3, 2.200346e3, 1.477967e3,
+    1.362737e3, 1.173190e3, 1.027715e3, 9.080884e2, 8.315399e2, 7.483394e2, 7.308963e2,
+    7.188681e2, 7.045367e2,
+)  # fmt: skip
+# temperature correction slope (unitless) and intercept [K]: T = (T_planck - tci) / tcs
+MODIS_TCS = (
+    9.993411e-1, 9.998646e-1, 9.998584e-1, 9.998682e-1, 9.998819e-1, 9.998845e-1, 9.994877e-1,
+    9.994918e-1, 9.995495e-1, 9.997398e-1, 9.995608e-1, 9.997256e-1, 9.999160e-1, 9.999167e-1,
+    9.999191e-1, 9.999281e-1,
+)  # fmt: skip
+MODIS_TCI = (
+    4.770532e-1, 9.262664e-2, 9.757996e-2, 8.929242e-2, 7.310901e-2, 7.060415e-2, 2.204921e-1,
+    2.046087e-1, 1.599191e-1, 8.253401e-2, 1.302699e-1, 7.181833e-2, 1.972608e-2, 1.913568e-2,
+    1.817817e-2, 1.583042e-2,
+)  # fmt: skip
+PLANCK_H = 6.6260755e-34  # J s
+LIGHT_C = 2.9979246e8  # m / s
+BOLTZMANN_K = 1.380658e-23  # J / K
+
+# Landsat Collection 2 Level-2 scaling, fixed by the product definition (used when no MTL)
+LANDSAT_C2_SR_SCALE, LANDSAT_C2_SR_OFFSET = 2.75e-5, -0.2
+LANDSAT_C2_ST_SCALE, LANDSAT_C2_ST_OFFSET = 0.00341802, 149.0
 
 
 class CalibrationError(RuntimeError):
@@ -39,28 +86,37 @@ class Calibrator:
     kind: str
     scale: np.ndarray  # [C] multiplier applied to the raw value
     offset: np.ndarray  # [C] added after the multiplication
-    # per band: (K1, K2) for brightness temperature from radiance, or None
+    # per band: (K1, K2) for brightness temperature from radiance, T = K2 / ln(K1 / L + 1)
     thermal: tuple[tuple[float, float] | None, ...] = ()
+    # per band: (tci, tcs) MODIS temperature correction after Planck: T = (T - tci) / tcs
+    bt_correction: tuple[tuple[float, float] | None, ...] = ()
     # per band: (min_k, max_k) to min-max scale a temperature, or None
     bt_range: tuple[tuple[float, float] | None, ...] = ()
     nodata: float | None = None
+    invalid_above: float | None = None  # raw values above this are flags: NaN
     out_dtype: str = "float32"
+    source: dict[str, Any] | None = None  # where the coefficients came from (for the record)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrate ``[..., C, h, w]`` raw values to float32; nodata becomes NaN."""
         x = raw.astype(np.float32)
         invalid = np.isnan(x) if np.issubdtype(raw.dtype, np.floating) else None
-        if self.nodata is not None:
-            nod = raw == self.nodata
-            invalid = nod if invalid is None else invalid | nod
+        for value, op in ((self.nodata, np.equal), (self.invalid_above, np.greater)):
+            if value is not None:
+                bad = op(raw, value)
+                invalid = bad if invalid is None else invalid | bad
         out = x * self.scale[:, None, None].astype(np.float32) + self.offset[:, None, None].astype(
             np.float32
         )
-        for c, k in enumerate(self.thermal):
-            if k is not None:
-                k1, k2 = k
-                with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for c, k in enumerate(self.thermal):
+                if k is not None:
+                    k1, k2 = k
                     out[..., c, :, :] = k2 / np.log(k1 / out[..., c, :, :] + 1.0)
+        for c, corr in enumerate(self.bt_correction):
+            if corr is not None:
+                tci, tcs = corr
+                out[..., c, :, :] = (out[..., c, :, :] - tci) / tcs
         for c, r in enumerate(self.bt_range):
             if r is not None:
                 lo, hi = r
@@ -71,7 +127,7 @@ class Calibrator:
 
     def describe(self) -> dict[str, Any]:
         """What was applied, for the store attributes."""
-        return {
+        out = {
             "kind": self.kind,
             "scale": [float(v) for v in self.scale],
             "offset": [float(v) for v in self.offset],
@@ -79,16 +135,72 @@ class Calibrator:
             "bt_minmax_k": [list(r) if r else None for r in self.bt_range],
             "nodata_to": "NaN",
         }
+        if any(self.bt_correction):
+            out["bt_correction_tci_tcs"] = [list(c) if c else None for c in self.bt_correction]
+        if self.invalid_above is not None:
+            out["invalid_above"] = self.invalid_above
+        if self.source:
+            out["source"] = self.source
+        return out
+
+
+# -- Landsat -------------------------------------------------------------------------------------
+
+
+def read_mtl(path: str | Path) -> dict[str, dict[str, str]]:
+    """The groups of a Landsat MTL file (ODL text or USGS JSON): ``{group: {KEY: value}}``.
+
+    Values are strings, quotes stripped. Groups are kept apart because a Collection 2 Level-2
+    MTL repeats Level-1 keys (``REFLECTANCE_MULT_BAND_n``) in another group.
+    """
+    path = Path(path)
+    text = path.read_text(errors="replace")
+    if path.suffix.lower() == ".json":
+        groups: dict[str, dict[str, str]] = {}
+        _json_groups(json.loads(text), "", groups)
+        return groups
+    groups = {}
+    stack = [""]
+    for line in text.splitlines():
+        m = re.match(r"\s*([A-Z0-9_]+)\s*=\s*(.+?)\s*$", line)
+        if not m:
+            continue
+        key, value = m.group(1), m.group(2).strip('"')
+        if key == "GROUP":
+            stack.append(value)
+        elif key == "END_GROUP":
+            if len(stack) > 1:
+                stack.pop()
+        else:
+            groups.setdefault(stack[-1], {})[key] = value
+    return groups
+
+
+def _json_groups(node: Any, name: str, out: dict[str, dict[str, str]]) -> None:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _json_groups(value, key, out)
+        else:
+            out.setdefault(name, {})[key] = str(value)
 
 
 def parse_mtl(path: str | Path) -> dict[str, str]:
-    """``KEY = VALUE`` pairs of a Landsat MTL file (groups flattened, quotes stripped)."""
-    out: dict[str, str] = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        m = re.match(r"\s*([A-Z0-9_]+)\s*=\s*(.+?)\s*$", line)
-        if m and m.group(1) not in ("GROUP", "END_GROUP"):
-            out[m.group(1)] = m.group(2).strip('"')
-    return out
+    """``KEY = VALUE`` pairs of a Landsat MTL file, groups flattened (first occurrence wins)."""
+    flat: dict[str, str] = {}
+    for values in read_mtl(path).values():
+        for k, v in values.items():
+            flat.setdefault(k, v)
+    return flat
+
+
+def level1_values(groups: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The Level-1 view of an MTL: every group but the Level-2 ones, flattened."""
+    flat: dict[str, str] = {}
+    for name, values in groups.items():
+        if not name.startswith("LEVEL2_"):
+            for k, v in values.items():
+                flat.setdefault(k, v)
+    return flat
 
 
 def _landsat_band_number(name: str) -> int:
@@ -98,14 +210,21 @@ def _landsat_band_number(name: str) -> int:
     return int(m.group(1))
 
 
-def landsat_calibrator(profile: SensorProfile, mtl_path: str | Path) -> Calibrator:
-    mtl = parse_mtl(mtl_path)
-
+def _getter(values: dict[str, str], where: str):
     def get(key: str) -> float:
-        if key not in mtl:
-            raise CalibrationError(f"{Path(mtl_path).name} has no {key}")
-        return float(mtl[key])
+        if key not in values:
+            raise CalibrationError(f"{where} has no {key}")
+        try:
+            return float(values[key])
+        except ValueError:
+            raise CalibrationError(f"{where}: {key} = {values[key]!r} is not a number") from None
 
+    return get
+
+
+def landsat_calibrator(profile: SensorProfile, mtl_path: str | Path) -> Calibrator:
+    """Level-1 TOA reflectance and brightness temperature (pre-collection, C1 and C2 MTLs)."""
+    get = _getter(level1_values(read_mtl(mtl_path)), Path(mtl_path).name)
     sin_elev = math.sin(math.radians(get("SUN_ELEVATION")))
     scale, offset, thermal = [], [], []
     for band in profile.bands:
@@ -125,11 +244,54 @@ def landsat_calibrator(profile: SensorProfile, mtl_path: str | Path) -> Calibrat
         thermal=tuple(thermal),
         bt_range=(None,) * len(profile.bands),
         nodata=profile.nodata,
+        source={"mtl": Path(mtl_path).name},
     )
 
 
+def landsat_c2_l2_calibrator(profile: SensorProfile, mtl_path: str | Path | None) -> Calibrator:
+    """Collection 2 Level-2 surface reflectance and surface temperature."""
+    groups = read_mtl(mtl_path) if mtl_path else {}
+    where = Path(mtl_path).name if mtl_path else ""
+    sr = groups.get("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS")
+    st = groups.get("LEVEL2_SURFACE_TEMPERATURE_PARAMETERS")
+    if mtl_path and (sr is None or st is None):
+        raise CalibrationError(
+            f"{where} has no LEVEL2_SURFACE_REFLECTANCE/TEMPERATURE_PARAMETERS groups: not a "
+            f"Collection 2 Level-2 MTL"
+        )
+    scale, offset = [], []
+    for band in profile.bands:
+        n = _landsat_band_number(band.name)
+        if band.kind == "emissive":
+            if st is None:
+                scale.append(LANDSAT_C2_ST_SCALE)
+                offset.append(LANDSAT_C2_ST_OFFSET)
+            else:
+                get = _getter(st, where)
+                scale.append(get(f"TEMPERATURE_MULT_BAND_ST_B{n}"))
+                offset.append(get(f"TEMPERATURE_ADD_BAND_ST_B{n}"))
+        elif sr is None:
+            scale.append(LANDSAT_C2_SR_SCALE)
+            offset.append(LANDSAT_C2_SR_OFFSET)
+        else:
+            get = _getter(sr, where)
+            scale.append(get(f"REFLECTANCE_MULT_BAND_{n}"))
+            offset.append(get(f"REFLECTANCE_ADD_BAND_{n}"))
+    return Calibrator(
+        kind="landsat_c2_l2",
+        scale=np.array(scale),
+        offset=np.array(offset),
+        nodata=profile.nodata,
+        source={"mtl": where} if mtl_path else {"constants": "Collection 2 Level-2 definition"},
+    )
+
+
+# -- Sentinel-2 ----------------------------------------------------------------------------------
+
+
 def sentinel2_offset(tags: dict[str, str], configured: Any) -> float:
-    """The DN offset: configured number, or from product metadata ('auto'), else 0."""
+    """The DN offset of a plain raster: configured number, or from its metadata tags ('auto'),
+    else 0."""
     if configured not in (None, "auto"):
         return float(configured)
     for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
@@ -145,57 +307,156 @@ def sentinel2_offset(tags: dict[str, str], configured: Any) -> float:
     return 0.0
 
 
+def sentinel2_product_calibrator(profile: SensorProfile, product: ProductInfo) -> Calibrator:
+    """(DN + offset) / quantification with the product's own per-band values."""
+    cal = product.calibration
+    if cal.get("problem"):
+        raise CalibrationError(cal["problem"])
+    q = float(cal["quantification"])
+    offsets = cal["offsets"]
+    return Calibrator(
+        kind="sentinel2",
+        scale=np.full(len(profile.bands), 1.0 / q),
+        offset=np.array([float(offsets[b]) / q for b in profile.band_names]),
+        nodata=profile.nodata,
+        source={
+            "metadata": cal.get("metadata"),
+            "processing_baseline": product.processing_baseline,
+            "quantification": q,
+            "dn_offsets": [float(offsets[b]) for b in profile.band_names],
+        },
+    )
+
+
+# -- MODIS ---------------------------------------------------------------------------------------
+
+
+def modis_planck_constants(band: str) -> tuple[float, float, float, float]:
+    """``(K1, K2, tci, tcs)`` of an emissive MODIS band (``"31"``), computed as SatPy does
+    (float32 constants), with radiance in W m^-2 sr^-1 um^-1: T = K2 / ln(K1 / L + 1)."""
+    if band not in MODIS_EMISSIVE_BANDS:
+        raise CalibrationError(f"MODIS band {band} is not an emissive band")
+    i = MODIS_EMISSIVE_BANDS.index(band)
+    h, c, k = np.float32(PLANCK_H), np.float32(LIGHT_C), np.float32(BOLTZMANN_K)
+    c1 = 2 * h * c * c
+    c2 = (h * c) / k
+    wavelength = 1.0 / (np.float32(MODIS_CWN[i]) * 100)  # [m]
+    k1 = c1 / (1e6 * wavelength**5)
+    k2 = c2 / wavelength
+    return float(k1), float(k2), float(np.float32(MODIS_TCI[i])), float(np.float32(MODIS_TCS[i]))
+
+
+def modis_l1b_calibrator(profile: SensorProfile, product: ProductInfo) -> Calibrator:
+    """Reflectance = s (DN - o); emissive: Planck-inverted, corrected, min-max scaled."""
+    bands = product.calibration["bands"]  # per profile band, read from the granule
+    scale, offset, thermal, correction, bt_range = [], [], [], [], []
+    for band, coeff in zip(profile.bands, bands, strict=True):
+        s, o = float(coeff["scale"]), float(coeff["offset"])
+        scale.append(s)
+        offset.append(-s * o)
+        if band.kind == "emissive":
+            k1, k2, tci, tcs = modis_planck_constants(coeff["band"])
+            thermal.append((k1, k2))
+            correction.append((tci, tcs))
+            bt_range.append((float(band.extra["bt_min_k"]), float(band.extra["bt_max_k"])))
+        else:
+            thermal.append(None)
+            correction.append(None)
+            bt_range.append(None)
+    return Calibrator(
+        kind="modis_l1b",
+        scale=np.array(scale),
+        offset=np.array(offset),
+        thermal=tuple(thermal),
+        bt_correction=tuple(correction),
+        bt_range=tuple(bt_range),
+        nodata=profile.nodata,
+        invalid_above=profile.nodata_above,
+        source={
+            "granule": product.product_id,
+            "dn_offsets": [float(c["offset"]) for c in bands],
+            "sds": [c["sds"] for c in bands],
+        },
+    )
+
+
+def modis_toa_raster_calibrator(profile: SensorProfile) -> Calibrator:
+    """A pre-calibrated 14-band raster: percent x0.01, kelvin min-max scaled."""
+    refl = float(profile.calibration.get("reflectance_scale", 0.01))
+    scale, bt_range = [], []
+    for b in profile.bands:
+        if b.kind == "emissive":
+            scale.append(1.0)
+            bt_range.append((float(b.extra["bt_min_k"]), float(b.extra["bt_max_k"])))
+        else:
+            scale.append(refl)
+            bt_range.append(None)
+    return Calibrator(
+        kind="modis_toa",
+        scale=np.array(scale),
+        offset=np.zeros(len(profile.bands)),
+        bt_range=tuple(bt_range),
+        nodata=profile.nodata,
+    )
+
+
+# -- choosing ------------------------------------------------------------------------------------
+
+
 def make_calibrator(
     profile: SensorProfile,
     mode: str = "toa",
     tags: dict[str, str] | None = None,
     metadata_files: tuple[str, ...] = (),
+    product: ProductInfo | None = None,
 ) -> Calibrator | None:
-    """The calibrator for one scene, or None for raw values (``mode='none'``)."""
+    """The calibrator for one scene, or None for raw values (``mode='none'``).
+
+    ``profile`` is the profile as it applies to the scene (``SensorProfile.for_product`` for
+    provider products), ``product`` what the product reader found in the product.
+    """
     if mode == "none":
         return None
     if mode != "toa":
         raise ValueError(f"--calibrate: {mode!r} is not one of {CALIBRATE_CHOICES}")
     cal = profile.calibration
     kind = cal.get("kind", "none")
-    C = len(profile.bands)
+    product_kind = product.kind if product else ""
     if kind == "none":
         return None
     if kind == "sentinel2":
+        if product_kind.startswith("sentinel2"):
+            return sentinel2_product_calibrator(profile, product)
         dn_offset = sentinel2_offset(tags or {}, cal.get("offset", "auto"))
         scale = float(cal.get("scale", 1e-4))
+        C = len(profile.bands)
         return Calibrator(
             kind="sentinel2",
             scale=np.full(C, scale),
             offset=np.full(C, dn_offset * scale),
             nodata=profile.nodata,
         )
-    if kind == "landsat_mtl":
-        if not metadata_files:
-            raise CalibrationError(
-                f"no {profile.metadata_file or '*_MTL.txt'} next to the band files; "
-                f"{profile.name} TOA calibration needs it (or use --calibrate none)"
-            )
-        return landsat_calibrator(profile, metadata_files[0])
+    if kind in ("landsat_mtl", "landsat_c2_l2"):
+        return _landsat(profile, kind, metadata_files)
     if kind == "modis_toa":
-        refl = float(cal.get("reflectance_scale", 0.01))
-        scale, bt_range = [], []
-        for b in profile.bands:
-            if b.kind == "emissive":
-                scale.append(1.0)
-                bt_range.append((float(b.extra["bt_min_k"]), float(b.extra["bt_max_k"])))
-            else:
-                scale.append(refl)
-                bt_range.append(None)
-        return Calibrator(
-            kind="modis_toa",
-            scale=np.array(scale),
-            offset=np.zeros(C),
-            bt_range=tuple(bt_range),
-            nodata=profile.nodata,
-        )
+        if product_kind == "modis_l1b":
+            return modis_l1b_calibrator(profile, product)
+        return modis_toa_raster_calibrator(profile)
     if kind == "linear":
+        C = len(profile.bands)
         scale = np.broadcast_to(np.asarray(cal.get("scale", 1.0), dtype=float), (C,)).copy()
         offset = np.broadcast_to(np.asarray(cal.get("offset", 0.0), dtype=float), (C,)).copy()
         return Calibrator(kind="linear", scale=scale, offset=offset, nodata=profile.nodata)
     raise CalibrationError(f"profile {profile.name}: unknown calibration kind {kind!r}")
+
+
+def _landsat(profile: SensorProfile, kind: str, metadata_files: tuple[str, ...]) -> Calibrator:
+    mtl = metadata_files[0] if metadata_files else None
+    if kind == "landsat_c2_l2":
+        return landsat_c2_l2_calibrator(profile, mtl)
+    if mtl is None:
+        raise CalibrationError(
+            f"no {profile.metadata_file or '*_MTL.txt'} next to the band files; "
+            f"{profile.name} TOA calibration needs it (or use --calibrate none)"
+        )
+    return landsat_calibrator(profile, mtl)

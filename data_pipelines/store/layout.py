@@ -80,11 +80,21 @@ RS_MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("crs", pa.string()),
         ("transform", pa.list_(pa.float64(), 6)),
+        # provider products: the tile centre and the scene's acquisition (null for plain rasters)
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("acquired", pa.string()),  # ISO 8601 UTC start of the acquisition
+        ("platform", pa.string()),  # Terra, Aqua, Sentinel-2A, LANDSAT_8, ...
+        ("day_night", pa.string()),  # MODIS: Day, Night or Mixed
+        ("product", pa.string()),  # product id (granule, .SAFE or Landsat product name)
+        ("processing_baseline", pa.string()),  # S2 baseline, Landsat collection, MODIS C6.1
         ("nodata_fraction", pa.float32()),
         ("out_of_range_fraction", pa.float32()),
         ("saturated_fraction", pa.float32()),
         ("cloud_fraction", pa.float32()),
         ("max_band_std", pa.float32()),
+        ("cloud_shadow_fraction", pa.float32()),
+        ("snow_fraction", pa.float32()),
         (COL_EXCLUDED, pa.string()),
         ("exact_hash", pa.string()),
         ("phash", pa.uint64()),
