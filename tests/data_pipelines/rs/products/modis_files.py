@@ -358,3 +358,18 @@ def great_circle_km(lat1, lon1, lat2, lon2) -> float:
     dlon = math.radians(lon2 - lon1)
     cos = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dlon)
     return 6371.0 * math.acos(min(1.0, max(-1.0, cos)))
+
+
+def set_pixels(path: Path, sds_name: str, band_index: int, rows: slice, cols: slice, value: int):
+    """Overwrite a block of one band of an SDS in a written granule (flags, uncertainty)."""
+    from pyhdf.SD import SD, SDC
+
+    sd = SD(str(path), SDC.WRITE)
+    sds = sd.select(sds_name)
+    start = [band_index, rows.start, cols.start]
+    count = [1, rows.stop - rows.start, cols.stop - cols.start]
+    block = sds.get(start=start, count=count)
+    block[:] = value
+    sds.set(block, start=start, count=count)
+    sds.endaccess()
+    sd.end()
