@@ -19,8 +19,8 @@ from tests.data_pipelines.rs.products.modis_files import (
     expected_bt,
     great_circle_km,
     set_pixels,
-    write_mod03,
     write_mod021km,
+    write_mod03,
 )
 
 PROFILE = load_profile("modis_toa14")
