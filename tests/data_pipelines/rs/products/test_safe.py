@@ -123,7 +123,8 @@ def test_zipped_safe_builds_like_the_folder(tmp_path: Path) -> None:
     zipped = zip_safe(product, tmp_path / "in")
     rows_zip, root_zip = _build(tmp_path / "in", tmp_path / "out_zip", "sentinel2_l1c")
     rows_dir, root_dir = _build(tmp_path / "unzipped", tmp_path / "out_dir", "sentinel2_l1c")
-    assert set(rows_zip) == set(rows_dir) and len(rows_zip) == 16
+    assert set(rows_zip) == set(rows_dir)
+    assert len(rows_zip) == 16
     for key in ("r64_c32", "r64_c64"):
         np.testing.assert_array_equal(
             _tile(root_zip, rows_zip[key]), _tile(root_dir, rows_dir[key])
@@ -158,7 +159,9 @@ def test_radiometry_names_missing_bands_and_reads_offsets_by_band_id() -> None:
     shifted = {b: -1000 - i for i, b in enumerate(BANDS)}  # band_id order = file order
     meta = SafeMetadata.parse(mtd_xml("L1C", "05.10", shifted).encode(), "L1C")
     offsets = meta.radiometry(profile, "MTD_MSIL1C.xml")["offsets"]
-    assert offsets["B8A"] == -1008 and offsets["B09"] == -1009 and offsets["B12"] == -1012
+    assert offsets["B8A"] == -1008
+    assert offsets["B09"] == -1009
+    assert offsets["B12"] == -1012
 
 
 def test_product_under_the_wrong_profile_is_ignored_naming_the_right_one(tmp_path: Path) -> None:
