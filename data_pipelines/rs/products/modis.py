@@ -83,7 +83,7 @@ def band_sources(sd: Any, profile: SensorProfile, name: str) -> list[BandSource]
             continue
         attrs = sd.select(sds_name).attributes()
         for i, band in enumerate(str(attrs.get("band_names", "")).split(",")):
-            table[band.strip()] = (sds_name, i, attrs)
+            table[band.strip().strip("\x00")] = (sds_name, i, attrs)
     out = []
     for b in profile.bands:
         band = normalize_band_token(b.name).removeprefix("B")

@@ -4,6 +4,8 @@ SatPy, flags as nodata, tile-centre geolocation, granule facts in the manifest."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +227,20 @@ def test_damaged_granule_is_quarantined(tmp_path: Path) -> None:
     assert bad.name in record["source"]
     assert "\n" not in record["reason"]
     assert "HDF4" in record["reason"]
+
+
+@pytest.mark.slow
+def test_build_dataset_command_on_a_granule_folder(tmp_path: Path, child_env) -> None:
+    (tmp_path / "in").mkdir()
+    granule = write_mod021km(tmp_path / "in", platform="Aqua")
+    write_mod03(tmp_path / "in", granule)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", "--input", str(tmp_path / "in"),
+           "--output", str(out), *RUN]  # fmt: skip
+    done = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "build_dataset: modis_toa14" in done.stdout
+    assert "tiles written       9" in done.stdout
+    table = pq.read_table(out / "manifest.parquet")
+    assert set(table.column("platform").to_pylist()) == {"Aqua"}
+    assert table.column("lat").null_count == 0
