@@ -65,3 +65,13 @@ def test_thresholds_are_configurable() -> None:
     q = measure(tile, S2, None)
     assert exclusion_reason(q, ExclusionRules(max_nodata_fraction=0.5), S2) is None
     assert exclusion_reason(q, ExclusionRules(max_nodata_fraction=0.2), S2) == "nodata"
+
+
+def test_values_above_nodata_above_are_nodata() -> None:
+    l1b = load_profile("modis_toa14").for_product("modis_l1b")
+    tile = np.random.default_rng(1).integers(100, 30000, size=(14, 16, 16)).astype(np.uint16)
+    tile[5, :10] = 65533  # one band's L1B saturation flag over 10 of 16 rows
+    q = measure(tile, l1b, None)
+    assert q.nodata_fraction == pytest.approx(10 / 16)
+    assert q.out_of_range_fraction == 0.0  # flags are nodata, not out of range
+    assert exclusion_reason(q, ExclusionRules(), l1b) == "nodata"

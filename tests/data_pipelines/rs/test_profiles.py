@@ -55,3 +55,23 @@ def test_invalid_profile_file(tmp_path: Path) -> None:
     bad.write_text("name: x\nbands: []\n")
     with pytest.raises(ProfileError, match="non-empty"):
         load_profile(bad)
+
+
+def test_product_sections_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbands: [{name: B1}]\nproducts: {modis_l2: {}}\n")
+    with pytest.raises(ProfileError, match=r"products.modis_l2 is not one of"):
+        load_profile(bad)
+    bad.write_text("name: x\nbands: [{name: B1}]\nproducts: {modis_l1b: {bands: []}}\n")
+    with pytest.raises(ProfileError, match=r"products.modis_l1b sets \['bands'\]"):
+        load_profile(bad)
+
+
+def test_for_product_overrides_only_the_raw_encoding() -> None:
+    modis = load_profile("modis_toa14")
+    l1b = modis.for_product("modis_l1b")
+    assert (l1b.raw_dtype, l1b.nodata_above, l1b.valid_range) == ("uint16", 32767, (0, 32767))
+    assert l1b.band_names == modis.band_names
+    assert modis.raw_dtype == "float32"  # the GeoTIFF encoding is untouched
+    with pytest.raises(ProfileError, match="does not read"):
+        modis.for_product("landsat_c2_l1")
