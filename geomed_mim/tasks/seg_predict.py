@@ -26,14 +26,7 @@ from monai.inferers import sliding_window_inference
 from PIL import Image
 from rasterio.windows import Window
 
-from data_pipelines.ct.volume import (
-    load_nifti,
-    resample_image,
-    resample_label,
-    round_affine,
-    to_int16_hu,
-    to_ras,
-)
+from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.profiles import load_profile
 from data_pipelines.rs.reader import SceneReader
@@ -275,8 +268,7 @@ def predict_ct_volume(
 ) -> dict[str, Any]:
     """Predict a NIfTI volume; the class map is saved on the *input* grid with its affine."""
     src = load_nifti(nifti_path)
-    data, affine = to_ras(src.data, src.affine)
-    resampled, new_affine = resample_image(data, round_affine(affine), tuple(spacing))
+    resampled, new_affine = stored_grid(src.data, src.affine, tuple(spacing))
     hu, _ = to_int16_hu(resampled)
     lo, hi = float(window[0]), float(window[1])
     image = np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1)
