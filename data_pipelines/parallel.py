@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -56,6 +57,12 @@ def limit_worker_threads() -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
+def ignore_interrupts() -> None:
+    """Run in each LocalCluster worker: Ctrl-C reaches the whole process group, but only the
+    parent handles it (it cancels the tasks and closes the cluster), so workers print nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def _client(scheduler: str, workers: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster
@@ -74,6 +81,7 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
         )
         client = Client(cluster)
         client.run(limit_worker_threads)
+        client.run(ignore_interrupts)
         try:
             yield client
         finally:

@@ -55,6 +55,7 @@ ATTR_CALIBRATION = "calibration"  # how stored values relate to raw ones (RS)
 ATTR_CLASSES = "classes"  # the class table of a labeled store
 ATTR_BAND_STATS = "band_stats"  # per-band mean, std, min, max, percentiles (RS)
 ATTR_SPACING = "spacing"  # voxel spacing in mm (CT)
+ATTR_HU_STATS = "hu_stats"  # HU mean, std, min, max, percentiles (CT, `build_dataset stats`)
 
 # -- manifest columns that readers select on --------------------------------------------------
 COL_ID = "id"
