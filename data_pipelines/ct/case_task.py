@@ -119,9 +119,8 @@ def label_on_grid(label_path: str, stored: StoredCase, cfg: CTBuildConfig) -> np
     had_labels = bool(lab_data.any())
     res = resample_label(lab_data, lab_affine, stored.affine, stored.hu.shape)
     table = cfg.class_table()
-    if table is not None:  # source ids -> class ids; unknown -> ignore_index
-        res = table.remap(res)
-    labels = res.astype(label_dtype(res))
+    # source ids -> stored class ids; anything else -> the stored ignore index
+    labels = table.remap(res) if table is not None else res.astype(label_dtype(res))
     if had_labels and not labels.any():
         raise VolumeError(
             f"label map {Path(label_path).name} does not overlap the image in world "

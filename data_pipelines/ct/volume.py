@@ -200,10 +200,14 @@ def to_int16_hu(data: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
-    """uint8 when every id fits, else uint16; VolumeError for negative or huge ids."""
+    """uint8 when every id fits, else uint16 (label maps stored as they are, without a class
+    table); VolumeError for negative or huge ids, saying how a class table maps them."""
     lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     if lo < 0 or hi > 65535:
-        raise VolumeError(f"label ids must be in [0, 65535] (found {lo}..{hi})")
+        raise VolumeError(
+            f"label ids must be in [0, 65535] to be stored as they are (found {lo}..{hi}); give "
+            f"--classes with the class ids (and e.g. ignore_index: {lo} for a no-data value)"
+        )
     return np.dtype(np.uint8 if hi <= 255 else np.uint16)
 
 
