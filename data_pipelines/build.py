@@ -20,6 +20,7 @@ Ctrl-C (SIGINT) while the build is known to be mid-way.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -135,7 +136,7 @@ class BuildReport:
             if self.ignored:
                 kinds = describe_counts(ignored_by_reason(self.ignored))
                 return f"no usable input: {len(self.ignored)} file(s) ignored ({kinds})"
-            return "no input found"
+            return "no input found under --input"
         if len(self.quarantined) == self.total_parts:
             first = self.quarantined[0]
             return (
@@ -307,10 +308,11 @@ def run_pending(
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    with bar:
-        results = parallel.map_unordered(
-            task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
-        )
+    results = parallel.map_unordered(
+        task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
+    )
+    # closing: an interrupt (Ctrl-C) shuts the workers down before it is reported
+    with bar, contextlib.closing(results):
         for i, result in results:
             task = pending[i]
             if isinstance(result, BaseException):

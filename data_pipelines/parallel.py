@@ -59,8 +59,11 @@ def limit_worker_threads() -> None:
 
 def ignore_interrupts() -> None:
     """Run in each LocalCluster worker: Ctrl-C reaches the whole process group, but only the
-    parent handles it (it cancels the tasks and closes the cluster), so workers print nothing."""
+    parent handles it (it closes the cluster, which cancels the running tasks), so workers print
+    nothing: no KeyboardInterrupt, and no warning per cancelled task (a task's own errors come
+    back to the parent as data, never through this log)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -159,17 +162,14 @@ def _map_on(client: Any, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[t
 
     futures = client.map(_run_captured, [fn] * len(items), list(items), pure=False)
     index = {f.key: i for i, f in enumerate(futures)}
-    try:
-        for future in as_completed(futures):
-            i = index[future.key]
-            if future.status == "error":
-                yield i, _task_error(future.exception())
-            else:
-                result = future.result()
-                yield i, result.to_exception() if isinstance(result, TaskFailure) else result
-            future.release()
-    finally:  # an interrupted caller leaves nothing running on a shared cluster
-        client.cancel([f for f in futures if not f.done()])
+    for future in as_completed(futures):
+        i = index[future.key]
+        if future.status == "error":
+            yield i, _task_error(future.exception())
+        else:
+            result = future.result()
+            yield i, result.to_exception() if isinstance(result, TaskFailure) else result
+        future.release()
 
 
 def map_unordered(
@@ -182,7 +182,9 @@ def map_unordered(
 
     An exception is yielded, not raised, so one bad input never stops the others.
     ``fn`` must be a module-level function (it is pickled to worker processes). Inside a
-    ``session`` for the same scheduler, its cluster is used.
+    ``session`` for the same scheduler, its cluster is used. Close the iterator (e.g. with
+    ``contextlib.closing``) when stopping early: that shuts down a cluster it started at once,
+    not when the generator happens to be collected.
     """
     if not items:
         return

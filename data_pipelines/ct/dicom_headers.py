@@ -8,6 +8,7 @@ what the serial path returns: headers sorted by path, ignored files sorted by pa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,16 +152,18 @@ def read_headers(
     batches = [paths[i : i + size] for i in range(0, len(paths), size)]
     headers: list[SliceHeader] = []
     ignored: list[tuple[str, str]] = []
-    for i, result in parallel.map_unordered(read_header_batch, batches, scheduler, workers):
-        if isinstance(result, BaseException):  # a crashed batch: say so for each of its files
-            reason = f"DICOM header read failed ({type(result).__name__}: {first_line(result)})"
-            ignored += [(p, reason) for p in batches[i]]
-            continue
-        for item in result:
-            if isinstance(item, SliceHeader):
-                headers.append(item)
-            elif item is not None:
-                ignored.append(item)
+    results = parallel.map_unordered(read_header_batch, batches, scheduler, workers)
+    with contextlib.closing(results):  # an interrupt stops the workers before it is reported
+        for i, result in results:
+            if isinstance(result, BaseException):  # a crashed batch: say so for each file
+                reason = f"DICOM header read failed ({type(result).__name__}: {first_line(result)})"
+                ignored += [(p, reason) for p in batches[i]]
+                continue
+            for item in result:
+                if isinstance(item, SliceHeader):
+                    headers.append(item)
+                elif item is not None:
+                    ignored.append(item)
     headers.sort(key=lambda h: h.path)
     ignored.sort()
     return headers, ignored

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -52,11 +52,35 @@ def new_file(path: Path, sop_class: str) -> FileDataset:
 
 
 def save(ds: FileDataset, path: Path, transfer_syntax: str | None = None) -> Path:
-    """Write ``ds`` as a Part-10 file, compressed with pydicom's encoder when asked."""
+    """Write ``ds`` as a Part-10 file, compressed with pydicom's encoder when asked (JPEG
+    Lossless, which pydicom cannot encode, by GDCM)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if transfer_syntax == JPEGLosslessSV1:
+        ds.save_as(path, enforce_file_format=True)
+        return gdcm_transcode(path, transfer_syntax)
     if transfer_syntax is not None:
         ds.compress(transfer_syntax)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def gdcm_transcode(path: Path, transfer_syntax: str) -> Path:
+    """Re-encode a file in place with GDCM (JPEG Lossless, process 14, selection value 1)."""
+    import gdcm
+
+    assert transfer_syntax == JPEGLosslessSV1
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
     return path
 
 

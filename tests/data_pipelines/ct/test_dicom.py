@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from data_pipelines.ct.dicom import DicomSeriesError, read_series
 from data_pipelines.ct.volume import stored_grid
@@ -37,17 +37,30 @@ def test_missing_slice_is_an_error_that_says_where(shared_data: Path, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=["rle", "jpeg-ls", "j2k"]
+    ("syntax", "plugin"),
+    [
+        (RLELossless, "pydicom"),
+        (JPEGLSLossless, "pyjpegls"),
+        (JPEG2000Lossless, "pylibjpeg"),
+        (JPEGLosslessSV1, "pylibjpeg"),
+    ],
+    ids=["rle", "jpeg-ls", "j2k", "jpeg-lossless"],
 )
 def test_compressed_series_decode_to_the_exact_voxels(
-    shared_data: Path, tmp_path: Path, syntax: str
+    shared_data: Path, tmp_path: Path, syntax: str, plugin: str
 ) -> None:
     """Each slice compressed by pydicom's own encoder (RLE natively, JPEG-LS through pyjpegls,
-    JPEG 2000 through pylibjpeg-openjpeg) reads back to the scan's exact HU."""
+    JPEG 2000 through pylibjpeg-openjpeg; JPEG Lossless by GDCM, which pydicom cannot encode)
+    reads back to the scan's exact HU, and the package's own decoder does it."""
     import pydicom
+    from pydicom.pixels import pixel_array
 
     files = write_dicom_series(shared_data / CT_SM, tmp_path / "s", transfer_syntax=syntax)
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == syntax
+    first = pydicom.dcmread(files[0])
+    assert np.array_equal(
+        pixel_array(files[0], decoding_plugin=plugin), first.pixel_array
+    )  # the decoder the package declares, not only a test-only one (GDCM)
     hu, affine = _source(shared_data)
     vol = read_series([str(f) for f in files])
     assert np.array_equal(vol.hu, hu)
