@@ -7,8 +7,9 @@ Hospital and archive exports are messier than one folder per series:
 * **Geometry**: within one identity, slices are split by acquisition geometry (orientation,
   pixel spacing, rows × columns), so a folder mixing an axial stack with its coronal
   reformat, or several reconstructions, becomes several series.
-* **Localizers**: files whose ImageType says LOCALIZER, and lone slices next to a real series
-  (in its folder or under its identity) whose geometry differs from it (a scout), are left out
+* **Localizers**: files whose ImageType says LOCALIZER or SCOUT, lone slices next to a real
+  series (in its folder or under its identity) whose geometry differs from it, and a series made
+  only of single slices in several orientations (a scout set, e.g. AP + lateral) are left out
   and listed as ignored with the reason. A lone slice with nothing beside it stays a series of
   its own (the build quarantines it as a 2-D image).
 * **Multi-frame**: an enhanced multi-frame file is a volume on its own (one series).
@@ -28,7 +29,8 @@ from data_pipelines.ct.dicom_headers import SliceHeader
 
 # orientation cosines and pixel spacings closer than this are the same geometry
 GEOMETRY_DECIMALS = 3
-LOCALIZER_REASON = "localizer/scout image (ImageType LOCALIZER)"
+LOCALIZER_REASON = "localizer/scout image (ImageType LOCALIZER or SCOUT)"
+SCOUT_SET_REASON = "localizer/scout image (single slices in several orientations)"
 STRAY_SLICE_REASON = (
     "single slice whose geometry differs from the series beside it (a localizer or scout)"
 )
@@ -134,10 +136,14 @@ def group_series(
     }
     for identity in sorted(groups):
         by_geometry = groups[identity]
+        scout_set = len(by_geometry) > 1 and all(len(m) == 1 for m in by_geometry.values())
         for geometry in sorted(by_geometry):
             members = by_geometry[geometry]
             if len(members) == 1 and (identity in stacked or members[0].folder in stacked):
                 ignored.append((members[0].path, STRAY_SLICE_REASON))
+                continue
+            if scout_set:
+                ignored.append((members[0].path, SCOUT_SET_REASON))
                 continue
             # a UID series that was not split is tagged by its UID alone (stable across versions)
             unsplit_uid = identity[0] == "uid" and len(by_geometry) == 1

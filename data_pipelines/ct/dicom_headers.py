@@ -68,7 +68,7 @@ class SliceHeader:
 
     @property
     def is_localizer(self) -> bool:
-        return "LOCALIZER" in self.image_type
+        return any(t in self.image_type for t in ("LOCALIZER", "SCOUT"))
 
 
 def has_dicom_magic(path: str | Path) -> bool:

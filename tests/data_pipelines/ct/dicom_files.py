@@ -151,15 +151,23 @@ def write_dicom_series(
     return written
 
 
-def write_localizer(folder: Path, nifti: Path, name: str, image_type: str | None) -> Path:
-    """A coronal scout through the volume (one slice, other orientation and size), saved into
-    ``folder`` with blank UIDs; ``image_type`` None leaves out the LOCALIZER flag."""
+def write_localizer(
+    folder: Path, nifti: Path, name: str, image_type: str | None, plane: str = "coronal"
+) -> Path:
+    """A coronal (or sagittal) scout through the volume (one slice, other orientation and size),
+    saved into ``folder`` with blank UIDs; ``image_type`` None leaves out the LOCALIZER flag."""
     data, lps = nifti_as_lps(nifti)
-    pixels = data[:, data.shape[1] // 2, ::-1].T  # [rows = superior → inferior, columns = i]
-    pos = (lps @ np.array([0.0, data.shape[1] / 2, data.shape[2] - 1, 1.0]))[:3]
+    nx, ny, nz = data.shape
+    if plane == "coronal":  # rows: superior → inferior, columns: along i
+        pixels = data[:, ny // 2, ::-1].T
+        pos = (lps @ np.array([0.0, ny // 2, nz - 1, 1.0]))[:3]
+        row_dir = lps[:3, 0] / np.linalg.norm(lps[:3, 0])
+    else:  # sagittal: rows superior → inferior, columns along j
+        pixels = data[nx // 2, :, ::-1].T
+        pos = (lps @ np.array([nx // 2, 0.0, nz - 1, 1.0]))[:3]
+        row_dir = lps[:3, 1] / np.linalg.norm(lps[:3, 1])
     ids = {"image_type": image_type or "ORIGINAL\\PRIMARY\\OTHER", "description": "scout"}
-    ds = ct_slice(folder / name, pixels, pos, np.array([-1.0, 0, 0]), np.array([0, 0, -1.0]),
-                  (3.0, 3.0), ids)  # fmt: skip
+    ds = ct_slice(folder / name, pixels, pos, row_dir, np.array([0, 0, -1.0]), (3.0, 3.0), ids)
     return save(ds, folder / name)
 
 

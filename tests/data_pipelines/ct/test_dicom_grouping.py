@@ -11,7 +11,11 @@ import pytest
 
 from data_pipelines import parallel
 from data_pipelines.ct.dicom import read_series
-from data_pipelines.ct.dicom_grouping import LOCALIZER_REASON, STRAY_SLICE_REASON
+from data_pipelines.ct.dicom_grouping import (
+    LOCALIZER_REASON,
+    SCOUT_SET_REASON,
+    STRAY_SLICE_REASON,
+)
 from data_pipelines.ct.discover import discover_ct
 from data_pipelines.ct.volume import to_ras
 from tests.data_pipelines.ct.dicom_files import write_dicom_series, write_localizer
@@ -78,6 +82,22 @@ def test_mixed_folder_splits_reconstructions_and_drops_localizers(hospital_expor
         "LOC0001.dcm": LOCALIZER_REASON,
         "SCOUT001.dcm": STRAY_SLICE_REASON,
     }
+
+
+def test_a_scout_set_in_its_own_folder_is_ignored_not_quarantined(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """AP and lateral scouts saved as one series of single slices (no LOCALIZER flag), in a
+    folder of their own: not volumes, so left out with the reason."""
+    write_localizer(tmp_path / "s1", shared_data / CT_SM, "AP.dcm", None, "coronal")
+    write_localizer(tmp_path / "s1", shared_data / CT_SM, "LAT.dcm", None, "sagittal")
+    write_dicom_series(shared_data / CT_SM, tmp_path / "s2", series_uid="")
+    d = discover_ct(str(tmp_path))
+    assert [c.case_id for c in d.cases] == ["s2"]
+    assert [(Path(p).name, why) for p, why in d.ignored] == [
+        ("AP.dcm", SCOUT_SET_REASON),
+        ("LAT.dcm", SCOUT_SET_REASON),
+    ]
 
 
 def test_one_uid_with_two_orientations_becomes_two_series(
