@@ -13,10 +13,14 @@ of every finished part) → ``finalize`` (the modality's archive-wide steps) →
 
 Crash tests set ``GEOMED_BUILD_STOP_AFTER_PARTS=N``: the runner then ends its process at once
 (``os._exit``, no cleanup, like a kill) right after the N-th part of this run was committed.
+Interrupt tests set ``GEOMED_BUILD_PAUSE_AFTER_PARTS=N``: the runner then waits (as if the
+next part took minutes) right after the N-th committed part, so that a test can send a real
+Ctrl-C (SIGINT) while the build is known to be mid-way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -59,6 +63,8 @@ from data_pipelines.store.write import (
 
 STOP_AFTER_PARTS_ENV = "GEOMED_BUILD_STOP_AFTER_PARTS"
 STOPPED_EXIT_CODE = 75  # the exit status of a build stopped by STOP_AFTER_PARTS_ENV
+PAUSE_AFTER_PARTS_ENV = "GEOMED_BUILD_PAUSE_AFTER_PARTS"
+PAUSE_SECONDS = 300.0  # how long PAUSE_AFTER_PARTS_ENV waits for the test's signal
 
 
 def assign_split(key: str, val_fraction: float) -> str:
@@ -88,6 +94,21 @@ class Quarantined:
         return asdict(self)
 
 
+def reason_kind(why: str) -> str:
+    """The kind of a reason, for counting: its text before any parenthesized detail."""
+    return why.split(" (", 1)[0]
+
+
+def ignored_by_reason(ignored: list[tuple[str, str]]) -> dict[str, int]:
+    """How many files were ignored for each kind of reason, most frequent first."""
+    counts = Counter(reason_kind(why) for _, why in ignored)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
 @dataclass
 class BuildReport:
     out_dir: Path
@@ -101,10 +122,44 @@ class BuildReport:
     ran_parts: int
     scheduler: str
     extra: dict[str, Any] = field(default_factory=dict)
+    total_parts: int = 0  # inputs planned (finished earlier, run now, or quarantined)
 
     @property
     def samples_written(self) -> int:
         return int(self.counts.get("samples_written", 0))
+
+    def why_nothing_written(self) -> str | None:
+        """One line saying why the build wrote no sample; None when it wrote some."""
+        if self.samples_written > 0:
+            return None
+        if self.total_parts == 0:
+            if self.ignored:
+                kinds = describe_counts(ignored_by_reason(self.ignored))
+                return f"no usable input: {len(self.ignored)} file(s) ignored ({kinds})"
+            return "no input found under --input"
+        if len(self.quarantined) == self.total_parts:
+            first = self.quarantined[0]
+            return (
+                f"all {self.total_parts} input(s) were quarantined (e.g. {first.source}: "
+                f"{first.reason}); see quarantine.jsonl"
+            )
+        excluded = {
+            k.split(":", 1)[1]: v
+            for k, v in sorted(self.counts.items())
+            if k.startswith("excluded:")
+        }
+        parts = []
+        if excluded:
+            parts.append(
+                f"all {sum(excluded.values())} tiles were excluded ({describe_counts(excluded)})"
+            )
+        if self.counts.get("scenes_smaller_than_tile"):
+            parts.append(
+                f"{self.counts['scenes_smaller_than_tile']} scene(s) smaller than one tile"
+            )
+        if self.quarantined:
+            parts.append(f"{len(self.quarantined)} of {self.total_parts} input(s) quarantined")
+        return "; ".join(parts) or "no input produced a sample"
 
 
 def package_versions() -> dict[str, str]:
@@ -188,9 +243,9 @@ def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
     atomic_write_json(path, settings)
 
 
-def stop_after_parts() -> int | None:
-    """The part count after which the runner stops hard (crash tests), or None."""
-    value = os.environ.get(STOP_AFTER_PARTS_ENV)
+def part_count_from_env(name: str) -> int | None:
+    """The part count an environment hook names (crash and interrupt tests), or None."""
+    value = os.environ.get(name)
     if not value:
         return None
     try:
@@ -198,8 +253,16 @@ def stop_after_parts() -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise BuildConfigError(f"{STOP_AFTER_PARTS_ENV}: {value!r} is not a positive part count")
+        raise BuildConfigError(f"{name}: {value!r} is not a positive part count")
     return n
+
+
+def after_commit(committed: int, stop_after: int | None, pause_after: int | None) -> None:
+    """The test hooks: stop hard, or wait for a signal, after the N-th committed part."""
+    if stop_after is not None and committed >= stop_after:
+        os._exit(STOPPED_EXIT_CODE)  # as abrupt as a kill: nothing is cleaned up
+    if pause_after is not None and committed == pause_after:
+        time.sleep(PAUSE_SECONDS)
 
 
 # -- the stages of a build ----------------------------------------------------------------------
@@ -232,7 +295,8 @@ def run_pending(
 
     Returns the quarantined tasks sorted by source (completion order is not deterministic).
     """
-    stop_after = stop_after_parts()
+    stop_after = part_count_from_env(STOP_AFTER_PARTS_ENV)
+    pause_after = part_count_from_env(PAUSE_AFTER_PARTS_ENV)
     quarantined: list[Quarantined] = []
     counts: Counter = Counter()
     committed = 0
@@ -244,10 +308,11 @@ def run_pending(
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    with bar:
-        results = parallel.map_unordered(
-            task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
-        )
+    results = parallel.map_unordered(
+        task_fn, [t.payload for t in pending], scheduler=scheduler, workers=workers
+    )
+    # closing: an interrupt (Ctrl-C) shuts the workers down before it is reported
+    with bar, contextlib.closing(results):
         for i, result in results:
             task = pending[i]
             if isinstance(result, BaseException):
@@ -261,8 +326,7 @@ def run_pending(
                 counts.update(result.get("counts", {}))
                 bar.set_postfix(samples=counts.get("samples_written", 0), refresh=False)
                 committed += 1
-                if stop_after is not None and committed >= stop_after:
-                    os._exit(STOPPED_EXIT_CODE)  # as abrupt as a kill: nothing is cleaned up
+                after_commit(committed, stop_after, pause_after)
             bar.update(1)
     return sorted(quarantined, key=lambda q: q.source)
 
@@ -310,6 +374,7 @@ def write_records(
             "counts": dict(sorted(counts.items())),
             "quarantined": [q.to_json() for q in report.quarantined],
             "ignored_files": [{"path": p, "why": w} for p, w in report.ignored],
+            "ignored_by_reason": ignored_by_reason(report.ignored),
             "parts": {"total": total, "resumed": report.resumed_parts, "ran": report.ran_parts},
             "scheduler": report.scheduler,
             "timings_s": {
@@ -378,6 +443,7 @@ def run_build(
             resumed_parts=len(tasks) - len(pending),
             ran_parts=len(pending),
             scheduler=parallel.describe_scheduler(scheduler, workers),
+            total_parts=len(tasks),
         )
         report.seconds = time.perf_counter() - started
         write_records(report, manifest, config, len(tasks), run_seconds, timings)

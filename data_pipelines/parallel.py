@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ def default_workers() -> int:
 
 
 def describe_scheduler(scheduler: str, workers: int) -> str:
-    if scheduler == SYNCHRONOUS or (scheduler == LOCAL and workers == 1):
+    if runs_in_process(scheduler, workers):
         return "in-process (synchronous)"
     if scheduler == LOCAL:
         return f"dask LocalCluster, {workers} processes x 1 thread"
@@ -56,6 +57,15 @@ def limit_worker_threads() -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
+def ignore_interrupts() -> None:
+    """Run in each LocalCluster worker: Ctrl-C reaches the whole process group, but only the
+    parent handles it (it closes the cluster, which cancels the running tasks), so workers print
+    nothing: no KeyboardInterrupt, and no warning per cancelled task (a task's own errors come
+    back to the parent as data, never through this log)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
 @contextmanager
 def _client(scheduler: str, workers: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster
@@ -74,6 +84,7 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
         )
         client = Client(cluster)
         client.run(limit_worker_threads)
+        client.run(ignore_interrupts)
         try:
             yield client
         finally:
@@ -123,6 +134,44 @@ def _task_error(exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else TaskCrashedError(str(exc))
 
 
+def runs_in_process(scheduler: str, workers: int) -> bool:
+    return scheduler == SYNCHRONOUS or (scheduler == LOCAL and workers <= 1)
+
+
+# the client of the innermost ``session``, by scheduler
+_sessions: dict[str, Any] = {}
+
+
+@contextmanager
+def session(scheduler: str = LOCAL, workers: int = 1) -> Iterator[None]:
+    """Keep one cluster (or scheduler connection) for every ``map_unordered`` call inside, so
+    that e.g. reading DICOM headers and building the volumes start the workers once."""
+    if runs_in_process(scheduler, workers) or scheduler in _sessions:
+        yield
+        return
+    with _client(scheduler, workers) as client:
+        _sessions[scheduler] = client
+        try:
+            yield
+        finally:
+            _sessions.pop(scheduler, None)
+
+
+def _map_on(client: Any, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[int, Any]]:
+    from distributed import as_completed
+
+    futures = client.map(_run_captured, [fn] * len(items), list(items), pure=False)
+    index = {f.key: i for i, f in enumerate(futures)}
+    for future in as_completed(futures):
+        i = index[future.key]
+        if future.status == "error":
+            yield i, _task_error(future.exception())
+        else:
+            result = future.result()
+            yield i, result.to_exception() if isinstance(result, TaskFailure) else result
+        future.release()
+
+
 def map_unordered(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -132,28 +181,22 @@ def map_unordered(
     """Run ``fn`` on every item; yield ``(item_index, result or exception)`` as tasks finish.
 
     An exception is yielded, not raised, so one bad input never stops the others.
-    ``fn`` must be a module-level function (it is pickled to worker processes).
+    ``fn`` must be a module-level function (it is pickled to worker processes). Inside a
+    ``session`` for the same scheduler, its cluster is used. Close the iterator (e.g. with
+    ``contextlib.closing``) when stopping early: that shuts down a cluster it started at once,
+    not when the generator happens to be collected.
     """
     if not items:
         return
-    if scheduler == SYNCHRONOUS or (scheduler == LOCAL and workers <= 1):
+    if runs_in_process(scheduler, workers):
         for i, item in enumerate(items):
             try:
                 yield i, fn(item)
             except Exception as e:
                 yield i, e
         return
-
-    from distributed import as_completed
-
+    if scheduler in _sessions:
+        yield from _map_on(_sessions[scheduler], fn, items)
+        return
     with _client(scheduler, workers) as client:
-        futures = client.map(_run_captured, [fn] * len(items), list(items), pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        for future in as_completed(futures):
-            i = index[future.key]
-            if future.status == "error":
-                yield i, _task_error(future.exception())
-            else:
-                result = future.result()
-                yield i, result.to_exception() if isinstance(result, TaskFailure) else result
-            future.release()
+        yield from _map_on(client, fn, items)

@@ -2,8 +2,13 @@
 
 With no arguments it builds the embedded demo archive (real Sentinel-2 L1C scenes) into
 ``./geomed_demo/`` and prints a summary. ``build_dataset stats --output OUT`` recomputes the
-per-band statistics of an existing store. Every flag can also be given in a YAML file
-(``--config configs/data/X.yaml``, keys spelled with underscores); later flags override it.
+per-band statistics of an existing RS store (the HU statistics of a CT store). Every flag can
+also be given in a YAML file (``--config configs/data/X.yaml``, keys spelled with
+underscores); later flags override it.
+
+Exit status: 0 when samples were written; 1 when nothing was written (with one line saying
+why) or, with ``--strict``, when any input was quarantined or any file ignored; 2 for a
+setting that cannot work (one line naming the flag); 130 after Ctrl-C (re-running resumes).
 """
 
 from __future__ import annotations
@@ -16,21 +21,24 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildReport
+from data_pipelines.build import BuildReport, describe_counts, ignored_by_reason
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.pipeline import build_ct
+from data_pipelines.ct.stats import recompute_ct_stats
 from data_pipelines.errors import BuildConfigError, BuildLockedError, InputError
 from data_pipelines.resources import configs_dir
 from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.rs.profiles import ProfileError, available_profiles
 from data_pipelines.stats import recompute_store_stats
-from data_pipelines.store.layout import COL_DUP_OF, MANIFEST_NAME, manifest_path
-from data_pipelines.store.read import read_manifest
+from data_pipelines.store.layout import ATTR_MODALITY, COL_DUP_OF, MANIFEST_NAME, manifest_path
+from data_pipelines.store.read import read_manifest, read_store_attrs
 from geomed_mim.resources import demo_data_dir
 
 DEMO_PREFIX = "demo:"
-EXIT_OK, EXIT_QUARANTINED_STRICT, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_QUARANTINED_STRICT = EXIT_FAILED
+INTERRUPTED = "interrupted; re-run the same command to resume"
 
 
 def demo_config_path(modality: str = "rs") -> Path:
@@ -127,7 +135,8 @@ def run_flags() -> list[Flag]:
              "for debugging) or the address of a running dask scheduler (tcp://HOST:PORT)."),
         Flag("--compression-level", int, 5, "zstd level 0-9."),
         Flag("--strict", bool, False,
-             "Exit with status 1 when any input had to be quarantined."),
+             "Exit with status 1 when any input had to be quarantined or any file was ignored "
+             "(a build that writes nothing exits 1 in any case)."),
         Flag("--overwrite", bool, False,
              "Delete a previous build in --output instead of resuming it."),
     ]  # fmt: skip
@@ -296,6 +305,19 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def ignored_row(report: BuildReport) -> str:
+    """``N`` and, when any, how many per reason: ``5  (localizer/scout image: 2, ...)``."""
+    if not report.ignored:
+        return "0"
+    return f"{len(report.ignored)}  ({describe_counts(ignored_by_reason(report.ignored))})"
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a user reads it: absolute as is, relative with a leading ``./``."""
+    text = str(path).rstrip("/")
+    return text if Path(text).is_absolute() or text.startswith(".") else f"./{text}"
+
+
 def _resumed(report: BuildReport) -> str:
     if not report.resumed_parts:
         return ""
@@ -325,7 +347,7 @@ def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     rows = [
         ("scenes read", f"{c.get('scenes_read', 0)}{_resumed(report)}"),
         ("scenes quarantined", f"{len(report.quarantined)}"),
-        ("files ignored", f"{len(report.ignored)}"),
+        ("files ignored", ignored_row(report)),
         ("tiles cut", f"{c.get('tiles_total', 0)}  ({cfg.tile_size}x{cfg.tile_size}, "
                       f"stride {stride})"),
         ("tiles written", f"{c.get('samples_written', 0)}"),
@@ -347,7 +369,7 @@ def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
     rows = [
         ("volumes built", f"{volumes}{_resumed(report)}" + (f"  ({fmt})" if fmt else "")),
         ("volumes quarantined", f"{len(report.quarantined)}"),
-        ("files ignored", f"{len(report.ignored)}"),
+        ("files ignored", ignored_row(report)),
         ("with label maps", f"{c.get('labels_written', 0)}"),
         ("exact duplicates", f"{_ct_duplicates(report)}  (marked dup_of in the manifest, kept "
                              f"in the store)"),
@@ -372,22 +394,7 @@ def _ct_duplicates(report: BuildReport) -> str:
 # -- entry points ----------------------------------------------------------------------------------
 
 
-def stats_main(argv: list[str]) -> int:
-    """``build_dataset stats --output OUT``: recompute the band statistics of a built store."""
-    p = ArgumentParser(
-        prog="python -m geomed_mim.build_dataset stats",
-        description="Recompute per-band statistics (mean, std, min, max, percentiles) of an "
-        "existing store from its kept, non-duplicate tiles and write them to the store.",
-    )
-    p.add_argument("--output", type=str, required=True, help="The built dataset folder.")
-    args = p.parse_args(argv)
-    out = Path(args.output)
-    if not manifest_path(out).is_file():
-        print(
-            f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
-        )
-        return EXIT_CONFIG
-    attrs = recompute_store_stats(out)
+def print_band_stats(out: Path, attrs: dict[str, Any]) -> None:
     width = max(len(b) for b in attrs["bands"])
     print(f"band statistics of {out} ({attrs['values']}):")
     print(f"  {'band':<{width}}  {'mean':>12} {'std':>12} {'min':>12} {'max':>12}")
@@ -397,17 +404,66 @@ def stats_main(argv: list[str]) -> int:
             f"  {b:<{width}}  "
             + " ".join(f"{v:>12.5g}" if v is not None else f"{'-':>12}" for v in vals)
         )
+
+
+def print_hu_stats(out: Path, attrs: dict[str, Any]) -> None:
+    print(f"HU statistics of {out} ({attrs['computed_over']}):")
+    if not attrs["voxels"]:
+        print("  no voxels")
+        return
+    print(f"  voxels {attrs['voxels']}  mean {attrs['mean']:.2f}  std {attrs['std']:.2f}  "
+          f"min {attrs['min']:g}  max {attrs['max']:g}")  # fmt: skip
+    print("  percentiles " + "  ".join(f"{k} {v:g}" for k, v in attrs["percentiles"].items()))
+
+
+def stats_main(argv: list[str]) -> int:
+    """``build_dataset stats --output OUT``: recompute the statistics of a built store (band
+    statistics of an RS store, HU statistics of a CT store)."""
+    p = ArgumentParser(
+        prog="python -m geomed_mim.build_dataset stats",
+        description="Recompute the statistics of an existing store from its kept, non-duplicate "
+        "samples and write them to the store: per-band mean, std, min, max, percentiles (RS), "
+        "or the exact HU histogram's mean, std, min, max, percentiles (CT).",
+    )
+    p.add_argument("--output", type=str, required=True, help="The built dataset folder.")
+    args = p.parse_args(argv)
+    out = Path(args.output)
+    if not manifest_path(out).is_file():
+        print(
+            f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    if read_store_attrs(out).get(ATTR_MODALITY) == "ct":
+        print_hu_stats(out, recompute_ct_stats(out))
+    else:
+        print_band_stats(out, recompute_store_stats(out))
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "stats":
-        return stats_main(argv[1:])
+def build_outcome(report: BuildReport, strict: bool) -> int:
+    """The exit status of a finished build, with one line on stderr when it is not 0."""
+    why = report.why_nothing_written()
+    if why is not None:
+        print(f"error: nothing was written to {report.out_dir}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    if strict and (report.quarantined or report.ignored):
+        print(
+            f"error: --strict: {len(report.quarantined)} input(s) quarantined, "
+            f"{len(report.ignored)} file(s) ignored (see build.json)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def build_main(argv: list[str]) -> int:
     try:
         cfg, is_demo = parse_config(argv)
         if is_demo:
-            print(f"No --input given: building the embedded demo archive into ./{cfg.output}/")
+            print(
+                f"No --input given: building the embedded demo archive into "
+                f"{display_path(cfg.output)}/"
+            )
         report = build_ct(cfg) if isinstance(cfg, CTBuildConfig) else build_rs(cfg)
     except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -416,10 +472,19 @@ def main(argv: list[str] | None = None) -> int:
         print(format_ct_summary(report, cfg))
     else:
         print(format_summary(report, cfg))
-    if cfg.strict and report.quarantined:
-        print(f"error: --strict: {len(report.quarantined)} input(s) quarantined", file=sys.stderr)
-        return EXIT_QUARANTINED_STRICT
-    return EXIT_OK
+    return build_outcome(report, cfg.strict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "stats":
+            return stats_main(argv[1:])
+        return build_main(argv)
+    except KeyboardInterrupt:
+        # finished parts are committed; a re-run skips them and builds the rest
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from data_pipelines.store import atomic_write_json
+from data_pipelines.store import atomic_write_bytes, atomic_write_json
 from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder, timm_encoder_name
 from geomed_mim.models.weights import (
     CONFIG_NAME,
@@ -118,7 +118,9 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
             monai_kwargs=monai_vit_kwargs(config),
             monai_key_map=MONAI_KEY_MAP,
         )
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    # serialized in memory and written atomically: safetensors' own save_file creates the file
+    # 0600 whatever the umask, unreadable for a cluster's or container's other users
+    atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
     atomic_write_json(out / CONFIG_NAME, config)
     return config
 

@@ -33,16 +33,16 @@ from data_pipelines.ct.volume import (
     AIR_HU,
     SourceVolume,
     VolumeError,
+    float32_geometry,
     foreground_bbox,
     foreground_points,
     hu_stats,
     label_dtype,
     load_nifti,
-    resample_image,
     resample_label,
-    round_affine,
     shift_affine,
     spacing_of,
+    stored_grid,
     to_int16_hu,
     to_ras,
 )
@@ -88,7 +88,9 @@ def load_source(case: CTCase) -> SourceVolume:
     """Stage 1: the case's voxels (float32 HU, [X, Y, Z]) and affine, from NIfTI or DICOM."""
     if case.kind == "dicom":
         vol = read_series(case.files)
-        return SourceVolume(data=vol.hu, affine=vol.affine)
+        return SourceVolume(
+            vol.hu, vol.affine, vol.gantry_tilt_deg, vol.slice_steps, vol.uneven_spacing
+        )
     return load_nifti(case.source)
 
 
@@ -104,9 +106,7 @@ def load_label(path: str) -> SourceVolume:
 
 def to_stored_grid(src: SourceVolume, spacing: tuple[float, float, float]) -> StoredCase:
     """Stage 2: RAS orientation, resampling to ``spacing``, int16 HU (clipped, never wrapped)."""
-    data, affine = to_ras(src.data, src.affine)
-    resampled, new_affine = resample_image(data, round_affine(affine), spacing)
-    del data
+    resampled, new_affine = stored_grid(src.data, src.affine, spacing)
     hu, clipped = to_int16_hu(resampled)
     return StoredCase(hu=hu, affine=new_affine, clipped=clipped)
 
@@ -115,13 +115,12 @@ def label_on_grid(label_path: str, stored: StoredCase, cfg: CTBuildConfig) -> np
     """Stage 3: the label map on the stored grid (nearest neighbour through world coordinates),
     source ids remapped to class ids when the build has a class table."""
     lab = load_label(label_path)
-    lab_data, lab_affine = to_ras(lab.data, lab.affine)
+    lab_data, lab_affine = to_ras(lab.data, float32_geometry(lab.affine))
     had_labels = bool(lab_data.any())
-    res = resample_label(lab_data, round_affine(lab_affine), stored.affine, stored.hu.shape)
+    res = resample_label(lab_data, lab_affine, stored.affine, stored.hu.shape)
     table = cfg.class_table()
-    if table is not None:  # source ids -> class ids; unknown -> ignore_index
-        res = table.remap(res)
-    labels = res.astype(label_dtype(res))
+    # source ids -> stored class ids; anything else -> the stored ignore index
+    labels = table.remap(res) if table is not None else res.astype(label_dtype(res))
     if had_labels and not labels.any():
         raise VolumeError(
             f"label map {Path(label_path).name} does not overlap the image in world "
@@ -213,6 +212,8 @@ def case_row(
         "orig_spacing": list(src.spacing),
         "orig_affine": np.asarray(src.affine).ravel().tolist(),
         "orig_orientation": "".join(aff2axcodes(src.affine)),
+        "gantry_tilt_deg": src.gantry_tilt_deg,
+        "slice_steps": list(src.slice_steps) if src.slice_steps else None,
         "crop_offset": list(stored.crop_offset),
         **hu_stats(stored.hu),
         "hu_clipped": stored.clipped,
@@ -225,7 +226,7 @@ def case_row(
     }
 
 
-def case_counts(case: CTCase, stored: StoredCase) -> dict[str, int]:
+def case_counts(case: CTCase, src: SourceVolume, stored: StoredCase) -> dict[str, int]:
     counts = {
         "volumes_read": 1,
         "samples_written": 1,
@@ -236,6 +237,10 @@ def case_counts(case: CTCase, stored: StoredCase) -> dict[str, int]:
         counts["labels_written"] = 1
     if stored.clipped:
         counts["volumes_with_clipped_hu"] = 1
+    if src.gantry_tilt_deg:
+        counts["volumes_gantry_tilt_corrected"] = 1
+    if src.uneven_spacing:
+        counts["volumes_uneven_slices_resampled"] = 1
     return counts
 
 
@@ -266,7 +271,7 @@ def process_case(job: CaseJob) -> dict[str, Any]:
         write_case_arrays(job, stored, points)
         t_write = time.perf_counter()
         summary = {
-            "counts": case_counts(case, stored),
+            "counts": case_counts(case, src, stored),
             "timings": {
                 "read": t_read - t_start,
                 "resample": t_proc - t_read,

@@ -1,8 +1,8 @@
 """Find the CT cases of an archive: NIfTI files, DICOM series, and their label maps.
 
 NIfTI files are only listed (a bad file must fail inside its task, where it is quarantined);
-DICOM headers are read here, without pixels, because slices only become a case once grouped by
-SeriesInstanceUID.
+DICOM headers are read here, without pixels and on the build's workers, because slices only
+become a case once grouped into series (``ct.dicom_grouping``).
 
 **Label naming rule** (``labels="auto"``), applied to NIfTI files:
 
@@ -30,7 +30,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipelines.ct.dicom import DicomSeries, group_series, has_dicom_magic, series_key
+from data_pipelines import parallel
+from data_pipelines.ct.dicom_grouping import DicomSeries, group_series
+from data_pipelines.ct.dicom_headers import read_headers
 from data_pipelines.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -170,17 +172,21 @@ def discover_ct(
     input_spec: str | list[str],
     labels: str = "auto",
     labels_csv: str | None = None,
+    scheduler: str = parallel.SYNCHRONOUS,
+    workers: int = 1,
 ) -> CTDiscovery:
-    """List the cases of ``input_spec`` and pair label maps; sorted by case id."""
+    """List the cases of ``input_spec`` and pair label maps; sorted by case id.
+
+    DICOM headers are read where ``scheduler``/``workers`` say (the result does not depend on
+    it)."""
     if labels not in LABEL_MODES:
         raise InputError(f"--labels: {labels!r} is not one of {', '.join(LABEL_MODES)}")
     files, root = list_input_files(input_spec)
     ignored: list[tuple[str, str]] = []
     niftis = [f for f in files if is_nifti(f)]
+    # the DICM magic is checked where the headers are read (on the workers)
     dicom_candidates = [
-        f
-        for f in files
-        if not is_nifti(f) and f.suffix.lower() not in NOT_DICOM_SUFFIXES and has_dicom_magic(f)
+        str(f) for f in files if not is_nifti(f) and f.suffix.lower() not in NOT_DICOM_SUFFIXES
     ]
     pairs = read_pairs_csv(labels_csv) if labels_csv else {}
 
@@ -224,13 +230,10 @@ def discover_ct(
             )
         )
 
-    series, dicom_ignored = group_series(dicom_candidates)
-    ignored += dicom_ignored
-    per_folder: dict[str, int] = {}
-    for s in series:
-        per_folder[s.folder] = per_folder.get(s.folder, 0) + 1
-    for s in series:
-        cases.append(_dicom_case(s, root, per_folder[s.folder] > 1, pairs))
+    headers, header_ignored = read_headers(dicom_candidates, scheduler, workers)
+    series, grouping_ignored = group_series(headers)
+    ignored += header_ignored + grouping_ignored
+    cases += dicom_cases(series, root, pairs)
 
     for image, (label, _) in pairs.items():
         if not any(Path(c.source) == image for c in cases):
@@ -241,21 +244,43 @@ def discover_ct(
     return CTDiscovery(cases=cases, ignored=ignored)
 
 
-def _dicom_case(
-    s: DicomSeries, root: Path, shared_folder: bool, pairs: dict[Path, tuple[Path, str]]
-) -> CTCase:
-    folder = Path(s.folder)
-    case_id = _rel_id(folder, root)
-    if shared_folder:
-        case_id = f"{case_id}/series-{series_key(s)}"
-    label, patient = pairs.get(folder, (None, ""))
-    return CTCase(
-        case_id=case_id,
-        kind="dicom",
-        source=str(folder),
-        files=s.files,
-        label=str(label) if label else None,
-        patient_id=patient or s.patient_id,
-        study_uid=s.study_uid,
-        series_uid=s.series_uid,
-    )
+def _series_label(s: DicomSeries, folder_series: list[DicomSeries]) -> str:
+    """``series-<SeriesNumber>`` when that tells the folder's series apart, else
+    ``series-<tag>``."""
+    numbers = [o.series_number for o in folder_series]
+    if s.series_number and numbers.count(s.series_number) == 1:
+        return f"series-{safe_name(s.series_number)}"
+    return f"series-{s.tag}"
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def dicom_cases(
+    series: list[DicomSeries], root: Path, pairs: dict[Path, tuple[Path, str]]
+) -> list[CTCase]:
+    """One case per series; a folder holding several series gets one sub-id per series."""
+    per_folder: dict[str, list[DicomSeries]] = {}
+    for s in series:
+        per_folder.setdefault(s.folder, []).append(s)
+    cases = []
+    for s in series:
+        folder = Path(s.folder)
+        case_id = _rel_id(folder, root)
+        if len(per_folder[s.folder]) > 1:
+            case_id = f"{case_id}/{_series_label(s, per_folder[s.folder])}"
+        label, patient = pairs.get(folder, (None, ""))
+        cases.append(
+            CTCase(
+                case_id=case_id,
+                kind="dicom",
+                source=str(folder),
+                files=s.files,
+                label=str(label) if label else None,
+                patient_id=patient or s.patient_id,
+                study_uid=s.study_uid,
+                series_uid=s.series_uid,
+            )
+        )
+    return cases

@@ -21,10 +21,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from data_pipelines import parallel
 from data_pipelines.build import BuildReport, BuildTask, assign_split, run_build
 from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
-from data_pipelines.ct.discover import discover_ct
+from data_pipelines.ct.discover import CTDiscovery, discover_ct
 from data_pipelines.dedup import mark_exact_duplicates
 from data_pipelines.store.layout import (
     ATTR_CLASSES,
@@ -93,7 +94,15 @@ def store_attributes(cfg: CTBuildConfig) -> dict[str, Any]:
 def build_ct(cfg: CTBuildConfig) -> BuildReport:
     """Validate, discover, and run the build; config errors are raised before any work."""
     cfg.validate()
-    discovery = discover_ct(cfg.input, labels=cfg.labels, labels_csv=cfg.labels_csv)
+    # one cluster for both: DICOM headers are read on the workers that then build the volumes
+    with parallel.session(cfg.scheduler, cfg.workers):
+        discovery = discover_ct(
+            cfg.input, cfg.labels, cfg.labels_csv, scheduler=cfg.scheduler, workers=cfg.workers
+        )
+        return run_ct_tasks(cfg, discovery)
+
+
+def run_ct_tasks(cfg: CTBuildConfig, discovery: CTDiscovery) -> BuildReport:
     out_dir = str(Path(cfg.output).resolve())
     parts = unique_part_names([c.case_id for c in discovery.cases])
     tasks = [

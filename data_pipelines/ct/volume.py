@@ -4,6 +4,12 @@ Arrays are indexed ``[X, Y, Z]`` (nibabel/MONAI order); after ``to_ras`` X runs 
 Right, Y to Anterior, Z to Superior, and the 4×4 affine maps ``(i, j, k, 1)`` to RAS+ world mm.
 Resampling uses MONAI's ``Spacing`` (images bilinear, labels nearest onto the image's output
 grid), the routine the training baselines use, so the stored grid is the one MONAI would make.
+
+Geometry is used as read, at float32 precision (what a NIfTI header holds; a DICOM's decimal
+strings are brought to the same precision), so the same scan as NIfTI and as DICOM resamples to
+identical voxels and 0.9765625 mm stays 0.9765625 mm. A sheared affine (a gantry-tilted DICOM
+series, or a NIfTI written from one) is resampled onto an orthogonal grid through the true voxel
+positions; the wedges the tilted stack never covered are filled with air.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from data_pipelines.store.layout import HU_PERCENTILES, hu_percentile_column
 
 INT16_MIN, INT16_MAX = -32768, 32767
 AIR_HU = -1024
-# geometry is rounded before resampling so that the same scan stored as NIfTI (float32 header)
-# and as DICOM (decimal strings) resamples to bit-identical voxels, and duplicates hash equal
-AFFINE_DECIMALS = 4
+# voxel axes whose mutual shear moves a voxel by less than this fraction of a voxel across the
+# whole volume are orthogonal (rounding in the header), not sheared
+MAX_ROUNDING_SHEAR_VOXELS = 0.01
 
 
 class VolumeError(ValueError):
@@ -34,6 +40,9 @@ class SourceVolume:
 
     data: np.ndarray  # [X, Y, Z] float32 HU (scl_slope / RescaleSlope applied)
     affine: np.ndarray  # [4, 4] voxel -> RAS+ world mm
+    gantry_tilt_deg: float | None = None  # DICOM: the tilt corrected by resampling
+    slice_steps: tuple[float, float] | None = None  # DICOM: smallest, largest slice step mm
+    uneven_spacing: bool = False  # DICOM: slices interpolated onto a regular step
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -110,26 +119,56 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return out, affine @ inv_ornt_aff(ornt, data.shape)
 
 
-def round_affine(affine: np.ndarray) -> np.ndarray:
-    out = np.round(np.asarray(affine, dtype=np.float64), AFFINE_DECIMALS)
+def float32_geometry(affine: np.ndarray) -> np.ndarray:
+    """The affine at float32 precision (as a NIfTI header stores it), computed in float64."""
+    out = np.asarray(affine, dtype=np.float32).astype(np.float64)
     out[3] = (0.0, 0.0, 0.0, 1.0)
     return out + 0.0  # no negative zeros
+
+
+def shear_voxels(affine: np.ndarray, shape: tuple[int, ...]) -> float:
+    """How far (in voxels of the other axes) the volume's far end is shifted by shear: 0 for an
+    orthogonal affine, e.g. ~n·tan(tilt)·Δz/Δy for a gantry-tilted series."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    worst = 0.0
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                along_i = abs(cols[:, j] @ cols[:, i]) / spacing[i]  # mm along axis i per step j
+                worst = max(worst, along_i * (shape[j] - 1) / spacing[i])
+    return worst
 
 
 def resample_image(
     data: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear resampling to ``spacing`` mm (MONAI ``Spacing``); returns [X', Y', Z'], affine."""
+    """Bilinear resampling to ``spacing`` mm (MONAI ``Spacing``); returns [X', Y', Z'], affine.
+
+    The output grid is orthogonal. For a sheared input, points outside the sheared volume are
+    air (never the replicated border)."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Spacing
 
+    sheared = shear_voxels(affine, data.shape) > MAX_ROUNDING_SHEAR_VOXELS
+    offset = np.float32(-AIR_HU if sheared else 0.0)  # zero padding of (HU + 1024) is air
     t = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None],
+        torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32) + offset)[None],
         affine=torch.as_tensor(affine, dtype=torch.float64),
     )
-    out = Spacing(pixdim=spacing, mode="bilinear", padding_mode="border", dtype=torch.float32)(t)
-    return out[0].numpy(), np.asarray(out.affine, dtype=np.float64)
+    padding = "zeros" if sheared else "border"
+    out = Spacing(pixdim=spacing, mode="bilinear", padding_mode=padding, dtype=torch.float32)(t)
+    return out[0].numpy() - offset, np.asarray(out.affine, dtype=np.float64)
+
+
+def stored_grid(
+    data: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A source volume on the stored grid: RAS voxel axes, float32 geometry, resampled to
+    ``spacing``; returns float32 HU [X', Y', Z'] and the affine that was used."""
+    ras, ras_affine = to_ras(data, float32_geometry(affine))
+    return resample_image(ras, ras_affine, spacing)
 
 
 def resample_label(
@@ -161,10 +200,14 @@ def to_int16_hu(data: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
-    """uint8 when every id fits, else uint16; VolumeError for negative or huge ids."""
+    """uint8 when every id fits, else uint16 (label maps stored as they are, without a class
+    table); VolumeError for negative or huge ids, saying how a class table maps them."""
     lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     if lo < 0 or hi > 65535:
-        raise VolumeError(f"label ids must be in [0, 65535] (found {lo}..{hi})")
+        raise VolumeError(
+            f"label ids must be in [0, 65535] to be stored as they are (found {lo}..{hi}); give "
+            f"--classes with the class ids (and e.g. ignore_index: {lo} for a no-data value)"
+        )
     return np.dtype(np.uint8 if hi <= 255 else np.uint16)
 
 

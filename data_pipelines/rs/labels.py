@@ -7,6 +7,10 @@ imaged on several dates) or a folder of rasters matched to scenes by file name: 
 ``<stem>.tif``, ``<stem>_label.tif``, ``<stem>_labels.tif``, ``<stem>_mask.tif`` found in that
 folder. A label on another grid or CRS is reprojected to the scene grid with nearest neighbour
 (class ids must never be interpolated), through a GDAL warped view read strip by strip.
+
+Label rasters may be of any integer type (int8 to uint32; float rasters holding whole numbers
+too): values are read as int64, and pixels the raster does not cover or marks as nodata get
+the class table's ignore index, so the table decides what every value becomes.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def match_label(labels: str, scene_files: list[str], scene_id: str) -> str | Non
 
 
 class LabelReader:
-    """A label raster seen on a target grid (nearest neighbour); read by window."""
+    """A label raster seen on a target grid (nearest neighbour); read by window as int64."""
 
     def __init__(
         self,
@@ -71,13 +75,17 @@ class LabelReader:
         if self._ds.count != 1:
             self._ds.close()
             raise LabelError(f"label {Path(path).name} has {self._ds.count} bands; expected 1")
-        nodata = self._ds.nodata
-        self.source_nodata = int(nodata) if nodata is not None else None
+        self.dtype = np.dtype(self._ds.dtypes[0])
+        if not (np.issubdtype(self.dtype, np.integer) or np.issubdtype(self.dtype, np.floating)):
+            self._ds.close()
+            raise LabelError(f"label {Path(path).name} holds {self.dtype} values, not class ids")
         same = (
             self._ds.transform == transform
             and (self._ds.height, self._ds.width) == (height, width)
             and (not crs or str(self._ds.crs) == crs or _epsg(self._ds.crs) == crs)
         )
+        # warped in float64 (exact for every integer type up to 32 bits): NaN marks pixels the
+        # label raster does not cover or holds as nodata, whatever the raster's own type
         self._view = (
             self._ds
             if same
@@ -88,20 +96,30 @@ class LabelReader:
                 width=width,
                 height=height,
                 resampling=Resampling.nearest,
-                nodata=fill,  # pixels the label raster does not cover
+                dtype="float64",
+                src_nodata=self._ds.nodata,
+                nodata=np.nan,
             )
         )
-        self.dtype = np.dtype(self._ds.dtypes[0])
 
     def read(self, window: Window) -> np.ndarray:
-        """``[h, w]`` class ids; pixels outside the label raster or nodata get ``fill``."""
+        """``[h, w]`` int64 label values; pixels outside the label raster or nodata get
+        ``fill``."""
         if self._view is self._ds:
-            data = self._ds.read(1, window=window, boundless=True, fill_value=self.fill)
+            data = self._ds.read(1, window=window, boundless=True, masked=True)
+            invalid, values = np.ma.getmaskarray(data), np.asarray(data.data)
         else:
-            data = self._view.read(1, window=window)
-        if self.source_nodata is not None:
-            data = np.where(data == self.source_nodata, self.fill, data)
-        return data
+            values = self._view.read(1, window=window)
+            invalid = np.isnan(values)
+        if np.issubdtype(values.dtype, np.floating):
+            invalid |= ~np.isfinite(values)
+            odd = ~invalid & (values != np.rint(values))
+            if odd.any():
+                raise LabelError(
+                    f"label {Path(self.path).name} has non-integer values (e.g. "
+                    f"{values[odd][0]:g}); class ids must be whole numbers"
+                )
+        return np.where(invalid, self.fill, values).astype(np.int64)
 
     def close(self) -> None:
         if self._view is not self._ds:

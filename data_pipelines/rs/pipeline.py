@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from data_pipelines.build import BuildReport, BuildTask, assign_split, run_build
 from data_pipelines.dedup import mark_duplicates
+from data_pipelines.errors import BuildConfigError
 from data_pipelines.rs.config import RSBuildConfig
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.labels import match_label
@@ -183,11 +184,37 @@ def plan_tasks(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildConfig) 
     return tasks
 
 
+def check_tile_fits(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildConfig) -> None:
+    """BuildConfigError when ``--tile-size`` exceeds every scene (no tile could be cut).
+
+    Scene sizes come from the headers, in order, until one scene fits (usually the first); a
+    scene that cannot be opened is skipped here (its task quarantines it)."""
+    from data_pipelines.rs.reader import SceneReader
+
+    sizes: list[tuple[int, int]] = []
+    for scene in scenes:
+        try:
+            with SceneReader(scene, profile, cfg.resampling) as reader:
+                height, width = reader.grid.height, reader.grid.width
+        except Exception:
+            continue
+        if min(height, width) >= cfg.tile_size:
+            return
+        sizes.append((height, width))
+    if sizes:
+        h, w = max(sizes, key=min)
+        raise BuildConfigError(
+            f"--tile-size: {cfg.tile_size} px is larger than every scene (the largest is "
+            f"{h} x {w} px), so no tile can be cut; use --tile-size {min(h, w)} or less"
+        )
+
+
 def build_rs(cfg: RSBuildConfig) -> BuildReport:
     """Validate, discover, and run the build; config errors are raised before any work."""
     cfg.validate()
     profile = load_profile(cfg.profile)
     discovery = discover_scenes(cfg.input, profile)
+    check_tile_fits(discovery.scenes, profile, cfg)
     tasks = plan_tasks(discovery.scenes, profile, cfg)
     scenes = {s.scene_id: s for s in discovery.scenes}
     return run_build(

@@ -55,10 +55,6 @@ class SceneJob:
     label_path: str | None = None
 
 
-def label_dtype(table: ClassTable) -> np.dtype:
-    return np.dtype(np.uint8 if max(*table.ids, table.ignore_index) < 256 else np.uint16)
-
-
 def scene_source(scene: Scene) -> str:
     """The raster file of a scene, or the folder of a one-file-per-band scene."""
     return scene.files[0][1] if not scene.multi_file else str(Path(scene.files[0][1]).parent)
@@ -179,7 +175,7 @@ def open_labels(part: ScenePart, table: ClassTable, stack: ExitStack) -> None:
         LABELS_GROUP,
         job.part,
         (T, T),
-        label_dtype(table),
+        table.label_dtype,
         attrs={
             "scene": job.scene.scene_id,
             "label_source": job.label_path,
@@ -199,10 +195,8 @@ def read_strip(part: ScenePart, row_off: int) -> Strip:
     qa = part.reader.read_qa(window)  # [T, W] or None
     labels = None
     if part.labels is not None:
-        table = part.table
-        labels = part.labels.read(window)  # [T, W]
-        known = np.isin(labels, np.asarray(table.ids))
-        labels = np.where(known, labels, table.ignore_index).astype(label_dtype(table))
+        # [T, W] label-map values -> stored class ids (anything else -> the stored ignore)
+        labels = part.table.remap(part.labels.read(window))
     part.read_s += time.perf_counter() - t0
     return Strip(pixels, qa, labels)
 
@@ -294,7 +288,7 @@ def write_kept(
         label_tile = strip.labels[:, col_off : col_off + part.tile_size]
         part.label_writer.append(np.ascontiguousarray(label_tile))
         row["label_array"] = array_path(LABELS_GROUP, part.job.part)
-        row["labeled_fraction"] = float((label_tile != part.table.ignore_index).mean())
+        row["labeled_fraction"] = float((label_tile != part.table.stored_ignore_index).mean())
     part.counts["samples_written"] += 1
 
 

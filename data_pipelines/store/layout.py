@@ -55,6 +55,7 @@ ATTR_CALIBRATION = "calibration"  # how stored values relate to raw ones (RS)
 ATTR_CLASSES = "classes"  # the class table of a labeled store
 ATTR_BAND_STATS = "band_stats"  # per-band mean, std, min, max, percentiles (RS)
 ATTR_SPACING = "spacing"  # voxel spacing in mm (CT)
+ATTR_HU_STATS = "hu_stats"  # HU mean, std, min, max, percentiles (CT, `build_dataset stats`)
 
 # -- manifest columns that readers select on --------------------------------------------------
 COL_ID = "id"
@@ -141,6 +142,8 @@ CT_MANIFEST_SCHEMA = pa.schema(
         ("orig_spacing", pa.list_(pa.float64(), 3)),
         ("orig_affine", pa.list_(pa.float64(), 16)),  # as read, before reorientation
         ("orig_orientation", pa.string()),  # e.g. LPS
+        ("gantry_tilt_deg", pa.float64()),  # DICOM: tilt corrected by resampling (0: none)
+        ("slice_steps", pa.list_(pa.float64(), 2)),  # DICOM: smallest, largest slice step mm
         ("crop_offset", pa.list_(pa.int32(), 3)),  # of the stored grid in the resampled one
         *[(c, pa.float32()) for c in ["hu_min", "hu_max", "hu_mean"]],
         *[(hu_percentile_column(q), pa.float32()) for q in HU_PERCENTILES],

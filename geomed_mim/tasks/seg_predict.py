@@ -8,6 +8,10 @@
   MONAI sliding-window inference (Gaussian, configurable overlap), and the class map is
   resampled back (nearest) onto the input grid and saved with the input's affine.
 * A PNG overlay (image + class colours) for a quick look.
+
+Predictions are always ids of the class table: output channels that are no class (the ignore
+index when it lies below the class count, gaps between class ids) are masked before the argmax,
+so a class map never holds the ignore index.
 """
 
 from __future__ import annotations
@@ -26,20 +30,29 @@ from monai.inferers import sliding_window_inference
 from PIL import Image
 from rasterio.windows import Window
 
-from data_pipelines.ct.volume import (
-    load_nifti,
-    resample_image,
-    resample_label,
-    round_affine,
-    to_int16_hu,
-    to_ras,
-)
+from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.profiles import load_profile
 from data_pipelines.rs.reader import SceneReader
 from data_pipelines.rs.toa import make_calibrator
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
+
+
+def class_logits(logits: torch.Tensor, class_ids: Sequence[int], dim: int = 1) -> torch.Tensor:
+    """``logits`` with every channel along ``dim`` that is not a class id set to -inf."""
+    keep = torch.zeros(logits.shape[dim], dtype=torch.bool, device=logits.device)
+    keep[torch.as_tensor(list(class_ids), dtype=torch.long, device=logits.device)] = True
+    if bool(keep.all()):
+        return logits
+    shape = [1] * logits.dim()
+    shape[dim] = -1
+    return logits.masked_fill(~keep.view(shape), float("-inf"))
+
+
+def predicted_ids(logits: torch.Tensor, class_ids: Sequence[int], dim: int = 1) -> torch.Tensor:
+    """The predicted class id per pixel/voxel: argmax over the class channels only."""
+    return class_logits(logits, class_ids, dim).argmax(dim)
 
 
 def gaussian_weight(size: int, sigma_scale: float = 0.125) -> np.ndarray:
@@ -131,7 +144,8 @@ def predict_rs_scene(
                 predict_fn, reader, standardize, (grid.height, grid.width), len(mean), tile,
                 num_classes, Path(tmp), overlap, batch_size,
             )  # fmt: skip
-            write_class_geotiff(acc, wsum, grid, num_classes, class_path, prob_path)
+            class_ids = (classes or {}).get("ids") or range(num_classes)
+            write_class_geotiff(acc, wsum, grid, class_ids, class_path, prob_path)
             del acc, wsum  # release the memmaps before their folder goes
         write_rs_overlay(reader, profile, class_path, png, classes or {}, num_classes)
     return {
@@ -218,13 +232,15 @@ def write_class_geotiff(
     acc: np.ndarray,
     wsum: np.ndarray,
     grid: Any,
-    num_classes: int,
+    class_ids: Sequence[int],
     class_path: Path,
     prob_path: Path | None = None,
     strip: int = 512,
 ) -> None:
-    """Argmax of the blended logits as class ids (+ softmax probabilities), strip by strip."""
+    """Argmax of the blended logits over the class channels (+ softmax probabilities), strip by
+    strip."""
     H, W = grid.height, grid.width
+    num_classes = acc.shape[0]
     profile = class_geotiff_profile(grid, num_classes)
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(class_path, "w", **profile))
@@ -235,6 +251,7 @@ def write_class_geotiff(
         for r in range(0, H, strip):
             h = min(strip, H - r)
             logit = torch.from_numpy(acc[:, r : r + h] / wsum[r : r + h][None])
+            logit = class_logits(logit, class_ids, dim=0)
             ids = logit.argmax(0).numpy().astype(profile["dtype"])
             dst.write(ids, 1, window=Window(0, r, W, h))
             if probs_dst is not None:
@@ -275,8 +292,7 @@ def predict_ct_volume(
 ) -> dict[str, Any]:
     """Predict a NIfTI volume; the class map is saved on the *input* grid with its affine."""
     src = load_nifti(nifti_path)
-    data, affine = to_ras(src.data, src.affine)
-    resampled, new_affine = resample_image(data, round_affine(affine), tuple(spacing))
+    resampled, new_affine = stored_grid(src.data, src.affine, tuple(spacing))
     hu, _ = to_int16_hu(resampled)
     lo, hi = float(window[0]), float(window[1])
     image = np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1)
@@ -289,7 +305,8 @@ def predict_ct_volume(
             overlap=overlap,
             mode="gaussian",
         )
-    pred = logits[0].argmax(0).numpy().astype(np.float32)  # [X', Y', Z'] on the RAS grid
+    class_ids = (classes or {}).get("ids") or range(num_classes)
+    pred = predicted_ids(logits[0], class_ids, dim=0).numpy().astype(np.float32)  # [X', Y', Z']
     # back onto the input's voxel grid (nearest; through world coordinates)
     orig = resample_label(pred, new_affine, np.asarray(src.affine), src.data.shape[:3])
     orig = orig.astype(np.uint8 if num_classes <= 256 else np.uint16)

@@ -1,7 +1,9 @@
 """Segmentation fine-tuning task (2-D RS tiles, 3-D CT crops) on the pretrained ViT encoder.
 
 Class ids are the output channels (``num_classes = max class id + 1``), so a prediction is a
-class id map directly; ``ignore_index`` pixels are left out of the loss and every metric.
+class id map directly: the argmax runs over the class channels only, so the ignore index (the
+value the store records, e.g. 255 for a table's -1) is never predicted, even when it lies below
+the class count (RS: 0). ``ignore_index`` pixels are left out of the loss and every metric.
 Metrics come from one torchmetrics confusion matrix (ignore_index dropped): per-class IoU, mIoU
 (over the table's classes that occur in target or prediction), overall accuracy, per-class Dice.
 """
@@ -224,7 +226,7 @@ class SegmentationTask(LightningModule):
             target = target[:, 0]
         logits = self.infer(batch["image"])
         self.log(f"{stage}/loss", self.loss(logits, target), batch_size=target.shape[0])
-        confmat.update(logits.argmax(1), target)
+        confmat.update(seg_predict.predicted_ids(logits, self.class_ids), target)
 
     def _eval_epoch_end(self, confmat: MulticlassConfusionMatrix, stage: str) -> None:
         scores = scores_from_confusion(confmat.compute().cpu(), self.class_ids)

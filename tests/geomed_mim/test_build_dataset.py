@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,9 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
-from geomed_mim.build_dataset import main, parse_config
+from data_pipelines.build import PAUSE_AFTER_PARTS_ENV
+from geomed_mim.build_dataset import INTERRUPTED, display_path, main, parse_config
+from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
@@ -30,8 +36,17 @@ S2_BANDS = [  # product order
 @pytest.fixture(scope="module")
 def demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "geomed_demo"
-    assert main(["--output", str(out), "--workers", "1"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--output", str(out), "--workers", "1"]) == 0
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
+
+
+def test_demo_build_names_an_absolute_output_as_given(demo_build: Path) -> None:
+    said = (demo_build.parent / "stdout.txt").read_text()
+    assert f"building the embedded demo archive into {demo_build}/\n" in said
+    assert display_path("geomed_demo") == "./geomed_demo"
 
 
 def test_demo_manifest_agrees_with_store(demo_build: Path) -> None:
@@ -219,6 +234,44 @@ def test_strict_exits_nonzero_on_quarantine(demo_data: Path, tmp_path: Path) -> 
     assert code == 1
 
 
+def test_tile_larger_than_every_scene_stops_before_any_work(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["--input", "demo:sentinel2_l1c", "--output", str(out), "--tile-size", "128"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --tile-size: 128 px is larger than every scene")
+    assert "101 x 100 px" in err
+    assert "use --tile-size 100 or less" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_nothing_written_exits_1_with_the_reason(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every tile excluded, and every input quarantined: exit 1 and one line saying why."""
+    flags = ["--tile-size", "32", "--workers", "1"]
+    out = tmp_path / "excluded"
+    # a spread no real tile stays under: every tile is 'constant'
+    rc = main(["--input", "demo:sentinel2_l1c", "--output", str(out), "--min-band-std", "1e9",
+               *flags])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err == f"error: nothing was written to {out}: all 80 tiles were excluded (constant: 80)"
+    assert (out / "build.json").is_file()  # the record of what happened is still written
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.tif").write_text("this is not a raster\n")
+    (bad / "empty.tif").write_bytes(b"")
+    assert main(["--input", str(bad), "--output", str(tmp_path / "q"), *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: nothing was written to {tmp_path / 'q'}: all 2 input(s) ")
+    assert err[-1].endswith("see quarantine.jsonl")
+    assert sum(line.startswith("error:") for line in err) == 1
+
+
 def test_rerun_resumes_and_yields_same_manifest(demo_build: Path, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(demo_build, out)
@@ -325,3 +378,40 @@ def test_shipped_data_configs_parse_and_validate(config: Path) -> None:
     cfg, _ = parse_config(["--config", str(config)])
     cfg.validate()
     assert cfg.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(demo_build: Path, tmp_path: Path) -> None:
+    """A real SIGINT to the build's process group (what Ctrl-C in a terminal sends, so the dask
+    workers get it too) while the build is known to be mid-way: exit 130, one line, no
+    traceback from any process; the same command then resumes and equals an uninterrupted
+    build."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", "--output", str(out)]
+    cmd += ["--workers", "2"]
+    env = {**subprocess_env(), PAUSE_AFTER_PARTS_ENV: "1"}  # the runner waits after 1 part
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(1200):  # a part is committed once its fragment exists
+            if list((out / "parts").glob("*.parquet")) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == INTERRUPTED
+    assert "Traceback" not in stderr
+    assert not (out / "manifest.parquet").exists()
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--output", str(out), "--workers", "1"]) == 0
+    record = json.loads((out / "build.json").read_text())
+    assert record["parts"]["resumed"] >= 1
+    assert pq.read_table(out / "manifest.parquet").equals(
+        pq.read_table(demo_build / "manifest.parquet")
+    )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import stat
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -11,6 +16,7 @@ import torch
 from data_pipelines.rs.profiles import load_profile
 from geomed_mim.export import export_encoder, main
 from geomed_mim.models.weights import build_monai_vit, load_encoder, match_band_channels
+from tests.conftest import REPO_ROOT
 from tests.geomed_mim.training import TINY_DECODER, task_checkpoint, timm_from_export
 
 S2_BANDS = load_profile("sentinel2_l1c").band_names  # B01 … B12 with B8A, 13 bands
@@ -161,3 +167,52 @@ def test_a_wrong_checkpoint_is_one_line_exit_2(tmp_path, capsys, kind):
     assert err.startswith("error: checkpoint: ")
     assert "pretraining run wrote" in err
     assert not (tmp_path / "export").exists()  # nothing written
+
+
+def _modes(root) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]
+    }
+
+
+def test_every_file_of_a_build_a_checkpoint_and_an_export_is_readable_by_others(tmp_path):
+    """Under umask 022 everything the project writes is 0644 (folders 0755): store chunks and
+    metadata, parts, settings, lock, manifest, build record, quarantine list, preview, a
+    checkpoint written by the atomic checkpoint writer, a training preview, and an export, so a
+    store mounted into the Docker image's non-root user, or shared on a cluster, is readable."""
+    from geomed_mim.build_dataset import main as build_dataset
+    from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
+    from geomed_mim.tasks.preview import save_png
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "store"
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = build_dataset(["--config", str(REPO_ROOT / "configs/data/demo_lulc.yaml"),
+                                "--output", str(out), "--workers", "1"])  # fmt: skip
+        assert rc == 0
+        _, task = s2_checkpoint(tmp_path)
+        ckpt = tmp_path / "run" / "last.ckpt"
+        state = {"state_dict": task.state_dict(), "geomed_mim": task.checkpoint_metadata()}
+        AtomicCheckpointIO().save_checkpoint(state, ckpt)
+        save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "run" / "preview.png")
+        assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 0
+    finally:
+        os.umask(old)
+    modes = {}
+    for root in (out, tmp_path / "run", tmp_path / "export"):
+        modes.update({f"{root.name}/{k}": v for k, v in _modes(root).items()})
+    names = set(modes)
+    for expected in ("store/manifest.parquet", "store/build.json", "store/preview.png",
+                     "store/quarantine.jsonl", "store/parts/_settings.json", "store/.build.lock",
+                     "run/last.ckpt", "run/preview.png", "export/model.safetensors",
+                     "export/config.json"):  # fmt: skip
+        assert expected in names
+    assert any(n.startswith("store/store.zarr/tiles/") and "/c/" in n for n in names)
+    assert any(n.startswith("store/parts/") and n.endswith(".parquet") for n in names)
+    wrong = {
+        n: oct(m)
+        for n, m in modes.items()
+        if m != (0o755 if tmp_path.joinpath(n).is_dir() else 0o644)
+    }
+    assert not wrong

@@ -22,73 +22,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.data_pipelines.ct.dicom_files import write_dicom_series
+
 CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"
 SEG_SM = "ct/totalsegmentator_example/example_seg.nii.gz"
 CTPA = "ct/totalsegmentator_ctpa_crop/ct_cropped.nii.gz"
 CTPA_SEG = "ct/totalsegmentator_ctpa_crop/pulmonary_artery.nii.gz"
-
-
-def write_dicom_series(
-    nifti: Path,
-    folder: Path,
-    drop: tuple[int, ...] = (),
-    series_uid: str | None = None,
-    patient_id: str = "PAT-0001",
-) -> list[Path]:
-    """Write a NIfTI volume as a CT DICOM series, one file per axial slice.
-
-    File names are deliberately in scrambled order and InstanceNumber is reversed, so a reader
-    that orders by name or number instead of ImagePositionPatient gets the volume wrong.
-    """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    img = nib.load(str(nifti))
-    data = np.asarray(img.dataobj).astype(np.int16)  # [i, j, k]
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
-    col_step, row_step = lps[:3, 0], lps[:3, 1]
-    row_dir = col_step / np.linalg.norm(col_step)  # direction along a row (i)
-    col_dir = row_step / np.linalg.norm(row_step)  # direction down a column (j)
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    n = data.shape[2]
-    names = np.random.default_rng(7).permutation(n)
-    written = []
-    for k in range(n):
-        if k in drop:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"IM{names[k]:04d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.PatientID = patient_id
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.InstanceNumber = n - k
-        pos = lps @ np.array([0.0, 0.0, k, 1.0])
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos[:3]]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
-        ds.PixelSpacing = [
-            f"{np.linalg.norm(row_step):.6f}",
-            f"{np.linalg.norm(col_step):.6f}",
-        ]
-        ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.6f}"
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).tobytes()  # [rows=j, cols=i]
-        ds.save_as(path, enforce_file_format=True)
-        written.append(path)
-    return written
 
 
 def write_bad_inputs(shared: Path, bad: Path) -> None:

@@ -1,14 +1,11 @@
-"""CT discovery: the label naming rule, the CSV of pairs, and DICOM series from real slices."""
+"""CT discovery: the label naming rule and the CSV of pairs (DICOM series: test_dicom_grouping)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
-from data_pipelines.ct.dicom import DicomSeriesError, read_series
 from data_pipelines.ct.discover import discover_ct
 from data_pipelines.errors import InputError
 
@@ -78,33 +75,3 @@ def test_csv_pairs_win_and_carry_patient_ids(tmp_path: Path) -> None:
 def test_missing_input_names_the_flag(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"--input: .* does not exist"):
         discover_ct(str(tmp_path / "nope"))
-
-
-@pytest.mark.shared_data
-def test_dicom_series_grouped_and_ordered_by_position_not_name(
-    shared_data: Path, tmp_path: Path, dicom_writer
-) -> None:
-    """Two series in one folder, file names scrambled and InstanceNumber reversed: each
-    series is found by its UID and stacks back to the exact NIfTI voxels and affine."""
-    dicom_writer(shared_data / CT_SM, tmp_path / "mixed" / "s1", series_uid="1.2.3.1")
-    dicom_writer(shared_data / CT_SM, tmp_path / "mixed" / "s2", series_uid="1.2.3.2")
-    for f in (tmp_path / "mixed" / "s2").iterdir():  # one folder, two series
-        f.rename(tmp_path / "mixed" / "s1" / f"b_{f.name}")
-    d = discover_ct(str(tmp_path))
-    assert sorted(c.series_uid for c in d.cases) == ["1.2.3.1", "1.2.3.2"]
-    assert all(c.case_id.startswith("mixed/s1/series-") for c in d.cases)
-    assert all(len(c.files) == 30 for c in d.cases)
-
-    src = nib.load(str(shared_data / CT_SM))
-    vol = read_series(d.cases[0].files)
-    assert np.array_equal(vol.hu, np.asarray(src.dataobj).astype(np.float32))
-    assert vol.affine == pytest.approx(src.affine, abs=1e-4)
-
-
-@pytest.mark.shared_data
-def test_missing_slice_is_an_error_that_says_where(
-    shared_data: Path, tmp_path: Path, dicom_writer
-) -> None:
-    files = dicom_writer(shared_data / CT_SM, tmp_path / "s", drop=(10, 11))
-    with pytest.raises(DicomSeriesError, match=r"missing slice: gap of 9\.00 mm .*~2 slice"):
-        read_series([str(f) for f in files])

@@ -146,3 +146,57 @@ def test_demo_lulc_config_builds_from_anywhere(
         img = src.read(window=Window(m.col_off, m.row_off, 32, 32))
     root = zarr.open_group(str(out / "store.zarr"), mode="r")
     np.testing.assert_allclose(root[m["array"]][m["index"]], img * np.float32(1e-4), rtol=1e-6)
+
+
+# -- label conventions: any integer type, any integer ignore index ---------------------------------
+BINARY_TABLE = (
+    "ignore_index: {ignore}\nclasses:\n  - {{id: 0, name: other}}\n  - {{id: 1, name: forest}}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata_value", "finer"),
+    [
+        ("int8", -1, False),
+        ("int16", -1, False),
+        ("int16", -1, True),
+        ("int32", -1, False),
+        ("uint16", 65535, False),
+    ],
+)
+def test_binary_labels_with_a_nodata_value_of_any_integer_type(
+    demo_data: Path, tmp_path: Path, dtype: str, nodata_value: int, finer: bool
+) -> None:
+    """Forest 1, other 0 and no-data ``nodata_value`` (-1, as Sen1Floods11 and other flood and
+    land-cover sets write it) in a raster of ``dtype``, with ``ignore_index: nodata_value``: the
+    store holds the ignore index as the value it records, and every other pixel as its class."""
+    with rasterio.open(_mask(demo_data)) as src:
+        lulc, profile = src.read(1), src.profile
+    raw = np.where(lulc == 0, nodata_value, (lulc == 2).astype(np.int64)).astype(dtype)
+    profile.update(dtype=dtype, nodata=None)
+    if finer:  # the same labels at 5 m: read through the warped (reprojected) path
+        raw = np.repeat(np.repeat(raw, 2, axis=0), 2, axis=1)
+        t = profile["transform"]
+        profile.update(width=raw.shape[1], height=raw.shape[0],
+                       transform=rasterio.Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f))  # fmt: skip
+    table = tmp_path / "binary.yaml"
+    table.write_text(BINARY_TABLE.format(ignore=nodata_value))
+    label = tmp_path / "label.tif"
+    with rasterio.open(label, "w", **profile) as dst:
+        dst.write(raw, 1)
+    out = tmp_path / "out"
+    scene = demo_data / "sentinel2_l1c" / "scenes" / "s2_l1c_reference_scene_2.tif"
+    assert main(["--input", str(scene), "--labels", str(label), "--output", str(out),
+                 "--tile-size", "32", "--workers", "1", "--classes", str(table)]) == 0  # fmt: skip
+
+    stored_ignore = 255 if nodata_value == -1 else 65535  # -1 cannot be stored unsigned
+    attrs = zarr.open_group(str(out / "store.zarr"), mode="r").attrs["classes"]
+    assert attrs["ignore_index"] == stored_ignore
+    assert attrs.get("source_ignore_index") == (-1 if nodata_value == -1 else None)
+    expected = np.where(lulc == 0, stored_ignore, (lulc == 2).astype(np.int64))
+    assert (expected == stored_ignore).any()
+    assert (expected == 1).any()
+    assert _check_aligned(out, expected, ignore=stored_ignore) == 16
+    arrays = zarr.open_group(str(out / "store.zarr"), mode="r")["labels"]
+    dtypes = {arrays[k].dtype for k in arrays.array_keys()}
+    assert dtypes == {np.dtype(np.uint8 if stored_ignore == 255 else np.uint16)}

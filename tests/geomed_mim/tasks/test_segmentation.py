@@ -27,7 +27,7 @@ from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
 from geomed_mim.tasks.segmentation import masked_soft_dice_loss, scores_from_confusion
 from tests.geomed_mim.conftest import REPO_ROOT, build_store, subprocess_env
-from tests.geomed_mim.training import TINY_DECODER, model_checkpoint
+from tests.geomed_mim.training import TINY_DECODER, model_checkpoint, read_metrics
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -336,3 +336,118 @@ def test_probing_freezes_the_encoder_and_layer_decay_scales_lrs():
     assert lr_of[id(enc.blocks[0].attn.qkv.weight)] == 0.5**2
     assert lr_of[id(enc.blocks[1].attn.qkv.weight)] == 0.5**1
     assert lr_of[id(task.net.head.conv.conv.weight)] == 1.0
+
+
+# -- label conventions: a -1 no-data value end to end ----------------------------------------------
+MINUS_ONE_TABLE = """\
+# forest or not, with -1 marking pixels without a label (as flood and land-cover sets write it)
+ignore_index: -1
+classes:
+  - {id: 0, name: other, color: [200, 200, 200]}
+  - {id: 1, name: forest, color: [5, 73, 7]}
+"""
+
+
+def minus_one_labels(demo_data: Path, folder: Path) -> tuple[Path, Path]:
+    """An int16 label raster (forest 1, other 0, -1 where the demo mask has no data) over the
+    demo scenes, and its class table."""
+    with rasterio.open(demo_data / "sentinel2_l1c/labels/lulc_mask.tif") as src:
+        lulc, profile = src.read(1), src.profile
+    folder.mkdir(parents=True, exist_ok=True)
+    label = folder / "forest.tif"
+    profile.update(dtype="int16", nodata=None)
+    with rasterio.open(label, "w", **profile) as dst:
+        dst.write(np.where(lulc == 0, -1, (lulc == 2).astype(np.int16)).astype(np.int16), 1)
+    table = folder / "forest.yaml"
+    table.write_text(MINUS_ONE_TABLE)
+    return label, table
+
+
+def test_predictions_never_emit_the_ignore_index():
+    """Logits that favour the ignore channel (0, below the class count) or a gap between class
+    ids still predict a class id."""
+    from geomed_mim.tasks.seg_predict import predicted_ids
+
+    logits = torch.zeros(1, 6, 2, 2)
+    logits[:, 0] = 9.0  # the ignore index 0 of a table with classes 1, 2, 5
+    logits[:, 3, 0, 0] = 10.0  # a channel between class ids
+    logits[:, 5, 1, 1] = 1.0
+    ids = predicted_ids(logits, [1, 2, 5])
+    assert set(ids.unique().tolist()) <= {1, 2, 5}
+    assert ids[0, 1, 1] == 5
+
+
+def test_minus_one_store_trains_with_the_recorded_ignore_index(demo_data, tmp_path):
+    """The store records the value it stores for -1 (255); the task built from the data module
+    leaves those pixels out of the loss and predicts only the two classes."""
+    from geomed_mim.tasks.segmentation import SegmentationTask
+
+    label, table = minus_one_labels(demo_data, tmp_path / "labels")
+    out = tmp_path / "store"
+    build_store("--input", "demo:sentinel2_l1c", "--labels", str(label), "--classes", str(table),
+                "--tile-size", "32", "--output", str(out))  # fmt: skip
+    dm = RSSegDataModule(str(out), val_split=None, flips=False)
+    assert dm.classes["ignore_index"] == 255
+    assert dm.classes["source_ignore_index"] == -1
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["label"].unique().tolist()) == {0, 1, 255}
+    task = SegmentationTask.for_data(dm, encoder={"embed_dim": 24, "depth": 2, "num_heads": 2,
+                                                  "patch_size": 8}, feature_size=4)  # fmt: skip
+    logits = task(batch["image"])
+    loss = task.loss(logits, batch["label"])
+    assert torch.isfinite(loss)
+    ignored = (batch["label"] == 255)[:, None]  # [B, 1, H, W]
+    noise = 100.0 * torch.randn_like(logits)
+    changed = torch.where(ignored, logits.detach() + noise, logits.detach())  # only there
+    assert torch.allclose(task.loss(changed, batch["label"]), loss.detach())
+    assert set(task_predictions(task, batch).unique().tolist()) <= {0, 1}
+
+
+def task_predictions(task, batch):
+    from geomed_mim.tasks.seg_predict import predicted_ids
+
+    with torch.no_grad():
+        return predicted_ids(task(batch["image"]), task.class_ids)
+
+
+@pytest.mark.slow
+def test_minus_one_labels_build_finetune_and_predict_through_the_clis(demo_data, tmp_path):
+    """What a user of a -1 no-data label set runs: build_dataset, finetune_seg fit, predict,
+    each as its own process; shrunk only in size (tiny encoder, two steps)."""
+    label, table = minus_one_labels(demo_data, tmp_path / "labels")
+    store = tmp_path / "store"
+    build = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--input", "demo:sentinel2_l1c",
+         "--labels", str(label), "--classes", str(table), "--tile-size", "32",
+         "--val-fraction", "0.2", "--output", str(store), "--workers", "1"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
+    tiny = {"embed_dim": 24, "depth": 2, "num_heads": 2, "patch_size": 8}
+    common = ["--config", cfg, "--data.init_args.store", str(store),
+              "--model.init_args.feature_size", "4",
+              "--model.init_args.encoder", json.dumps(tiny)]  # fmt: skip
+    run_cli(
+        ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.log_every_n_steps", "1"],
+        tmp_path,
+    )  # fmt: skip
+    rows = read_metrics(tmp_path / "runs/lulc_demo_cpu")
+    logged = {k: float(v) for row in rows for k, v in row.items() if v and "/" in k}
+    assert np.isfinite(logged["train/loss"])
+    assert np.isfinite(logged["val/miou"])  # the -1 pixels dropped, the two classes scored
+    assert "val/iou_forest" in logged
+    scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
+    ckpt = tmp_path / "runs/lulc_demo_cpu/checkpoints/last.ckpt"
+    run_cli(
+        ["predict", *common, "--ckpt_path", str(ckpt),
+         "--data.init_args.predict_inputs", json.dumps([str(scene)])],
+        tmp_path,
+    )  # fmt: skip
+    out = tmp_path / "runs/lulc_demo_cpu/predictions/s2_l1c_reference_scene_0_classes.tif"
+    with rasterio.open(out) as pred:
+        ids = pred.read(1)
+    assert set(np.unique(ids).tolist()) <= {0, 1}  # never 255, never -1
