@@ -188,13 +188,14 @@ def check_tile_fits(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildCon
     """BuildConfigError when ``--tile-size`` exceeds every scene (no tile could be cut).
 
     Scene sizes come from the headers, in order, until one scene fits (usually the first); a
-    scene that cannot be opened is skipped here (its task quarantines it)."""
-    from data_pipelines.rs.reader import SceneReader
+    scene that cannot be opened is skipped here (its task quarantines it). Swath products are
+    measured in swath geometry (a map-grid resampling reads the whole granule)."""
+    from data_pipelines.rs.reader import open_scene_reader
 
     sizes: list[tuple[int, int]] = []
     for scene in scenes:
         try:
-            with SceneReader(scene, profile, cfg.resampling) as reader:
+            with open_scene_reader(scene, profile, cfg.resampling) as reader:
                 height, width = reader.grid.height, reader.grid.width
         except Exception:
             continue
