@@ -171,15 +171,21 @@ def _tie_weights(row: np.ndarray, col: np.ndarray, shape5: tuple[int, int]):
 
 
 def interpolate_5km(
-    lat5: np.ndarray, lon5: np.ndarray, row: np.ndarray, col: np.ndarray
+    lat5: np.ndarray,
+    lon5: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    xyz5: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latitude/longitude at 1-km positions ``(row, col)`` (any shape, fractional) from the 5-km
     tie points, bilinear within the scan (extrapolated at scan and swath edges) on the unit
-    sphere. NaN where a tie point is fill."""
+    sphere. NaN where a tie point is fill. ``xyz5``: the tie points' ``to_xyz``, when the
+    caller interpolates many times over one granule (the conversion dominates small queries)."""
     row, col = np.asarray(row, dtype=np.float64), np.asarray(col, dtype=np.float64)
     scan, t, j0, fu = _tie_weights(row, col, lat5.shape)
     bad = (lat5 < -90) | (lat5 > 90) | (lon5 < -180) | (lon5 > 180)
-    xyz5 = to_xyz(lat5, lon5)
+    if xyz5 is None:
+        xyz5 = to_xyz(lat5, lon5)
     r0 = len(TIE_ROWS) * scan
     corners = [(r0, j0), (r0, j0 + 1), (r0 + 1, j0), (r0 + 1, j0 + 1)]
     weights = [(1 - t) * (1 - fu), (1 - t) * fu, t * (1 - fu), t * fu]
@@ -195,12 +201,13 @@ def swath_lonlat_1km(lat5: np.ndarray, lon5: np.ndarray, height: int, width: int
     """1-km latitude/longitude ``[height, width]`` of the whole swath from the 5-km tie points."""
     lat = np.empty((height, width), dtype=np.float64)
     lon = np.empty((height, width), dtype=np.float64)
+    xyz5 = to_xyz(lat5, lon5)
     step = ROWS_PER_SCAN * 20  # twenty scans at a time: bounded temporary memory
     for r0 in range(0, height, step):
         rows, cols = np.meshgrid(
             np.arange(r0, min(r0 + step, height)), np.arange(width), indexing="ij"
         )
-        lat[r0 : r0 + step], lon[r0 : r0 + step] = interpolate_5km(lat5, lon5, rows, cols)
+        lat[r0 : r0 + step], lon[r0 : r0 + step] = interpolate_5km(lat5, lon5, rows, cols, xyz5)
     return lat, lon
 
 
@@ -235,6 +242,7 @@ class Geolocation:
         else:
             self.lat5 = sd.select("Latitude").get().astype(np.float64)
             self.lon5 = sd.select("Longitude").get().astype(np.float64)
+            self.xyz5 = to_xyz(self.lat5, self.lon5)  # once per granule, not per tile
 
     def centre(self, window: Window) -> tuple[float | None, float | None]:
         r0, c0, h, w = (
@@ -249,7 +257,11 @@ class Geolocation:
             lon = self._geo.select("Longitude").get(start=start, count=count).astype(np.float64)
             return centre_from_1km(lat, lon)
         lat, lon = interpolate_5km(
-            self.lat5, self.lon5, np.array(r0 + (h - 1) / 2), np.array(c0 + (w - 1) / 2)
+            self.lat5,
+            self.lon5,
+            np.array(r0 + (h - 1) / 2),
+            np.array(c0 + (w - 1) / 2),
+            self.xyz5,
         )
         if not np.isfinite(lat):
             return None, None
