@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.store.calibration import StoredCalibration
+from data_pipelines.store.index import build_sample_index
 from data_pipelines.store.layout import ATTR_BAND_STATS, ATTR_BANDS, store_path
-from data_pipelines.store.read import select_samples
 
 PERCENTILES = (1, 2, 50, 98, 99)
 SAMPLE_PER_PART = 256  # values per band a task keeps for the percentile estimate
@@ -168,27 +169,31 @@ def stats_attrs(
 
 
 def recompute_store_stats(out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Re-read every kept, non-duplicate sample of a built store and rewrite ``band_stats``.
+    """Re-read every kept, non-duplicate sample of a built store and rewrite ``band_stats``
+    (in physical units: compact parts are calibrated as they are read).
 
-    Moments are exact; percentiles use an evenly strided sample of up to ``MAX_SAMPLE`` values
-    per band.
+        Moments are exact; percentiles use an evenly strided sample of up to ``MAX_SAMPLE`` values
+        per band.
     """
     import zarr
     from tqdm.auto import tqdm
 
-    samples = select_samples(out_dir, split=None)
-    by_array: dict[str, list[int]] = {}
-    for array, index in samples:
-        by_array.setdefault(array, []).append(index)
+    index = build_sample_index(out_dir, split=None)
+    order = np.argsort(index.array, kind="stable")
+    bounds = np.searchsorted(index.array[order], np.arange(len(index.paths) + 1))
     root = zarr.open_group(str(store_path(out_dir)), mode="r+")
     bands = list(root.attrs[ATTR_BANDS])
     total = BandMoments.empty(len(bands))
     sample = BandSample(len(bands), limit=MAX_SAMPLE)
-    for array in tqdm(sorted(by_array), desc="band statistics", unit="part", disable=not progress):
-        arr = root[array]
-        idx = np.sort(np.asarray(by_array[array]))
+    parts = sorted(range(len(index.paths)), key=lambda k: index.paths[k])
+    for k in tqdm(parts, desc="band statistics", unit="part", disable=not progress):
+        arr = root[index.paths[k]]
+        calibration = StoredCalibration.from_attrs(dict(arr.attrs))  # compact part: DN
+        idx = np.sort(index.tile[order[bounds[k] : bounds[k + 1]]])
         for start in range(0, len(idx), 256):
             block = np.asarray(arr.get_orthogonal_selection((idx[start : start + 256],)))
+            if calibration is not None:
+                block = calibration.apply(block)
             for tile in block:
                 total = total.merge(BandMoments.of_tile(tile))
                 sample.add_tile(tile, per_tile=64)

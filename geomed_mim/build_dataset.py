@@ -161,9 +161,13 @@ def rs_flags() -> list[Flag]:
         Flag("--max-nodata-fraction", float, 0.5,
              "Exclude a tile when more than this fraction of its pixels is nodata/NaN."),
         Flag("--calibrate", str, "toa",
-             "'toa': store physical top-of-atmosphere values (float32) as the profile defines "
+             "'toa': training reads physical top-of-atmosphere values as the profile defines "
              "them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature "
-             "from the MTL file, MODIS scaling); 'none': store raw values."),
+             "from the MTL file, MODIS scaling); 'none': raw values."),
+        Flag("--store-dtype", str, "compact",
+             "How calibrated tiles are stored: 'compact' keeps the raw integers and records "
+             "each scene's calibration (CF scale_factor/add_offset) for the loader to apply "
+             "(about half the bytes, the same values); 'float32' stores the calibrated values."),
         Flag("--max-out-of-range-fraction", float, 0.05,
              "Exclude a tile when more than this fraction of its valid pixels lies outside the "
              "profile's valid_range."),

@@ -18,6 +18,9 @@ from data_pipelines.store.layout import STORE_FORMAT_VERSION
 MIN_TILE, MAX_TILE = 8, 8192
 RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
 DEFAULT_NEAR_DUP_RADIUS = 4  # chosen by measurement, see docs/benchmarks.md
+# what calibrated tiles hold: the raw integers + the recorded calibration, or float32 values
+STORE_DTYPE_COMPACT, STORE_DTYPE_FLOAT32 = "compact", "float32"
+STORE_DTYPE_CHOICES = (STORE_DTYPE_COMPACT, STORE_DTYPE_FLOAT32)
 
 
 @dataclass
@@ -30,6 +33,7 @@ class RSBuildConfig(BuildConfig):
     cover_edges: bool = True
     resampling: str = "bilinear"
     calibrate: str = "toa"
+    store_dtype: str = STORE_DTYPE_COMPACT
     max_nodata_fraction: float = 0.5
     max_out_of_range_fraction: float = 0.05
     max_saturated_fraction: float = 0.05
@@ -56,6 +60,9 @@ class RSBuildConfig(BuildConfig):
             raise BuildConfigError(
                 f"--calibrate: {self.calibrate!r} is not one of {', '.join(CALIBRATE_CHOICES)}"
             )
+        if self.store_dtype not in STORE_DTYPE_CHOICES:
+            choices = ", ".join(STORE_DTYPE_CHOICES)
+            raise BuildConfigError(f"--store-dtype: {self.store_dtype!r} is not one of {choices}")
         for name, value in asdict(self.rules()).items():
             if name.endswith("_fraction"):
                 check_fraction(name.replace("_", "-"), value)
@@ -149,6 +156,7 @@ class RSBuildConfig(BuildConfig):
             "resampling": self.resampling,
             "swath_grid": list(self.swath_grid()) if self.swath_grid() else None,
             "calibrate": self.calibrate,
+            "store_dtype": self.store_dtype,
             "exclusion": asdict(self.rules()),
             "labels": str(Path(self.labels).resolve()) if self.labels else None,
             "classes": self.class_table().to_attrs() if self.labels else None,

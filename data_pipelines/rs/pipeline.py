@@ -157,7 +157,8 @@ def store_attributes(profile: SensorProfile, cfg: RSBuildConfig) -> dict[str, An
             {
                 "mode": "toa",
                 "kind": profile.calibration.get("kind", "none"),
-                "per_scene": "see tiles/<part> attribute 'calibration'",
+                "store_dtype": cfg.store_dtype,
+                "per_scene": "see the tiles/<part> attributes 'stored_values' and 'calibration'",
             }
             if cfg.calibrate == "toa"
             else {"mode": "none"}

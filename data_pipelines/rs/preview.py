@@ -18,7 +18,8 @@ from rasterio.windows import Window
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.rs.reader import open_scene_reader
-from data_pipelines.store.layout import PREVIEW_NAME, store_path
+from data_pipelines.store.layout import PREVIEW_NAME
+from data_pipelines.store.read import LazyZarrArrays
 from data_pipelines.store.write import atomic_write_bytes
 
 CELL = 96  # pixels per tile in the mosaic
@@ -67,21 +68,19 @@ def write_preview(
 ) -> Path | None:
     if manifest.num_rows == 0:
         return None
-    import zarr
-
     rgb = list(profile.preview_rgb) or profile.band_names[:3]
     rgb_idx = [profile.band_index(b) for b in rgb]
     rgb_idx = [i for i in rgb_idx if i is not None]
     while len(rgb_idx) < 3:
         rgb_idx.append(rgb_idx[-1])
     rows = manifest.take(_pick(manifest)).to_pylist()
-    root = zarr.open_group(str(store_path(out_dir)), mode="r")
+    store = LazyZarrArrays(out_dir)
     n_rows = (len(rows) + COLUMNS - 1) // COLUMNS
     canvas = Image.new("RGB", (COLUMNS * CELL, n_rows * CELL), (40, 40, 40))
     draw = ImageDraw.Draw(canvas)
     for k, row in enumerate(rows):
         if row["array"]:
-            tile = np.asarray(root[row["array"]][row["index"]])
+            tile = store.read_calibrated(row["array"], row["index"])  # as training sees it
         else:
             scene = scenes.get(row["scene"])
             if scene is None:

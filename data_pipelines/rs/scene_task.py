@@ -7,8 +7,9 @@
 2. :func:`cut_tiles`: the strip's tiles, a batch at a time (vectorized, bounded memory);
 3. :func:`measure_and_exclude`: quality measures and the exclusion reason of each tile
    (``rs.exclusion``, on raw values);
-4. :func:`hash_kept`: calibration to stored values (``rs.toa``), perceptual hashes and
-   per-band moments of the kept tiles;
+4. :func:`hash_kept`: calibration (``rs.toa``), perceptual hashes and per-band moments of the
+   kept tiles; a compact part (the default) keeps the raw integers and records the
+   calibration as CF ``scale_factor``/``add_offset`` attributes (``store.calibration``);
 5. :func:`write_kept`: the kept tiles (and their label tiles) appended to the part's arrays;
 6. :func:`tile_row`: a manifest row for every tile, kept or excluded.
 
@@ -30,7 +31,7 @@ from rasterio.windows import transform as window_transform
 
 from data_pipelines.classes import ClassTable
 from data_pipelines.dedup import exact_hash, perceptual_hashes
-from data_pipelines.rs.config import RSBuildConfig
+from data_pipelines.rs.config import STORE_DTYPE_COMPACT, RSBuildConfig
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.exclusion import TileQuality, exclusion_reason, measure_batch
 from data_pipelines.rs.labels import LabelReader
@@ -39,6 +40,7 @@ from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
 from data_pipelines.rs.tiling import TileWindow, tile_grid
 from data_pipelines.rs.toa import Calibrator, make_calibrator
 from data_pipelines.stats import BandSample, tile_moments
+from data_pipelines.store.calibration import ATTR_STORED_VALUES, STORED_CALIBRATED, STORED_RAW
 from data_pipelines.store.layout import LABELS_GROUP, RS_MANIFEST_SCHEMA, TILES_GROUP, array_path
 from data_pipelines.store.write import PartWriter, delete_part_array, write_fragment
 
@@ -79,6 +81,7 @@ class ScenePart:
     read_s: float = 0.0
     write_s: float = 0.0
     scene_columns: dict[str, Any] = field(default_factory=dict)  # the product's facts
+    compact: bool = False  # stores raw integers + the calibration (see stores_dn)
 
     @property
     def tile_size(self) -> int:
@@ -104,7 +107,7 @@ class KeptTiles:
     """The kept tiles of a batch: raw and stored values, hashes and per-band moments."""
 
     raw: np.ndarray  # [n, C, T, T]
-    stored: np.ndarray  # [n, C, T, T] calibrated (or raw) values, as written
+    stored: np.ndarray  # [n, C, T, T] as written: raw (compact or uncalibrated) or calibrated
     phashes: np.ndarray  # [n] uint64
     moments: tuple[np.ndarray, ...]  # count, mean, m2, min, max, each [n, C]
 
@@ -124,13 +127,14 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
     calibrator = make_calibrator(
         reader.profile, cfg.calibrate, reader.tags(), scene.metadata_files, reader.product
     )
+    compact = stores_dn(calibrator, reader.dtype, cfg.store_dtype)
     T = cfg.tile_size
     tiles = PartWriter(
         job.out_dir,
         TILES_GROUP,
         job.part,
         (len(profile.bands), T, T),
-        np.dtype(calibrator.out_dtype) if calibrator else reader.dtype,
+        reader.dtype if compact or calibrator is None else np.dtype(np.float32),
         attrs={
             "scene": scene.scene_id,
             "source": scene_source(scene),
@@ -138,15 +142,37 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
             "crs": grid.crs,
             "calibration": calibrator.describe() if calibrator else None,
             "product": reader.product.describe() if reader.product else None,
+            **stored_values_attrs(calibrator, compact),
         },
         compression_level=cfg.compression_level,
     )
-    part = ScenePart(job, reader, calibrator, tiles, sample=BandSample(len(profile.bands)))
+    part = ScenePart(
+        job, reader, calibrator, tiles, sample=BandSample(len(profile.bands)), compact=compact
+    )
     part.scene_columns = reader.scene_columns()
     table = cfg.class_table()
     if table is not None:
         open_labels(part, table, stack)
     return part
+
+
+def stores_dn(calibrator: Calibrator | None, raw_dtype: np.dtype, store_dtype: str) -> bool:
+    """Whether the part keeps the raw integers and records the calibration (a compact part):
+    with a calibration, integer raw values and no ``--store-dtype float32``."""
+    return (
+        calibrator is not None
+        and store_dtype == STORE_DTYPE_COMPACT
+        and np.issubdtype(np.dtype(raw_dtype), np.integer)
+    )
+
+
+def stored_values_attrs(calibrator: Calibrator | None, compact: bool) -> dict[str, Any]:
+    """The part attributes that say what its values are (CF scale/offset for compact parts)."""
+    if calibrator is None:
+        return {ATTR_STORED_VALUES: STORED_RAW}
+    if compact:
+        return calibrator.stored().cf_attrs()
+    return {ATTR_STORED_VALUES: STORED_CALIBRATED}
 
 
 def open_labels(part: ScenePart, table: ClassTable, stack: ExitStack) -> None:
@@ -228,12 +254,15 @@ def measure_and_exclude(
 
 
 def hash_kept(part: ScenePart, kept_raw: np.ndarray) -> KeptTiles:
-    """Stage 4: stored values, perceptual hashes and per-band moments of the kept tiles."""
-    stored = part.calibrator.apply(kept_raw) if part.calibrator else kept_raw
+    """Stage 4: stored values, perceptual hashes and per-band moments of the kept tiles.
+
+    Moments and the band sample are always of calibrated values; a compact part stores the
+    raw integers and the reader applies the recorded calibration."""
+    values = part.calibrator.apply(kept_raw) if part.calibrator else kept_raw
     phashes = perceptual_hashes(kept_raw, part.profile.nodata)
-    moments = tile_moments(stored)
-    part.sample.add_tiles(stored)
-    return KeptTiles(kept_raw, stored, phashes, moments)
+    moments = tile_moments(values)
+    part.sample.add_tiles(values)
+    return KeptTiles(kept_raw, kept_raw if part.compact else values, phashes, moments)
 
 
 def tile_row(

@@ -22,7 +22,9 @@ coefficients (read by ``rs.products``) and plain rasters use the profile's:
   bands from percent x0.01, emissive bands (kelvin) min-max scaled.
 - ``linear``: value * scale + offset, per band or for all bands.
 
-Calibrated tiles are float32 with NaN where the raw value was nodata.
+Calibrated tiles are float32 with NaN where the raw value was nodata; the formula itself is
+``data_pipelines.store.calibration.StoredCalibration.apply``, which readers of compact stores
+(raw DN plus the recorded coefficients) apply too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.store.calibration import StoredCalibration
 
 if TYPE_CHECKING:
     from data_pipelines.rs.products import ProductInfo
@@ -94,36 +97,23 @@ class Calibrator:
     bt_range: tuple[tuple[float, float] | None, ...] = ()
     nodata: float | None = None
     invalid_above: float | None = None  # raw values above this are flags: NaN
-    out_dtype: str = "float32"
     source: dict[str, Any] | None = None  # where the coefficients came from (for the record)
+
+    def stored(self) -> StoredCalibration:
+        """The calibration as a store records it (the one implementation of the formula)."""
+        return StoredCalibration(
+            scale=np.asarray(self.scale, dtype=np.float64),
+            offset=np.asarray(self.offset, dtype=np.float64),
+            thermal=tuple(self.thermal) or (None,) * len(self.scale),
+            bt_correction=tuple(self.bt_correction) or (None,) * len(self.scale),
+            bt_range=tuple(self.bt_range) or (None,) * len(self.scale),
+            nodata=self.nodata,
+            invalid_above=self.invalid_above,
+        )
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrate ``[..., C, h, w]`` raw values to float32; nodata becomes NaN."""
-        x = raw.astype(np.float32)
-        invalid = np.isnan(x) if np.issubdtype(raw.dtype, np.floating) else None
-        for value, op in ((self.nodata, np.equal), (self.invalid_above, np.greater)):
-            if value is not None:
-                bad = op(raw, value)
-                invalid = bad if invalid is None else invalid | bad
-        out = x * self.scale[:, None, None].astype(np.float32) + self.offset[:, None, None].astype(
-            np.float32
-        )
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for c, k in enumerate(self.thermal):
-                if k is not None:
-                    k1, k2 = k
-                    out[..., c, :, :] = k2 / np.log(k1 / out[..., c, :, :] + 1.0)
-        for c, corr in enumerate(self.bt_correction):
-            if corr is not None:
-                tci, tcs = corr
-                out[..., c, :, :] = (out[..., c, :, :] - tci) / tcs
-        for c, r in enumerate(self.bt_range):
-            if r is not None:
-                lo, hi = r
-                out[..., c, :, :] = (out[..., c, :, :] - lo) / (hi - lo)
-        if invalid is not None:
-            out[invalid] = np.nan
-        return out
+        return self.stored().apply(raw)
 
     def describe(self) -> dict[str, Any]:
         """What was applied, for the store attributes."""

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-STORE_FORMAT_VERSION = 1
+# 2: RS parts may hold raw integers with their calibration recorded (``store.calibration``)
+STORE_FORMAT_VERSION = 2
 
 # -- files and folders of <out> ---------------------------------------------------------------
 STORE_DIRNAME = "store.zarr"

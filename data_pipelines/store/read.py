@@ -1,5 +1,7 @@
 """Reading a store: its attributes, its manifest, the samples training may use, and arrays
-opened lazily in whichever process reads them.
+opened lazily in whichever process reads them, in physical units when asked
+(:func:`read_calibrated`). The columnar form of the sample selection, for loaders, is
+:mod:`data_pipelines.store.index`.
 
 Nothing here opens zarr in the calling process until a sample is read: the attributes come
 from ``zarr.json`` as plain JSON and the manifest from parquet, so a parent process can build
@@ -19,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_pipelines.store.calibration import StoredCalibration
+from data_pipelines.store.chunks import ArrayLayout, set_blosc_threads
 from data_pipelines.store.layout import (
     ATTR_BAND_STATS,
     COL_ARRAY,
@@ -111,34 +115,94 @@ def select_samples(
 
 
 class LazyZarrArrays:
-    """Opens the zarr group on first use in each process (safe across DataLoader forks).
+    """Reads samples of a store's arrays, opening them on first use in each process (safe
+    across DataLoader forks).
 
-    Pickling drops the open group, and a process that did not open it (a forked worker)
-    opens its own, so no zarr handle or event loop crosses a fork.
+    A sample of a tile or label array (one sample per chunk, as the store writes them) is read
+    by direct decoding (:mod:`data_pipelines.store.chunks`): its shard's index entry, its bytes,
+    one ``blosc.decompress`` into the caller's buffer. Other layouts go through zarr. Pickling
+    drops everything opened, and a process that did not open it (a forked worker) opens its own,
+    so no zarr handle, event loop or cached layout crosses a fork.
     """
 
     def __init__(self, store_dir: str | Path) -> None:
+        self.store_dir = str(store_dir)
         self.store_path = str(store_path(store_dir))
         self._pid: int | None = None
-        self._arrays: dict[str, Any] = {}
+        self._layouts: dict[str, ArrayLayout] = {}
+        self._calibrations: dict[str, StoredCalibration | None] = {}
+        self._zarr: dict[str, Any] = {}
         self._root: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"store_path": self.store_path, "_pid": None, "_arrays": {}, "_root": None}
+        return {"store_dir": self.store_dir, "store_path": self.store_path, "_pid": None,
+                "_layouts": {}, "_calibrations": {}, "_zarr": {}, "_root": None}  # fmt: skip
 
     @property
     def is_open(self) -> bool:
-        """Whether this process holds an open group."""
-        return self._root is not None and self._pid == os.getpid()
+        """Whether this process has opened anything of the store."""
+        return self._pid == os.getpid()
 
-    def read(self, array: str, index: int) -> np.ndarray:
+    def _this_process(self) -> None:
         if self._pid != os.getpid():
+            self._layouts, self._calibrations, self._zarr, self._root = {}, {}, {}, None
+            self._pid = os.getpid()
+            set_blosc_threads(1)  # a reader process is one core's worth of decoding
+
+    def layout(self, array: str) -> ArrayLayout:
+        """The array's layout, read from its ``zarr.json`` once per process."""
+        self._this_process()
+        found = self._layouts.get(array)
+        if found is None:
+            found = self._layouts[array] = ArrayLayout.open(Path(self.store_path) / array)
+        return found
+
+    def attrs(self, array: str) -> dict[str, Any]:
+        return self.layout(array).attrs
+
+    def calibration(self, array: str) -> StoredCalibration | None:
+        """The calibration a compact part records (None: its values are final as stored)."""
+        self._this_process()
+        if array not in self._calibrations:
+            self._calibrations[array] = StoredCalibration.from_attrs(self.attrs(array))
+        return self._calibrations[array]
+
+    def read(self, array: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Sample ``index`` of ``array`` as stored (``out``: a C-contiguous buffer to fill)."""
+        layout = self.layout(array)
+        if not 0 <= index < layout.shape[0]:
+            raise IndexError(f"{array}: sample {index} is outside [0, {layout.shape[0]})")
+        if layout.fast and layout.chunks == (1, *layout.shape[1:]):
+            chunk = out.reshape(layout.chunks) if out is not None else None
+            got = layout.read_chunk((index,) + (0,) * (len(layout.shape) - 1), chunk)
+            return got.reshape(layout.shape[1:]) if out is None else out
+        tile = np.asarray(self._zarr_array(array)[index])
+        if out is None:
+            return tile
+        out[...] = tile
+        return out
+
+    def _zarr_array(self, array: str) -> Any:
+        found = self._zarr.get(array)
+        if found is None:
             import zarr
 
-            self._root = zarr.open_group(self.store_path, mode="r")
-            self._arrays = {}
-            self._pid = os.getpid()
-        arr = self._arrays.get(array)
-        if arr is None:
-            arr = self._arrays[array] = self._root[array]
-        return np.asarray(arr[index])
+            if self._root is None:
+                self._root = zarr.open_group(self.store_path, mode="r")
+            found = self._zarr[array] = self._root[array]
+        return found
+
+    def read_calibrated(self, array: str, index: int) -> np.ndarray:
+        """Sample ``index`` in physical units (float32; nodata NaN), whatever the part stores."""
+        tile = self.read(array, index)
+        calibration = self.calibration(array)
+        if calibration is not None:
+            return calibration.apply(tile)
+        return tile.astype(np.float32, copy=False)
+
+
+def read_calibrated(store: str | Path | LazyZarrArrays, array: str, index: int) -> np.ndarray:
+    """One tile in physical units (float32, nodata NaN): a compact part's raw integers with its
+    recorded calibration applied, or a float32 / raw part's values as stored."""
+    reader = store if isinstance(store, LazyZarrArrays) else LazyZarrArrays(store)
+    return reader.read_calibrated(array, index)

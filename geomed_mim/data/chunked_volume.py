@@ -4,85 +4,49 @@ zarr-python's own slicing runs every chunk through its async codec pipeline; for
 crop that touches ~27 chunks of 64³ this per-chunk overhead costs more than the decoding itself
 (measured ~13 ms vs ~4 ms per crop). Arrays written by
 ``data_pipelines.store.write.write_volume`` have a plain layout (regular chunks, ``c/i/j/k``
-keys, bytes + optional blosc, no sharding), so a crop is: read those chunk files,
-``blosc.decompress`` each, copy the overlaps. Any other layout (sharded, other codecs, non-local
-stores) falls back to zarr's slicing, so correctness never depends on the fast path. Chunks
-decoded for one crop can be kept in a per-visit ``cache`` dict and reused by the next crops of
-the same volume.
+keys, bytes + optional blosc), so a crop is: read those chunk files, ``blosc.decompress`` each,
+copy the overlaps (``data_pipelines.store.chunks``, which the tile loaders use too; sharded
+arrays work the same way). Any other layout (other codecs, non-local stores) falls back to
+zarr's slicing, so correctness never depends on the fast path. Chunks decoded for one crop can
+be kept in a per-visit ``cache`` dict and reused by the next crops of the same volume.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-_DTYPES = {"int16": np.int16, "uint8": np.uint8, "uint16": np.uint16, "int32": np.int32}
-
-
-def _set_blosc_threads(n: int) -> None:
-    from numcodecs import blosc
-
-    blosc.set_nthreads(n)
-    blosc.use_threads = n > 1
+from data_pipelines.store.chunks import ArrayLayout, set_blosc_threads
 
 
 class ChunkedVolume:
     """A read-only volume array opened from its folder inside ``store.zarr``.
 
-    Opening reads only the array's ``zarr.json``; nothing is decoded until ``read``.
+    Opening reads only the array's ``zarr.json``; nothing is decoded until ``read``. Chunks are
+    read by :class:`data_pipelines.store.chunks.ArrayLayout` (plain or sharded layouts).
     """
 
     def __init__(self, array_dir: str | Path, decode_threads: int = 1):
         self.path = Path(array_dir)
-        meta: dict[str, Any] = json.loads((self.path / "zarr.json").read_text())
-        self.shape = tuple(int(s) for s in meta["shape"])
-        self.chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
-        self.attrs = meta.get("attributes", {})
-        dtype = meta.get("data_type")
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:  # a structured/extension type: only zarr knows how to decode it
-            import zarr
-
-            self.dtype = np.dtype(zarr.open_array(str(self.path), mode="r").dtype)
-        self.fill_value = meta.get("fill_value", 0)
-        codecs = meta.get("codecs", [])
-        names = [c.get("name") for c in codecs]
-        key = meta.get("chunk_key_encoding", {})
-        self._blosc = names[1:] == ["blosc"]
-        self.fast = (
-            isinstance(dtype, str)
-            and dtype in _DTYPES
-            and meta["chunk_grid"].get("name") == "regular"
-            and key.get("name") == "default"
-            and key.get("configuration", {}).get("separator", "/") == "/"
-            and names[:1] == ["bytes"]
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-            and (len(names) == 1 or self._blosc)
-        )
-        self._fill_chunk = np.full(self.chunks, self.fill_value, dtype=self.dtype)
+        self.layout = ArrayLayout.open(self.path)
+        self.shape = self.layout.shape
+        self.chunks = self.layout.chunks
+        self.attrs = self.layout.attrs
+        self.dtype = self.layout.dtype
+        self.fill_value = self.layout.fill_value
+        self.fast = self.layout.fast
         self._zarr = None
-        if self.fast and self._blosc:
-            _set_blosc_threads(decode_threads)
+        if self.fast and self.layout.blosc:
+            set_blosc_threads(decode_threads)
         self.bytes_decoded = 0  # running total, for benchmarks
 
     def _chunk(self, idx: tuple[int, ...]) -> np.ndarray:
-        path = self.path / "c" / "/".join(map(str, idx))
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:  # zarr skips chunks that hold only the fill value
-            return self._fill_chunk
-        if self._blosc:
-            from numcodecs import blosc
-
-            raw = blosc.decompress(raw)
-        self.bytes_decoded += len(raw)
-        return np.frombuffer(raw, dtype=self.dtype).reshape(self.chunks)
+        chunk = self.layout.read_chunk(idx)
+        if chunk is not self.layout.fill_chunk():
+            self.bytes_decoded += chunk.nbytes
+        return chunk
 
     def read(
         self,

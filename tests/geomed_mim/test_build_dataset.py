@@ -21,6 +21,7 @@ import zarr
 from rasterio.windows import Window
 
 from data_pipelines.build import PAUSE_AFTER_PARTS_ENV
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import INTERRUPTED, display_path, main, parse_config
 from tests.conftest import subprocess_env
 
@@ -77,8 +78,9 @@ def test_tile_pixels_equal_direct_windowed_read(demo_build: Path) -> None:
     for _, row in manifest[manifest["col_off"].isin([32, 68])].head(6).iterrows():
         with rasterio.open(row["source"]) as src:
             expected = src.read(window=Window(row["col_off"], row["row_off"], 32, 32))
-        got = root[row["array"]][row["index"]]
-        # stored as TOA reflectance: DN / 10000 (no baseline offset in these products)
+        assert root[row["array"]].dtype == np.uint16  # the DN, with the calibration recorded
+        got = read_calibrated(demo_build, row["array"], row["index"])
+        # read as TOA reflectance: DN / 10000 (no baseline offset in these products)
         np.testing.assert_array_equal(got, expected.astype(np.float32) * np.float32(1e-4))
         # the tile transform places the tile's top-left pixel at its map position
         with rasterio.open(row["source"]) as src:
@@ -142,9 +144,8 @@ def test_band_descriptions_reorder_bands(demo_data: Path, tmp_path: Path) -> Non
         main(["--input", str(scenes), "--output", str(out), "--tile-size", "32", "--workers", "1"])
         == 0
     )
-    root = zarr.open_group(str(out / "store.zarr"), mode="r")
     expected = data[:, :32, :32].astype(np.float32) * np.float32(1e-4)
-    np.testing.assert_array_equal(root["tiles/shuffled"][0], expected)
+    np.testing.assert_array_equal(read_calibrated(out, "tiles/shuffled", 0), expected)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import zarr
 from PIL import Image
 
 from data_pipelines.build import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE, OutputLock
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
 
 NO_EDGES = ["--no_cover-edges", "--tile-size", "32", "--workers", "1"]
@@ -93,8 +94,9 @@ def test_landsat_real_scene_cloud_exclusion_and_ignored_pan(
     assert (cloudy["cloud_fraction"] > 0.2).all()
     assert (m[m["excluded"].isna()]["cloud_fraction"] <= 0.2).all()
     root = zarr.open_group(str(out / "store.zarr"), mode="r")
-    tile = root[m[m["excluded"].isna()].iloc[0]["array"]][0]
-    assert tile.dtype == np.float32
+    array = m[m["excluded"].isna()].iloc[0]["array"]
+    assert root[array].dtype == np.uint16  # compact: the DN, with the calibration recorded
+    tile = read_calibrated(out, array, 0)
     assert 0.0 < np.nanmean(tile[:7]) < 1.0  # TOA reflectance
     assert 250 < np.nanmean(tile[8]) < 320  # brightness temperature, kelvin
 

@@ -16,6 +16,7 @@ import zarr
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.exclusion import ExclusionRules, exclusion_reason, measure
 from data_pipelines.rs.profiles import load_profile
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
 from tests.data_pipelines.rs.products.landsat_files import (
     QA_CLEAR,
@@ -46,6 +47,7 @@ def test_c2_l1_qa_pixel_cloud_tiles_are_excluded_and_toa_follows_the_mtl(
     prefix = write_c2_scene(shared_data, tmp_path / "in")
     out = tmp_path / "out"
     rows, root = _build(tmp_path / "in", out, "landsat8_l1")
+    assert root[rows["r128_c128"]["array"]].dtype == np.uint16  # compact: DN + calibration
     # QA_PIXEL: high-confidence cloud over rows/cols 0-127, shadow over rows 0-63 x cols
     # 256-319, fill over rows 192-255 x cols 0-63
     for tile in ("r0_c0", "r0_c64", "r64_c0", "r64_c64"):
@@ -62,7 +64,7 @@ def test_c2_l1_qa_pixel_cloud_tiles_are_excluded_and_toa_follows_the_mtl(
     # TOA reflectance and brightness temperature written out from the MTL coefficients
     mtl = old_mtl(shared_data)
     sun = math.sin(math.radians(float(mtl["SUN_ELEVATION"])))
-    tile = np.asarray(root[row["array"]][row["index"]])
+    tile = read_calibrated(out, row["array"], row["index"])
     profile = load_profile("landsat8_l1")
     for name in ("B2", "B5", "B10"):
         n = int(name[1:])
@@ -102,7 +104,7 @@ def test_c2_l2_surface_reflectance_and_temperature(shared_data: Path, tmp_path: 
     rows, root = _build(tmp_path / "in", tmp_path / "out", "landsat8_c2_l2")
     profile = load_profile("landsat8_c2_l2")
     row = rows["r128_c128"]
-    tile = np.asarray(root[row["array"]][row["index"]])
+    tile = read_calibrated(tmp_path / "out", row["array"], row["index"])
     assert tile.shape == (8, 64, 64)
     sr = _dn(Path(f"{prefix}_SR_B4.TIF"), row) * 2.75e-5 - 0.2
     np.testing.assert_allclose(tile[profile.band_index("B4")], sr, rtol=1e-5, atol=1e-6)

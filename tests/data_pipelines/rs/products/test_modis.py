@@ -15,6 +15,7 @@ import zarr
 
 from data_pipelines.rs.products.modis import interpolate_5km
 from data_pipelines.rs.profiles import load_profile
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
 from tests.data_pipelines.rs.products.modis_files import (
     band_of,
@@ -36,7 +37,8 @@ def _build(folder: Path, out: Path, *extra: str) -> tuple[dict, zarr.Group]:
 
 
 def _stored(root: zarr.Group, row: dict) -> np.ndarray:
-    return np.asarray(root[row["array"]][row["index"]])
+    """The tile in physical units, read through the calibration its part records."""
+    return read_calibrated(Path(root.store.root).parent, row["array"], row["index"])
 
 
 def test_granule_builds_14_band_tiles_equal_to_the_l1b_formulas(tmp_path: Path) -> None:
@@ -134,8 +136,10 @@ def test_calibrate_none_stores_the_dn(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     granule = write_mod021km(tmp_path / "in")
     rows, root = _build(tmp_path / "in", tmp_path / "out", "--calibrate", "none")
-    tile = _stored(root, rows["r0_c128"])
+    row = rows["r0_c128"]
+    tile = np.asarray(root[row["array"]][row["index"]])  # as stored
     assert tile.dtype == np.uint16
+    assert root[row["array"]].attrs["stored_values"] == "raw"
     sds, i = band_of(granule, "26")
     np.testing.assert_array_equal(
         tile[PROFILE.band_index("B26")], granule.dn[sds][i, 0:128, 128:256]

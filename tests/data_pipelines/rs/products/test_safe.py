@@ -15,6 +15,7 @@ import zarr
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.products.safe import SafeMetadata
 from data_pipelines.rs.profiles import load_profile
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
 from tests.data_pipelines.rs.products.safe_files import (
     BANDS,
@@ -37,7 +38,8 @@ def _build(folder: Path, out: Path, profile: str, *extra: str) -> tuple[dict, za
 
 
 def _tile(root: zarr.Group, row: dict) -> np.ndarray:
-    return np.asarray(root[row["array"]][row["index"]])
+    """The tile in physical units, read through the calibration its part records."""
+    return read_calibrated(Path(root.store.root).parent, row["array"], row["index"])
 
 
 def _window(dn: np.ndarray, row: dict) -> np.ndarray:
@@ -147,7 +149,7 @@ def test_offsets_that_cannot_be_determined_are_quarantined_never_guessed(tmp_pat
     assert not [p for p in (out / "store.zarr" / "tiles").iterdir() if p.is_dir()]
     # raw DN need no offset: the same product builds with --calibrate none
     rows, root = _build(tmp_path / "in", tmp_path / "raw", "sentinel2_l1c", "--calibrate", "none")
-    assert _tile(root, rows["r64_c64"]).dtype == np.uint16
+    assert root[rows["r64_c64"]["array"]].dtype == np.uint16
 
 
 def test_radiometry_names_missing_bands_and_reads_offsets_by_band_id() -> None:
