@@ -42,7 +42,8 @@ STORED_CALIBRATED = "calibrated"
 STORED_RAW = "raw"
 
 # columns of StoredCalibration.table(): one row per band; NaN in a column = that step is skipped
-TABLE_COLUMNS = ("scale", "offset", "k1", "k2", "tci", "tcs", "bt_lo", "bt_hi")
+# (bt_span = hi - lo, taken in float64 as the NumPy formula does, then rounded to float32)
+TABLE_COLUMNS = ("scale", "offset", "k1", "k2", "tci", "tcs", "bt_lo", "bt_span")
 
 Pair = tuple[float, float] | None
 
@@ -102,7 +103,8 @@ class StoredCalibration:
         out = np.full((self.bands, len(TABLE_COLUMNS)), np.nan, dtype=np.float32)
         out[:, 0] = self.scale.astype(np.float32)
         out[:, 1] = self.offset.astype(np.float32)
-        for col, pairs in ((2, self.thermal), (4, self.bt_correction), (6, self.bt_range)):
+        spans = tuple(None if r is None else (r[0], r[1] - r[0]) for r in self.bt_range)
+        for col, pairs in ((2, self.thermal), (4, self.bt_correction), (6, spans)):
             for c, pair in enumerate(pairs):
                 if pair is not None:
                     out[c, col : col + 2] = np.asarray(pair, dtype=np.float64).astype(np.float32)

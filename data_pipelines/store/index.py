@@ -309,13 +309,14 @@ def build_volume_index(
     include_duplicates: bool = False,
     labels: bool = False,
 ) -> SampleIndex:
-    """The usable volumes of CT stores, one sample per volume, stores in the given order.
+    """The usable volumes of CT stores, one sample per volume, stores in the given order;
+    ``label_array`` is set where a volume has one (with ``labels`` only those are kept).
 
     ``columns``: ``ids`` (case ids, a NumPy string array), ``shape`` [N, 3] (stored voxels),
     ``foreground_array`` (path id or -1); ``max_label`` is the largest listed label id.
     """
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
-    builder = _Builder(split, include_duplicates, require, labels)
+    builder = _Builder(split, include_duplicates, require, with_labels=True)
     per_store: list[dict[str, np.ndarray]] = []
     wanted = [COL_ID, COL_ARRAY, COL_LABEL_ARRAY, "foreground_array", "shape", "label_ids",
               COL_EXCLUDED, COL_DUP_OF, COL_SPLIT]  # fmt: skip

@@ -27,9 +27,10 @@ are reproducible under ``torch.manual_seed`` and workers never draw the same cro
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -37,15 +38,9 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from data_pipelines.store.layout import (
-    COL_ARRAY,
-    COL_ID,
-    COL_LABEL_ARRAY,
-    VOLUMES_GROUP,
-    array_dir,
-    manifest_path,
-)
-from data_pipelines.store.read import read_manifest, usable_rows
+from data_pipelines.store.index import SampleIndex, build_volume_index
+from data_pipelines.store.layout import COL_ARRAY, VOLUMES_GROUP, array_dir, manifest_path
+from data_pipelines.store.read import read_manifest
 from geomed_mim.data.chunked_volume import ChunkedVolume
 
 DEFAULT_WINDOW = (-175.0, 250.0)
@@ -69,6 +64,39 @@ class CTCaseRef:
     label_array: str | None
     foreground_array: str | None
     shape: tuple[int, int, int]
+
+
+class CaseRefs(Sequence[CTCaseRef]):
+    """The cases of a volume index as :class:`CTCaseRef`, made on access (the index itself
+    holds only arrays; nothing per case is kept as a Python object)."""
+
+    def __init__(self, index: SampleIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @overload
+    def __getitem__(self, i: int) -> CTCaseRef: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[CTCaseRef]: ...
+
+    def __getitem__(self, i: int | slice) -> CTCaseRef | list[CTCaseRef]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"case {i} of {len(self)}")
+        index, columns = self.index, self.index.columns
+        path_id = int(index.array[i])
+        fg = int(columns["foreground_array"][i])
+        return CTCaseRef(
+            store=index.store_of(path_id),
+            case=str(columns["ids"][i]),
+            array=index.paths[path_id],
+            label_array=index.label_path(i),
+            foreground_array=index.paths[fg] if fg >= 0 else None,
+            shape=tuple(int(s) for s in columns["shape"][i]),  # type: ignore[arg-type]
+        )
 
 
 class CTCropDataset(Dataset):
@@ -134,7 +162,7 @@ class CTCropDataset(Dataset):
         self.label_dtype = np.dtype(
             np.uint8 if max_label < 256 else np.int16 if max_label < 2**15 else np.int32
         )
-        self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if self.cases else 0
+        self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if len(self.cases) else 0
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
         self._points: dict[str, np.ndarray] = {}
@@ -144,30 +172,15 @@ class CTCropDataset(Dataset):
     @staticmethod
     def _read_manifests(
         stores: list[str], split: str | None, need_labels: bool, include_dups: bool
-    ) -> tuple[list[CTCaseRef], int]:
-        cases: list[CTCaseRef] = []
-        max_label = 0
+    ) -> tuple[CaseRefs, int]:
         for store in stores:
-            table = read_manifest(store)
+            table = read_manifest(store, [COL_ARRAY])
             if not _is_ct_manifest(table):
                 raise ValueError(
                     f"{manifest_path(store)} is not a CT store manifest (no volumes/ arrays)"
                 )
-            require = (COL_ARRAY, COL_LABEL_ARRAY) if need_labels else (COL_ARRAY,)
-            for r in usable_rows(table, split, include_dups, require).to_pylist():
-                if need_labels and r.get("label_ids"):
-                    max_label = max(max_label, max(r["label_ids"]))
-                cases.append(
-                    CTCaseRef(
-                        store=store,
-                        case=r[COL_ID],
-                        array=r[COL_ARRAY],
-                        label_array=r.get(COL_LABEL_ARRAY),
-                        foreground_array=r.get("foreground_array"),
-                        shape=tuple(int(s) for s in r["shape"]),  # type: ignore[arg-type]
-                    )
-                )
-        return cases, max_label
+        index = build_volume_index(stores, split, include_dups, labels=need_labels)
+        return CaseRefs(index), index.max_label if need_labels else 0
 
     def __len__(self) -> int:
         return self.samples_per_epoch

@@ -18,11 +18,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from data_pipelines.store.index import build_sample_index
 from data_pipelines.store.layout import ATTR_BANDS, ATTR_PROFILE, ATTR_TILE_SIZE
-from data_pipelines.store.read import read_store_attrs, select_samples, store_band_stats
+from data_pipelines.store.read import read_store_attrs, store_band_stats
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
+from geomed_mim.data.transforms import TileBatchTransform, is_compact_batch
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ class StoreDataModule(LightningDataModule):
     """Per-rank shares of whole global batches, resumable mid-epoch, for any store dataset.
 
     Subclasses set ``train_dataset`` / ``val_dataset`` in ``setup`` (after calling
-    :meth:`resolve_batch_size`) and may set ``collate_fn``.
+    :meth:`resolve_batch_size`) and may set ``collate_fn``. Loaders pin memory (with a GPU),
+    keep their workers across epochs and prefetch ``prefetch_factor`` batches per worker.
+    Compact batches (stored integers, see :mod:`geomed_mim.data.transforms`) become images in
+    :meth:`on_after_batch_transfer`, on the device the batch was moved to.
     """
 
     collate_fn: Callable[[list[Any]], Any] | None = None
@@ -54,6 +59,7 @@ class StoreDataModule(LightningDataModule):
         persistent_workers: bool,
         global_batch_size: int | None,
         drop_last: bool = False,
+        prefetch_factor: int = 2,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -64,6 +70,7 @@ class StoreDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
+        self.prefetch_factor = prefetch_factor
         self.train_dataset: Any = None
         self.val_dataset: Any = None
 
@@ -71,6 +78,7 @@ class StoreDataModule(LightningDataModule):
         self.batch_size = resolve_batch_size(self, self.batch_size)
 
     def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
+        workers = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
         return sharded_loader(
             dataset,
             self.batch_size,
@@ -83,7 +91,17 @@ class StoreDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            **workers,
         )
+
+    def batch_transform(self) -> TileBatchTransform:
+        raise NotImplementedError(f"{type(self).__name__} delivers finished batches")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Compact batches -> images, where the batch now is (GPU, or CPU without one)."""
+        if is_compact_batch(batch):
+            return self.batch_transform()(batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
@@ -108,6 +126,10 @@ class RSDataModule(StoreDataModule):
         seed: shuffling and per-sample augmentation seed (see :mod:`geomed_mim.data.sharding`).
         drop_last: leave out each epoch's short last global batch (default: every usable tile
             is seen exactly once per epoch).
+        prefetch_factor: batches each worker prepares ahead.
+
+    Workers deliver compact batches (stored integers); calibration, standardization, the
+    random resized crop and flips run in :meth:`on_after_batch_transfer` on the whole batch.
     """
 
     def __init__(
@@ -126,10 +148,11 @@ class RSDataModule(StoreDataModule):
         global_batch_size: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        prefetch_factor: int = 2,
     ) -> None:
         super().__init__(
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
-            global_batch_size, drop_last,
+            global_batch_size, drop_last, prefetch_factor,
         )  # fmt: skip
         self.store = store
         self.crop_scale = tuple(crop_scale)
@@ -144,6 +167,7 @@ class RSDataModule(StoreDataModule):
         self.img_size = int(crop_size or self.attrs.get(ATTR_TILE_SIZE))
         self._mean: list[float] | None = None
         self._std: list[float] | None = None
+        self._transform: TileBatchTransform | None = None
         self.stats_source = ""
 
     # -- what the task reads --------------------------------------------------------------
@@ -174,7 +198,7 @@ class RSDataModule(StoreDataModule):
         return self._mean, self._std
 
     def _computed_band_stats(self) -> tuple[list[float], list[float]]:
-        samples = select_samples(self.store, "train", self.include_duplicates)
+        samples = build_sample_index(self.store, "train", self.include_duplicates)
         nodata = (self.attrs.get(ATTR_PROFILE) or {}).get("nodata")
         tiles = min(len(samples), self.stats_max_tiles)
         self.stats_source = f"computed from {tiles} tiles"
@@ -204,6 +228,13 @@ class RSDataModule(StoreDataModule):
         }
 
     # -- Lightning hooks -----------------------------------------------------------------------
+    def batch_transform(self) -> TileBatchTransform:
+        """Calibrate, standardize with the band statistics, crop/flip/resize to ``img_size``."""
+        if self._transform is None:
+            mean, std = self.band_stats()
+            self._transform = TileBatchTransform(mean, std, self.img_size)
+        return self._transform
+
     def setup(self, stage: str | None = None) -> None:
         self.resolve_batch_size()
         mean, std = self.band_stats()

@@ -1,49 +1,58 @@
-"""Remote-sensing tiles from a built store, normalized per band, with crop/flip augmentation.
+"""Remote-sensing tiles from a built store, delivered as compact batches for batched transforms.
 
-The store is read through ``data_pipelines.store`` and lazily: the parent process reads only
-``zarr.json`` and the manifest (plain files); each DataLoader worker opens the zarr group
-itself on first use.
+The samples are a :class:`~data_pipelines.store.index.SampleIndex` (NumPy columns, no Python
+object per sample). The parent process reads only ``zarr.json`` files and the manifest; each
+DataLoader worker opens what it reads itself. A worker decodes tiles straight from their shard
+files into one batch buffer (shared memory inside a worker, so handing the batch to the main
+process copies nothing) and adds each sample's calibration, crop box and flips; the data
+module turns that into normalized, augmented images on the batch's device
+(:mod:`geomed_mim.data.transforms`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
-from data_pipelines.store.read import LazyZarrArrays, select_samples
+from data_pipelines.store.calibration import NO_INVALID, identity_table
+from data_pipelines.store.index import SampleIndex, build_sample_index
+from data_pipelines.store.read import LazyZarrArrays
+from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
 
 
 def compute_band_stats(
     store_dir: str | Path,
-    samples: Sequence[tuple[str, int]],
+    index: SampleIndex,
     max_tiles: int = 512,
     nodata: float | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Per-band mean/std over up to ``max_tiles`` evenly spaced samples (float64 sums).
-
-    Pixels where every band equals ``nodata`` are left out.
-    """
-    if not samples:
+    """Per-band mean/std of physical values over up to ``max_tiles`` evenly spaced samples
+    (float64 sums). Pixels with a non-finite band (nodata in calibrated stores) or where every
+    band equals ``nodata`` (raw stores) are left out."""
+    if not len(index):
         raise ValueError(f"no usable samples in {store_dir} to compute band statistics from")
     reader = LazyZarrArrays(store_dir)
-    picks = np.linspace(0, len(samples) - 1, min(max_tiles, len(samples))).round().astype(int)
+    picks = np.linspace(0, len(index) - 1, min(max_tiles, len(index))).round().astype(int)
     total = total_sq = None
     count = 0
     for i in sorted(set(picks.tolist())):
-        tile = reader.read(*samples[i]).astype(np.float64)  # [C, H, W]
+        tile = reader.read_calibrated(*index.sample(i)).astype(np.float64)  # [C, H, W]
         pixels = tile.reshape(tile.shape[0], -1)  # [C, H*W]
+        keep = np.isfinite(pixels).all(axis=0)
         if nodata is not None:
-            pixels = pixels[:, ~np.all(pixels == nodata, axis=0)]
+            keep &= ~np.all(pixels == nodata, axis=0)
+        pixels = pixels[:, keep]
         if total is None:
             total = np.zeros(pixels.shape[0])
             total_sq = np.zeros(pixels.shape[0])
@@ -85,11 +94,89 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-class RSTileDataset(Dataset):
-    """Tiles of one split as float tensors [C, S, S], standardized with per-band mean/std.
+def batch_buffer(shape: Sequence[int], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialized tensor for a batch; in a DataLoader worker it lives in shared memory,
+    so sending it to the main process moves a handle, not the bytes (as ``default_collate``)."""
+    dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    if get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    elem = torch.empty(0, dtype=dtype)
+    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
+    return elem.new(storage).resize_(tuple(shape))
 
-    Each item is ``{"image": FloatTensor[C, S, S], "index": int}``; ``index`` is the position in
-    this dataset (the training task derives per-sample mask seeds from it).
+
+class StoreTiles(Dataset):
+    """The samples of an index over one store, read as stored, with their part's calibration.
+
+    :meth:`read_tiles` decodes a list of samples into one ``[n, C, H, W]`` buffer; calibration
+    tables are looked up once per part and process.
+    """
+
+    def __init__(self, store_dir: str | Path, index: SampleIndex) -> None:
+        self.store_dir = Path(store_dir)
+        self.index = index
+        self.reader = LazyZarrArrays(store_dir)
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tables": {}, "_tables_pid": None}
+
+    def calibration_of(self, path_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(``[C, 8]`` table, ``[2]`` invalid values) of one part (identity for final values)."""
+        if self._tables_pid != os.getpid():
+            self._tables, self._tables_pid = {}, os.getpid()
+        found = self._tables.get(path_id)
+        if found is None:
+            path = self.index.paths[path_id]
+            calibration = self.reader.calibration(path)
+            if calibration is None:
+                found = (identity_table(self.reader.layout(path).shape[1]), NO_INVALID)
+            else:
+                found = (calibration.table(), calibration.invalid_values())
+            self._tables[path_id] = found
+        return found
+
+    def sample_dtype(self, rows: Sequence[int]) -> np.dtype:
+        """The dtype every listed sample fits (one part's dtype, unless parts differ)."""
+        path_ids = np.unique(self.index.array[np.asarray(rows, dtype=np.int64)])
+        return np.result_type(*[self.reader.layout(self.index.paths[k]).dtype for k in path_ids])
+
+    def read_tiles(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``tile`` [n, C, H, W] (as stored), ``calibration`` [n, C, 8], ``invalid`` [n, 2]."""
+        first = self.index.paths[int(self.index.array[rows[0]])]
+        shape = self.reader.layout(first).shape[1:]
+        dtype = self.sample_dtype(rows)
+        tiles = batch_buffer((len(rows), *shape), dtype)
+        out = tiles.numpy()
+        table = np.empty((len(rows), shape[0], 8), dtype=np.float32)
+        invalid = np.empty((len(rows), 2), dtype=np.float32)
+        for k, i in enumerate(rows):
+            path_id = int(self.index.array[i])
+            path = self.index.paths[path_id]
+            if self.reader.layout(path).dtype == dtype:
+                self.reader.read(path, int(self.index.tile[i]), out=out[k])
+            else:  # a part of another dtype in a mixed batch
+                out[k] = self.reader.read(path, int(self.index.tile[i]))
+            table[k], invalid[k] = self.calibration_of(path_id)
+        return {
+            "tile": tiles,
+            "calibration": torch.from_numpy(table),
+            "invalid": torch.from_numpy(invalid),
+        }
+
+
+class RSTileDataset(StoreTiles):
+    """Tiles of one split as compact items, with per-sample crop boxes and flips.
+
+    ``ds[i]`` is one sample (crop and flips drawn from torch's global generator, which
+    :class:`~geomed_mim.data.sharding.SeededBatchDataset` seeds per sample);
+    :meth:`load_batch` is the same for a list of samples with given seeds, decoded into one
+    buffer. :attr:`transform` (``TileBatchTransform``) makes images of either: standardized with
+    ``mean``/``std``, cropped, flipped and resized to ``crop_size`` (default: the tile size).
     """
 
     def __init__(
@@ -104,42 +191,60 @@ class RSTileDataset(Dataset):
         flips: bool = True,
         augment: bool = True,
         include_duplicates: bool = False,
+        index: SampleIndex | None = None,
     ) -> None:
-        self.store_dir = Path(store_dir)
-        self.samples = select_samples(store_dir, split, include_duplicates)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        if index is None:
+            index = build_sample_index(store_dir, split, include_duplicates)
+        super().__init__(store_dir, index)
         self.crop_size = crop_size
-        self.crop_scale = crop_scale
-        self.crop_ratio = crop_ratio
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
         self.flips = flips
         self.augment = augment
-        self.reader = LazyZarrArrays(store_dir)
+        self.transform = TileBatchTransform(mean, std, crop_size)
+        self._gen: torch.Generator | None = None
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_gen": None}
+
+    def augmentation(self, height: int, width: int, gen: torch.Generator | None) -> np.ndarray:
+        """``[top, left, h, w, flip_lr, flip_ud]`` of one sample (the whole tile without
+        augmentation); draws from ``gen`` (None: torch's global generator)."""
+        if not self.augment:
+            return np.array([0, 0, height, width, 0, 0], dtype=np.int64)
+        box = random_resized_crop_params(height, width, self.crop_scale, self.crop_ratio, gen)
+        flips = [0, 0]
+        if self.flips:
+            flips = [int(torch.rand((), generator=gen) < 0.5) for _ in range(2)]
+        return np.array([*box, *flips], dtype=np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        tile = torch.from_numpy(self.reader.read(*self.samples[i]).astype(np.float32))  # [C,H,W]
-        if tile.shape[0] != self.mean.shape[0]:
-            raise ValueError(
-                f"tile has {tile.shape[0]} bands but the statistics have {self.mean.shape[0]}"
-            )
-        # nodata pixels are NaN in calibrated stores: after normalization they become the mean (0)
-        image = torch.nan_to_num((tile - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
-        size = self.crop_size or image.shape[-1]
-        if self.augment:
-            top, left, h, w = random_resized_crop_params(
-                image.shape[-2], image.shape[-1], self.crop_scale, self.crop_ratio
-            )
-            image = image[:, top : top + h, left : left + w]
-            if self.flips:
-                if torch.rand(()) < 0.5:
-                    image = image.flip(-1)
-                if torch.rand(()) < 0.5:
-                    image = image.flip(-2)
-        if tuple(image.shape[-2:]) != (size, size):
-            image = F.interpolate(
-                image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )[0]
-        return {"image": image.contiguous(), "index": i}
+        batch = self.read_tiles([i])
+        aug = self.augmentation(*batch["tile"].shape[-2:], None)
+        return {
+            "tile": batch["tile"][0],
+            "calibration": batch["calibration"][0],
+            "invalid": batch["invalid"][0],
+            "crop": torch.from_numpy(aug[:4]),
+            "flip": torch.from_numpy(aug[4:] > 0),
+            "index": i,
+        }
+
+    def load_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
+        """The compact batch of ``indices``; sample ``indices[k]`` draws its crop and flips
+        from a generator seeded with ``seeds[k]`` (so it gets the same ones in any batch)."""
+        batch = self.read_tiles(indices)
+        if self._gen is None:
+            self._gen = torch.Generator()
+        aug = np.empty((len(indices), 6), dtype=np.int64)
+        for k, seed in enumerate(seeds):
+            self._gen.manual_seed(int(seed))
+            aug[k] = self.augmentation(*batch["tile"].shape[-2:], self._gen)
+        batch["crop"] = torch.from_numpy(aug[:, :4])
+        batch["flip"] = torch.from_numpy(aug[:, 4:] > 0)
+        batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return batch
+
+    def image(self, i: int) -> torch.Tensor:
+        """Sample ``i`` as training sees it (``[C, S, S]``, this process's torch RNG)."""
+        return self.transform(default_collate([self[i]]))["image"][0]

@@ -1,7 +1,8 @@
 """Segmentation data: labeled RS tiles and CT crops/volumes from built stores.
 
 * :class:`RSSegDataModule` — ``tiles/<part>`` with ``labels/<part>`` (aligned index for index),
-  normalized with the store's ``band_stats``, random flips/rot90 applied to image and label alike.
+  delivered as compact batches and, after transfer, calibrated, normalized with the store's
+  ``band_stats`` and flipped/rotated (image and label alike) in batch.
 * :class:`CTSegDataModule` — random labeled crops (:class:`~geomed_mim.data.ct.CTCropDataset`)
   for training; whole windowed volumes for validation (sliding-window inference in the task).
 
@@ -14,6 +15,7 @@ is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classe
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data_pipelines.store.index import SampleIndex, build_sample_index
 from data_pipelines.store.layout import (
     ATTR_CALIBRATION,
     ATTR_CLASSES,
@@ -29,9 +32,11 @@ from data_pipelines.store.layout import (
     COL_INDEX,
     COL_LABEL_ARRAY,
 )
-from data_pipelines.store.read import LazyZarrArrays, read_manifest, read_store_attrs, usable_rows
+from data_pipelines.store.read import read_manifest, read_store_attrs, usable_rows
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.datamodules import CTDataModule, RSDataModule
+from geomed_mim.data.rs import StoreTiles, batch_buffer
+from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ def store_classes(store: str | Path) -> dict[str, Any]:
 def labeled_rs_samples(
     store: str | Path, split: str | None, include_duplicates: bool = False
 ) -> list[tuple[str, str, int]]:
-    """(tile array, label array, index) of usable labeled samples in ``split``."""
+    """(tile array, label array, index) of usable labeled samples in ``split``, as a list
+    (the loaders use the columnar ``build_sample_index(..., labels=True)`` of the same rows)."""
     rows = usable_rows(
         read_manifest(store), split, include_duplicates, require=(COL_ARRAY, COL_LABEL_ARRAY)
     )
@@ -58,39 +64,63 @@ def labeled_rs_samples(
     return [(a, lab, int(i)) for a, lab, i in zip(*columns, strict=True)]
 
 
-class RSSegDataset(Dataset):
-    """Items ``{"image": float [C, H, W] (standardized), "label": int64 [H, W], "index": i}``."""
+class RSSegDataset(StoreTiles):
+    """Labeled tiles as compact items: ``tile`` (as stored), its part's ``calibration`` and
+    ``invalid``, ``label`` [H, W] (class ids as stored), ``flip`` [2] and ``rot90`` (random
+    with ``augment``: geometric only, the same for image and label) and ``index``.
+
+    :attr:`transform` (``TileBatchTransform`` without resizing) makes ``{"image": float
+    [B, C, H, W] standardized, "label": int64 [B, H, W], "index"}`` of a batch of them.
+    """
 
     def __init__(
         self,
         store: str | Path,
-        samples: list[tuple[str, str, int]],
+        index: SampleIndex,
         mean: list[float],
         std: list[float],
         augment: bool = False,
     ) -> None:
-        self.samples = samples
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        if index.label_array is None:
+            raise ValueError("RSSegDataset needs an index built with labels=True")
+        super().__init__(store, index)
         self.augment = augment
-        self.reader = LazyZarrArrays(store)
+        self.transform = TileBatchTransform(mean, std, None)
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def augmentation(self, gen: torch.Generator | None) -> tuple[list[bool], int]:
+        """(flip left-right, flip up-down), quarter turns; none without ``augment``."""
+        if not self.augment:
+            return [False, False], 0
+        flips = [bool(torch.rand((), generator=gen) < 0.5) for _ in range(2)]
+        return flips, int(torch.randint(4, (), generator=gen))
+
+    def read_labels(self, rows: Sequence[int]) -> torch.Tensor:
+        first = self.index.label_path(rows[0])
+        layout = self.reader.layout(first)
+        labels = batch_buffer((len(rows), *layout.shape[1:]), layout.dtype)
+        out = labels.numpy()
+        for k, i in enumerate(rows):
+            self.reader.read(self.index.label_path(i), int(self.index.tile[i]), out=out[k])
+        return labels
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        tile_array, label_array, index = self.samples[i]
-        tile = torch.from_numpy(self.reader.read(tile_array, index).astype(np.float32))
-        label = torch.from_numpy(self.reader.read(label_array, index).astype(np.int64))  # [H, W]
-        image = torch.nan_to_num((tile - self.mean) / self.std, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.augment:  # geometric only, identical for image and label (labels never resampled)
-            if torch.rand(()) < 0.5:
-                image, label = image.flip(-1), label.flip(-1)
-            if torch.rand(()) < 0.5:
-                image, label = image.flip(-2), label.flip(-2)
-            k = int(torch.randint(4, ()))
-            image, label = image.rot90(k, (-2, -1)), label.rot90(k, (-2, -1))
-        return {"image": image.contiguous(), "label": label.contiguous(), "index": i}
+        return {k: v[0] for k, v in self._batch([i], [self.augmentation(None)]).items()}
+
+    def load_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
+        """The compact batch of ``indices``; sample ``indices[k]`` draws its flips and turns
+        from a generator seeded with ``seeds[k]``."""
+        gen = torch.Generator()
+        return self._batch(indices, [self.augmentation(gen.manual_seed(int(s))) for s in seeds])
+
+    def _batch(
+        self, indices: Sequence[int], augment: Sequence[tuple[list[bool], int]]
+    ) -> dict[str, Any]:
+        batch: dict[str, Any] = self.read_tiles(indices)
+        batch["label"] = self.read_labels(indices)
+        batch["flip"] = torch.tensor([f for f, _ in augment], dtype=torch.bool)
+        batch["rot90"] = torch.tensor([k for _, k in augment], dtype=torch.int64)
+        batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return batch
 
 
 class PathDataset(Dataset):
@@ -176,19 +206,28 @@ class RSSegDataModule(RSDataModule):
         meta["calibration"] = self.attrs.get(ATTR_CALIBRATION)
         return meta
 
+    def batch_transform(self) -> TileBatchTransform:
+        """Calibrate and standardize; flips and quarter turns for image and label alike."""
+        if self._transform is None:
+            mean, std = self.band_stats()
+            self._transform = TileBatchTransform(mean, std, None)
+        return self._transform
+
     def setup(self, stage: str | None = None) -> None:
         mean, std = self.band_stats()
-        train = labeled_rs_samples(self.store, "train", self.include_duplicates)
+        train = build_sample_index(self.store, "train", self.include_duplicates, labels=True)
         if self.train_fraction < 1.0:
             rng = np.random.default_rng(self.subset_seed)
             keep = max(1, round(len(train) * self.train_fraction))
-            train = [train[i] for i in sorted(rng.permutation(len(train))[:keep])]
-        if not train:
+            train = train.take(np.sort(rng.permutation(len(train))[:keep]))
+        if not len(train):
             raise ValueError(f"store {self.store} has no labeled training tiles")
         self.train_dataset = RSSegDataset(self.store, train, mean, std, augment=self.flips)
         self.val_dataset = None
         if self.val_split:
-            val = labeled_rs_samples(self.store, self.val_split, self.include_duplicates)
+            val = build_sample_index(
+                self.store, self.val_split, self.include_duplicates, labels=True
+            )
             self.val_dataset = RSSegDataset(self.store, val, mean, std, augment=False)
 
     def test_dataloader(self) -> DataLoader | list:

@@ -161,7 +161,9 @@ class SeededBatchDataset(Dataset):
     Each item is loaded with torch's global RNG seeded from ``(seed, epoch, index)`` (and
     restored afterwards), so random crops and flips drawn with ``torch.rand``/``torch.randint``
     depend on the sample and the epoch only: not on the batch, the worker, the rank, the world
-    size or what ran before a resume.
+    size or what ran before a resume. A dataset with a ``load_batch(indices, seeds)`` method
+    reads the whole batch itself and draws sample ``indices[k]``'s augmentation from a
+    generator seeded with ``seeds[k]``, the same seed, so the same guarantee holds.
     """
 
     def __init__(
@@ -179,6 +181,9 @@ class SeededBatchDataset(Dataset):
 
     def __getitem__(self, spec: tuple[int, list[int]]) -> Any:
         epoch, indices = spec
+        load_batch = getattr(self.dataset, "load_batch", None)
+        if load_batch is not None:  # the dataset reads a whole batch, one seed per sample
+            return load_batch(indices, [augment_seed(self.seed, epoch, i) for i in indices])
         items = []
         for i in indices:
             with torch.random.fork_rng(devices=[]):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from data_pipelines.store.read import read_calibrated
 from geomed_mim.data.datamodules import RSDataModule, concat_crops
 from geomed_mim.data.rs import RSTileDataset, random_resized_crop_params
+from tests.geomed_mim.conftest import build_store
 
 
 def test_datamodule_uses_the_stores_band_stats(demo_store):
@@ -49,7 +52,7 @@ def test_datamodule_metadata_and_on_the_fly_stats(demo_store, tmp_path, caplog):
     assert len(dm.val_dataset) == (kept.split == "val").sum()
     # without augmentation, normalized training tiles have ~zero mean and unit std per band
     plain = RSTileDataset(demo_store, meta["mean"], meta["std"], split="train", augment=False)
-    stack = torch.stack([plain[i]["image"] for i in range(len(plain))])  # [N, C, H, W]
+    stack = torch.stack([plain.image(i) for i in range(len(plain))])  # [N, C, H, W]
     per_band = stack.transpose(0, 1).reshape(13, -1)
     torch.testing.assert_close(per_band.mean(1), torch.zeros(13), atol=0.05, rtol=0)
     torch.testing.assert_close(per_band.std(1), torch.ones(13), atol=0.05, rtol=0)
@@ -66,20 +69,25 @@ def test_store_band_stats_are_used_when_present(demo_store, tmp_path):
     assert dm.metadata()["mean"] == [1000.0] * 13
     assert dm.metadata()["stats_source"] == "store attribute band_stats"
     dm.setup("fit")
-    raw = dm.train_dataset.reader.read(*dm.train_dataset.samples[0])
+    values = read_calibrated(store, *dm.train_dataset.index.sample(0))  # TOA reflectance
     plain = RSTileDataset(store, [1000.0] * 13, [500.0] * 13, augment=False)
-    torch.testing.assert_close(plain[0]["image"], (torch.from_numpy(raw).float() - 1000) / 500)
-    assert dm.train_dataset[0]["image"].shape == (13, 16, 16)
+    torch.testing.assert_close(plain.image(0), (torch.from_numpy(values) - 1000) / 500)
+    assert dm.train_dataset.image(0).shape == (13, 16, 16)
 
 
 def test_loader_with_workers_opens_store_lazily(demo_store):
     dm = RSDataModule(str(demo_store), batch_size=8, num_workers=2, persistent_workers=False)
     dm.setup("fit")
-    assert dm.train_dataset.reader._root is None  # nothing opened in the parent
+    assert not dm.train_dataset.reader.is_open  # nothing opened in the parent
     batches = list(dm.train_dataloader())
-    assert dm.train_dataset.reader._root is None
+    assert not dm.train_dataset.reader.is_open
     assert len(batches) == len(dm.train_dataset) // 8
-    assert batches[0]["image"].shape == (8, 13, 32, 32)
+    compact = batches[0]
+    assert compact["tile"].dtype == torch.uint16  # the stored DN travel, not float32
+    assert compact["tile"].shape == (8, 13, 32, 32)
+    image = dm.on_after_batch_transfer(compact, 0)["image"]
+    assert image.shape == (8, 13, 32, 32)
+    assert image.dtype == torch.float32
     seen = torch.cat([b["index"] for b in batches])
     assert len(set(seen.tolist())) == len(seen)
 
@@ -104,21 +112,46 @@ def test_ct_crops_are_concatenated_into_one_batch():
     assert next(iter(loader))["image"].shape[0] == 6
 
 
-def test_nodata_nan_pixels_become_zero_after_normalization(demo_store, tmp_path):
-    import numpy as np
+def _first_train_row(store):
+    manifest = pq.read_table(store / "manifest.parquet").to_pandas()
+    rows = manifest[manifest.excluded.isna() & manifest.dup_of.isna() & (manifest.split == "train")]
+    return rows.iloc[0]
+
+
+def test_nodata_pixels_become_zero_after_normalization(demo_store, tmp_path):
+    """A compact store's nodata DN (0 for Sentinel-2) calibrates to NaN, which normalizes to 0."""
     import zarr
 
     store = tmp_path / "store"
     shutil.copytree(demo_store, store)
-    manifest = pq.read_table(store / "manifest.parquet").to_pandas()
-    row = manifest[manifest.excluded.isna() & manifest.dup_of.isna() & (manifest.split == "train")]
-    row = row.iloc[0]
+    row = _first_train_row(store)
     arr = zarr.open_array(str(store / "store.zarr" / row["array"]), mode="r+")
     tile = arr[row["index"]]
-    tile[:, :4, :4] = np.nan  # a calibrated store's nodata corner
+    tile[:, :4, :4] = 0  # a nodata corner
     arr[row["index"]] = tile
     ds = RSTileDataset(store, [0.1] * 13, [0.05] * 13, split="train", augment=False)
-    k = ds.samples.index((row["array"], int(row["index"])))
-    image = ds[k]["image"]
+    k = [ds.index.sample(i) for i in range(len(ds))].index((row["array"], int(row["index"])))
+    assert torch.isnan(torch.from_numpy(read_calibrated(store, row["array"], row["index"]))).any()
+    image = ds.image(k)
+    assert torch.isfinite(image).all()
+    assert (image[:, :4, :4] == 0).all()
+    assert (image[:, 4:, 4:] != 0).any()
+
+
+def test_float32_store_nan_pixels_become_zero_after_normalization(tmp_path):
+    """A --store-dtype float32 store holds NaN at nodata; the loader maps it to 0 as well."""
+    import zarr
+
+    out = tmp_path / "f32"
+    build_store("--output", str(out), "--store-dtype", "float32", "--tile-size", "32")
+    row = _first_train_row(out)
+    arr = zarr.open_array(str(out / "store.zarr" / row["array"]), mode="r+")
+    assert arr.dtype == np.float32
+    tile = arr[row["index"]]
+    tile[:, :4, :4] = np.nan
+    arr[row["index"]] = tile
+    ds = RSTileDataset(out, [0.1] * 13, [0.05] * 13, split="train", augment=False)
+    k = [ds.index.sample(i) for i in range(len(ds))].index((row["array"], int(row["index"])))
+    image = ds.image(k)
     assert torch.isfinite(image).all()
     assert (image[:, :4, :4] == 0).all()

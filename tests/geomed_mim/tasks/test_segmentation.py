@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from data_pipelines.classes import ClassTable, load_class_table
 from data_pipelines.errors import LabelError
-from data_pipelines.store.read import read_store_attrs
+from data_pipelines.store.read import read_calibrated, read_store_attrs
 from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
@@ -189,14 +189,13 @@ def test_rs_prediction_overlays_the_scene_and_the_store_tiles(lulc_store, demo_d
     assert Path(out["overlay"]).is_file()
     # the same rule on the stored (built) tiles gives the same pixels at each tile's window
     manifest = pq.read_table(lulc_store / "manifest.parquet").to_pylist()
-    root = zarr.open_group(str(lulc_store / "store.zarr"), mode="r")
     mean = torch.tensor(dm.mean).view(-1, 1, 1)
     std = torch.tensor(dm.std).view(-1, 1, 1)
     checked = 0
     for row in manifest:
         if row["excluded"] is not None or not str(row["source"]).endswith(scene.name):
             continue
-        tile = torch.from_numpy(np.asarray(root[row["array"]][row["index"]]).astype(np.float32))
+        tile = torch.from_numpy(read_calibrated(lulc_store, row["array"], row["index"]))
         expect = torch.where(((tile - mean) / std)[0] > 0, 2, 1).numpy()
         r, c = int(row["row_off"]), int(row["col_off"])
         h, w = min(32, ids.shape[0] - r), min(32, ids.shape[1] - c)
@@ -390,7 +389,7 @@ def test_minus_one_store_trains_with_the_recorded_ignore_index(demo_data, tmp_pa
     assert dm.classes["ignore_index"] == 255
     assert dm.classes["source_ignore_index"] == -1
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert set(batch["label"].unique().tolist()) == {0, 1, 255}
     task = SegmentationTask.for_data(dm, encoder={"embed_dim": 24, "depth": 2, "num_heads": 2,
                                                   "patch_size": 8}, feature_size=4)  # fmt: skip
