@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -182,26 +183,45 @@ class _Table:
         return remap[codes[keep]]
 
 
-@dataclass
 class _Columns:
-    """What one manifest contributes, gathered a record batch at a time."""
+    """Per-sample columns filled a record batch at a time into arrays allocated once for the
+    manifest's row count (the usable rows are fewer), shrunk in place at the end: the index
+    never holds a second copy of itself."""
 
-    array: list[np.ndarray] = field(default_factory=list)
-    tile: list[np.ndarray] = field(default_factory=list)
-    split: list[np.ndarray] = field(default_factory=list)
-    label: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, rows: int, with_labels: bool) -> None:
+        self.n = 0
+        self.array = np.empty(rows, dtype=np.int32)
+        self.tile = np.empty(rows, dtype=np.int32)  # widened if a row index needs it
+        self.split = np.empty(rows, dtype=np.int8)
+        self.label = np.empty(rows, dtype=np.int32) if with_labels else None
+
+    def put(self, array: np.ndarray, tile: np.ndarray, split: np.ndarray, label: Any) -> None:
+        k = len(array)
+        if len(tile) and tile.max() >= 2**31 and self.tile.dtype == np.int32:
+            self.tile = self.tile.astype(np.int64)
+        window = slice(self.n, self.n + k)
+        self.array[window], self.tile[window], self.split[window] = array, tile, split
+        if self.label is not None:
+            self.label[window] = label
+        self.n += k
+
+    def shrunk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        for column in (self.array, self.tile, self.split, self.label):
+            if column is not None:
+                column.resize(self.n, refcheck=False)  # in place
+        return self.array, self.tile, self.split, self.label
 
 
 def _read_batches(path: Path, wanted: Sequence[str]) -> Iterable[pa.RecordBatch]:
     present = set(pq.read_schema(path).names)
     columns = [c for c in dict.fromkeys(wanted) if c in present]
     strings = [c for c in (COL_ARRAY, COL_LABEL_ARRAY, COL_SPLIT) if c in columns]
-    parquet = pq.ParquetFile(path, read_dictionary=strings)
-    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    parquet = pq.ParquetFile(path, read_dictionary=strings, pre_buffer=False)
+    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
 
 
-def _tile_dtype(tiles: np.ndarray) -> np.dtype:
-    return np.dtype(np.int32 if not len(tiles) or tiles.max() < 2**31 else np.int64)
+def _manifest_rows(paths: Sequence[Path]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
 
 
 @dataclass
@@ -212,48 +232,43 @@ class _Builder:
     include_duplicates: bool
     require: tuple[str, ...]
     with_labels: bool
+    rows: int  # manifest rows to come (all manifests)
     paths: _Table = field(default_factory=_Table)
     splits: _Table = field(default_factory=_Table)
-    parts: _Columns = field(default_factory=_Columns)
+    parts: _Columns = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parts = _Columns(self.rows, self.with_labels)
 
     def add_batch(self, batch: pa.RecordBatch, store_id: int) -> np.ndarray:
         """Encode the usable rows of ``batch``; returns its keep mask."""
         keep = _keep(batch, self.split, self.include_duplicates, self.require)
-        self.parts.array.append(self.paths.encode(batch.column(COL_ARRAY), keep, store_id))
-        if self.with_labels and COL_LABEL_ARRAY in batch.schema.names:
-            labels = self.paths.encode(batch.column(COL_LABEL_ARRAY), keep, store_id)
-            self.parts.label.append(labels)
-        elif self.with_labels:
-            self.parts.label.append(np.full(int(keep.sum()), NO_ARRAY, dtype=np.int32))
-        if COL_INDEX in batch.schema.names:
-            tiles = pc.fill_null(batch.column(COL_INDEX), -1).to_numpy(zero_copy_only=False)
-            self.parts.tile.append(tiles[keep])
-        else:
-            self.parts.tile.append(np.zeros(int(keep.sum()), dtype=np.int64))
-        if COL_SPLIT in batch.schema.names:
-            self.parts.split.append(
-                self.splits.encode(batch.column(COL_SPLIT), keep, missing=-1).astype(np.int8)
-            )
-        else:
-            self.parts.split.append(np.full(int(keep.sum()), -1, dtype=np.int8))
+        kept = int(keep.sum())
+        names = batch.schema.names
+        array = self.paths.encode(batch.column(COL_ARRAY), keep, store_id)
+        label = NO_ARRAY
+        if self.with_labels and COL_LABEL_ARRAY in names:
+            label = self.paths.encode(batch.column(COL_LABEL_ARRAY), keep, store_id)
+        tile = np.zeros(kept, dtype=np.int64)
+        if COL_INDEX in names:
+            tile = pc.fill_null(batch.column(COL_INDEX), -1).to_numpy(zero_copy_only=False)[keep]
+        split = np.full(kept, -1, dtype=np.int8)
+        if COL_SPLIT in names:
+            split = self.splits.encode(batch.column(COL_SPLIT), keep, missing=-1)
+        self.parts.put(array, tile, split, label)
         return keep
 
     def finish(self, stores: Sequence[str], columns: dict[str, np.ndarray]) -> SampleIndex:
-        def cat(chunks: list[np.ndarray], dtype: np.dtype | type) -> np.ndarray:
-            if not chunks:
-                return np.zeros(0, dtype)
-            return np.concatenate(chunks).astype(dtype, copy=False)
-
-        tiles = cat(self.parts.tile, np.int64)
+        array, tile, split, label = self.parts.shrunk()
         return SampleIndex(
             stores=tuple(stores),
             paths=tuple(self.paths.names),
             path_store=np.asarray(self.paths.stores, dtype=np.int16),
-            array=cat(self.parts.array, np.int32),
-            tile=tiles.astype(_tile_dtype(tiles)),
-            split=cat(self.parts.split, np.int8),
+            array=array,
+            tile=tile,
+            split=split,
             split_names=tuple(self.splits.names),
-            label_array=cat(self.parts.label, np.int32) if self.with_labels else None,
+            label_array=label,
             columns=columns,
         )
 
@@ -272,7 +287,7 @@ def build_sample_index(
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
-    builder = _Builder(split, include_duplicates, require, labels)
+    builder = _Builder(split, include_duplicates, require, labels, _manifest_rows([path]))
     wanted = [COL_ARRAY, COL_INDEX, COL_EXCLUDED, COL_DUP_OF, COL_SPLIT, COL_LABEL_ARRAY]
     for batch in _read_batches(path, wanted):
         builder.add_batch(batch, 0)
@@ -316,14 +331,15 @@ def build_volume_index(
     ``foreground_array`` (path id or -1); ``max_label`` is the largest listed label id.
     """
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
-    builder = _Builder(split, include_duplicates, require, with_labels=True)
+    manifests = [manifest_path(s) for s in stores]
+    for path in manifests:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
+    builder = _Builder(split, include_duplicates, require, True, _manifest_rows(manifests))
     per_store: list[dict[str, np.ndarray]] = []
     wanted = [COL_ID, COL_ARRAY, COL_LABEL_ARRAY, "foreground_array", "shape", "label_ids",
               COL_EXCLUDED, COL_DUP_OF, COL_SPLIT]  # fmt: skip
-    for store_id, store in enumerate(stores):
-        path = manifest_path(store)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
+    for store_id, path in enumerate(manifests):
         for batch in _read_batches(path, wanted):
             keep = builder.add_batch(batch, store_id)
             per_store.append(_ct_columns(batch, keep, builder.paths, store_id))

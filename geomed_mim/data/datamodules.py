@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from data_pipelines.store.index import build_sample_index
 from data_pipelines.store.layout import ATTR_BANDS, ATTR_PROFILE, ATTR_TILE_SIZE
 from data_pipelines.store.read import read_store_attrs, store_band_stats
+from geomed_mim.data.buffers import release
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
@@ -99,9 +100,11 @@ class StoreDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Compact batches -> images, where the batch now is (GPU, or CPU without one)."""
-        if is_compact_batch(batch):
-            return self.batch_transform()(batch)
-        return batch
+        if not is_compact_batch(batch):
+            return batch
+        images = self.batch_transform()(batch)
+        release(batch)  # its buffers are read: the loader may reuse them
+        return images
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True, drop_last=self.drop_last)
@@ -244,6 +247,7 @@ class RSDataModule(StoreDataModule):
             "std": std,
             "crop_size": self.img_size,
             "include_duplicates": self.include_duplicates,
+            "buffer_slots": self.prefetch_factor + 2,  # prefetched + in use + being pinned
         }
         self.train_dataset = RSTileDataset(
             **common, split="train", crop_scale=self.crop_scale, flips=self.flips, augment=True

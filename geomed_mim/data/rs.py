@@ -4,9 +4,9 @@ The samples are a :class:`~data_pipelines.store.index.SampleIndex` (NumPy column
 object per sample). The parent process reads only ``zarr.json`` files and the manifest; each
 DataLoader worker opens what it reads itself. A worker decodes tiles straight from their shard
 files into one batch buffer (shared memory inside a worker, so handing the batch to the main
-process copies nothing) and adds each sample's calibration, crop box and flips; the data
-module turns that into normalized, augmented images on the batch's device
-(:mod:`geomed_mim.data.transforms`).
+process copies nothing; reused once released, :mod:`geomed_mim.data.buffers`) and adds each
+sample's calibration, crop box and flips; the data module turns that into normalized,
+augmented images on the batch's device (:mod:`geomed_mim.data.transforms`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from data_pipelines.store.calibration import NO_INVALID, identity_table
 from data_pipelines.store.index import SampleIndex, build_sample_index
 from data_pipelines.store.read import LazyZarrArrays
+from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torch_dtype
 from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
@@ -94,28 +95,19 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def batch_buffer(shape: Sequence[int], dtype: np.dtype) -> torch.Tensor:
-    """An uninitialized tensor for a batch; in a DataLoader worker it lives in shared memory,
-    so sending it to the main process moves a handle, not the bytes (as ``default_collate``)."""
-    dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-    if get_worker_info() is None:
-        return torch.empty(tuple(shape), dtype=dtype)
-    elem = torch.empty(0, dtype=dtype)
-    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
-    return elem.new(storage).resize_(tuple(shape))
-
-
 class StoreTiles(Dataset):
     """The samples of an index over one store, read as stored, with their part's calibration.
 
-    :meth:`read_tiles` decodes a list of samples into one ``[n, C, H, W]`` buffer; calibration
-    tables are looked up once per part and process.
+    :meth:`read_tiles` decodes a list of samples into one ``[n, C, H, W]`` buffer, reused once
+    the consumer released it (:mod:`geomed_mim.data.buffers`, ``buffer_slots`` per process);
+    calibration tables are looked up once per part and process.
     """
 
-    def __init__(self, store_dir: str | Path, index: SampleIndex) -> None:
+    def __init__(self, store_dir: str | Path, index: SampleIndex, buffer_slots: int = 4) -> None:
         self.store_dir = Path(store_dir)
         self.index = index
         self.reader = LazyZarrArrays(store_dir)
+        self.tile_buffers = BatchBuffers(buffer_slots)
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._tables_pid: int | None = None
 
@@ -145,14 +137,18 @@ class StoreTiles(Dataset):
         path_ids = np.unique(self.index.array[np.asarray(rows, dtype=np.int64)])
         return np.result_type(*[self.reader.layout(self.index.paths[k]).dtype for k in path_ids])
 
-    def read_tiles(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        """``tile`` [n, C, H, W] (as stored), ``calibration`` [n, C, 8], ``invalid`` [n, 2]."""
+    def read_tiles(self, rows: Sequence[int], pooled: bool = True) -> dict[str, torch.Tensor]:
+        """``tile`` [n, C, H, W] (as stored), ``calibration`` [n, C, 8], ``invalid`` [n, 2] and,
+        with ``pooled``, the ``buffer`` ticket [1, 4] of a reusable buffer."""
         first = self.index.paths[int(self.index.array[rows[0]])]
-        shape = self.reader.layout(first).shape[1:]
+        shape = (len(rows), *self.reader.layout(first).shape[1:])
         dtype = self.sample_dtype(rows)
-        tiles = batch_buffer((len(rows), *shape), dtype)
+        if pooled:
+            tiles, ticket = self.tile_buffers.acquire(shape, torch_dtype(dtype))
+        else:
+            tiles, ticket = fresh_buffer(shape, torch_dtype(dtype), False), None
         out = tiles.numpy()
-        table = np.empty((len(rows), shape[0], 8), dtype=np.float32)
+        table = np.empty((len(rows), shape[1], 8), dtype=np.float32)
         invalid = np.empty((len(rows), 2), dtype=np.float32)
         for k, i in enumerate(rows):
             path_id = int(self.index.array[i])
@@ -162,11 +158,14 @@ class StoreTiles(Dataset):
             else:  # a part of another dtype in a mixed batch
                 out[k] = self.reader.read(path, int(self.index.tile[i]))
             table[k], invalid[k] = self.calibration_of(path_id)
-        return {
+        batch = {
             "tile": tiles,
             "calibration": torch.from_numpy(table),
             "invalid": torch.from_numpy(invalid),
         }
+        if ticket is not None:
+            batch[TICKET_KEY] = torch.tensor([ticket], dtype=torch.int64)
+        return batch
 
 
 class RSTileDataset(StoreTiles):
@@ -192,10 +191,11 @@ class RSTileDataset(StoreTiles):
         augment: bool = True,
         include_duplicates: bool = False,
         index: SampleIndex | None = None,
+        buffer_slots: int = 4,
     ) -> None:
         if index is None:
             index = build_sample_index(store_dir, split, include_duplicates)
-        super().__init__(store_dir, index)
+        super().__init__(store_dir, index, buffer_slots)
         self.crop_size = crop_size
         self.crop_scale = tuple(crop_scale)
         self.crop_ratio = tuple(crop_ratio)
@@ -219,7 +219,7 @@ class RSTileDataset(StoreTiles):
         return np.array([*box, *flips], dtype=np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        batch = self.read_tiles([i])
+        batch = self.read_tiles([i], pooled=False)
         aug = self.augmentation(*batch["tile"].shape[-2:], None)
         return {
             "tile": batch["tile"][0],

@@ -33,9 +33,10 @@ from data_pipelines.store.layout import (
     COL_LABEL_ARRAY,
 )
 from data_pipelines.store.read import read_manifest, read_store_attrs, usable_rows
+from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torch_dtype
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.datamodules import CTDataModule, RSDataModule
-from geomed_mim.data.rs import StoreTiles, batch_buffer
+from geomed_mim.data.rs import StoreTiles
 from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,12 @@ class RSSegDataset(StoreTiles):
         mean: list[float],
         std: list[float],
         augment: bool = False,
+        buffer_slots: int = 4,
     ) -> None:
         if index.label_array is None:
             raise ValueError("RSSegDataset needs an index built with labels=True")
-        super().__init__(store, index)
+        super().__init__(store, index, buffer_slots)
+        self.label_buffers = BatchBuffers(buffer_slots)
         self.augment = augment
         self.transform = TileBatchTransform(mean, std, None)
 
@@ -94,29 +97,37 @@ class RSSegDataset(StoreTiles):
         flips = [bool(torch.rand((), generator=gen) < 0.5) for _ in range(2)]
         return flips, int(torch.randint(4, (), generator=gen))
 
-    def read_labels(self, rows: Sequence[int]) -> torch.Tensor:
-        first = self.index.label_path(rows[0])
-        layout = self.reader.layout(first)
-        labels = batch_buffer((len(rows), *layout.shape[1:]), layout.dtype)
+    def read_labels(self, rows: Sequence[int], pooled: bool) -> tuple[torch.Tensor, Any]:
+        """Label tiles ``[n, H, W]`` (as stored) and the ticket of their buffer (or None)."""
+        layout = self.reader.layout(self.index.label_path(rows[0]))
+        shape, dtype = (len(rows), *layout.shape[1:]), torch_dtype(layout.dtype)
+        if pooled:
+            labels, ticket = self.label_buffers.acquire(shape, dtype)
+        else:
+            labels, ticket = fresh_buffer(shape, dtype, False), None
         out = labels.numpy()
         for k, i in enumerate(rows):
             self.reader.read(self.index.label_path(i), int(self.index.tile[i]), out=out[k])
-        return labels
+        return labels, ticket
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {k: v[0] for k, v in self._batch([i], [self.augmentation(None)]).items()}
+        batch = self._batch([i], [self.augmentation(None)], pooled=False)
+        return {k: v[0] for k, v in batch.items()}
 
     def load_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
         """The compact batch of ``indices``; sample ``indices[k]`` draws its flips and turns
         from a generator seeded with ``seeds[k]``."""
         gen = torch.Generator()
-        return self._batch(indices, [self.augmentation(gen.manual_seed(int(s))) for s in seeds])
+        augment = [self.augmentation(gen.manual_seed(int(s))) for s in seeds]
+        return self._batch(indices, augment, pooled=True)
 
     def _batch(
-        self, indices: Sequence[int], augment: Sequence[tuple[list[bool], int]]
+        self, indices: Sequence[int], augment: Sequence[tuple[list[bool], int]], pooled: bool
     ) -> dict[str, Any]:
-        batch: dict[str, Any] = self.read_tiles(indices)
-        batch["label"] = self.read_labels(indices)
+        batch: dict[str, Any] = self.read_tiles(indices, pooled)
+        batch["label"], ticket = self.read_labels(indices, pooled)
+        if ticket is not None:
+            batch[TICKET_KEY] = torch.cat([batch[TICKET_KEY], torch.tensor([ticket])])
         batch["flip"] = torch.tensor([f for f, _ in augment], dtype=torch.bool)
         batch["rot90"] = torch.tensor([k for _, k in augment], dtype=torch.int64)
         batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -222,13 +233,18 @@ class RSSegDataModule(RSDataModule):
             train = train.take(np.sort(rng.permutation(len(train))[:keep]))
         if not len(train):
             raise ValueError(f"store {self.store} has no labeled training tiles")
-        self.train_dataset = RSSegDataset(self.store, train, mean, std, augment=self.flips)
+        slots = self.prefetch_factor + 2  # prefetched + in use + being pinned
+        self.train_dataset = RSSegDataset(
+            self.store, train, mean, std, augment=self.flips, buffer_slots=slots
+        )
         self.val_dataset = None
         if self.val_split:
             val = build_sample_index(
                 self.store, self.val_split, self.include_duplicates, labels=True
             )
-            self.val_dataset = RSSegDataset(self.store, val, mean, std, augment=False)
+            self.val_dataset = RSSegDataset(
+                self.store, val, mean, std, augment=False, buffer_slots=slots
+            )
 
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()

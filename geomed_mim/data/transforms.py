@@ -16,19 +16,22 @@ Compact batch (keys)::
     rot90        [B]           int64 quarter turns (segmentation batches)
     label        [B, H, W]     class ids as stored (segmentation batches)
     index        [B]           int64 position in the dataset
+    buffer       [k, 4]        tickets of the reusable buffers (``geomed_mim.data.buffers``)
 
 The transform computes, per sample, exactly what the per-tile loader did: calibration (NaN at
 nodata and flags), per-band standardization, NaN -> 0, the crop, its flips and the
-antialiased bilinear resize of ``F.interpolate(..., antialias=True)``, here as a separable
-gather with per-sample taps so that a batch of different boxes is one set of tensor ops.
+antialiased bilinear resize of ``F.interpolate(..., antialias=True)``; boxes of different sizes
+are resampled together by one ``grid_sample`` at exactly the coordinates ``F.interpolate``
+samples (when a box is enlarged, as with the default crop size, antialiasing changes nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 TILE_KEY = "tile"  # marks a compact batch
 
@@ -40,92 +43,102 @@ def is_compact_batch(batch: Any) -> bool:
 # -- calibration and standardization ------------------------------------------------------------
 
 
+def _on_channels(
+    x: torch.Tensor, coef: torch.Tensor, step: Callable[..., torch.Tensor], first: int
+) -> None:
+    """Apply ``step(values, a, b)`` in place on the bands whose coefficients ``first`` and
+    ``first + 1`` are set (finite) for some sample; samples without them keep their values."""
+    a, b = coef[:, :, first], coef[:, :, first + 1]  # [B, C]
+    channels = torch.isfinite(a).any(0).nonzero().flatten().tolist()
+    if not channels:
+        return
+    sub = x[:, channels]  # [B, c, H, W] (a copy)
+    a, b = a[:, channels, None, None], b[:, channels, None, None]
+    x[:, channels] = torch.where(torch.isfinite(a), step(sub, a, b), sub)
+
+
 def calibrate(tile: torch.Tensor, table: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` stored values -> float32 physical values (``StoredCalibration.apply``
-    on each sample): affine, then Planck inversion, temperature correction and min-max scaling
-    on the bands whose coefficients are set; raw nodata / flagged values become NaN."""
-    x = tile.to(torch.float32)
-    B, C = x.shape[:2]
-    nodata = invalid[:, 0].to(torch.float32).view(B, 1, 1, 1)
-    above = invalid[:, 1].to(torch.float32).view(B, 1, 1, 1)
-    bad = (x == nodata) | (x > above)  # NaN thresholds compare False: no mask
-    coef = table.to(torch.float32).view(B, C, 8, 1, 1)
-    out = x * coef[:, :, 0] + coef[:, :, 1]
-    k1, k2 = coef[:, :, 2], coef[:, :, 3]
-    if torch.isfinite(k1).any():
-        out = torch.where(torch.isfinite(k1), k2 / torch.log(k1 / out + 1.0), out)
-    tci, tcs = coef[:, :, 4], coef[:, :, 5]
-    if torch.isfinite(tci).any():
-        out = torch.where(torch.isfinite(tci), (out - tci) / tcs, out)
-    lo, span = coef[:, :, 6], coef[:, :, 7]
-    if torch.isfinite(lo).any():
-        out = torch.where(torch.isfinite(lo), (out - lo) / span, out)
-    return out.masked_fill(bad, float("nan"))
+    on each sample, the same float32 operations in the same order): affine, then Planck
+    inversion, temperature correction and min-max scaling on the bands whose coefficients are
+    set; raw nodata / flagged values become NaN. Returns a new tensor."""
+    x = tile.to(torch.float32, copy=True)
+    B = x.shape[0]
+    bad = None
+    for value, op in ((invalid[:, 0], torch.eq), (invalid[:, 1], torch.gt)):
+        if bool(torch.isfinite(value).any()):  # NaN thresholds compare False: no mask
+            hit = op(x, value.to(torch.float32).view(B, 1, 1, 1))
+            bad = hit if bad is None else bad.logical_or_(hit)
+    coef = table.to(torch.float32)  # [B, C, 8]
+    x.mul_(coef[:, :, 0, None, None]).add_(coef[:, :, 1, None, None])
+    _on_channels(x, coef, lambda v, k1, k2: k2 / torch.log(k1 / v + 1.0), 2)
+    _on_channels(x, coef, lambda v, tci, tcs: (v - tci) / tcs, 4)
+    _on_channels(x, coef, lambda v, lo, span: (v - lo) / span, 6)
+    return x.masked_fill_(bad, float("nan")) if bad is not None else x
 
 
 def standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` per band; NaN (nodata) and infinities become 0, the mean."""
-    z = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+    """In place: ``(x - mean) / std`` per band; NaN (nodata) and infinities become 0, the mean."""
+    x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # -- crop, flip and resize ----------------------------------------------------------------------
 
 
-def resize_taps(
-    start: torch.Tensor, length: torch.Tensor, size: int, flip: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source rows and weights ``[B, size, K]`` that resize ``[start, start + length)`` of each
-    sample to ``size`` pixels: torch's antialiased bilinear filter (triangle of width
-    ``max(scale, 1)``, weights normalized over the pixels inside the box); reversed where
-    ``flip`` (a flipped box resized equals the resized box flipped: the filter is symmetric)."""
-    device = start.device
-    scale = length.to(torch.float64) / size  # [B]
-    support = scale.clamp(min=1.0)
-    center = scale[:, None] * (torch.arange(size, device=device, dtype=torch.float64) + 0.5)
-    lo = (center - support[:, None] + 0.5).floor().clamp(min=0)  # [B, S]
-    hi = torch.minimum((center + support[:, None] + 0.5).floor(), length[:, None].double())
-    K = max(int((hi - lo).max()), 1)
-    j = lo[..., None] + torch.arange(K, device=device, dtype=torch.float64)  # [B, S, K]
-    w = (1.0 - ((j - center[..., None] + 0.5) / support[:, None, None]).abs()).clamp(min=0.0)
-    w = torch.where(j < hi[..., None], w, 0.0)
-    w = w / w.sum(-1, keepdim=True)
-    rows = torch.minimum(j, (length - 1)[:, None, None].double()).long() + start[:, None, None]
-    if flip is not None:
-        flipped = flip.view(-1, 1, 1)
-        rows = torch.where(flipped, rows.flip(1), rows)
-        w = torch.where(flipped, w.flip(1), w)
-    return rows, w.to(torch.float32)
+def _source_coords(start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, size]`` pixel coordinates sampled by a bilinear resize of ``[start, start +
+    length)`` to ``size`` (torch's ``align_corners=False`` rule, clamped to the box)."""
+    centers = torch.arange(size, device=start.device, dtype=torch.float64) + 0.5
+    length = length.to(torch.float64)[:, None]
+    inside = (centers * (length / size) - 0.5).clamp(min=0).minimum(length - 1)
+    return start.to(torch.float64)[:, None] + inside
 
 
-def _resample_rows(x: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, C, S, W]``: output row s of sample b is the weighted sum of
-    input rows ``rows[b, s, :]``."""
-    b = torch.arange(x.shape[0], device=x.device)[:, None]  # [B, 1]
-    out = None
-    for k in range(rows.shape[-1]):
-        term = x[b, :, rows[:, :, k]] * weights[:, :, k, None, None]  # [B, S, C, W]
-        out = term if out is None else out + term
-    return out.permute(0, 2, 1, 3)
+def _upsample(x: torch.Tensor, crop: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
+    """Boxes no larger than ``size`` (no antialiasing needed): one batched ``grid_sample``
+    at exactly the coordinates ``F.interpolate(box, size, mode="bilinear")`` samples."""
+    B, _, H, W = x.shape
+    ys = _source_coords(crop[:, 0], crop[:, 2], size)  # [B, size]
+    xs = _source_coords(crop[:, 1], crop[:, 3], size)
+    xs = torch.where(flip[:, :1], xs.flip(1), xs)  # a flipped box = mirrored coordinates
+    ys = torch.where(flip[:, 1:], ys.flip(1), ys)
+    gx = (xs * (2.0 / max(W - 1, 1)) - 1.0).to(x.dtype)  # align_corners=True: pixel centres
+    gy = (ys * (2.0 / max(H - 1, 1)) - 1.0).to(x.dtype)
+    grid = torch.stack([gx[:, None, :].expand(B, size, size), gy[:, :, None].expand(B, size, size)],
+                       dim=-1)  # fmt: skip
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def resized_crop(
     x: torch.Tensor, crop: torch.Tensor, size: int, flip: torch.Tensor
 ) -> torch.Tensor:
     """Each sample's box ``crop[b] = (top, left, h, w)``, flipped as ``flip[b]`` says (left-right,
-    up-down), resized to ``size × size``: ``[B, C, H, W] -> [B, C, size, size]``."""
-    B, _, H, W = x.shape
+    up-down), resized to ``size × size`` as ``F.interpolate(mode="bilinear", antialias=True)``
+    resizes it: ``[B, C, H, W] -> [B, C, size, size]``. Boxes that shrink (only when ``size`` is
+    smaller than the tile) take the antialiased resize one by one; all others one batched
+    bilinear sampling (antialiasing changes nothing when enlarging)."""
+    B, C, H, W = x.shape
     crop = crop.to(device=x.device, dtype=torch.int64)
     flip = flip.to(device=x.device, dtype=torch.bool)
     whole = (crop[:, 0] == 0) & (crop[:, 1] == 0) & (crop[:, 2] == H) & (crop[:, 3] == W)
     if H == W == size and bool(whole.all()):  # nothing to resample (validation): flips only
         out = torch.where(flip[:, 0].view(B, 1, 1, 1), x.flip(-1), x)
         return torch.where(flip[:, 1].view(B, 1, 1, 1), out.flip(-2), out)
-    rows, row_w = resize_taps(crop[:, 0], crop[:, 2], size, flip[:, 1])
-    cols, col_w = resize_taps(crop[:, 1], crop[:, 3], size, flip[:, 0])
-    y = _resample_rows(x, rows, row_w)  # [B, C, size, W]
-    y = _resample_rows(y.transpose(2, 3), cols, col_w)  # [B, C, size(W), size(H)]
-    return y.transpose(2, 3).contiguous()
+    enlarge = (crop[:, 2] <= size) & (crop[:, 3] <= size)
+    if bool(enlarge.all()):
+        return _upsample(x, crop, size, flip)
+    out = torch.empty((B, C, size, size), dtype=x.dtype, device=x.device)
+    if bool(enlarge.any()):
+        out[enlarge] = _upsample(x[enlarge], crop[enlarge], size, flip[enlarge])
+    for b in (~enlarge).nonzero().flatten().tolist():
+        top, left, h, w = crop[b].tolist()
+        box = x[b, :, top : top + h, left : left + w]
+        box = box.flip(-1) if flip[b, 0] else box
+        box = box.flip(-2) if flip[b, 1] else box
+        out[b] = F.interpolate(box[None], size=(size, size), mode="bilinear",
+                               align_corners=False, antialias=True)[0]  # fmt: skip
+    return out
 
 
 def flip_rotate(
@@ -139,7 +152,6 @@ def flip_rotate(
     x = torch.where(flip[:, 1].view(shape), x.flip(-2), x)
     if rot90 is not None:
         turns = rot90.to(x.device) % 4
-        x = x.clone()
         for k in (1, 2, 3):
             chosen = turns == k
             if bool(chosen.any()):
@@ -182,4 +194,6 @@ class TileBatchTransform:
         return out
 
 
-_COMPACT_KEYS = frozenset({TILE_KEY, "calibration", "invalid", "crop", "flip", "rot90", "label"})
+_COMPACT_KEYS = frozenset(
+    {TILE_KEY, "calibration", "invalid", "crop", "flip", "rot90", "label", "buffer"}
+)
