@@ -132,11 +132,10 @@ class LazyZarrArrays:
         self._layouts: dict[str, ArrayLayout] = {}
         self._calibrations: dict[str, StoredCalibration | None] = {}
         self._zarr: dict[str, Any] = {}
-        self._root: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store_dir": self.store_dir, "store_path": self.store_path, "_pid": None,
-                "_layouts": {}, "_calibrations": {}, "_zarr": {}, "_root": None}  # fmt: skip
+                "_layouts": {}, "_calibrations": {}, "_zarr": {}}  # fmt: skip
 
     @property
     def is_open(self) -> bool:
@@ -145,7 +144,7 @@ class LazyZarrArrays:
 
     def _this_process(self) -> None:
         if self._pid != os.getpid():
-            self._layouts, self._calibrations, self._zarr, self._root = {}, {}, {}, None
+            self._layouts, self._calibrations, self._zarr = {}, {}, {}
             self._pid = os.getpid()
             set_blosc_threads(1)  # a reader process is one core's worth of decoding
 
@@ -187,9 +186,8 @@ class LazyZarrArrays:
         if found is None:
             import zarr
 
-            if self._root is None:
-                self._root = zarr.open_group(self.store_path, mode="r")
-            found = self._zarr[array] = self._root[array]
+            found = zarr.open_array(str(Path(self.store_path) / array), mode="r")
+            self._zarr[array] = found
         return found
 
     def read_calibrated(self, array: str, index: int) -> np.ndarray:

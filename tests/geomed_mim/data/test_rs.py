@@ -155,3 +155,20 @@ def test_float32_store_nan_pixels_become_zero_after_normalization(tmp_path):
     image = ds.image(k)
     assert torch.isfinite(image).all()
     assert (image[:, :4, :4] == 0).all()
+
+
+def test_dataset_pickles_as_its_index_arrays(demo_store):
+    """A worker receives the index arrays and a few strings: nothing per sample."""
+    import pickle
+
+    ds = RSTileDataset(demo_store, [0.0] * 13, [1.0] * 13, split=None)
+    ds.load_batch([0, 1], [0, 1])  # opened and cached things are not part of the pickle
+    blob = pickle.dumps(ds)
+    assert len(blob) < ds.index.nbytes + 64_000
+    copy = pickle.loads(blob)
+    assert not copy.reader.is_open
+    assert torch.equal(copy.load_batch([4], [9])["tile"], ds.load_batch([4], [9])["tile"])
+    for value in vars(ds.index).values():
+        assert isinstance(value, np.ndarray | tuple | dict | int | type(None))
+        if isinstance(value, tuple):
+            assert len(value) <= len(ds.index.paths)

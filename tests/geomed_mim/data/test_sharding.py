@@ -121,3 +121,28 @@ def test_resumable_loader_state_skips_consumed_batches():
     assert [b["index"].tolist() for b in fresh] == full  # the skip applies once
     consumed["n"] = len(loader)  # saved at the end of the epoch: the next epoch starts afresh
     assert loader.state_dict() == {"epoch": 2, "batch": 0}
+
+
+def test_a_global_step_gets_the_same_tiles_and_crops_on_one_or_two_ranks(demo_store):
+    """The store loader under the sharded sampler: rank shares of a global batch, put together,
+    are the one-rank batch, crops and flips included (per-sample seeds)."""
+    from torch.utils.data import DataLoader
+
+    from geomed_mim.data.rs import RSTileDataset
+
+    ds = RSTileDataset(demo_store, [0.1] * 13, [0.05] * 13, split=None, crop_size=24)
+    one = sharded_loader(ds, 8, trainer=None, seed=5)
+    one.sampler.set_epoch(2)
+    ranks = []
+    for rank in (0, 1):
+        sampler = ShardedBatchSampler(ds, 4, 2, rank, seed=5)
+        sampler.set_epoch(2)
+        ranks.append(DataLoader(SeededBatchDataset(ds, seed=5), sampler=sampler, batch_size=None))
+    steps = 0
+    for whole, share0, share1 in zip(one, *ranks, strict=True):
+        for key in ("index", "crop", "flip", "tile"):
+            assert torch.equal(whole[key], torch.cat([share0[key], share1[key]]))
+        images = torch.cat([ds.transform(share0)["image"], ds.transform(share1)["image"]])
+        assert torch.equal(ds.transform(whole)["image"], images)
+        steps += 1
+    assert steps == len(one) > 1
