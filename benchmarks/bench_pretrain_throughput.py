@@ -12,9 +12,11 @@ one run on the same machine:
 * model FLOPs per step (torch's FLOP counter on the MAE step) and the achieved FLOP/s; on a GPU,
   model-FLOPs utilization against the card's dense bf16 peak.
 
-The loader is the real ``RSTileDataset`` (zarr read, normalize, random resized crop, flips) over a
-synthetic store of 224×224 14-band uint16 tiles written with the project's store writer, with 0
-and 2 DataLoader workers; its images/s stands beside the step rate.
+The loader is the real ``RSTileDataset`` through the data module's sharded loader (workers decode
+compact uint16 batches) followed by the batched transform the data module runs after transfer
+(normalize, random resized crop, flips; on ``--device``), over a synthetic store of 224×224
+14-band uint16 tiles written with the project's store writer, with 0 and 2 DataLoader workers;
+its images/s stands beside the step rate.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipelines.store.write import PartWriter, open_root, write_manifest
+from geomed_mim.data.buffers import release
 from geomed_mim.data.rs import RSTileDataset
+from geomed_mim.data.sharding import sharded_loader
 from geomed_mim.models import create_model
 
 BANDS = 14
@@ -181,15 +184,21 @@ def write_synthetic_store(out: Path, n_tiles: int) -> Path:
     return out
 
 
-def bench_loader(store: Path, batch: int, workers: int, batches: int) -> float:
+def bench_loader(store: Path, batch: int, workers: int, batches: int, device: str = "cpu") -> float:
     ds = RSTileDataset(store, [2000.0] * BANDS, [1000.0] * BANDS, crop_size=IMG)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+    loader = sharded_loader(ds, batch, shuffle=True, drop_last=True, num_workers=workers,
+                            pin_memory=device.startswith("cuda"))  # fmt: skip
     it = iter(loader)
-    next(it)  # worker start-up is not throughput
+    release(next(it))  # worker start-up is not throughput
     t0 = time.perf_counter()
     n = 0
     for _ in range(batches):
-        n += next(it)["image"].shape[0]
+        compact = next(it)
+        moved = {k: v.to(device, non_blocking=True) for k, v in compact.items()}
+        n += ds.transform(moved)["image"].shape[0]  # what on_after_batch_transfer runs
+        release(compact)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -212,7 +221,7 @@ def main() -> None:
     rows = bench_models(args.sizes, batches, args.steps, device)
     with tempfile.TemporaryDirectory() as tmp:
         store = write_synthetic_store(Path(tmp) / "store", 96)
-        loader = {w: bench_loader(store, 8, w, 8) for w in (0, 2)}
+        loader = {w: bench_loader(store, 8, w, 8, str(device)) for w in (0, 2)}
     print(
         f"\n{IMG}x{IMG}, {BANDS} bands, patch 16 (196 tokens), mask 0.75, "
         f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, median of {args.steps} steps\n"
