@@ -40,7 +40,7 @@ NO_ARRAY = -1  # label_array id of a sample without one
 BATCH_ROWS = 1 << 20  # manifest rows decoded at a time: bounds the transient arrow memory
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampleIndex:
     """Usable samples of one or more stores, as arrays of length ``N``.
 
@@ -206,9 +206,12 @@ class _Columns:
         self.n += k
 
     def shrunk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The filled part of each column, resized in place and made read-only (nothing may
+        write to pages that forked workers share)."""
         for column in (self.array, self.tile, self.split, self.label):
             if column is not None:
-                column.resize(self.n, refcheck=False)  # in place
+                column.resize(self.n, refcheck=False)
+                column.setflags(write=False)
         return self.array, self.tile, self.split, self.label
 
 
