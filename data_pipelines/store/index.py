@@ -83,6 +83,13 @@ class SampleIndex:
             return None
         return self.paths[int(self.label_array[i])]
 
+    def of_split(self, name: str) -> SampleIndex:
+        """The samples of split ``name`` (an index built with ``split=None`` holds them all:
+        one pass over the manifest serves the train and the val dataset)."""
+        if name not in self.split_names:
+            return self.take(np.zeros(0, dtype=np.int64))
+        return self.take(np.flatnonzero(self.split == self.split_names.index(name)))
+
     def take(self, rows: np.ndarray | Sequence[int]) -> SampleIndex:
         """The samples ``rows`` (e.g. a seeded subset), in that order; the path table is kept."""
         rows = np.asarray(rows, dtype=np.int64)

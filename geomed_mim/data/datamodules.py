@@ -249,13 +249,16 @@ class RSDataModule(StoreDataModule):
             "include_duplicates": self.include_duplicates,
             "buffer_slots": self.prefetch_factor + 2,  # prefetched + in use + being pinned
         }
+        every = build_sample_index(self.store, None, self.include_duplicates)  # one pass
         self.train_dataset = RSTileDataset(
-            **common, split="train", crop_scale=self.crop_scale, flips=self.flips, augment=True
-        )
+            **common, index=every.of_split("train"), crop_scale=self.crop_scale,
+            flips=self.flips, augment=True,
+        )  # fmt: skip
         if len(self.train_dataset) == 0:
             raise ValueError(f"store {self.store} has no usable training tiles")
         if self.val_split:
-            self.val_dataset = RSTileDataset(**common, split=self.val_split, augment=False)
+            val = every.of_split(self.val_split)
+            self.val_dataset = RSTileDataset(**common, index=val, augment=False)
 
 
 def concat_crops(items: list[dict[str, Any]]) -> dict[str, Any]:

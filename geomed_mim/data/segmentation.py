@@ -226,7 +226,8 @@ class RSSegDataModule(RSDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         mean, std = self.band_stats()
-        train = build_sample_index(self.store, "train", self.include_duplicates, labels=True)
+        every = build_sample_index(self.store, None, self.include_duplicates, labels=True)
+        train = every.of_split("train")
         if self.train_fraction < 1.0:
             rng = np.random.default_rng(self.subset_seed)
             keep = max(1, round(len(train) * self.train_fraction))
@@ -239,9 +240,7 @@ class RSSegDataModule(RSDataModule):
         )
         self.val_dataset = None
         if self.val_split:
-            val = build_sample_index(
-                self.store, self.val_split, self.include_duplicates, labels=True
-            )
+            val = every.of_split(self.val_split)
             self.val_dataset = RSSegDataset(
                 self.store, val, mean, std, augment=False, buffer_slots=slots
             )

@@ -115,6 +115,17 @@ def test_two_ranks_hold_identical_parameters(two_process_run):
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # loader position saved
 
 
+def _without_key_bias(name: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` without the key third of an attention ``qkv.bias``: softmax ignores a bias
+    added to every key, so its gradient is zero up to rounding, and AdamW turns that rounding
+    noise into full-size steps whose sign depends on the reduction order (one batch of 16 vs
+    two of 8 averaged), not on the data."""
+    if not name.endswith("attn.qkv.bias"):
+        return value
+    third = value.numel() // 3
+    return torch.cat([value[:third], value[2 * third :]])
+
+
 def test_two_process_step_equals_one_process_step(two_process_run, demo_store, tmp_path, child_env):
     """Same global batch (16 = 1 × 16 = 2 × 8), same per-sample masks and augmentation: the
     averaged gradients of two ranks equal the one-process gradient, so the weights agree."""
@@ -127,8 +138,9 @@ def test_two_process_step_equals_one_process_step(two_process_run, demo_store, t
     moved = 0.0
     for name, value in single.items():
         if value.is_floating_point():
-            torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=2e-6, msg=name)
-            moved = max(moved, float((value - ddp[name]).abs().max()))
+            ours, theirs = _without_key_bias(name, value), _without_key_bias(name, ddp[name])
+            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=2e-6, msg=name)
+            moved = max(moved, float((ours - theirs).abs().max()))
     # the per-rank batch really was 8: lr = base_lr x 16 / 256 in both runs
     assert moved < 2e-6
 
