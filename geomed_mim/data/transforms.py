@@ -57,12 +57,33 @@ def _on_channels(
     x[:, channels] = torch.where(torch.isfinite(a), step(sub, a, b), sub)
 
 
+def as_float32(tile: torch.Tensor) -> torch.Tensor:
+    """A new float32 tensor of the stored values. torch has few kernels for uint16 off the CPU
+    (a "barebones" unsigned type), so there the bits are read as int16 and shifted back,
+    exactly (every uint16 is a float32 integer)."""
+    if tile.dtype == torch.uint16 and tile.device.type != "cpu":
+        return uint16_via_int16(tile)
+    return tile.to(torch.float32, copy=True)
+
+
+def uint16_via_int16(tile: torch.Tensor) -> torch.Tensor:
+    x = tile.view(torch.int16).to(torch.float32)  # a view changes no bits
+    return torch.where(x < 0, x + 65536.0, x)
+
+
+def as_int64(labels: torch.Tensor) -> torch.Tensor:
+    """Class ids as int64 (uint16 ids read through their int16 bits, as in :func:`as_float32`)."""
+    if labels.dtype == torch.uint16:
+        return labels.view(torch.int16).to(torch.int64) & 0xFFFF
+    return labels.to(torch.int64)
+
+
 def calibrate(tile: torch.Tensor, table: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` stored values -> float32 physical values (``StoredCalibration.apply``
     on each sample, the same float32 operations in the same order): affine, then Planck
     inversion, temperature correction and min-max scaling on the bands whose coefficients are
     set; raw nodata / flagged values become NaN. Returns a new tensor."""
-    x = tile.to(torch.float32, copy=True)
+    x = as_float32(tile)
     B = x.shape[0]
     bad = None
     for value, op in ((invalid[:, 0], torch.eq), (invalid[:, 1], torch.gt)):
@@ -187,7 +208,7 @@ class TileBatchTransform:
         out = {k: v for k, v in batch.items() if k not in _COMPACT_KEYS}
         if "label" in batch:  # segmentation: geometric only, never resampled
             out["image"] = flip_rotate(x, batch["flip"], batch.get("rot90"))
-            out["label"] = flip_rotate(batch["label"], batch["flip"], batch.get("rot90")).long()
+            out["label"] = flip_rotate(as_int64(batch["label"]), batch["flip"], batch.get("rot90"))
             return out
         size = self.size or x.shape[-1]
         out["image"] = resized_crop(x, batch["crop"], size, batch["flip"])

@@ -12,9 +12,11 @@ from data_pipelines.store.read import read_calibrated
 from geomed_mim.data.rs import RSTileDataset
 from geomed_mim.data.transforms import (
     TileBatchTransform,
+    as_int64,
     flip_rotate,
     resized_crop,
     standardize,
+    uint16_via_int16,
 )
 
 MEAN = [0.05 + 0.01 * c for c in range(13)]
@@ -126,3 +128,10 @@ def test_band_count_mismatch_is_an_error(demo_store) -> None:
     with pytest.raises(ValueError, match="13 bands but the statistics have 2"):
         TileBatchTransform([0.0, 0.0], [1.0, 1.0], None)(batch)
     assert np.isfinite(ds.transform(batch)["image"].numpy()).all()
+
+
+def test_uint16_read_through_int16_bits_is_exact() -> None:
+    """The GPU path for uint16 (few CUDA kernels) gives the same numbers as a direct cast."""
+    values = torch.arange(0, 65536, 7, dtype=torch.int32).to(torch.uint16)
+    assert torch.equal(uint16_via_int16(values), values.to(torch.float32))
+    assert torch.equal(as_int64(values), values.to(torch.int64))
