@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from geomed_mim.models import create_model
 from geomed_mim.models.base import normalized_patch_targets
@@ -157,7 +158,7 @@ class MIMPretrainTask(LightningModule):
                     f"the data has {len(bands)} bands {bands} but the model takes "
                     f"in_chans={self.model.encoder.in_chans}"
                 )
-            if self.trainer.is_global_zero:  # a log line, once per run rather than per rank
+            if rank_zero_only.rank == 0:  # a log line, once per run rather than per rank
                 stats = self.data_metadata.get("stats_source")
                 log.info("training on bands %s (%s)", bands, stats)
 
@@ -369,7 +370,7 @@ class MIMPretrainTask(LightningModule):
         if warmup is None:
             warmup = round(self.hparams.warmup_fraction * total)
         warmup = max(int(warmup), 1)
-        if self.trainer.is_global_zero:
+        if rank_zero_only.rank == 0:
             log.info(
                 "effective batch %d, model lr scale %.3g → lr %.3g; %d steps, %d warmup",
                 eff_batch,

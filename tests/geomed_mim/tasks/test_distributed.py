@@ -117,13 +117,26 @@ def test_two_process_step_equals_one_process_step(two_process_run, demo_store, t
     single, ddp = load_params(run_dir, 0), load_params(two_process_run, 0)
     init = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert init["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    # Softmax ignores a shift shared by all keys, so an attention key bias has a zero gradient:
+    # what it gets is float noise (summed in another order over two ranks), which Adam scales
+    # to steps of about lr. Those thirds of the qkv biases are left out; everything else must
+    # agree to float precision (a different batch, mask or lr moves weights by ~lr = 1e-3).
+    atol = 2e-6
     moved = 0.0
     for name, value in single.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=2e-6, msg=name)
-            moved = max(moved, float((value - ddp[name]).abs().max()))
+        if not value.is_floating_point():
+            continue
+        other = ddp[name]
+        if name.endswith("qkv.bias"):
+            keys = slice(value.shape[0] // 3, 2 * value.shape[0] // 3)
+            value, other = value.clone(), other.clone()
+            value[keys] = other[keys] = 0
+        torch.testing.assert_close(
+            other, value, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
+        moved = max(moved, float((value - other).abs().max()))
     # the per-rank batch really was 8: lr = base_lr x 16 / 256 in both runs
-    assert moved < 2e-6
+    assert moved < atol
 
 
 def test_sigterm_checkpoints_and_same_command_resumes(
@@ -210,5 +223,8 @@ def test_each_shipped_config_family_trains_under_torchrun(
     (log_dir,) = root.glob("logs/version_*")  # CSV and TensorBoard in one folder
     assert (log_dir / "metrics.csv").is_file()
     assert list(log_dir.glob("events.out.tfevents.*"))
-    assert [p.name for p in log_dir.glob("previews/*.png")] == ["step_0000001.png"]
+    previews = {p.name for p in log_dir.glob("previews/*.png")}
+    assert "step_0000001.png" in previews  # the training preview due at the first step
+    if "_ct_" not in config:  # and the validation preview (the CT demo validates every 50)
+        assert "val_step_0000000.png" in previews
     assert "done: 2 steps" in proc.stdout
