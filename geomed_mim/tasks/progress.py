@@ -106,6 +106,9 @@ class TrainingProgress(Callback):
     ) -> None:
         self._epoch_images += batch_images(batch) * trainer.world_size
         now = time.perf_counter()
+        if not self.print_epochs:  # the progress bar shows it (images, not batches, per second)
+            ips = self.throughput(now)
+            pl_module.log("images/s", ips, prog_bar=True, logger=False, on_epoch=False)
         if self.print_epochs and self.every_s and now - self._last_line >= self.every_s:
             total = trainer.num_training_batches
             self.emit(trainer, self.line(trainer, f"{idx + 1}/{total} batches", now))

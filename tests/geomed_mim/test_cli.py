@@ -247,3 +247,39 @@ def test_a_new_root_is_a_new_run_and_only_the_same_run_resumes(demo_store, tmp_p
     assert (second / "checkpoints" / "last.ckpt").is_file()
     assert [p.name for p in (second / "logs").iterdir()] == ["version_0"]
     assert ckpt.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar_with_images_per_second(demo_store, tmp_path, child_env):
+    """Under a (pseudo) terminal: Lightning's bar with the loss and images/s, no epoch lines."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geomed_mim.pretrain", "fit", "--config", DEMO,
+         "--data.init_args.store", str(demo_store), "--trainer.max_epochs", "1"],
+        cwd=tmp_path, env=child_env, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    out = b"".join(chunks).decode(errors="replace").replace("\r", "\n")
+    assert "Epoch 0: 100%" in out
+    assert "images/s=" in out
+    assert "train/loss" in out
+    assert "\nepoch 1/1 " not in out  # the bar replaces the per-epoch lines
+    assert "done: 4 steps" in out
