@@ -53,6 +53,20 @@ def test_shipped_finetune_configs_parse(config, capsys):
     assert "class_path: geomed_mim.data.segmentation." in printed
 
 
+@pytest.mark.parametrize("config", PRETRAIN_CONFIGS + FINETUNE_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_leave_every_output_folder_to_the_run_root(config):
+    """No checkpoint, log or prediction folder of their own: all of a run goes under
+    default_root_dir, so a new root is a new run; no config turns the progress display off."""
+    cfg = yaml.safe_load(config.read_text())
+    trainer = cfg["trainer"]
+    assert str(trainer["default_root_dir"]).startswith("runs/")
+    assert "logger" not in trainer
+    assert "enable_progress_bar" not in trainer
+    for callback in trainer.get("callbacks") or []:
+        assert "dirpath" not in (callback.get("init_args") or {}), callback
+    assert "predict_output" not in cfg["data"]["init_args"]
+
+
 def test_entry_modules_run_the_one_cli():
     assert pretrain.main is cli.pretrain_main
     assert finetune_seg.main is cli.finetune_seg_main
@@ -283,3 +297,18 @@ def test_a_terminal_gets_a_progress_bar_with_images_per_second(demo_store, tmp_p
     assert "train/loss" in out
     assert "\nepoch 1/1 " not in out  # the bar replaces the per-epoch lines
     assert "done: 4 steps" in out
+
+
+def test_every_cli_has_a_console_script():
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {
+        "geomed-build-dataset": "geomed_mim.build_dataset:main",
+        "geomed-pretrain": "geomed_mim.pretrain:main",
+        "geomed-finetune-seg": "geomed_mim.finetune_seg:main",
+        "geomed-export": "geomed_mim.export:main",
+    }
+    for target in scripts.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
