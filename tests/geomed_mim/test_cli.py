@@ -300,7 +300,7 @@ def test_a_terminal_gets_a_progress_bar_with_images_per_second(demo_store, tmp_p
 
 
 def test_every_cli_has_a_console_script():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {
