@@ -82,22 +82,26 @@ run help >/dev/null
 say "build_dataset (embedded demo archive)"
 run build_dataset --output geomed_demo --workers 2
 
+# the shipped demo config as it is (previews, logs, checkpoints), only shorter
 say "torchrun: 2 CPU processes, gloo, 1 epoch (4 steps of 2 x 8 tiles)"
 run torchrun --standalone --nproc-per-node 2 -m geomed_mim.pretrain fit \
     --config /opt/geomed/configs/pretrain/demo_cpu.yaml \
-    --data.init_args.global_batch_size 16 --trainer.max_epochs 1 \
-    --model.init_args.preview_every_n_steps 0
+    --data.init_args.global_batch_size 16 --trainer.max_epochs 1
 
 say "checking the checkpoint"
 (run python - <<'PY'
+from pathlib import Path
+
 import torch
 ckpt = torch.load("runs/demo_cpu/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 meta = ckpt["geomed_mim"]
 assert ckpt["global_step"] == 4, ckpt["global_step"]
 assert meta["in_chans"] == 13 and meta["bands"][0] == "B01", meta
 assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"], "no loader position"
+previews = sorted(p.name for p in Path("runs/demo_cpu/logs").glob("version_*/previews/*.png"))
+assert "step_0000001.png" in previews, previews  # written by rank 0 while both ranks trained
 print(f"checkpoint ok: global_step {ckpt['global_step']}, {len(ckpt['state_dict'])} tensors, "
-      f"bands {meta['bands'][:3]}..., torch {torch.__version__}")
+      f"bands {meta['bands'][:3]}..., previews {previews}, torch {torch.__version__}")
 PY
 ) | tee /dev/stderr | grep -q "^checkpoint ok:" || { echo "error: checkpoint check did not run" >&2; exit 1; }
 say "passed"

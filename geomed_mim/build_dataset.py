@@ -83,8 +83,9 @@ class Flag:
     help: str
 
     def add_to(self, parser: ArgumentParser | Any) -> None:
-        if self.type is bool:  # --flag / --no_flag
-            parser.add_argument(self.name, action=ActionYesNo, default=self.default, help=self.help)
+        if self.type is bool:  # --flag / --no-flag
+            action = ActionYesNo(no_prefix="no-")
+            parser.add_argument(self.name, action=action, default=self.default, help=self.help)
         else:
             parser.add_argument(self.name, type=self.type, default=self.default, help=self.help)
 
@@ -154,7 +155,7 @@ def rs_flags() -> list[Flag]:
              "the tile size (no overlap)."),
         Flag("--cover-edges", bool, True,
              "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
-             "(--no_cover-edges drops partial edge tiles instead)."),
+             "(--no-cover-edges drops partial edge tiles instead)."),
         Flag("--resampling", str, "bilinear",
              f"How coarser bands are brought to the finest grid: "
              f"{', '.join(RESAMPLING_CHOICES)}."),
@@ -192,7 +193,7 @@ def rs_flags() -> list[Flag]:
              "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
              "Default: the profile's min_band_std."),
         Flag("--dedup", bool, True,
-             "Mark exact and near duplicates across the whole archive (--no_dedup to skip)."),
+             "Mark exact and near duplicates across the whole archive (--no-dedup to skip)."),
         Flag("--near-dup-radius", int, DEFAULT_NEAR_DUP_RADIUS,
              "Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are "
              "near duplicates."),
@@ -228,7 +229,8 @@ def build_parser() -> ArgumentParser:
         description=(
             "Slice an archive of satellite scenes into tiles and write a zarr store, a parquet "
             "manifest and a build record. With no arguments, builds the embedded demo archive "
-            "into ./geomed_demo/."
+            "into ./geomed_demo/. 'build_dataset stats --output OUT' recomputes the statistics "
+            "of a built store (see 'build_dataset stats --help')."
         ),
         env_prefix="GEOMED",
         default_env=False,
@@ -479,8 +481,13 @@ def build_main(argv: list[str]) -> int:
     return build_outcome(report, cfg.strict)
 
 
+def kebab_negations(argv: list[str]) -> list[str]:
+    """``--no_dedup`` (the older spelling) → ``--no-dedup``: both negate a yes/no flag."""
+    return [f"--no-{a[5:]}" if a.startswith("--no_") else a for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = kebab_negations(list(sys.argv[1:] if argv is None else argv))
     try:
         if argv and argv[0] == "stats":
             return stats_main(argv[1:])

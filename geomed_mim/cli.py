@@ -2,28 +2,42 @@
 
 ``python -m geomed_mim.pretrain fit --config configs/pretrain/X.yaml`` and
 ``python -m geomed_mim.finetune_seg fit|validate|test|predict --config configs/finetune/X.yaml``
-(also the ``geomed-pretrain`` console script) differ only in the task class and in which fields
-of the data module are linked into it, so a model always matches the store it trains on. Both:
+(also the ``geomed-pretrain`` / ``geomed-finetune-seg`` console scripts) differ only in the task
+class and in which fields of the data module are linked into it, so a model always matches the
+store it trains on. Both:
 
 * read YAML with ``class_path``/``init_args`` for the task and the data module;
+* check the stores, checkpoints and inputs named before building anything: a user mistake is
+  one line naming the flag and the fix, exit status 2 (:mod:`geomed_mim.usage`);
+* write everything of a run under its root, ``trainer.default_root_dir``
+  (:mod:`geomed_mim.tasks.run_dir`): checkpoints, one log folder per invocation (CSV and
+  TensorBoard together), previews, predictions;
 * under ``torchrun`` take ``devices`` and ``num_nodes`` from the launcher
   (:mod:`geomed_mim.tasks.distributed`), one config serving any number of processes and nodes;
 * add :class:`~geomed_mim.tasks.preemption.PreemptionCheckpoint` (SIGTERM/SIGUSR1 → checkpoint,
   exit ``128 + signal``) unless the config has one;
-* make ``fit --ckpt_path`` default to ``last``: re-running the same command resumes from the
-  newest ``last*.ckpt`` of the run's ``ModelCheckpoint`` folder (preemption, requeue, elastic
-  restart); with none there, Lightning warns once and starts fresh. ``--ckpt_path null`` always
-  starts fresh, ``--ckpt_path PATH`` resumes from PATH;
+* make ``fit --ckpt_path`` default to ``last``: re-running the same command resumes this run's
+  ``last.ckpt`` when its model and settings match, and says so; a checkpoint of another run in
+  the folder is an error (:mod:`geomed_mim.tasks.resume`). ``--ckpt_path null`` starts fresh,
+  ``--ckpt_path PATH`` resumes from PATH. ``validate``/``test``/``predict`` need ``--ckpt_path``;
+* show progress (a bar on a terminal, one line per epoch otherwise) and end ``fit`` with a
+  summary (:mod:`geomed_mim.tasks.progress`);
 * write checkpoints atomically (temp file, fsync, rename:
   :class:`~geomed_mim.tasks.checkpoint_io.AtomicCheckpointIO`).
 
 ``finetune_seg predict`` writes GeoTIFF/NIfTI class maps and PNG overlays for
-``--data.init_args.predict_inputs`` into ``--data.init_args.predict_output`` (use ``--ckpt_path``).
+``--data.init_args.predict_inputs`` into ``<root>/predictions`` (or
+``--data.init_args.predict_output``), printing each file; an input that cannot be predicted is
+reported with its name, the others go on, and the exit status is 2 if any failed.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,12 +45,26 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
+from geomed_mim.tasks import run_dir
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
 from geomed_mim.tasks.distributed import torchrun_trainer_overrides
 from geomed_mim.tasks.preemption import PreemptionCheckpoint
 from geomed_mim.tasks.pretraining import MIMPretrainTask
+from geomed_mim.tasks.progress import TrainingProgress
+from geomed_mim.tasks.resume import read_checkpoint, require_file, resolve_resume
 from geomed_mim.tasks.segmentation import DATA_FIELDS as SEGMENTATION_DATA_FIELDS
 from geomed_mim.tasks.segmentation import SegmentationTask
+from geomed_mim.tasks.store_checks import check_data_config
+from geomed_mim.usage import EXIT_USAGE, UsageError, is_rank_zero, usage_errors_exit
+
+log = logging.getLogger(__name__)
+
+
+def say(line: str) -> None:
+    """One line for the user on stdout (rank 0 only)."""
+    if is_rank_zero():
+        print(line, flush=True)
 
 
 class TrainingCLI(LightningCLI):
@@ -44,6 +72,9 @@ class TrainingCLI(LightningCLI):
     docstring); ``linked_fields`` of the data module become the task's init arguments."""
 
     linked_fields: tuple[str, ...] = ()
+    task_class: type[LightningModule] = LightningModule
+    labeled_data = False  # the data must carry labels (fine-tuning)
+    checkpoint_example = "runs/<run>/checkpoints/last.ckpt"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for field in self.linked_fields:
@@ -57,24 +88,182 @@ class TrainingCLI(LightningCLI):
             parser.set_defaults(ckpt_path="last")  # the same command resumes
         return parser
 
+    # -- before anything is built ----------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads the task's arguments from it."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand and subcommand != "fit" and not ckpt_path:
+            raise UsageError(
+                f"{subcommand} needs a trained model: pass --ckpt_path {self.checkpoint_example} "
+                "(the checkpoint a fit wrote)"
+            )
+        if ckpt_path and ckpt_path != "last":
+            self.check_own_checkpoint(require_file(ckpt_path, "--ckpt_path"))
+        super()._parse_ckpt_path()
+        if subcommand and subcommand != "fit" and ckpt_path:
+            self.adopt_checkpoint_architecture(ckpt_path)
+
+    def check_own_checkpoint(self, path: Path) -> None:
+        """``path`` is a checkpoint of this command's task (Lightning would otherwise rebuild
+        whatever task it names and fail far from the cause)."""
+        hparams = read_checkpoint(path).get("hyper_parameters") or {}
+        class_path = str(hparams.get("_class_path") or "")
+        if class_path and self.checkpoint_task_ok(class_path):
+            return
+        what = class_path.rsplit(".", 1)[-1] or "no task arguments"
+        raise UsageError(
+            f"--ckpt_path {path}: a checkpoint of {what}, not of {self.task_class.__name__}; "
+            f"{self.wrong_checkpoint_hint}"
+        )
+
+    wrong_checkpoint_hint = "give a checkpoint this command wrote"
+
+    def checkpoint_task_ok(self, class_path: str) -> bool:
+        module, _, name = class_path.rpartition(".")
+        try:
+            task = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return False
+        return isinstance(task, type) and issubclass(task, self.task_class)
+
+    def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
+        """Evaluation commands: nothing by default (fine-tuning rebuilds its encoder from the
+        checkpoint's own record)."""
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand or "fit"  # no subcommand: built to be run by the caller
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_data_config(config["data"], subcommand, self.labeled_data)
+        self.check_init_from(config["model"].get("init_args") or {})
+        if subcommand == "predict":
+            self.save_config_callback = None  # a prediction is no new run: no config.yaml
+            self.prepare_predict(config)
+
+    def check_init_from(self, init_args: Any) -> None:
+        """Fine-tuning's ``init_from`` (see :class:`FinetuneSegCLI`)."""
+
+    def prepare_predict(self, config: Any) -> None:
+        """Predict inputs and output folder (see :class:`FinetuneSegCLI`)."""
+
+    # -- building the trainer ----------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={}) or {}
+        root = run_dir.run_root(config)
         kwargs = {**torchrun_trainer_overrides(config), **kwargs}
+        if self.subcommand == "predict":
+            kwargs["logger"] = False  # a prediction logs nothing: no empty log folder
+        else:
+            version = run_dir.next_log_version(root)
+            kwargs["logger"] = run_dir.run_loggers(config.get("logger"), root, version)
+        kwargs["callbacks"] = run_dir.place_checkpoints(
+            config.get("callbacks") or [], root, config.get("enable_checkpointing")
+        )
+        terminal = sys.stderr.isatty()
+        if config.get("enable_progress_bar") is None:
+            kwargs["enable_progress_bar"] = terminal
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
             trainer.callbacks.append(PreemptionCheckpoint())
+        if not any(isinstance(cb, TrainingProgress) for cb in trainer.callbacks):
+            no_bar = trainer.progress_bar_callback is None
+            trainer.callbacks.append(TrainingProgress(print_epochs=no_bar))
         # plain TorchCheckpointIO (the default) → our atomic writer; keep any custom one a user set
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    # -- the subcommands ---------------------------------------------------------------------
+    def fit(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``Trainer.fit`` from the checkpoint :func:`~geomed_mim.tasks.resume.resolve_resume`
+        picks (said in one line)."""
+        folders = {cb.dirpath for cb in self.trainer.checkpoint_callbacks if cb.dirpath}
+        path, line = resolve_resume(ckpt_path, sorted(folders), dict(model.hparams))
+        say(line)
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
+
 
 class PretrainCLI(TrainingCLI):
     linked_fields = ("in_chans", "img_size", "spatial_dims")
+    task_class = MIMPretrainTask
+    wrong_checkpoint_hint = "give a checkpoint a pretraining run wrote"
 
 
 class FinetuneSegCLI(TrainingCLI):
     linked_fields = SEGMENTATION_DATA_FIELDS
+    task_class = SegmentationTask
+    labeled_data = True
+    wrong_checkpoint_hint = (
+        "give a checkpoint a fine-tuning run wrote; a pretraining checkpoint or an export "
+        "starts a fine-tuning as --model.init_args.init_from"
+    )
+
+    def check_init_from(self, init_args: Any) -> None:
+        """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder."""
+        init_from = init_args.get("init_from")
+        if not init_from:
+            return
+        flag = "--model.init_args.init_from"
+        source = Path(init_from)
+        if source.is_dir():
+            needed = ("config.json", "model.safetensors")
+            missing = [n for n in needed if not (source / n).is_file()]
+            if missing:
+                raise UsageError(
+                    f"{flag} {init_from}: a folder without {', '.join(missing)}; give an export "
+                    "folder (python -m geomed_mim.export) or a pretraining checkpoint"
+                )
+            return
+        if not source.is_file():
+            raise UsageError(
+                f"{flag} {init_from}: no such file or folder; give a pretraining checkpoint "
+                f"({self.checkpoint_example} of a pretraining run) or an export folder"
+            )
+        try:
+            read_checkpoint_entries(source)
+        except NotAPretrainingCheckpointError as e:
+            raise UsageError(f"{flag}: {e}; give a pretraining checkpoint or an export") from None
+
+    def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
+        """Build the network the checkpoint records (encoder sizes, decoder blocks) rather than
+        read its ``init_from`` again: the weights come from the checkpoint anyway, and the
+        pretraining file may be gone or elsewhere."""
+        try:
+            _, meta = read_checkpoint_entries(ckpt_path)
+        except NotAPretrainingCheckpointError:
+            return  # written before checkpoints recorded it: Lightning's reading stands
+        init_args = self.config[self.config.subcommand]["model"]["init_args"]
+        init_args["init_from"] = None
+        init_args["encoder"] = dict(meta["encoder"])
+        init_args["skip_blocks"] = list(meta["skip_blocks"])
+
+    def prepare_predict(self, config: Any) -> None:
+        init_args = config["data"]["init_args"]
+        if not init_args.get("predict_inputs"):
+            example = "scene.tif" if "RS" in str(config["data"]["class_path"]) else "volume.nii.gz"
+            raise UsageError(
+                f"predict needs inputs: pass --data.init_args.predict_inputs '[{example}, ...]'"
+            )
+        if init_args.get("predict_output") in (None, run_dir.PREDICTIONS_DIRNAME):
+            root = run_dir.run_root(config["trainer"] or {})
+            init_args["predict_output"] = str(root / run_dir.PREDICTIONS_DIRNAME)
+
+    def predict(self, model: SegmentationTask, **kwargs: Any) -> None:
+        """``Trainer.predict``, then one line on what was written; exit 2 if an input failed."""
+        kwargs["return_predictions"] = False  # the files are the result
+        self.trainer.predict(model, **kwargs)
+        written, failed = len(model.predict_written), len(model.predict_failed)
+        output = self.datamodule.predict_output
+        say(f"predicted {written} of {written + failed} inputs → {output}")
+        if failed:
+            say(f"{failed} input(s) could not be predicted (listed above)")
+            raise SystemExit(EXIT_USAGE)
 
 
 def run(
@@ -84,15 +273,25 @@ def run(
     **cli_kwargs: Any,
 ) -> TrainingCLI:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_known_noise()
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
-    return cli_class(
-        task_class,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        **cli_kwargs,
+    with usage_errors_exit():
+        return cli_class(
+            task_class,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            **cli_kwargs,
+        )
+
+
+def quiet_known_noise() -> None:
+    """Warnings every run would print that say nothing about the user's run."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
     )
 
 

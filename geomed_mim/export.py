@@ -1,7 +1,9 @@
 """Export a pretrained encoder for reuse: ``python -m geomed_mim.export CKPT --output DIR``.
 
-Writes ``DIR/model.safetensors`` (encoder weights only) and ``DIR/config.json`` (architecture, band
-names, per-band mean/std, patch size, spatial dims, recorded intermediate blocks).
+``CKPT`` is a pretraining checkpoint, or a fine-tuning one (its fine-tuned encoder is exported;
+the segmentation head is left out). Writes ``DIR/model.safetensors`` (encoder weights only) and
+``DIR/config.json`` (architecture, band names, per-band mean/std, patch size, spatial dims,
+recorded intermediate blocks).
 
 * **2-D** weights use timm's ``VisionTransformer`` keys; they load with strict keys into::
 
@@ -39,12 +41,12 @@ from geomed_mim.models.weights import (
     MONAI_KEY_MAP,
     WEIGHTS_NAME,
     NotAPretrainingCheckpointError,
-    load_pretrained_model,
+    is_finetuning_metadata,
+    load_checkpoint_encoder,
     monai_vit_kwargs,
     to_monai_state_dict,
 )
-
-EXIT_USAGE = 2  # a user mistake: one line on stderr, no traceback
+from geomed_mim.usage import EXIT_USAGE  # a user mistake: one line on stderr, no traceback
 
 
 def timm_spec(encoder: VisionTransformerEncoder, meta: dict[str, Any]) -> tuple[str, dict]:
@@ -71,7 +73,9 @@ def export_config(
     blocks = [int(n) for n in meta.get("intermediate_blocks") or []]
     return {
         "format": EXPORT_FORMAT,
-        "pretraining_model": meta["model_name"],
+        "pretraining_model": meta.get("model_name"),
+        # "pretraining", or "segmentation" for the encoder of a fine-tuning checkpoint
+        "checkpoint_kind": "segmentation" if is_finetuning_metadata(meta) else "pretraining",
         "spatial_dims": encoder.spatial_dims,
         "in_chans": encoder.in_chans,
         "img_size": list(encoder.img_size),
@@ -101,8 +105,7 @@ def export_config(
 
 def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
     """Write ``model.safetensors`` + ``config.json`` for the encoder; return the config."""
-    model, meta = load_pretrained_model(checkpoint)
-    encoder: VisionTransformerEncoder = model.encoder
+    encoder, meta = load_checkpoint_encoder(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
@@ -135,21 +138,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m geomed_mim.export",
         description="Export a pretrained encoder as model.safetensors + config.json.",
     )
-    parser.add_argument("checkpoint", help="a pretraining checkpoint (.ckpt)")
+    parser.add_argument(
+        "checkpoint",
+        help="a pretraining or fine-tuning checkpoint (.ckpt): its encoder is exported",
+    )
     parser.add_argument("--output", "-o", required=True, help="output folder")
     args = parser.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         return usage_error(
             f"checkpoint: {args.checkpoint} is not a file; give the .ckpt a "
-            "pretraining run wrote, e.g. runs/<run>/checkpoints/last.ckpt"
+            "pretraining run wrote (or a fine-tuning run), e.g. runs/<run>/checkpoints/last.ckpt"
         )
     try:
         config = export_encoder(args.checkpoint, args.output)
     except NotAPretrainingCheckpointError as e:
-        return usage_error(f"checkpoint: {e}; give the .ckpt a pretraining run wrote")
+        return usage_error(
+            f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
+        )
     target = config["architecture"]
     print(
-        f"exported {config['spatial_dims']}-D encoder ({config['depth']} blocks, "
+        f"exported the {config['spatial_dims']}-D encoder of a {config['checkpoint_kind']} "
+        f"checkpoint ({config['depth']} blocks, "
         f"dim {config['embed_dim']}, {config['in_chans']} bands) → {args.output}\n"
         f"  loads into: {target} {config.get('timm_kwargs') or ''}"
     )

@@ -108,27 +108,75 @@ def from_monai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 # -- reading checkpoints and exports --------------------------------------------------------------
 class NotAPretrainingCheckpointError(ValueError):
-    """The file is not a checkpoint the pretraining task wrote."""
+    """The file is not a checkpoint the pretraining (or fine-tuning) task wrote."""
 
 
-def load_pretrained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The MIM model and its metadata from a Lightning checkpoint (loaded with weights_only)."""
+FINETUNING_KIND = "segmentation"  # ``kind`` in the metadata of a fine-tuning checkpoint
+FINETUNED_ENCODER_PREFIX = "net.encoder."  # the encoder's keys in a fine-tuning state_dict
+
+
+def read_checkpoint_entries(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(checkpoint, its ``geomed_mim`` metadata) of a file one of our tasks wrote, loaded with
+    ``weights_only=True`` (memory-mapped); :class:`NotAPretrainingCheckpointError` otherwise."""
+    if not Path(checkpoint).is_file():
+        raise NotAPretrainingCheckpointError(f"{checkpoint} is not a file")
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as e:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise NotAPretrainingCheckpointError(
             f"{checkpoint} is not a torch checkpoint that loads with weights_only=True"
         ) from e
     meta = ckpt.get(CHECKPOINT_METADATA_KEY) if isinstance(ckpt, dict) else None
     if not meta:
+        hparams = ckpt.get("hyper_parameters") or {} if isinstance(ckpt, dict) else {}
+        what = hparams.get("_class_path", "").rsplit(".", 1)[-1]
         raise NotAPretrainingCheckpointError(
-            f"{checkpoint} has no '{CHECKPOINT_METADATA_KEY}' entry: not written by the "
-            "pretraining task"
+            f"{checkpoint} has no '{CHECKPOINT_METADATA_KEY}' entry"
+            + (f" (a {what} checkpoint of an earlier version)" if what else "")
+            + ": not written by the pretraining or fine-tuning task"
+        )
+    return ckpt, meta
+
+
+def is_finetuning_metadata(meta: dict[str, Any]) -> bool:
+    return meta.get("kind") == FINETUNING_KIND
+
+
+def load_pretrained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The MIM model and its metadata from a pretraining checkpoint (loaded with weights_only)."""
+    ckpt, meta = read_checkpoint_entries(checkpoint)
+    if is_finetuning_metadata(meta):
+        raise NotAPretrainingCheckpointError(
+            f"{checkpoint} is a fine-tuning checkpoint: it holds an encoder and a segmentation "
+            "head, no MIM model"
         )
     model = create_model(meta["model_name"], **meta["model_kwargs"])
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def load_checkpoint_encoder(
+    checkpoint: str | Path,
+) -> tuple[VisionTransformerEncoder, dict[str, Any]]:
+    """(encoder, metadata) of a pretraining checkpoint or of a fine-tuning one (its fine-tuned
+    encoder, rebuilt from the architecture the checkpoint records)."""
+    ckpt, meta = read_checkpoint_entries(checkpoint)
+    if not is_finetuning_metadata(meta):
+        model, meta = load_pretrained_model(checkpoint)
+        return model.encoder, meta
+    n = len(FINETUNED_ENCODER_PREFIX)
+    state = {
+        k[n:]: v for k, v in ckpt["state_dict"].items() if k.startswith(FINETUNED_ENCODER_PREFIX)
+    }
+    encoder = VisionTransformerEncoder(
+        img_size=meta["img_size"],
+        in_chans=int(meta["in_chans"]),
+        spatial_dims=int(meta["spatial_dims"]),
+        **meta["encoder"],
+    )
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval(), meta
 
 
 def read_export(export_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -161,7 +209,8 @@ class EncoderSource:
 
 
 def read_encoder_source(path: str | Path) -> EncoderSource:
-    """Encoder weights from an export folder or a pretraining checkpoint (``.ckpt``)."""
+    """Encoder weights from an export folder, a pretraining checkpoint or a fine-tuning one
+    (``.ckpt``)."""
     if Path(path).is_dir():
         state, config = read_export(path)
         if config.get("weights_keys") == "monai":
@@ -171,8 +220,7 @@ def read_encoder_source(path: str | Path) -> EncoderSource:
             config[k] for k in ("spatial_dims", "img_size", "in_chans")
         )
     else:
-        model, config = load_pretrained_model(path)
-        encoder = model.encoder
+        encoder, config = load_checkpoint_encoder(path)
         state = encoder.state_dict()
         arch = {k: getattr(encoder, k) for k in ARCH_KEYS}
         spatial_dims, img_size, in_chans = encoder.spatial_dims, encoder.img_size, encoder.in_chans

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from geomed_mim.models import create_model
+from geomed_mim.models.base import normalized_patch_targets
+from geomed_mim.models.patches import patchify
 from geomed_mim.models.weights import CHECKPOINT_METADATA_KEY
 from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 from geomed_mim.tasks.preview import render_preview, save_png
@@ -34,6 +38,26 @@ def default_intermediate_blocks(depth: int) -> list[int]:
     """1-indexed blocks a UNETR-style decoder reads: 4, 7, 10 of 12 (hidden_states_out[3, 6, 9])."""
     step = max(depth // 4, 1)
     return [min(1 + k * step, depth) for k in (1, 2, 3)]
+
+
+def predict_zeros_loss(
+    images: torch.Tensor, out: Any, patch_size: Sequence[int], norm_pix_loss: bool
+) -> torch.Tensor:
+    """The masked loss of predicting zeros for the same loss patches: the baseline a model must
+    beat to have learned anything (about 1.0 for per-patch normalized targets).
+
+    The loss patches are the output's ``target_mask`` (SelectiveMAE) or ``mask`` (MAE,
+    Hi-End-MAE); every one counts equally, as in the model's loss."""
+    target = patchify(images.float(), patch_size)  # [B, L, P]
+    if norm_pix_loss:
+        target = normalized_patch_targets(target)
+    loss_mask = getattr(out, "target_mask", None)
+    loss_mask = (out.mask if loss_mask is None else loss_mask).float()  # [B, L]
+    per_patch = (target**2).mean(dim=-1)  # [B, L]
+    return (per_patch * loss_mask).sum() / loss_mask.sum().clamp_min(1)
+
+
+BAND_SHIFT_SALT = 0x5EED_BA4D  # band shifts: a stream of their own, not the masks' noise
 
 
 def mask_seeds_for(indices: torch.Tensor, base_seed: int, epoch: int) -> torch.Tensor:
@@ -62,8 +86,14 @@ class MIMPretrainTask(LightningModule):
             index); None uses the global RNG (as the MAE reference).
         intermediate_blocks: 1-indexed encoder blocks recorded in exports for downstream decoders
             (default: the model's ``encoder_levels`` when it has them, else 4, 7, 10 of 12).
-        preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps
-            (0 = never).
+        band_shift_std: augmentation: each training sample gets one random offset per band
+            (normal, this std, in the standardized units the loader delivers), the same for all
+            its pixels, as a change of illumination or atmosphere would shift it; the targets
+            come from the shifted image. The model then has to read a scene's band levels from
+            its visible patches instead of recalling the training scenes' (0 = off). Drawn from
+            per-sample seeds like the masks.
+        preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps,
+            and one of the first validation batch at every validation (0 = never).
     """
 
     def __init__(
@@ -84,6 +114,7 @@ class MIMPretrainTask(LightningModule):
         intermediate_blocks: list[int] | None = None,
         preview_every_n_steps: int = 500,
         preview_samples: int = 4,
+        band_shift_std: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -113,6 +144,8 @@ class MIMPretrainTask(LightningModule):
         self._preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last_preview_step = -1
         self._total_steps: int | None = None
+        self._preview_dir: Path | None = None
+        self._val_preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- metadata ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -125,7 +158,9 @@ class MIMPretrainTask(LightningModule):
                     f"the data has {len(bands)} bands {bands} but the model takes "
                     f"in_chans={self.model.encoder.in_chans}"
                 )
-            log.info("training on bands %s (%s)", bands, self.data_metadata.get("stats_source"))
+            if rank_zero_only.rank == 0:  # a log line, once per run rather than per rank
+                stats = self.data_metadata.get("stats_source")
+                log.info("training on bands %s (%s)", bands, stats)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """Plain-data description of the model and its inputs (stored in every checkpoint)."""
@@ -166,17 +201,39 @@ class MIMPretrainTask(LightningModule):
             self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         return min(self.global_step / self._total_steps, 1.0)
 
+    def training_images(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's images with the training augmentation the task owns (``band_shift_std``)."""
+        images = batch["image"]
+        std = self.hparams.band_shift_std
+        if not std:
+            return images
+        shape = (images.shape[0], images.shape[1], *([1] * (images.dim() - 2)))  # [B, C, 1, ..]
+        seeds = self._seeds(batch, self.current_epoch)
+        if seeds is None:
+            shift = torch.randn(shape, device=images.device)
+        else:  # one generator per sample: the same shift whatever batch or rank it lands in
+            gens = [torch.Generator().manual_seed(int(s) ^ BAND_SHIFT_SALT) for s in seeds]
+            shift = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
+        return images + std * shift.to(images.device, images.dtype)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.model.masking.set_progress(self.training_progress())
-        out = self.model(batch["image"], sample_seeds=self._seeds(batch, self.current_epoch))
-        return self.record_training_step(batch["image"], out, out.loss)
+        images = self.training_images(batch)
+        out = self.model(images, sample_seeds=self._seeds(batch, self.current_epoch))
+        return self.record_training_step(images, out, out.loss)
 
     def record_training_step(
         self, images: torch.Tensor, out: Any, loss: torch.Tensor
     ) -> torch.Tensor:
         """Log the step's loss and keep a few samples for the next preview; returns ``loss``."""
         self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,  # the mean over ranks (one scalar all-reduce per step)
+            batch_size=len(images),
         )
         if self._preview_due():
             k = self.hparams.preview_samples
@@ -185,14 +242,17 @@ class MIMPretrainTask(LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
-        out = self.model(batch["image"], sample_seeds=self._seeds(batch, 0))
-        self.log(
-            "val/loss",
-            out.loss,
-            prog_bar=True,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=batch["image"].shape[0],
+        images = batch["image"]
+        out = self.model(images, sample_seeds=self._seeds(batch, 0))
+        baseline = predict_zeros_loss(
+            images, out, self.model.encoder.patch_size, self.model.norm_pix_loss
+        )
+        logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
+        if batch_idx == 0 and self.hparams.preview_every_n_steps:
+            k = self.hparams.preview_samples
+            self._val_preview = (images[:k], out.pred[:k], out.mask[:k])
+        self.log_dict(
+            logged, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=images.shape[0]
         )
         return out.loss
 
@@ -231,6 +291,18 @@ class MIMPretrainTask(LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_batch_end = None  # do not count the epoch boundary as loader time
 
+    def on_fit_start(self) -> None:
+        # on every rank, before any rank-0-only branch: trainer.log_dir is a collective (a
+        # broadcast from rank 0), so reading it on rank 0 alone would desynchronize the ranks
+        self._preview_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "previews"
+
+    @property
+    def preview_dir(self) -> Path:
+        """Where previews go: the logger's version folder (set on every rank at fit start)."""
+        if self._preview_dir is None:
+            raise RuntimeError("previews are written during fit only")
+        return self._preview_dir
+
     def _preview_due(self) -> bool:
         n = self.hparams.preview_every_n_steps
         return bool(n) and self.global_step % n == 0 and self.global_step != self._last_preview_step
@@ -239,6 +311,12 @@ class MIMPretrainTask(LightningModule):
         images, pred, mask = self._preview
         self._preview = None
         self._last_preview_step = self.global_step
+        self.save_preview(images, pred, mask, f"step_{self.global_step:07d}", "preview")
+
+    def save_preview(
+        self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, name: str, tag: str
+    ) -> None:
+        """``<log dir>/previews/<name>.png`` (and TensorBoard image ``tag``), on rank 0."""
         if not self.trainer.is_global_zero:
             return
         enc = self.model.encoder
@@ -251,11 +329,17 @@ class MIMPretrainTask(LightningModule):
             self.model.norm_pix_loss,
             self.data_metadata.get("preview_bands") or [],
         )
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        save_png(grid, root / "previews" / f"step_{self.global_step:07d}.png")
+        save_png(grid, self.preview_dir / f"{name}.png")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("preview", grid, self.global_step, dataformats="HWC")
+                logger.experiment.add_image(tag, grid, self.global_step, dataformats="HWC")
+
+    def on_validation_epoch_end(self) -> None:
+        # the first validation batch, reconstructed: what the model makes of unseen tiles
+        if self._val_preview is not None and self._preview_dir is not None:
+            images, pred, mask = self._val_preview
+            self.save_preview(images, pred, mask, f"val_step_{self.global_step:07d}", "val_preview")
+        self._val_preview = None
 
     # -- optimization --------------------------------------------------------------------------
     def effective_batch_size(self) -> int:
@@ -286,14 +370,15 @@ class MIMPretrainTask(LightningModule):
         if warmup is None:
             warmup = round(self.hparams.warmup_fraction * total)
         warmup = max(int(warmup), 1)
-        log.info(
-            "effective batch %d, model lr scale %.3g → lr %.3g; %d steps, %d warmup",
-            eff_batch,
-            lr_scale,
-            lr,
-            total,
-            warmup,
-        )
+        if rank_zero_only.rank == 0:
+            log.info(
+                "effective batch %d, model lr scale %.3g → lr %.3g; %d steps, %d warmup",
+                eff_batch,
+                lr_scale,
+                lr,
+                total,
+                warmup,
+            )
         return adamw_warmup_cosine(
             self.parameter_groups(lr),
             lr,

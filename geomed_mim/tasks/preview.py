@@ -1,4 +1,5 @@
-"""PNG previews of MIM training: input, masked input, reconstruction, reconstruction + visible."""
+"""PNG previews of MIM training: input, masked input, reconstruction, reconstruction + visible,
+one row per sample, each column titled."""
 
 from __future__ import annotations
 
@@ -9,9 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from geomed_mim.models.patches import patchify, unpatchify
+
+PANEL_TITLES = ("input", "masked", "reconstruction", "recon. + visible")
+TITLE_HEIGHT = 20
+
+
+def title_strip(width: int, titles: Sequence[tuple[int, int, str]]) -> np.ndarray:
+    """A white [TITLE_HEIGHT, width, 3] strip with each title centred on its (x0, x1) span."""
+    strip = Image.new("RGB", (width, TITLE_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=13)
+    for x0, x1, text in titles:
+        x = x0 + max((x1 - x0 - draw.textlength(text, font=font)) / 2, 0)
+        draw.text((x, 3), text, fill="black", font=font)
+    return np.asarray(strip)
 
 
 def display_channels(image: torch.Tensor, preview_bands: Sequence[int]) -> torch.Tensor:
@@ -49,7 +64,8 @@ def render_preview(
     preview_bands: Sequence[int] = (),
     scale: int = 4,
 ) -> np.ndarray:
-    """A grid, one row per sample: input | masked | reconstruction | reconstruction + visible."""
+    """A grid, one row per sample: input | masked | reconstruction | reconstruction + visible,
+    under a strip of column titles (:data:`PANEL_TITLES`)."""
     images = images.detach().float().cpu()
     pred = pred.detach().float().cpu()  # [B, L, P]
     mask = mask.detach().float().cpu()  # [B, L]
@@ -79,7 +95,11 @@ def render_preview(
     grid = np.concatenate(
         functools.reduce(operator.iadd, ([r, hgap] for r in rows), [])[:-1], axis=0
     )
-    return np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
+    grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
+    panel = pix[0].shape[1] * scale
+    step = panel + 2 * scale  # a panel and the gap after it
+    spans = [(k * step, k * step + panel, t) for k, t in enumerate(PANEL_TITLES)]
+    return np.concatenate([title_strip(grid.shape[1], spans), grid], axis=0)
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

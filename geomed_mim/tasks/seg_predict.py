@@ -27,16 +27,32 @@ import numpy as np
 import rasterio
 import torch
 from monai.inferers import sliding_window_inference
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from rasterio.windows import Window
 
 from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
+from data_pipelines.errors import InputError
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.profiles import load_profile
-from data_pipelines.rs.reader import SceneReader
+from data_pipelines.rs.reader import SceneError, SceneReader
 from data_pipelines.rs.toa import make_calibrator
+from geomed_mim.tasks.preview import title_strip
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
+
+
+class PredictInputError(ValueError):
+    """An input file that cannot be predicted (missing, not one scene, wrong band count)."""
+
+
+# what an input file (not the code) can make fail: ``predict`` reports the file, goes on
+INPUT_ERRORS = (
+    PredictInputError,
+    SceneError,
+    InputError,
+    OSError,  # missing or unreadable file (rasterio's RasterioIOError is one)
+    nib.filebasedimages.ImageFileError,
+)
 
 
 def class_logits(logits: torch.Tensor, class_ids: Sequence[int], dim: int = 1) -> torch.Tensor:
@@ -83,18 +99,55 @@ def class_colors(classes: dict[str, Any], num_classes: int) -> np.ndarray:
     return palette
 
 
+OVERLAY_MIN_SIZE = 512  # overlays are enlarged (nearest neighbour) to at least this many px
+
+
 def save_overlay(
     rgb: np.ndarray, class_map: np.ndarray, classes: dict[str, Any], num_classes: int, path: Path
 ) -> None:
     """rgb float [H, W, 3] in [0, 1], class ids [H, W] → side by side: image | overlay in the
-    class table's colours (its ignore index left clear)."""
+    class table's colours (its ignore index left clear), enlarged to at least
+    :data:`OVERLAY_MIN_SIZE` px, titled, with a legend of the class colours below."""
     palette = class_colors(classes, num_classes)
     ignore = int(classes.get("ignore_index", 255))
     color = palette[np.clip(class_map, 0, len(palette) - 1)].astype(np.float32) / 255
     alpha = np.where(class_map == ignore, 0.0, 0.5)[..., None]
     over = rgb * (1 - alpha) + color * alpha
-    both = np.concatenate([rgb, over], axis=1)
-    Image.fromarray((np.clip(both, 0, 1) * 255).astype(np.uint8)).save(path)
+    k = max(1, -(-OVERLAY_MIN_SIZE // max(class_map.shape)))  # ceil: integer enlargement
+    panels = [np.kron(np.clip(x, 0, 1), np.ones((k, k, 1))) for x in (rgb, over)]
+    gap = np.ones((panels[0].shape[0], 8, 3))
+    both = (np.concatenate([panels[0], gap, panels[1]], axis=1) * 255).astype(np.uint8)
+    width, panel = both.shape[1], panels[0].shape[1]
+    titles = title_strip(width, [(0, panel, "image"), (panel + 8, width, "predicted classes")])
+    legend = class_legend(width, classes, palette, class_map)
+    Image.fromarray(np.concatenate([titles, both, legend], axis=0)).save(path)
+
+
+def class_legend(
+    width: int, classes: dict[str, Any], palette: np.ndarray, class_map: np.ndarray
+) -> np.ndarray:
+    """[h, width, 3] white strip: a colour swatch, the id, the name and the share of predicted
+    pixels for each class of the table, in rows that fit ``width``."""
+    ids = [int(i) for i in classes.get("ids", range(len(palette)))]
+    names = list(classes.get("names") or [str(i) for i in ids])
+    counts = np.bincount(class_map.ravel().astype(np.int64), minlength=len(palette))
+    total = max(int(class_map.size), 1)
+    entries = [
+        (palette[i], f"{i} {name} {100 * counts[i] / total:.0f}%")
+        for i, name in zip(ids, names, strict=False)
+        if i < len(palette)
+    ]
+    font = ImageFont.load_default(size=13)
+    cell = max(int(font.getlength(text)) for _, text in entries) + 30 if entries else 1
+    per_row = max(1, width // cell)
+    rows = -(-len(entries) // per_row)
+    strip = Image.new("RGB", (width, 6 + 20 * rows), "white")
+    draw = ImageDraw.Draw(strip)
+    for n, (rgb, text) in enumerate(entries):
+        x, y = 4 + (n % per_row) * cell, 4 + (n // per_row) * 20
+        draw.rectangle([x, y + 1, x + 14, y + 15], fill=tuple(int(v) for v in rgb), outline="black")
+        draw.text((x + 20, y + 1), text, fill="black", font=font)
+    return np.asarray(strip)
 
 
 def stretch(img: np.ndarray) -> np.ndarray:
@@ -126,9 +179,11 @@ def predict_rs_scene(
     """
     profile = load_profile((store_attrs.get("profile") or {})["name"])
     mode = (store_attrs.get("calibration") or {}).get("mode", "none")
+    if not Path(scene_path).exists():
+        raise PredictInputError("no such file")
     scenes = discover_scenes(scene_path, profile).scenes
     if len(scenes) != 1:
-        raise ValueError(f"{scene_path}: expected one scene, found {len(scenes)}")
+        raise PredictInputError(f"expected one {profile.name} scene, found {len(scenes)}")
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(scene_path).name.split(".")[0]

@@ -11,6 +11,7 @@ Metrics come from one torchmetrics confusion matrix (ignore_index dropped): per-
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -21,7 +22,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
-from geomed_mim.models.weights import load_encoder, recorded_block_numbers
+from geomed_mim.models.weights import (
+    ARCH_KEYS,
+    CHECKPOINT_METADATA_KEY,
+    FINETUNING_KIND,
+    load_encoder,
+    recorded_block_numbers,
+)
 from geomed_mim.tasks import seg_predict
 from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 
@@ -127,6 +134,7 @@ class SegmentationTask(LightningModule):
         self.ignore_index = int(classes.get("ignore_index", 255))
         self.num_classes = max(self.class_ids) + 1
         self.bands = list(bands or [f"band{i}" for i in range(in_chans)])
+        self.source_metadata: dict[str, Any] = {}  # the init_from checkpoint's or export's
         enc, recorded = self._build_encoder(init_from, encoder, in_chans, img_size, spatial_dims)
         blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
         self.net = ViTUNETR(enc, self.num_classes, blocks, feature_size=feature_size)
@@ -164,7 +172,41 @@ class SegmentationTask(LightningModule):
             return enc, []
         enc, report, source = load_encoder(init_from, self.bands, img_size, spatial_dims)
         log.info("encoder initialized from %s; %s", init_from, report)
+        self.source_metadata = dict(source)
         return enc, recorded_block_numbers(source)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """Plain-data description stored in every checkpoint: the encoder's architecture (so
+        ``predict`` and ``export`` rebuild it without the ``init_from`` file), the decoder's
+        blocks, the bands and their statistics, the class table."""
+        enc = self.net.encoder
+        source = self.source_metadata
+        hp = self.hparams
+        return {
+            "format": 1,
+            "kind": FINETUNING_KIND,
+            "encoder": {**{k: getattr(enc, k) for k in ARCH_KEYS}, "patch_size": enc.patch_size[0]},
+            "encoder_arch": dict(source.get("encoder_arch") or {}),
+            "model_name": source.get("model_name") or source.get("pretraining_model"),
+            "init_from": hp.init_from,
+            "spatial_dims": enc.spatial_dims,
+            "in_chans": enc.in_chans,
+            "img_size": list(enc.img_size),
+            "patch_size": list(enc.patch_size),
+            "skip_blocks": list(self.net.skip_blocks),
+            "intermediate_blocks": list(self.net.skip_blocks),
+            "feature_size": hp.feature_size,
+            "bands": list(self.bands),
+            "mean": list(hp.mean or []),
+            "std": list(hp.std or []),
+            "classes": dict(hp.classes),
+            "modality": "ct" if enc.spatial_dims == 3 else "rs",
+            "profile": source.get("profile"),
+            "window_hu": source.get("window_hu"),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_METADATA_KEY] = self.checkpoint_metadata()
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with layer-wise lr decay on the encoder; no weight decay on norms/biases/tokens."""
@@ -251,23 +293,43 @@ class SegmentationTask(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_confmat, "test")
 
+    def on_predict_start(self) -> None:
+        self.predict_written: list[dict[str, Any]] = []
+        self.predict_failed: list[tuple[str, str]] = []
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """One input file → written class map + overlay (:mod:`geomed_mim.tasks.seg_predict`)."""
+        """One input file → written class map + overlay (:mod:`geomed_mim.tasks.seg_predict`),
+        each file printed; an input that cannot be predicted (wrong band count, unreadable) is
+        reported with its name and the others go on."""
+        path = batch["path"]
+        try:
+            written = self._predict_file(path)
+        except seg_predict.INPUT_ERRORS as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
+            self.predict_failed.append((path, reason))
+            return {"path": path, "error": reason}
+        files = [written[k] for k in ("classes", "probabilities", "overlay") if written.get(k)]
+        print(f"{path} → {', '.join(files)}", flush=True)
+        self.predict_written.append(written)
+        return written
+
+    def _predict_file(self, path: str) -> dict[str, Any]:
         dm = self.trainer.datamodule
-        classes = dict(self.hparams.classes)
+        hp = self.hparams
+        classes = dict(hp.classes)
 
         def predict_fn(x: torch.Tensor) -> torch.Tensor:
             return self(x.to(self.device))
 
-        hp = self.hparams
         common = {"num_classes": self.num_classes, "output_dir": dm.predict_output,
                   "overlap": hp.sw_overlap, "classes": classes}  # fmt: skip
         if hp.spatial_dims == 2:
             return seg_predict.predict_rs_scene(
-                predict_fn, batch["path"], dm.attrs, hp.mean or dm.mean, hp.std or dm.std,
+                predict_fn, path, dm.attrs, hp.mean or dm.mean, hp.std or dm.std,
                 tile=hp.img_size, write_probabilities=hp.write_probabilities, **common,
             )  # fmt: skip
         return seg_predict.predict_ct_volume(
-            predict_fn, batch["path"], spacing=dm.spacing, window=dm.window, roi=hp.img_size,
+            predict_fn, path, spacing=dm.spacing, window=dm.window, roi=hp.img_size,
             sw_batch_size=hp.sw_batch_size, **common,
         )  # fmt: skip

@@ -52,6 +52,7 @@ class SelectivePretrainTask(MIMPretrainTask):
         keep, weights = self.pruner.keep(batch["index"], progress)
         keep = keep.to(batch["image"].device)
         batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch["image"] = self.training_images(batch)
         self.model.masking.set_progress(progress)
         out = self.model(batch["image"], sample_seeds=self._seeds(batch, self.current_epoch))
         if out.per_sample_loss is None:

@@ -25,3 +25,11 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo_store") / "store"
     build_store("--output", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The labeled Sentinel-2 demo store (5 scenes, 80 tiles, land-cover mask)."""
+    out = tmp_path_factory.mktemp("finetune_lulc") / "store"
+    build_store("--config", str(REPO_ROOT / "configs/data/demo_lulc.yaml"), "--output", str(out))
+    return out

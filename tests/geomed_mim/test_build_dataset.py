@@ -22,7 +22,13 @@ from rasterio.windows import Window
 
 from data_pipelines.build import PAUSE_AFTER_PARTS_ENV
 from data_pipelines.store.read import read_calibrated
-from geomed_mim.build_dataset import INTERRUPTED, display_path, main, parse_config
+from geomed_mim.build_dataset import (
+    INTERRUPTED,
+    display_path,
+    kebab_negations,
+    main,
+    parse_config,
+)
 from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -333,8 +339,20 @@ def test_help_explains_every_flag() -> None:
         "--stride",
         "--workers",
         "--strict",
+        "--no-dedup",  # kebab-case negations, like every other flag
+        "--no-cover-edges",
     ):
         assert flag in proc.stdout
+    assert "build_dataset stats --output OUT" in proc.stdout  # the subcommand is listed
+
+
+@pytest.mark.parametrize("spelling", ["--no-dedup", "--no_dedup"])
+def test_negations_take_the_kebab_case_and_the_older_spelling(spelling: str) -> None:
+    cfg, _ = parse_config(kebab_negations(["--output", "x", spelling, "--no-cover-edges"]))
+    assert cfg.dedup is False
+    assert cfg.cover_edges is False
+    default, _ = parse_config(["--output", "x"])
+    assert default.dedup is True
 
 
 @pytest.mark.slow

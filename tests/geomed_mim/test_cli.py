@@ -6,10 +6,15 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
+import torch
 import yaml
 from lightning.pytorch import LightningDataModule
+from rasterio.transform import from_origin
 
 from geomed_mim import cli, finetune_seg, pretrain
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
@@ -46,6 +51,20 @@ def test_shipped_finetune_configs_parse(config, capsys):
     printed = printed_config(finetune_seg.main, config, capsys)
     assert task_class(printed) is SegmentationTask
     assert "class_path: geomed_mim.data.segmentation." in printed
+
+
+@pytest.mark.parametrize("config", PRETRAIN_CONFIGS + FINETUNE_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_leave_every_output_folder_to_the_run_root(config):
+    """No checkpoint, log or prediction folder of their own: all of a run goes under
+    default_root_dir, so a new root is a new run; no config turns the progress display off."""
+    cfg = yaml.safe_load(config.read_text())
+    trainer = cfg["trainer"]
+    assert str(trainer["default_root_dir"]).startswith("runs/")
+    assert "logger" not in trainer
+    assert "enable_progress_bar" not in trainer
+    for callback in trainer.get("callbacks") or []:
+        assert "dirpath" not in (callback.get("init_args") or {}), callback
+    assert "predict_output" not in cfg["data"]["init_args"]
 
 
 def test_entry_modules_run_the_one_cli():
@@ -96,3 +115,200 @@ def test_python_m_entry_points(module, child_env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--config" in proc.stdout
     assert "--ckpt_path" in proc.stdout
+
+
+# -- user mistakes: one line, exit 2 ---------------------------------------------------------------
+def empty_store(tmp_path: Path) -> Path:
+    """A store build_dataset wrote from a flat raster: every tile excluded, nothing usable."""
+    from geomed_mim.build_dataset import main as build_dataset
+
+    flat = tmp_path / "flat.tif"
+    with rasterio.open(
+        flat, "w", driver="GTiff", height=64, width=64, count=13, dtype="uint16",
+        crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10),
+    ) as dst:  # fmt: skip
+        dst.write(np.full((13, 64, 64), 1000, np.uint16))
+    out = tmp_path / "empty_store"
+    args = ["--input", str(flat), "--output", str(out), "--profile", "sentinel2_l1c",
+            "--tile-size", "32", "--workers", "1", "--scheduler", "synchronous"]  # fmt: skip
+    assert build_dataset(args) == 1  # "nothing was written", but the folder is there
+    assert (out / "manifest.parquet").is_file()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["missing", "empty"])
+def test_pretraining_on_a_missing_or_empty_store_is_at_most_three_lines(store, tmp_path, child_env):
+    path = tmp_path / "no_store" if store == "missing" else empty_store(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.pretrain", "fit", "--config",
+         str(REPO_ROOT / "configs/pretrain/demo_cpu.yaml"), "--data.init_args.store", str(path)],
+        cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2, lines
+    assert len(lines) <= 3, lines
+    (error,) = [line for line in lines if line.startswith("error:")]
+    assert f"--data.init_args.store {path}" in error
+    assert ("no such folder" if store == "missing" else "no usable train sample") in error
+    assert "build_dataset" in error or "rebuild" in error  # the fix
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def cli_error(main, args: list[str], capsys) -> str:
+    """The one error line a CLI call prints before exiting 2 (no traceback)."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    return line
+
+
+LULC = str(REPO_ROOT / "configs/finetune/lulc_demo_cpu.yaml")
+
+
+@pytest.mark.slow
+def test_fine_tuning_mistakes_are_one_line_naming_the_flag(
+    demo_store, lulc_store, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    store = ["--data.init_args.store", str(lulc_store)]
+    unlabeled = cli_error(
+        finetune_seg.main, ["fit", "--config", LULC, "--data.init_args.store", str(demo_store)],
+        capsys,
+    )  # fmt: skip
+    assert "--data.init_args.store" in unlabeled
+    assert "--labels and --classes" in unlabeled
+    missing_init = cli_error(
+        finetune_seg.main,
+        ["fit", "--config", LULC, *store, "--model.init_args.init_from", "runs/x/last.ckpt"],
+        capsys,
+    )
+    assert "--model.init_args.init_from runs/x/last.ckpt: no such file" in missing_init
+    for subcommand in ("predict", "validate", "test"):
+        untrained = cli_error(finetune_seg.main, [subcommand, "--config", LULC, *store], capsys)
+        assert f"{subcommand} needs a trained model: pass --ckpt_path" in untrained
+    gone = cli_error(
+        finetune_seg.main,
+        ["predict", "--config", LULC, *store, "--ckpt_path", "runs/gone/last.ckpt"],
+        capsys,
+    )
+    assert "--ckpt_path runs/gone/last.ckpt: no such file" in gone
+
+
+@pytest.mark.slow
+def test_a_pretraining_checkpoint_is_no_fine_tuning_checkpoint(lulc_store, tmp_path, capsys):
+    from tests.geomed_mim.training import task_checkpoint
+
+    ckpt, _ = task_checkpoint(tmp_path, model="mae_vit_tiny_patch16", in_chans=13, img_size=32,
+                              model_kwargs={"depth": 1, "patch_size": 4})  # fmt: skip
+    torch_ckpt = torch.load(ckpt, weights_only=True)
+    torch_ckpt["hyper_parameters"] = {"_class_path": "geomed_mim.tasks.pretraining.MIMPretrainTask"}
+    torch.save(torch_ckpt, ckpt)
+    line = cli_error(
+        finetune_seg.main,
+        ["predict", "--config", LULC, "--data.init_args.store", str(lulc_store),
+         "--ckpt_path", str(ckpt)],
+        capsys,
+    )  # fmt: skip
+    assert "a checkpoint of MIMPretrainTask, not of SegmentationTask" in line
+    assert "--model.init_args.init_from" in line  # where a pretraining checkpoint goes
+
+
+# -- runs: a new root is a new run, only the same run resumes -------------------------------------
+DEMO = str(REPO_ROOT / "configs/pretrain/demo_cpu.yaml")
+
+
+def fit_demo(store: Path, root: Path, capsys, *extra: str) -> str:
+    """One epoch of the shipped demo config into ``root``; returns what it printed."""
+    run = ["--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", *extra]
+    pretrain.main(["fit", "--config", DEMO, "--data.init_args.store", str(store), *run])
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_new_root_is_a_new_run_and_only_the_same_run_resumes(demo_store, tmp_path, capsys):
+    first, second = tmp_path / "runs" / "exp1", tmp_path / "runs" / "exp2"
+    out = fit_demo(demo_store, first, capsys)
+    assert "new run: checkpoints in" in out
+    ckpt = first / "checkpoints" / "last.ckpt"
+    written = ckpt.stat().st_mtime_ns
+    assert "done: 4 steps" in out
+    # the same command once more, one epoch further: resumes and says so
+    out = fit_demo(demo_store, first, capsys, "--trainer.max_epochs", "2")
+    assert f"resuming {ckpt}" in out
+    assert "done: 4 steps (resumed at step 4)" in out
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 8
+    assert sorted(p.name for p in (first / "logs").iterdir()) == ["version_0", "version_1"]
+    # another model in the same root: refused in one line, nothing touched
+    written = ckpt.stat().st_mtime_ns
+    line = cli_error(
+        pretrain.main,
+        ["fit", "--config", DEMO, "--data.init_args.store", str(demo_store),
+         "--trainer.default_root_dir", str(first), "--model.init_args.model_kwargs.depth", "2"],
+        capsys,
+    )  # fmt: skip
+    assert "holds the checkpoint of a different run" in line
+    assert "model_kwargs" in line
+    assert "--ckpt_path null" in line
+    assert "--trainer.default_root_dir" in line
+    assert ckpt.stat().st_mtime_ns == written
+    # a new root: a new run, the first one untouched
+    out = fit_demo(demo_store, second, capsys, "--model.init_args.model_kwargs.depth", "2")
+    assert "new run" in out
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in (second / "logs").iterdir()] == ["version_0"]
+    assert ckpt.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar_with_images_per_second(demo_store, tmp_path, child_env):
+    """Under a (pseudo) terminal: Lightning's bar with the loss and images/s, no epoch lines."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geomed_mim.pretrain", "fit", "--config", DEMO,
+         "--data.init_args.store", str(demo_store), "--trainer.max_epochs", "1"],
+        cwd=tmp_path, env=child_env, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    out = b"".join(chunks).decode(errors="replace").replace("\r", "\n")
+    assert "Epoch 0: 100%" in out
+    assert "images/s=" in out
+    assert "train/loss" in out
+    assert "\nepoch 1/1 " not in out  # the bar replaces the per-epoch lines
+    assert "done: 4 steps" in out
+
+
+def test_every_cli_has_a_console_script():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {
+        "geomed-build-dataset": "geomed_mim.build_dataset:main",
+        "geomed-pretrain": "geomed_mim.pretrain:main",
+        "geomed-finetune-seg": "geomed_mim.finetune_seg:main",
+        "geomed-export": "geomed_mim.export:main",
+    }
+    for target in scripts.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name))

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from geomed_mim.tasks.pretraining import MIMPretrainTask, mask_seeds_for
+from geomed_mim.models import create_model
+from geomed_mim.tasks.pretraining import MIMPretrainTask, mask_seeds_for, predict_zeros_loss
 from tests.geomed_mim.training import (
     TINY_DECODER,
-    epoch_losses,
     fit_on_ct_crops,
     read_metrics,
     run_module,
@@ -84,7 +85,8 @@ def test_demo_config_through_the_cli_writes_a_loadable_checkpoint(demo_store, tm
     assert not [p for p in ckpt_path.parent.iterdir() if p.suffix == ".tmp"]
     rows = read_metrics(run_dir)
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
-    assert max(lrs) == pytest.approx(1e-3 * (16 * 2) / 256)  # base_lr × effective batch / 256
+    base_lr = yaml.safe_load(DEMO_CONFIG.read_text())["model"]["init_args"]["base_lr"]
+    assert max(lrs) == pytest.approx(base_lr * (16 * 2) / 256)  # base_lr × effective batch / 256
     assert any(r.get("perf/images_per_s") for r in rows)
     assert any(r.get("perf/tokens_per_s") for r in rows)
     assert any(r.get("val/loss") for r in rows)
@@ -98,14 +100,79 @@ def test_demo_config_through_the_cli_writes_a_loadable_checkpoint(demo_store, tm
 
 
 @pytest.mark.slow
-def test_demo_loss_falls(demo_store, tmp_path, child_env):
-    run_dir = pretrain_demo(
-        demo_store, tmp_path, child_env,
-        "--trainer.max_epochs", "12", "--model.init_args.preview_every_n_steps", "0",
+def test_the_shipped_demo_learns_and_says_so(demo_store, tmp_path, child_env):
+    """The README's demo run as shipped, in a log (no terminal): one line per epoch with the
+    loss and the throughput, the validation loss beside its predict-zeros baseline, a summary;
+    the validation masked loss ends well below the baseline (the model learned something a
+    constant cannot do) and the last validation preview is written."""
+    shipped = yaml.safe_load(DEMO_CONFIG.read_text())
+    epochs = shipped["trainer"]["max_epochs"]
+    proc = run_module(
+        ["-m", "geomed_mim.pretrain", "fit", "--config", str(DEMO_CONFIG),
+         "--data.init_args.store", str(demo_store)],
+        tmp_path, child_env, timeout=600,
     )  # fmt: skip
-    losses = epoch_losses(run_dir)
-    assert len(losses) == 12
-    assert losses[-1] < 0.75 * losses[0], losses
+    run_dir = tmp_path / "runs" / "demo_cpu"
+    lines = proc.stdout.splitlines()
+    epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
+    assert len(epoch_lines) == epochs
+    assert all("train/loss" in ln and "images/s" in ln for ln in epoch_lines)
+    assert "(predict-zeros " in epoch_lines[-1]  # validated at the last epoch
+    rows = [r for r in read_metrics(run_dir) if r.get("val/loss")]
+    val, baseline = float(rows[-1]["val/loss"]), float(rows[-1]["val/baseline_loss"])
+    assert 0.9 < baseline < 1.01  # per-patch normalized targets: (P - 1) / P
+    assert val < 0.9 * baseline, (val, baseline)
+    summary = lines[lines.index(next(ln for ln in lines if ln.startswith("done: "))) :]
+    assert summary[0].startswith(f"done: {epochs * 4} steps")
+    assert any(f"val/loss {val:.3f}" in ln and "predict-zeros baseline" in ln for ln in summary)
+    assert any(
+        ln.strip().startswith("checkpoints: runs/demo_cpu/checkpoints (last.ckpt") for ln in summary
+    )
+    (log_dir,) = run_dir.glob("logs/version_*")
+    assert (log_dir / "previews" / f"val_step_{epochs * 4:07d}.png").is_file()  # the last one
+    assert list(log_dir.glob("previews/step_*.png"))
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+@pytest.mark.parametrize("name", ["mae_vit_tiny_patch16", "selective_mae_vit_tiny_patch16"])
+def test_baseline_is_the_models_own_loss_of_a_zero_prediction(name, norm_pix_loss):
+    """val/baseline_loss: the loss the model's own forward_loss gives a prediction of zeros on
+    the same loss patches (all masked ones for MAE, the reconstruction targets for SelectiveMAE)."""
+    torch.manual_seed(0)
+    model = create_model(
+        name, in_chans=5, img_size=16, patch_size=4, depth=1, norm_pix_loss=norm_pix_loss,
+        **TINY_DECODER,
+    )  # fmt: skip
+    images = torch.randn(3, 5, 16, 16) * 2 + 1
+    noise = torch.rand(3, model.encoder.num_patches)
+    with torch.no_grad():
+        out = model(images, noise=noise)
+        choice = model.choose_tokens(images, model.encoder.patch_embed(images), None, noise)
+        pred_shape = model.forward_decoder(model.forward_encoder(
+            model.encoder.patch_embed(images), choice), choice).shape  # fmt: skip
+        expected, _ = model.forward_loss(images, torch.zeros(pred_shape), choice)
+    got = predict_zeros_loss(images, out, model.encoder.patch_size, norm_pix_loss)
+    torch.testing.assert_close(got, expected)
+    if norm_pix_loss:  # per-patch standardized targets: (P - 1) / P with the unbiased variance
+        p = 4 * 4 * 5
+        assert float(got) == pytest.approx((p - 1) / p, rel=1e-4)
+
+
+def test_band_shift_is_one_offset_per_sample_and_band_whatever_the_batch():
+    task = MIMPretrainTask(
+        model="mae_vit_tiny_patch16", in_chans=4, img_size=8,
+        model_kwargs={"patch_size": 4, "depth": 1, **TINY_DECODER}, band_shift_std=0.5,
+    )  # fmt: skip
+    images = torch.zeros(3, 4, 8, 8)
+    whole = task.training_images({"image": images, "index": torch.tensor([7, 2, 5])})
+    alone = task.training_images({"image": images[:1], "index": torch.tensor([7])})
+    torch.testing.assert_close(whole[:1], alone)  # the sample's own seed, not its batch's
+    offsets = whole[:, :, 0, 0]  # [B, C]
+    assert torch.equal(whole, offsets[:, :, None, None].expand_as(whole))  # same for all pixels
+    assert len({tuple(o.tolist()) for o in offsets}) == 3  # each sample its own
+    assert 0.1 < float(offsets.std()) < 1.5
+    task.hparams.band_shift_std = 0.0
+    assert torch.equal(task.training_images({"image": images, "index": torch.arange(3)}), images)
 
 
 def test_ct_datamodule_trains_a_3d_mae(tmp_path, ct_demo_store):

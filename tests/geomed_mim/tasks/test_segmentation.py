@@ -16,6 +16,8 @@ import rasterio
 import torch
 import yaml
 import zarr
+from PIL import Image
+from safetensors.torch import load_file
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from data_pipelines.classes import ClassTable, load_class_table
@@ -30,14 +32,6 @@ from tests.geomed_mim.conftest import REPO_ROOT, build_store, subprocess_env
 from tests.geomed_mim.training import TINY_DECODER, model_checkpoint, read_metrics
 
 CONFIGS = REPO_ROOT / "configs"
-
-
-@pytest.fixture(scope="module")
-def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The labeled Sentinel-2 demo store (5 scenes, 80 tiles, land-cover mask)."""
-    out = tmp_path_factory.mktemp("finetune_lulc") / "store"
-    build_store("--config", str(CONFIGS / "data/demo_lulc.yaml"), "--output", str(out))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +221,7 @@ def test_ct_prediction_is_written_on_the_input_grid(demo_data, tmp_path):
 
 
 # -- the real CLI ----------------------------------------------------------------------------------
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, returncode: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "geomed_mim.finetune_seg", *args],
         cwd=cwd,
@@ -236,15 +230,25 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == returncode, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
+
+
+def three_band_scene(scene: Path, out: Path) -> Path:
+    """The scene with only its first three bands: a file the 13-band model cannot take."""
+    with rasterio.open(scene) as src:
+        profile = {**src.profile, "count": 3}
+        bands = src.read([1, 2, 3])
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(bands)
+    return out
 
 
 @pytest.mark.slow
 def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, tmp_path):
     cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
     common = ["--config", cfg, "--data.init_args.store", str(lulc_store)]
-    run_cli(
+    fit = run_cli(
         ["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
          "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
          "--trainer.log_every_n_steps", "1"],
@@ -256,15 +260,77 @@ def test_rs_demo_config_fit_and_predict_through_the_cli(lulc_store, demo_data, t
     metrics = (tmp_path / "runs/lulc_demo_cpu/logs/version_0/metrics.csv").read_text()
     assert "val/miou" in metrics
     assert "train/loss" in metrics
-    scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_0.tif"
-    run_cli(
+    (epoch_line,) = [ln for ln in fit.stdout.splitlines() if ln.startswith("epoch 1/1")]
+    assert "val/miou" in epoch_line  # fine-tuning's line shows its validation metrics
+    assert "checkpoints: runs/lulc_demo_cpu/checkpoints (last.ckpt)" in fit.stdout
+    scene = demo_data / "sentinel2_l1c/scenes/s2_l1c_reference_scene_2.tif"
+    wrong = three_band_scene(scene, tmp_path / "three_bands.tif")
+    inputs = [str(scene), str(wrong), str(tmp_path / "missing.tif")]
+    proc = run_cli(
         ["predict", *common, "--ckpt_path", str(ckpt),
-         "--data.init_args.predict_inputs", json.dumps([str(scene)])],
-        tmp_path,
+         "--data.init_args.predict_inputs", json.dumps(inputs)],
+        tmp_path, returncode=2,  # some inputs failed; the others were predicted
     )  # fmt: skip
-    out = tmp_path / "runs/lulc_demo_cpu/predictions/s2_l1c_reference_scene_0_classes.tif"
+    out = tmp_path / "runs/lulc_demo_cpu/predictions/s2_l1c_reference_scene_2_classes.tif"
+    overlay = out.with_name("s2_l1c_reference_scene_2_overlay.png")
     with rasterio.open(scene) as src, rasterio.open(out) as pred:
         assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
+    assert f"{scene} → runs/lulc_demo_cpu/predictions/{out.name}, " in proc.stdout
+    assert min(Image.open(overlay).size) >= 512
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [
+        f"error: {wrong}: has 3 band(s) but profile sentinel2_l1c expects 13 "
+        "(B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B10, B11, B12)",
+        f"error: {tmp_path / 'missing.tif'}: no such file",
+    ]
+    assert "predicted 1 of 3 inputs → runs/lulc_demo_cpu/predictions" in proc.stdout
+    # the fine-tuned encoder exports like a pretrained one
+    export = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.export", str(ckpt), "--output", "exported"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    config = json.loads((tmp_path / "exported/config.json").read_text())
+    assert config["checkpoint_kind"] == "segmentation"
+    assert config["bands"][:2] == ["B01", "B02"]
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    exported = load_file(tmp_path / "exported/model.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, state[f"net.encoder.{key}"], msg=key)
+
+
+@pytest.mark.slow
+def test_following_the_docs_fine_tuning_from_pretraining_after_a_scratch_run(lulc_store, tmp_path):
+    """README: fine-tune from scratch; docs/finetuning.md: then from the pretraining run. The
+    second, in the first one's folder, is another run: refused in one line (never a silent
+    restore of the finished scratch checkpoint); in its own folder, as the docs write it, it
+    trains."""
+    from tests.geomed_mim.training import task_checkpoint
+
+    pretrained, _ = task_checkpoint(
+        tmp_path, model="mae_vit_tiny_patch16", in_chans=13, img_size=32,
+        model_kwargs={"depth": 2, "patch_size": 4, **TINY_DECODER},
+        bands=read_store_attrs(lulc_store)["bands"],
+    )  # fmt: skip
+    cfg = str(CONFIGS / "finetune/lulc_demo_cpu.yaml")
+    small = ["--config", cfg, "--data.init_args.store", str(lulc_store),
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+             "--trainer.limit_val_batches", "1"]  # fmt: skip
+    run_cli(["fit", *small], tmp_path)
+    scratch = tmp_path / "runs/lulc_demo_cpu/checkpoints/last.ckpt"
+    written = scratch.stat().st_mtime_ns
+    init = ["--model.init_args.init_from", str(pretrained)]
+    refused = run_cli(["fit", *small, *init], tmp_path, returncode=2)
+    (line,) = refused.stderr.strip().splitlines()[-1:]
+    assert line.startswith(
+        "error: runs/lulc_demo_cpu/checkpoints holds the checkpoint of a different run"
+    )
+    assert "init_from: null → " in line
+    assert scratch.stat().st_mtime_ns == written
+    own = ["--trainer.default_root_dir", "runs/lulc_demo_cpu_pretrained"]
+    proc = run_cli(["fit", *small, *init, *own], tmp_path)
+    assert "new run: checkpoints in runs/lulc_demo_cpu_pretrained/checkpoints" in proc.stdout
+    assert (tmp_path / "runs/lulc_demo_cpu_pretrained/checkpoints/last.ckpt").is_file()
 
 
 @pytest.mark.slow
