@@ -33,7 +33,6 @@ from data_pipelines.rs.reader import SceneError, SceneReader
 
 STAC_PRODUCT = "stac_item"
 WAVELENGTH_TOLERANCE_NM = 30.0
-STAC_TYPES = ("Feature", "FeatureCollection", "Catalog", "Collection")
 _FIX = "give a STAC Item, ItemCollection, Catalog or Collection JSON (a path or URL)"
 
 
@@ -59,7 +58,7 @@ class StacFacts:
 
 def looks_like_stac(spec: str) -> bool:
     """Whether ``--input`` names a STAC document: any remote URL, or a local ``.json`` file
-    whose top level is a STAC object (a Landsat ``_MTL.json`` is not)."""
+    other than a Landsat ``_MTL.json`` (a JSON that is not STAC is then reported as such)."""
     if is_remote(spec):
         return True
     p = Path(spec)
@@ -69,7 +68,7 @@ def looks_like_stac(spec: str) -> bool:
         doc = json.loads(p.read_text())
     except (OSError, ValueError):
         return True  # reported as a broken STAC document by load_stac_items
-    return isinstance(doc, dict) and ("stac_version" in doc or doc.get("type") in STAC_TYPES)
+    return not (isinstance(doc, dict) and "LANDSAT_METADATA_FILE" in doc)
 
 
 def read_json(href: str) -> dict[str, Any]:
@@ -201,13 +200,15 @@ def _by_name(token: str, assets: list[tuple[str, Any]]) -> tuple[str, Any] | Non
 def _by_wavelength(wavelength_nm: float | None, assets: list[tuple[str, Any]]):
     if wavelength_nm is None:
         return None
-    best, best_gap = None, WAVELENGTH_TOLERANCE_NM
+    # strictly closer wins, so among equally close assets the preferred encoding (listed
+    # first) is kept
+    best, best_gap = None, WAVELENGTH_TOLERANCE_NM + 1e-9
     for key, asset in assets:
         for b in _eo_bands(asset):
             centre = b.get("center_wavelength")
             if b.get("common_name") and centre is not None:
                 gap = abs(float(centre) * 1000.0 - wavelength_nm)  # STAC: micrometres
-                if gap <= best_gap:
+                if gap < best_gap:
                     best, best_gap = (key, asset), gap
     return best
 
@@ -217,9 +218,19 @@ def match_assets(item: Any, profile: SensorProfile) -> tuple[dict[int, tuple[str
     assets = _single_band_assets(item)
     matched: dict[int, tuple[str, Any]] = {}
     for i, band in enumerate(profile.bands):
-        hit = _by_name(band.name, assets) or _by_wavelength(band.wavelength_nm, assets)
+        hit = _by_name(band.name, assets)
         if hit is not None:
             matched[i] = hit
+    # by wavelength only among assets no band claimed by name: a missing B8A must not be
+    # filled with the B08 asset 23 nm away
+    claimed = {key for key, _ in matched.values()}
+    free = [(k, a) for k, a in assets if k not in claimed]
+    for i, band in enumerate(profile.bands):
+        if i not in matched:
+            hit = _by_wavelength(band.wavelength_nm, free)
+            if hit is not None:
+                matched[i] = hit
+                free = [(k, a) for k, a in free if k != hit[0]]
     missing = [b.name for i, b in enumerate(profile.bands) if i not in matched]
     return matched, missing
 
@@ -290,8 +301,11 @@ def discover_stac(href: str, profile: SensorProfile) -> Discovery:
     if not items:
         raise InputError(f"--input: {href} holds no STAC items; {_FIX} with items")
     scenes, best = [], 0
-    for item in items:
+    hrefs = [item.get_self_href() for item in items]
+    for item, item_href in zip(items, hrefs, strict=True):
         scene, n_matched = item_scene(item, profile)
+        if hrefs.count(item_href) > 1:  # items of one ItemCollection: name the item too
+            scene = replace(scene, origin=f"{item_href}#{item.id}")
         scenes.append(scene)
         best = max(best, n_matched)
     if best == 0:

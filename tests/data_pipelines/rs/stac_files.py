@@ -37,7 +37,7 @@ EARTH_SEARCH_KEYS = {
 
 
 def write_cog(src_or_array: Path | np.ndarray, dst: Path, **profile: Any) -> Path:
-    """A cloud-optimized GeoTIFF (GDAL's COG driver, 32 px internal tiles) of a file or array."""
+    """A cloud-optimized GeoTIFF (GDAL's COG driver, 128 px internal tiles) of a file or array."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(src_or_array, Path):
         with rasterio.open(src_or_array) as src:
@@ -47,7 +47,7 @@ def write_cog(src_or_array: Path | np.ndarray, dst: Path, **profile: Any) -> Pat
     out = {k: profile[k] for k in ("crs", "transform", "nodata") if profile.get(k) is not None}
     with rasterio.open(
         dst, "w", driver="COG", width=data.shape[-1], height=data.shape[-2], count=data.shape[0],
-        dtype=data.dtype, blocksize=32, compress="deflate", overview_resampling="nearest", **out,
+        dtype=data.dtype, blocksize=128, compress="deflate", overview_resampling="nearest", **out,
     ) as f:  # fmt: skip
         f.write(data)
     return dst
