@@ -58,6 +58,7 @@ class RangeServer(ThreadingHTTPServer):
         self.root = Path(root).resolve()
         self.bytes_sent: Counter[str] = Counter()  # url path -> body bytes
         self.requests: Counter[str] = Counter()  # url path -> requests (any status)
+        self.whole_file_answers: Counter[str] = Counter()  # url path -> 200 answers to a GET
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _RangeHandler)
@@ -75,11 +76,13 @@ class RangeServer(ThreadingHTTPServer):
         with self._lock:
             self.bytes_sent.clear()
             self.requests.clear()
+            self.whole_file_answers.clear()
 
-    def count(self, path: str, nbytes: int) -> None:
+    def count(self, path: str, nbytes: int, whole: bool = False) -> None:
         with self._lock:
             self.requests[path] += 1
             self.bytes_sent[path] += nbytes
+            self.whole_file_answers[path] += int(whole)
 
     def start(self) -> RangeServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -154,7 +157,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
             f.seek(start)
             data = f.read(length)
         self.wfile.write(data)
-        self.server.count(path, len(data))
+        self.server.count(path, len(data), whole=status == HTTPStatus.OK)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ offset, nodata), ``eo:cloud_cover`` and ``platform`` in the properties.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,16 +132,13 @@ def write_json(doc: dict[str, Any], path: Path) -> Path:
 
 
 def bigearthnet_cogs(shared: Path, dst: Path, n: int = 3) -> dict[str, dict[str, Path]]:
-    """The first ``n`` real BigEarthNet-S2 patches rewritten as COGs under ``dst`` (one folder
-    per patch, the original file names). Returns patch -> band -> path."""
+    """The band files of the first ``n`` real BigEarthNet-S2 patches rewritten as COGs into the
+    one folder ``dst`` (original names ``<patch>_<band>.tif``). Returns patch -> band -> path."""
     out = {}
     for patch in sorted((shared / "rs" / "bigearthnet_s2").iterdir())[:n]:
         bands = {}
         for f in sorted(patch.glob("*_B*.tif")):
             band = f.stem.rsplit("_", 1)[1]
-            bands[band] = write_cog(f, dst / patch.name / f.name)
+            bands[band] = write_cog(f, dst / f.name)
         out[patch.name] = bands
-    for meta in (shared / "rs" / "bigearthnet_s2").glob("*/*.json"):
-        if meta.parent.name in out:
-            shutil.copy(meta, dst / meta.parent.name / meta.name)
     return out
