@@ -96,7 +96,9 @@ def input_output_flags() -> list[Flag]:
         Flag("--input", str | list[str] | None, None,
              "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
              ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
-             "such as 'scenes/**/*.tif', a raster or product file, or demo:NAME for the "
+             "such as 'scenes/**/*.tif', a raster or product file, a STAC Item, "
+             "ItemCollection, Catalog or Collection JSON (path or http(s)/s3 URL; remote COG "
+             "assets are read by range), or demo:NAME for the "
              "embedded demo (demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo "
              "archive."),
         Flag("--output", str | None, None,

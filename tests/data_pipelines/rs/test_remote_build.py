@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +188,57 @@ def test_real_bigearthnet_cogs_over_http_equal_the_disk_build(
 
 def _bands(archive: Path, scene: str) -> dict[str, Path]:
     return {p.stem.rsplit("_", 1)[1]: p for p in sorted((archive / "cogs").glob(f"{scene}_B*.tif"))}
+
+
+@pytest.mark.slow
+def test_dask_workers_build_over_http_like_disk(archive: Path, http, child_env) -> None:
+    """Two dask worker processes (each configures GDAL for remote reads itself), run through
+    the module entry point a user types."""
+    items = [
+        stac_item(
+            f"scene{i}",
+            {b: f"{http.url}/{p.name}" for b, p in _bands(archive, f"scene{i}").items()},
+        )
+        for i in range(2)
+    ]
+    doc = write_json(item_collection(items), archive / "dask" / "items.json")
+    out = archive / "dask_build"
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--input", str(doc), "--output",
+         str(out), "--tile-size", "64", "--profile", "sentinel2_l2a", "--workers", "2"],
+        capture_output=True, text=True, timeout=300, env=child_env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "dask LocalCluster, 2 processes" in proc.stdout
+    assert_same_build(out, archive / "disk_build")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d, url: f"{url}/no-such-search.json", "--input: cannot fetch http://"),
+        (
+            lambda d, url: str(write_json({"type": "Topology"}, d / "topo.json")),
+            "is JSON of type 'Topology', not STAC; give a STAC Item",
+        ),
+        (
+            lambda d, url: str(write_json(stac_item("x", {"R": "/x/r.tif"}), d / "rgb.json")),
+            "choose the --profile of this collection",
+        ),
+    ],
+)
+def test_cli_stac_mistakes_are_one_line_exit_2(
+    tmp_path: Path, http, child_env, make_input, message: str
+) -> None:
+    spec = make_input(tmp_path, http.url)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomed_mim.build_dataset", "--input", spec, "--output",
+         str(tmp_path / "out"), "--profile", "sentinel2_l2a"],
+        capture_output=True, text=True, timeout=120, env=child_env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --input: ")
+    assert message in lines[0]
