@@ -5,8 +5,6 @@ assets are quarantined while the rest builds."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from tests.data_pipelines.rs.stac_files import (
     synthetic_s2_scene,
     write_json,
 )
+from tests.data_pipelines.s3_server import moto_s3
 
 # manifest columns that say where a scene came from (a folder vs a STAC item), not its pixels
 ORIGIN_COLUMNS = ["source", "product", "acquired", "platform", "processing_baseline", "cloud_cover"]
@@ -114,30 +113,8 @@ def test_unreachable_assets_are_quarantined_and_the_rest_builds(archive: Path, h
 
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1, and the AWS environment a user would set for it."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield env["AWS_ENDPOINT_URL"]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 def test_stac_on_s3_with_s3_assets_builds_the_disk_tiles(archive: Path, s3_server: str) -> None:
