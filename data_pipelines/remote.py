@@ -101,7 +101,8 @@ def read_bytes(url: str) -> bytes:
     except ImportError as e:  # pragma: no cover - fsspec is a dependency
         raise RemoteError(f"cannot read {url}: {e}") from None
     try:
-        with fsspec.open(url, "rb") as f:
+        # a fresh filesystem: endpoint and credentials are read from the environment now
+        with fsspec.open(url, "rb", skip_instance_cache=True) as f:
             return f.read()
     except Exception as e:
         raise RemoteError(f"cannot read {url}: {_one_line(e)}") from None

@@ -82,7 +82,8 @@ def object_filesystem(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        # a fresh filesystem: endpoint and credentials are read from the environment now
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except (ImportError, ValueError) as e:
         raise ObjectStoreError(f"{url}: {e}") from None
     return fs, root.rstrip("/")
