@@ -156,8 +156,9 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         with target.open("rb") as f:
             f.seek(start)
             data = f.read(length)
-        self.wfile.write(data)
+        # counted before the write: a client that has the bytes must find them counted
         self.server.count(path, len(data), whole=status == HTTPStatus.OK)
+        self.wfile.write(data)
 
 
 def main(argv: list[str] | None = None) -> int:
