@@ -381,13 +381,23 @@ def slicing_text(cfg: RSBuildConfig) -> str:
 
 def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
     """``64 px: 120 of 144, 128 px: 30 of 36`` (written of cut, per native size; a grid size
-    larger than every scene shows ``0 of 0``)."""
-    sizes = {int(k.split("@")[1]) for k in counts if k.startswith("tiles_total@")}
+    larger than every scene shows ``0 of 0``); random crops per octave: ``64-127 px: ...``."""
+    cut = {int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("tiles_total@")}
+    written = {
+        int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("samples_written@")
+    }
     if cfg.slicing == "grid":
-        sizes |= set(cfg.tile_sizes)
+        bins = [(s, s, f"{s} px") for s in sorted(set(cfg.tile_sizes) | set(cut))]
+    else:
+        low, high, bins = cfg.tile_sizes[0], cfg.tile_sizes[-1], []
+        while low <= high:
+            top = min(2 * low - 1, high)
+            bins.append((low, top, f"{low}-{top} px" if top > low else f"{low} px"))
+            low *= 2
     return ", ".join(
-        f"{s} px: {counts.get(f'samples_written@{s}', 0)} of {counts.get(f'tiles_total@{s}', 0)}"
-        for s in sorted(sizes)
+        f"{label}: {sum(v for s, v in written.items() if lo <= s <= hi)} of "
+        f"{sum(v for s, v in cut.items() if lo <= s <= hi)}"
+        for lo, hi, label in bins
     )
 
 

@@ -34,6 +34,8 @@ def _pick(manifest: pa.Table) -> list[int]:
     spread as :func:`_pick_spread` spreads a manifest."""
     names = manifest.schema.names
     sizes = manifest.column("native_size").to_pylist() if "native_size" in names else []
+    if len(set(sizes)) > 8:  # random crops: one share per octave of sizes
+        sizes = [None if s is None else 1 << (int(s).bit_length() - 1) for s in sizes]
     distinct = sorted({s for s in sizes if s is not None})
     if len(distinct) <= 1:
         return _pick_spread(manifest, MAX_TILES)

@@ -143,8 +143,9 @@ class RSDataModule(StoreDataModule):
             is seen exactly once per epoch).
         prefetch_factor: batches each worker prepares ahead.
         size_weights: stores cut at several tile sizes: the share of training batches drawn
-            from each native size, e.g. ``{64: 1, 256: 2}`` (sizes left out are not drawn);
-            default: each size as often as it has tiles. A batch always holds one size.
+            from each native size, e.g. ``{64: 1, 256: 2}`` (sizes left out are not drawn;
+            with ``--store-size`` the keys bound size classes, see :meth:`batch_groups`);
+            default: each size as often as it has tiles.
 
     Workers deliver compact batches (stored integers); calibration, standardization, the
     random resized crop and flips run in :meth:`on_after_batch_transfer` on the whole batch.
@@ -263,17 +264,25 @@ class RSDataModule(StoreDataModule):
         return self._transform
 
     def batch_groups(self, dataset: Any, shuffle: bool) -> dict[str, Any]:
-        """Several tile sizes: each batch holds one size, drawn with ``size_weights``."""
+        """Several tile sizes: the group of each sample for the loader.
+
+        A store that keeps crops at their native sizes batches one size at a time (one shape
+        per batch), drawn with ``size_weights`` (keys: the sizes). A store of one stored size
+        needs groups only for ``size_weights``, whose keys are then the lower bounds of size
+        classes: a crop counts toward the largest key not above its native size (random
+        crops of 64-1023 px: ``{64: 1, 256: 2}``)."""
         sizes = dataset.index.columns.get(COL_NATIVE_SIZE)
-        if sizes is None and not self.size_weights:
-            return {}
-        if sizes is None:
-            sizes = np.full(len(dataset), int(self.attrs.get(ATTR_TILE_SIZE) or 0), np.int32)
+        one_shape = self.attrs.get(ATTR_TILE_SIZE) is not None
         weights = self.size_weights if shuffle else None
+        if sizes is None or (one_shape and weights is None):
+            return {}
+        if one_shape:
+            keys = np.array(sorted(weights))
+            sizes = keys[np.maximum(np.searchsorted(keys, sizes, side="right") - 1, 0)]
         if weights is not None:
             present = sorted({int(s) for s in np.unique(sizes)})
             unknown = sorted(set(weights) - set(present))
-            if unknown or not any(weights.get(s, 0) > 0 for s in present):
+            if (unknown and not one_shape) or not any(weights.get(s, 0) > 0 for s in present):
                 raise ValueError(
                     f"size_weights: {weights} does not weight the store's tile sizes "
                     f"{present}; give a positive weight to at least one of them"

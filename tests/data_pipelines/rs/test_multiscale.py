@@ -183,6 +183,25 @@ def test_summary_counts_per_size_and_no_crop_is_a_duplicate_of_its_sub_crops(
     assert (out / "preview.png").stat().st_size > 0
 
 
+def test_label_tiles_take_the_class_under_each_stored_pixel_centre(tmp_path: Path) -> None:
+    """The shipped labeled demo config cut at 16 and 32 px and stored at 24 px: a 32-px crop's
+    label tile is the mask sampled at the stored pixels' centres (ids 0-10 stored as is)."""
+    out = tmp_path / "lulc"
+    config = REPO / "configs" / "data" / "demo_lulc.yaml"
+    assert main(["--config", str(config), "--output", str(out), "--tile-size", "16", "32",
+                 "--stride", "null", "--store-size", "24", "--workers", "1"]) == 0  # fmt: skip
+    m = pq.read_table(out / "manifest.parquet").to_pandas()
+    row = m[(m["native_size"] == 32) & m["excluded"].isna()].iloc[0]
+    mask = REPO / "geomed_mim" / "demo_data" / "sentinel2_l1c" / "labels" / "lulc_mask.tif"
+    with rasterio.open(mask) as src:
+        window = src.read(1, window=Window(row["col_off"], row["row_off"], 32, 32))
+    centres = np.floor((np.arange(24) + 0.5) * 32 / 24).astype(int)
+    expected = window[np.ix_(centres, centres)]
+    stored = LazyZarrArrays(out).read(row["label_array"], int(row["index"]))
+    np.testing.assert_array_equal(stored, expected)
+    assert stored.shape == (24, 24)
+
+
 def test_config_mistakes_are_one_line_with_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -225,3 +225,29 @@ def test_data_module_batches_one_size_of_a_native_size_store(tmp_path, capsys):
     wrong.setup("fit")
     with pytest.raises(ValueError, match="size_weights"):
         wrong.train_dataloader()
+
+
+def test_size_weights_of_a_one_size_store_bound_size_classes(tmp_path):
+    """Random crops of 16-64 px stored at 16 px: ``{16: 0, 32: 1}`` draws only crops of 32 px
+    and more (a crop counts toward the largest key not above its native size)."""
+    import numpy as np
+
+    from geomed_mim.build_dataset import main
+    from geomed_mim.data.datamodules import RSDataModule
+
+    store = tmp_path / "store"
+    assert main(["--output", str(store), "--slicing", "random", "--tile-size", "16", "64",
+                 "--crops-per-scene", "20", "--store-size", "16", "--stride", "null",
+                 "--workers", "1", "--val-fraction", "0"]) == 0  # fmt: skip
+    dm = RSDataModule(str(store), batch_size=4, num_workers=0, size_weights={16: 0, 32: 1})
+    dm.setup("fit")
+    native = dm.train_dataset.index.columns["native_size"]
+    groups = dm.batch_groups(dm.train_dataset, shuffle=True)["groups"]
+    np.testing.assert_array_equal(groups, np.where(native >= 32, 32, 16))
+    loader = dm.train_dataloader()
+    drawn = [i for _, batch in loader.sampler for i in batch]
+    assert drawn
+    assert (native[drawn] >= 32).all()
+    assert not RSDataModule(str(store), batch_size=4, num_workers=0).batch_groups(
+        dm.train_dataset, shuffle=True
+    )  # one stored size, no weights: batches mix sizes freely
