@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,13 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
+    fork and exec, so a child would report the peak of the parent that wrote the manifest."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def write_synthetic_store(out: Path, parts: int, tiles: int, bands: int = 14) -> int:

@@ -160,10 +160,29 @@ def rs_flags() -> list[Flag]:
         Flag("--profile", str, "sentinel2_l1c",
              f"Sensor profile name ({', '.join(available_profiles())}) or a path to a profile "
              "YAML. Names the bands and their order."),
-        Flag("--tile-size", int, 64, "Tile edge in pixels of the scene's finest grid."),
+        Flag("--tile-size", int | list[int], 64,
+             "Tile edge in pixels of the scene's finest grid; several sizes cut a grid each "
+             "(--tile-size 64 128 256 512 1024); with --slicing random, MIN MAX of the drawn "
+             "sizes."),
         Flag("--stride", int | None, None,
-             "Step between tiles in pixels; smaller than --tile-size gives overlap. Default: "
-             "the tile size (no overlap)."),
+             "Step between tiles in pixels (one tile size); smaller than --tile-size gives "
+             "overlap. Default: the tile size (no overlap)."),
+        Flag("--overlap", float, 0.0,
+             "Several tile sizes: fraction by which neighbouring tiles of a size overlap "
+             "(stride = size x (1 - overlap))."),
+        Flag("--slicing", str, "grid",
+             "'grid' (every position of a grid per tile size) or 'random' (--crops-per-scene "
+             "or --crops-per-km2 crops at random positions, sizes drawn log-uniformly between "
+             "the two --tile-size values, seeded by --seed and the scene: a re-run or a "
+             "resumed run cuts the same crops)."),
+        Flag("--crops-per-scene", int | None, None, "Random slicing: crops per scene."),
+        Flag("--crops-per-km2", float | None, None,
+             "Random slicing: crops per km² of scene (needs a CRS in metres)."),
+        Flag("--seed", int, 0, "Random slicing: the seed crops are drawn from."),
+        Flag("--store-size", int | None, None,
+             "Store every crop at this edge, e.g. 224 (area averaging for values, nearest for "
+             "labels); the manifest keeps each crop's native size, window and scale. Default: "
+             "crops are stored as cut."),
         Flag("--cover-edges", bool, True,
              "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
              "(--no-cover-edges drops partial edge tiles instead)."),
@@ -355,19 +374,56 @@ def summary_table(title: str, rows: list[tuple[str, str]], report: BuildReport) 
     return "\n".join(lines)
 
 
+def slicing_text(cfg: RSBuildConfig) -> str:
+    """How tiles were cut, in a few words: ``224x224, stride 56`` or ``grid 64, 128 px, ...``."""
+    sizes = cfg.tile_sizes
+    stored = f"; stored at {cfg.store_size} px" if cfg.store_size else ""
+    if cfg.slicing == "random":
+        count = (
+            f"{cfg.crops_per_scene} per scene"
+            if cfg.crops_per_scene is not None
+            else f"{cfg.crops_per_km2:g} per km²"
+        )
+        return f"random {sizes[0]}-{sizes[-1]} px, {count}, seed {cfg.seed}{stored}"
+    if len(sizes) == 1:
+        return f"{sizes[0]}x{sizes[0]}, stride {cfg.stride or sizes[0]}{stored}"
+    return f"grid {', '.join(map(str, sizes))} px, overlap {cfg.overlap:g}{stored}"
+
+
+def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
+    """``64 px: 120 of 144, 128 px: 30 of 36`` (written of cut, per native size; a grid size
+    larger than every scene shows ``0 of 0``); random crops per octave: ``64-127 px: ...``."""
+    cut = {int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("tiles_total@")}
+    written = {
+        int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("samples_written@")
+    }
+    if cfg.slicing == "grid":
+        bins = [(s, s, f"{s} px") for s in sorted(set(cfg.tile_sizes) | set(cut))]
+    else:
+        low, high, bins = cfg.tile_sizes[0], cfg.tile_sizes[-1], []
+        while low <= high:
+            top = min(2 * low - 1, high)
+            bins.append((low, top, f"{low}-{top} px" if top > low else f"{low} px"))
+            low *= 2
+    return ", ".join(
+        f"{label}: {sum(v for s, v in written.items() if lo <= s <= hi)} of "
+        f"{sum(v for s, v in cut.items() if lo <= s <= hi)}"
+        for lo, hi, label in bins
+    )
+
+
 def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     c = report.counts
     excluded = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("excluded:")}
     reasons = ", ".join(f"{k}: {v}" for k, v in excluded.items())
-    stride = cfg.stride or cfg.tile_size
     tiles_per_s = c.get("samples_written", 0) / max(report.seconds, 1e-9)
     rows = [
         ("scenes read", f"{c.get('scenes_read', 0)}{_resumed(report)}"),
         ("scenes quarantined", f"{len(report.quarantined)}"),
         ("files ignored", ignored_row(report)),
-        ("tiles cut", f"{c.get('tiles_total', 0)}  ({cfg.tile_size}x{cfg.tile_size}, "
-                      f"stride {stride})"),
+        ("tiles cut", f"{c.get('tiles_total', 0)}  ({slicing_text(cfg)})"),
         ("tiles written", f"{c.get('samples_written', 0)}"),
+        *([("per size", per_size_text(c, cfg))] if cfg.multi_size else []),
         ("tiles excluded", f"{sum(excluded.values())}" + (f"  ({reasons})" if excluded else "")),
         ("duplicates", f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} "
                        f"near" + ("" if cfg.dedup else "  (dedup off)")),
@@ -532,8 +588,33 @@ def kebab_negations(argv: list[str]) -> list[str]:
     return [f"--no-{a[5:]}" if a.startswith("--no_") else a for a in argv]
 
 
+LIST_FLAGS = ("--tile-size",)  # flags that take several values: --tile-size 64 128 256
+
+
+def gather_list_values(argv: list[str]) -> list[str]:
+    """``--tile-size 64 128 256`` → ``--tile-size [64,128,256]`` (the parser's list syntax);
+    one value stays as it is."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in LIST_FLAGS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            values = argv[i + 1 : j]
+            out.append(f"[{','.join(values)}]" if len(values) > 1 else "".join(values))
+            if not values:
+                out.pop()  # leave "--tile-size" alone: the parser reports the missing value
+            i = j
+        else:
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = kebab_negations(list(sys.argv[1:] if argv is None else argv))
+    argv = gather_list_values(argv)
     try:
         if argv and argv[0] == "stats":
             return stats_main(argv[1:])

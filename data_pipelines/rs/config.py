@@ -21,6 +21,9 @@ DEFAULT_NEAR_DUP_RADIUS = 4  # chosen by measurement, see docs/benchmarks.md
 # what calibrated tiles hold: the raw integers + the recorded calibration, or float32 values
 STORE_DTYPE_COMPACT, STORE_DTYPE_FLOAT32 = "compact", "float32"
 STORE_DTYPE_CHOICES = (STORE_DTYPE_COMPACT, STORE_DTYPE_FLOAT32)
+# where crops are cut: a grid per tile size, or crops at random positions and sizes
+SLICING_GRID, SLICING_RANDOM = "grid", "random"
+SLICING_CHOICES = (SLICING_GRID, SLICING_RANDOM)
 
 
 @dataclass
@@ -28,8 +31,14 @@ class RSBuildConfig(BuildConfig):
     """Settings of a remote-sensing build (the CLI flags and the data YAML share these names)."""
 
     profile: str = "sentinel2_l1c"
-    tile_size: int = 64
-    stride: int | None = None
+    tile_size: int | list[int] = 64  # one size, several (a grid each), or a range (random)
+    stride: int | None = None  # one tile size only; several sizes use overlap
+    overlap: float = 0.0  # several sizes: stride = size x (1 - overlap)
+    slicing: str = SLICING_GRID
+    crops_per_scene: int | None = None  # random slicing
+    crops_per_km2: float | None = None  # random slicing
+    seed: int = 0  # random slicing: crops are drawn from (seed, scene id)
+    store_size: int | None = None  # store every crop at this edge (area averaging)
     cover_edges: bool = True
     resampling: str = "bilinear"
     calibrate: str = "toa"
@@ -74,17 +83,81 @@ class RSBuildConfig(BuildConfig):
             )
         self._validate_labels()
 
+    @property
+    def tile_sizes(self) -> list[int]:
+        """The crop sizes asked for, in order (grid: one grid each; random: [min, max])."""
+        sizes = self.tile_size if isinstance(self.tile_size, list) else [self.tile_size]
+        return [int(s) for s in sizes]
+
+    @property
+    def multi_size(self) -> bool:
+        """Whether crops come in several sizes (their ids then name the size)."""
+        return len(self.tile_sizes) > 1 or self.slicing == SLICING_RANDOM
+
+    def stored_size(self, native: int) -> int:
+        return self.store_size or native
+
     def _validate_tiling(self) -> None:
-        if not (MIN_TILE <= self.tile_size <= MAX_TILE):
+        sizes = self.tile_sizes
+        for size in sizes:
+            if not (MIN_TILE <= size <= MAX_TILE):
+                raise BuildConfigError(
+                    f"--tile-size: {size} is outside [{MIN_TILE}, {MAX_TILE}]; "
+                    f"use e.g. 64, 128 or 256"
+                )
+        if len(set(sizes)) != len(sizes):
+            raise BuildConfigError(f"--tile-size: {sizes} lists a size twice")
+        if self.store_size is not None and not (MIN_TILE <= self.store_size <= MAX_TILE):
             raise BuildConfigError(
-                f"--tile-size: {self.tile_size} is outside [{MIN_TILE}, {MAX_TILE}]; "
-                f"use e.g. 64, 128 or 256"
+                f"--store-size: {self.store_size} is outside [{MIN_TILE}, {MAX_TILE}]; use e.g. 224"
             )
-        stride = self.stride if self.stride is not None else self.tile_size
-        if not (1 <= stride <= self.tile_size * 4):
+        if not 0 <= self.overlap < 1:
+            raise BuildConfigError(f"--overlap: {self.overlap} is not in [0, 1)")
+        if self.slicing not in SLICING_CHOICES:
             raise BuildConfigError(
-                f"--stride: {stride} must be between 1 and 4x the tile size "
-                f"({self.tile_size * 4}); a stride below the tile size gives overlapping tiles"
+                f"--slicing: {self.slicing!r} is not one of {', '.join(SLICING_CHOICES)}"
+            )
+        if self.slicing == SLICING_RANDOM:
+            self._validate_random_slicing()
+        elif self.crops_per_scene is not None or self.crops_per_km2 is not None:
+            raise BuildConfigError(
+                "--crops-per-scene/--crops-per-km2: only with --slicing random (the grid cuts "
+                "every position)"
+            )
+        self._validate_stride(sizes)
+
+    def _validate_stride(self, sizes: list[int]) -> None:
+        if self.stride is None:
+            return
+        if len(sizes) > 1 or self.slicing == SLICING_RANDOM:
+            raise BuildConfigError(
+                f"--stride: {self.stride} applies to one grid tile size; with several sizes "
+                f"use --overlap (e.g. --overlap 0.25), and --stride null to drop a config's"
+            )
+        if not (1 <= self.stride <= sizes[0] * 4):
+            raise BuildConfigError(
+                f"--stride: {self.stride} must be between 1 and 4x the tile size "
+                f"({sizes[0] * 4}); a stride below the tile size gives overlapping tiles"
+            )
+
+    def _validate_random_slicing(self) -> None:
+        if len(self.tile_sizes) > 2 or self.tile_sizes != sorted(self.tile_sizes):
+            raise BuildConfigError(
+                f"--tile-size: random slicing draws sizes from a range; give MIN MAX (e.g. "
+                f"--tile-size 64 1024) or one size, not {self.tile_sizes}"
+            )
+        if (self.crops_per_scene is None) == (self.crops_per_km2 is None):
+            raise BuildConfigError(
+                "--crops-per-scene/--crops-per-km2: random slicing needs exactly one of them "
+                "(e.g. --crops-per-scene 200)"
+            )
+        count = self.crops_per_scene if self.crops_per_scene is not None else self.crops_per_km2
+        if not count > 0:
+            raise BuildConfigError(f"--crops-per-scene/--crops-per-km2: {count} must be positive")
+        if self.store_size is None and len(self.tile_sizes) > 1:
+            raise BuildConfigError(
+                "--store-size: random sizes need one training size to be stored at (e.g. "
+                "--store-size 224); without it every drawn size would be its own array"
             )
 
     def _validate_swath_grid(self) -> None:
@@ -151,7 +224,13 @@ class RSBuildConfig(BuildConfig):
             "modality": "rs",
             "profile": self.profile,
             "tile_size": self.tile_size,
-            "stride": self.stride or self.tile_size,
+            "stride": self.stride or (self.tile_sizes[0] if not self.multi_size else None),
+            "overlap": self.overlap,
+            "slicing": self.slicing,
+            "crops_per_scene": self.crops_per_scene,
+            "crops_per_km2": self.crops_per_km2,
+            "seed": self.seed,
+            "store_size": self.store_size,
             "cover_edges": self.cover_edges,
             "resampling": self.resampling,
             "swath_grid": list(self.swath_grid()) if self.swath_grid() else None,

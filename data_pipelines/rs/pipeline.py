@@ -33,7 +33,9 @@ from data_pipelines.store.layout import (
     ATTR_FORMAT,
     ATTR_MODALITY,
     ATTR_PROFILE,
+    ATTR_STORE_SIZE,
     ATTR_TILE_SIZE,
+    ATTR_TILE_SIZES,
     LABELS_GROUP,
     RS_INTERNAL_COLUMNS,
     RS_MANIFEST_SCHEMA,
@@ -125,8 +127,9 @@ def finalize_manifest(
     if table.num_rows == 0:
         table = RS_MANIFEST_SCHEMA.empty_table()
     table = table.sort_by(
-        [("scene", "ascending"), ("row_off", "ascending"), ("col_off", "ascending")]
-    )
+        [("scene", "ascending"), ("native_size", "ascending"), ("row_off", "ascending"),
+         ("col_off", "ascending")]
+    )  # fmt: skip
     table, unique, counts = mark_tile_duplicates(table, cfg)
     # per scene: tiles of one scene never straddle train and val
     scene_ids = table.column("scene").to_pylist()
@@ -145,14 +148,17 @@ def finalize_manifest(
 
 
 def store_attributes(profile: SensorProfile, cfg: RSBuildConfig) -> dict[str, Any]:
-    table = cfg.class_table()
+    table, sizes = cfg.class_table(), cfg.tile_sizes
     return {
         ATTR_CLASSES: table.to_attrs() if table else None,
         ATTR_FORMAT: STORE_FORMAT_VERSION,
         ATTR_MODALITY: "rs",
         ATTR_PROFILE: profile.to_attrs(),
         ATTR_BANDS: profile.band_names,
-        ATTR_TILE_SIZE: cfg.tile_size,
+        # the stored edge when every tile has one (what a loader crops from), else None
+        ATTR_TILE_SIZE: cfg.store_size or (sizes[0] if len(sizes) == 1 else None),
+        ATTR_TILE_SIZES: sizes,
+        ATTR_STORE_SIZE: cfg.store_size,
         ATTR_CALIBRATION: (
             {
                 "mode": "toa",
@@ -195,19 +201,20 @@ def check_tile_fits(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildCon
     from data_pipelines.rs.reader import open_scene_reader
 
     sizes: list[tuple[int, int]] = []
+    smallest = min(cfg.tile_sizes)
     for scene in scenes:
         try:
             with open_scene_reader(scene, profile, cfg.resampling) as reader:
                 height, width = reader.grid.height, reader.grid.width
         except Exception:
             continue
-        if min(height, width) >= cfg.tile_size:
+        if min(height, width) >= smallest:
             return
         sizes.append((height, width))
     if sizes:
         h, w = max(sizes, key=min)
         raise BuildConfigError(
-            f"--tile-size: {cfg.tile_size} px is larger than every scene (the largest is "
+            f"--tile-size: {smallest} px is larger than every scene (the largest is "
             f"{h} x {w} px), so no tile can be cut; use --tile-size {min(h, w)} or less"
         )
 

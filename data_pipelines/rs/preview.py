@@ -2,8 +2,9 @@
 
 Tiles are shown as an RGB-like composite of the profile's ``preview_rgb`` bands, each stretched
 to its own 2-98 % range. Outlines: red = excluded (reason printed), orange = exact duplicate,
-yellow = near duplicate, none = kept. Excluded tiles have no pixels in the store, so they are
-re-read from their source scene.
+yellow = near duplicate, none = kept. Builds with several tile sizes show every size (tiles
+spread over the sizes, each cell labelled with its native size in pixels). Excluded tiles have
+no pixels in the store, so they are re-read from their source scene.
 """
 
 from __future__ import annotations
@@ -29,7 +30,26 @@ OUTLINE = {"excluded": (220, 30, 30), "exact": (255, 140, 0), "near": (255, 220,
 
 
 def _pick(manifest: pa.Table) -> list[int]:
-    """Up to MAX_TILES rows, spread over the manifest, with excluded and duplicates included."""
+    """Up to MAX_TILES rows: with several tile sizes an equal share per size, each share
+    spread as :func:`_pick_spread` spreads a manifest."""
+    names = manifest.schema.names
+    sizes = manifest.column("native_size").to_pylist() if "native_size" in names else []
+    if len(set(sizes)) > 8:  # random crops: one share per octave of sizes
+        sizes = [None if s is None else 1 << (int(s).bit_length() - 1) for s in sizes]
+    distinct = sorted({s for s in sizes if s is not None})
+    if len(distinct) <= 1:
+        return _pick_spread(manifest, MAX_TILES)
+    share = max(1, MAX_TILES // len(distinct))
+    chosen: list[int] = []
+    for size in distinct:
+        rows = [i for i, s in enumerate(sizes) if s == size]
+        picked = _pick_spread(manifest.take(rows), share)
+        chosen += [rows[i] for i in picked]
+    return sorted(chosen)
+
+
+def _pick_spread(manifest: pa.Table, limit: int) -> list[int]:
+    """Up to ``limit`` rows, spread over the manifest, with excluded and duplicates included."""
     n = manifest.num_rows
     excluded = [i for i, v in enumerate(manifest.column("excluded").to_pylist()) if v]
     dups = [i for i, v in enumerate(manifest.column("dup_kind").to_pylist()) if v]
@@ -40,8 +60,8 @@ def _pick(manifest: pa.Table) -> list[int]:
             return items
         return [items[int(j)] for j in np.linspace(0, len(items) - 1, k).round()]
 
-    chosen = spread(excluded, MAX_TILES // 4) + spread(dups, MAX_TILES // 4)
-    chosen += spread(kept, MAX_TILES - len(chosen))
+    chosen = spread(excluded, limit // 4) + spread(dups, limit // 4)
+    chosen += spread(kept, limit - len(chosen))
     return sorted(set(chosen))
 
 
@@ -74,6 +94,7 @@ def write_preview(
     while len(rgb_idx) < 3:
         rgb_idx.append(rgb_idx[-1])
     rows = manifest.take(_pick(manifest)).to_pylist()
+    multi_size = len({r.get("native_size") for r in rows}) > 1
     store = LazyZarrArrays(out_dir)
     n_rows = (len(rows) + COLUMNS - 1) // COLUMNS
     canvas = Image.new("RGB", (COLUMNS * CELL, n_rows * CELL), (40, 40, 40))
@@ -98,6 +119,9 @@ def write_preview(
         img = Image.fromarray(_to_rgb(tile, rgb_idx)).resize((CELL - 4, CELL - 4), Image.NEAREST)
         x0, y0 = (k % COLUMNS) * CELL, (k // COLUMNS) * CELL
         canvas.paste(img, (x0 + 2, y0 + 2))
+        if multi_size:
+            draw.rectangle([x0 + 3, y0 + 3, x0 + 38, y0 + 15], fill=(0, 0, 0))
+            draw.text((x0 + 5, y0 + 3), f"{row['native_size']}px", fill=(255, 255, 255))
         status = "excluded" if row["excluded"] else row.get("dup_kind")
         if status:
             draw.rectangle([x0, y0, x0 + CELL - 1, y0 + CELL - 1], outline=OUTLINE[status], width=3)

@@ -2,14 +2,17 @@
 
 :func:`process_scene` runs these stages for every row of tiles of the scene grid:
 
-1. :func:`read_strip`: one windowed read of the strip of rows the tiles cover (image, QA band,
-   label raster), never a whole scene;
+0. :func:`plan_windows`: where crops are cut (``rs.tiling``): a grid per tile size, or crops
+   of random positions and sizes seeded by the scene;
+1. :func:`read_strip`: one windowed read of the strip of rows a group of same-size crops covers
+   (image, QA band, label raster), never a whole scene;
 2. :func:`cut_tiles`: the strip's tiles, a batch at a time (vectorized, bounded memory);
 3. :func:`measure_and_exclude`: quality measures and the exclusion reason of each tile
    (``rs.exclusion``, on raw values);
-4. :func:`hash_kept`: calibration (``rs.toa``), perceptual hashes and per-band moments of the
-   kept tiles; a compact part (the default) keeps the raw integers and records the
-   calibration as CF ``scale_factor``/``add_offset`` attributes (``store.calibration``);
+4. :func:`hash_kept`: resampling to ``--store-size`` (``rs.resample``: area averaging),
+   calibration (``rs.toa``), perceptual hashes and per-band moments of the kept tiles; a
+   compact part (the default) keeps the raw integers and records the calibration as CF
+   ``scale_factor``/``add_offset`` attributes (``store.calibration``);
 5. :func:`write_kept`: the kept tiles (and their label tiles) appended to the part's arrays;
 6. :func:`tile_row`: a manifest row for every tile, kept or excluded.
 
@@ -26,18 +29,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio import Affine
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from data_pipelines.classes import ClassTable
 from data_pipelines.dedup import exact_hash, perceptual_hashes
-from data_pipelines.rs.config import STORE_DTYPE_COMPACT, RSBuildConfig
+from data_pipelines.rs.config import SLICING_RANDOM, STORE_DTYPE_COMPACT, RSBuildConfig
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.exclusion import TileQuality, exclusion_reason, measure_batch
 from data_pipelines.rs.labels import LabelReader
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
-from data_pipelines.rs.tiling import TileWindow, tile_grid
+from data_pipelines.rs.resample import area_average, nearest
+from data_pipelines.rs.tiling import (
+    TileWindow,
+    crops_for_area,
+    multi_size_grid,
+    random_crops,
+    scene_seed,
+    strips,
+    tile_grid,
+)
 from data_pipelines.rs.toa import Calibrator, make_calibrator
 from data_pipelines.stats import BandSample, tile_moments
 from data_pipelines.store.calibration import ATTR_STORED_VALUES, STORED_CALIBRATED, STORED_RAW
@@ -45,6 +58,7 @@ from data_pipelines.store.layout import LABELS_GROUP, RS_MANIFEST_SCHEMA, TILES_
 from data_pipelines.store.write import PartWriter, delete_part_array, write_fragment
 
 TILE_BATCH = 16  # tiles measured/hashed/calibrated together: vectorized, yet bounded memory
+BATCH_PIXELS = TILE_BATCH * 256 * 256  # ...and fewer of them when crops are large
 
 
 @dataclass(frozen=True)
@@ -72,9 +86,9 @@ class ScenePart:
     job: SceneJob
     reader: SceneReader
     calibrator: Calibrator | None
-    tiles: PartWriter
+    tiles: dict[int, PartWriter]  # by stored size
     labels: LabelReader | None = None
-    label_writer: PartWriter | None = None
+    label_writers: dict[int, PartWriter] = field(default_factory=dict)
     table: ClassTable | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(
@@ -87,10 +101,6 @@ class ScenePart:
     compact: bool = False  # stores raw integers + the calibration (see stores_dn)
 
     @property
-    def tile_size(self) -> int:
-        return self.job.config.tile_size
-
-    @property
     def profile(self) -> SensorProfile:
         """The profile as it applies to this scene's product (raw encoding, QA layout)."""
         return self.reader.profile
@@ -98,19 +108,20 @@ class ScenePart:
 
 @dataclass
 class Strip:
-    """One row of tiles' worth of the scene: ``T`` rows by the full width."""
+    """One row of same-size crops' worth of the scene: ``T`` rows by the columns they span."""
 
-    pixels: np.ndarray  # [C, T, W] raw values
-    qa: np.ndarray | None  # [T, W] QA band, when the profile has one
-    labels: np.ndarray | None  # [T, W] class ids, when the build has labels
+    pixels: np.ndarray  # [C, T, W'] raw values
+    qa: np.ndarray | None  # [T, W'] QA band, when the profile has one
+    labels: np.ndarray | None  # [T, W'] class ids, when the build has labels
+    col_off: int = 0  # scene column of the strip's first column
 
 
 @dataclass
 class KeptTiles:
     """The kept tiles of a batch: raw and stored values, hashes and per-band moments."""
 
-    raw: np.ndarray  # [n, C, T, T]
-    stored: np.ndarray  # [n, C, T, T] as written: raw (compact or uncalibrated) or calibrated
+    raw: np.ndarray  # [n, C, S, S] raw values at the stored size S (hashed)
+    stored: np.ndarray  # [n, C, S, S] as written: raw (compact or uncalibrated) or calibrated
     phashes: np.ndarray  # [n] uint64
     moments: tuple[np.ndarray, ...]  # count, mean, m2, min, max, each [n, C]
 
@@ -131,24 +142,28 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
         reader.profile, cfg.calibrate, reader.tags(), scene.metadata_files, reader.product
     )
     compact = stores_dn(calibrator, reader.dtype, cfg.store_dtype)
-    T = cfg.tile_size
-    tiles = PartWriter(
-        job.out_dir,
-        TILES_GROUP,
-        job.part,
-        (len(profile.bands), T, T),
-        reader.dtype if compact or calibrator is None else np.dtype(np.float32),
-        attrs={
-            "scene": scene.scene_id,
-            "source": scene_source(scene),
-            "bands": profile.band_names,
-            "crs": grid.crs,
-            "calibration": calibrator.describe() if calibrator else None,
-            "product": reader.product.describe() if reader.product else None,
-            **stored_values_attrs(calibrator, compact),
-        },
-        compression_level=cfg.compression_level,
-    )
+    attrs = {
+        "scene": scene.scene_id,
+        "source": scene_source(scene),
+        "bands": profile.band_names,
+        "crs": grid.crs,
+        "calibration": calibrator.describe() if calibrator else None,
+        "product": reader.product.describe() if reader.product else None,
+        **stored_values_attrs(calibrator, compact),
+    }
+    dtype = reader.dtype if compact or calibrator is None else np.dtype(np.float32)
+    tiles = {
+        size: PartWriter(
+            job.out_dir,
+            TILES_GROUP,
+            part_array_name(job.part, size, cfg),
+            (len(profile.bands), size, size),
+            dtype,
+            attrs=attrs,
+            compression_level=cfg.compression_level,
+        )
+        for size in stored_sizes(cfg)
+    }
     part = ScenePart(
         job, reader, calibrator, tiles, sample=BandSample(len(profile.bands)), compact=compact
     )
@@ -157,6 +172,17 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
     if table is not None:
         open_labels(part, table, stack)
     return part
+
+
+def stored_sizes(cfg: RSBuildConfig) -> list[int]:
+    """The tile edges the part stores: ``--store-size``, or each grid size as cut."""
+    return [cfg.store_size] if cfg.store_size else cfg.tile_sizes
+
+
+def part_array_name(part: str, stored_size: int, cfg: RSBuildConfig) -> str:
+    """``<part>``, or ``<part>/<size>`` when the part stores tiles of several sizes (one
+    array per shape, under one folder so the part is removed as a whole)."""
+    return f"{part}/{stored_size}" if len(stored_sizes(cfg)) > 1 else part
 
 
 def stores_dn(calibrator: Calibrator | None, raw_dtype: np.dtype, store_dtype: str) -> bool:
@@ -179,8 +205,8 @@ def stored_values_attrs(calibrator: Calibrator | None, compact: bool) -> dict[st
 
 
 def open_labels(part: ScenePart, table: ClassTable, stack: ExitStack) -> None:
-    """The scene's label raster seen on the scene grid, and the part's label array."""
-    job, grid, T = part.job, part.reader.grid, part.tile_size
+    """The scene's label raster seen on the scene grid, and the part's label arrays."""
+    job, grid = part.job, part.reader.grid
     if job.label_path is None:
         raise SceneError(
             f"no label raster for this scene in --labels {job.config.labels} (looked for "
@@ -199,27 +225,66 @@ def open_labels(part: ScenePart, table: ClassTable, stack: ExitStack) -> None:
             )
         )
     )
-    part.label_writer = PartWriter(
-        job.out_dir,
-        LABELS_GROUP,
-        job.part,
-        (T, T),
-        table.label_dtype,
-        attrs={
-            "scene": job.scene.scene_id,
-            "label_source": job.label_path,
-            "classes": table.to_attrs(),
-        },
-    )
+    attrs = {
+        "scene": job.scene.scene_id,
+        "label_source": job.label_path,
+        "classes": table.to_attrs(),
+    }
+    part.label_writers = {
+        size: PartWriter(
+            job.out_dir,
+            LABELS_GROUP,
+            part_array_name(job.part, size, job.config),
+            (size, size),
+            table.label_dtype,
+            attrs=attrs,
+        )
+        for size in stored_sizes(job.config)
+    }
 
 
 # -- the stages ----------------------------------------------------------------------------------
 
 
-def read_strip(part: ScenePart, row_off: int) -> Strip:
-    """Stage 1: the strip of rows ``[row_off, row_off + T)`` over the full scene width."""
+def plan_windows(part: ScenePart) -> list[TileWindow]:
+    """Stage 0: where the scene's crops are cut (``--slicing``, ``--tile-size``)."""
+    cfg, grid = part.job.config, part.reader.grid
+    sizes = cfg.tile_sizes
+    if cfg.slicing == SLICING_RANDOM:
+        count = cfg.crops_per_scene
+        if count is None:
+            count = crops_for_area(grid.height, grid.width, pixel_area_m2(grid), cfg.crops_per_km2)
+        seed = scene_seed(part.job.scene.scene_id, cfg.seed)
+        return random_crops(grid.height, grid.width, (sizes[0], sizes[-1]), count, seed)
+    if len(sizes) == 1:
+        rows = tile_grid(grid.height, grid.width, sizes[0], cfg.stride, cfg.cover_edges)
+        return [w for row in rows for w in row]
+    return multi_size_grid(grid.height, grid.width, sizes, cfg.overlap, cfg.cover_edges)
+
+
+def pixel_area_m2(grid: Any) -> float:
+    """Area of one scene pixel in m² (``--crops-per-km2`` needs a CRS in metres)."""
+    from pyproj import CRS
+
+    try:
+        crs = CRS.from_user_input(grid.crs) if grid.crs else None
+    except Exception:
+        crs = None
+    unit = crs.axis_info[0].unit_name if crs is not None and crs.axis_info else None
+    if crs is None or not crs.is_projected or unit not in ("metre", "meter"):
+        raise SceneError(
+            "--crops-per-km2: the scene's CRS is not in metres, so its area is unknown; use "
+            "--crops-per-scene (or --grid with a UTM CRS for swath products)"
+        )
+    return abs(grid.transform.a * grid.transform.e)
+
+
+def read_strip(part: ScenePart, windows: list[TileWindow]) -> Strip:
+    """Stage 1: the rows ``[row_off, row_off + T)`` over the columns the windows span."""
     t0 = time.perf_counter()
-    window = Window(0, row_off, part.reader.grid.width, part.tile_size)
+    first, size = windows[0], windows[0].size
+    span = windows[-1].col_off + size - first.col_off
+    window = Window(first.col_off, first.row_off, span, size)
     pixels = part.reader.read_window(window)  # [C, T, W]
     qa = part.reader.read_qa(window)  # [T, W] or None
     labels = None
@@ -227,17 +292,16 @@ def read_strip(part: ScenePart, row_off: int) -> Strip:
         # [T, W] label-map values -> stored class ids (anything else -> the stored ignore)
         labels = part.table.remap(part.labels.read(window))
     part.read_s += time.perf_counter() - t0
-    return Strip(pixels, qa, labels)
+    return Strip(pixels, qa, labels, first.col_off)
 
 
-def cut_tiles(
-    strip: Strip, batch: list[TileWindow], T: int
-) -> tuple[np.ndarray, np.ndarray | None]:
+def cut_tiles(strip: Strip, batch: list[TileWindow]) -> tuple[np.ndarray, np.ndarray | None]:
     """Stage 2: the batch's tiles ``[n, C, T, T]`` and their QA tiles ``[n, T, T]`` (or None)."""
-    raw = np.stack([strip.pixels[:, :, w.col_off : w.col_off + T] for w in batch])
+    T, c0 = batch[0].size, strip.col_off
+    raw = np.stack([strip.pixels[:, :, w.col_off - c0 : w.col_off - c0 + T] for w in batch])
     qa = None
     if strip.qa is not None:
-        qa = np.stack([strip.qa[:, w.col_off : w.col_off + T] for w in batch])
+        qa = np.stack([strip.qa[:, w.col_off - c0 : w.col_off - c0 + T] for w in batch])
     return raw, qa
 
 
@@ -249,6 +313,8 @@ def measure_and_exclude(
     qualities = measure_batch(raw, profile, qa)
     reasons = [exclusion_reason(q, rules, profile) for q in qualities]
     part.counts["tiles_total"] += len(reasons)
+    per_size = f"tiles_total@{raw.shape[-1]}"
+    part.counts[per_size] = part.counts.get(per_size, 0) + len(reasons)
     for reason in reasons:
         if reason is not None:
             key = f"excluded:{reason}"
@@ -259,25 +325,39 @@ def measure_and_exclude(
 def hash_kept(part: ScenePart, kept_raw: np.ndarray) -> KeptTiles:
     """Stage 4: stored values, perceptual hashes and per-band moments of the kept tiles.
 
-    Moments and the band sample are always of calibrated values; a compact part stores the
-    raw integers and the reader applies the recorded calibration."""
-    values = part.calibrator.apply(kept_raw) if part.calibrator else kept_raw
-    phashes = perceptual_hashes(kept_raw, part.profile.nodata)
+    Crops are first brought to ``--store-size`` by area averaging (nodata ignored): raw
+    integers are averaged and rounded (calibration is affine in them, so this is the average of
+    the reflectance or radiance), calibrated float32 values are averaged as floats. Moments and
+    the band sample are always of calibrated values; a compact part stores the raw integers and
+    the reader applies the recorded calibration. Hashes are of what is stored."""
+    native = kept_raw.shape[-1]
+    size, nodata = part.job.config.stored_size(native), part.profile.nodata
+    raw = kept_raw
+    if size != native:
+        raw_dtype = kept_raw.dtype if np.issubdtype(kept_raw.dtype, np.integer) else np.float32
+        raw = area_average(kept_raw, size, nodata, raw_dtype)
+    values = part.calibrator.apply(raw) if part.calibrator else raw
+    if size != native and part.calibrator is not None and not part.compact:
+        values = area_average(part.calibrator.apply(kept_raw), size, None, np.float32)
+    phashes = perceptual_hashes(raw, nodata)
     moments = tile_moments(values)
     part.sample.add_tiles(values)
-    return KeptTiles(kept_raw, kept_raw if part.compact else values, phashes, moments)
+    return KeptTiles(raw, raw if part.compact else values, phashes, moments)
 
 
 def tile_row(
     part: ScenePart, w: TileWindow, quality: TileQuality, reason: str | None
 ) -> dict[str, Any]:
     """Stage 6: the manifest row of one tile, before anything kept-only is filled in."""
-    scene, grid, T = part.job.scene, part.reader.grid, part.tile_size
+    cfg, scene, grid, T = part.job.config, part.job.scene, part.reader.grid, w.size
     window = Window(w.col_off, w.row_off, T, T)
+    stored = cfg.stored_size(T)
+    scale = T / stored
+    size_tag = f"s{T}_" if cfg.multi_size else ""
     return {
         **part.scene_columns,
         **part.reader.tile_metadata(window),
-        "id": f"{scene.scene_id}/r{w.row_off}_c{w.col_off}",
+        "id": f"{scene.scene_id}/{size_tag}r{w.row_off}_c{w.col_off}",
         "scene": scene.scene_id,
         "source": scene_source(scene),
         "array": "",
@@ -286,8 +366,12 @@ def tile_row(
         "col_off": w.col_off,
         "height": T,
         "width": T,
+        "native_size": T,
+        "stored_size": stored,
+        "scale": scale,
+        "gsd": abs(grid.transform.a) * scale,
         "crs": grid.crs,
-        "transform": list(window_transform(window, grid.transform))[:6],
+        "transform": list(window_transform(window, grid.transform) * Affine.scale(scale))[:6],
         **quality.as_row(),
         "excluded": reason,
     }
@@ -312,23 +396,31 @@ def write_kept(
         _band_min=_floats(minimum[k]),
         _band_max=_floats(maximum[k]),
     )
+    size, native = kept.stored.shape[-1], row["native_size"]
+    name = part_array_name(part.job.part, size, part.job.config)
     t0 = time.perf_counter()
-    row["index"] = part.tiles.append(kept.stored[k])
+    row["index"] = part.tiles[size].append(kept.stored[k])
     part.write_s += time.perf_counter() - t0
-    row["array"] = array_path(TILES_GROUP, part.job.part)
+    row["array"] = array_path(TILES_GROUP, name)
     if strip.labels is not None:
-        label_tile = strip.labels[:, col_off : col_off + part.tile_size]
-        part.label_writer.append(np.ascontiguousarray(label_tile))
-        row["label_array"] = array_path(LABELS_GROUP, part.job.part)
+        c0 = col_off - strip.col_off
+        label_tile = strip.labels[:, c0 : c0 + native]
+        if size != native:
+            label_tile = nearest(label_tile, size)
+        part.label_writers[size].append(np.ascontiguousarray(label_tile))
+        row["label_array"] = array_path(LABELS_GROUP, name)
         row["labeled_fraction"] = float((label_tile != part.table.stored_ignore_index).mean())
     part.counts["samples_written"] += 1
+    per_size = f"samples_written@{native}"
+    part.counts[per_size] = part.counts.get(per_size, 0) + 1
 
 
 def process_strip(part: ScenePart, strip: Strip, windows: list[TileWindow]) -> None:
     """Stages 2-6 for the tiles of one strip, a batch at a time."""
-    for start in range(0, len(windows), TILE_BATCH):
-        batch = windows[start : start + TILE_BATCH]
-        raw, qa = cut_tiles(strip, batch, part.tile_size)
+    per_batch = max(1, min(TILE_BATCH, BATCH_PIXELS // windows[0].size ** 2))
+    for start in range(0, len(windows), per_batch):
+        batch = windows[start : start + per_batch]
+        raw, qa = cut_tiles(strip, batch)
         qualities, reasons = measure_and_exclude(part, raw, qa)
         keep = np.array([r is None for r in reasons])
         kept = hash_kept(part, raw[keep]) if keep.any() else None
@@ -346,23 +438,18 @@ def process_strip(part: ScenePart, strip: Strip, windows: list[TileWindow]) -> N
 
 def process_scene(job: SceneJob) -> dict[str, Any]:
     """Read one scene, write ``tiles/<part>`` and its fragment; return counts and timings."""
-    cfg = job.config
     t_start = time.perf_counter()
     try:
         with ExitStack() as stack:
             part = open_scene_part(job, stack)
-            grid = part.reader.grid
-            rows_of_windows = tile_grid(
-                grid.height, grid.width, cfg.tile_size, cfg.stride, cfg.cover_edges
-            )
-            if not rows_of_windows:
+            windows = plan_windows(part)
+            if not windows:
                 part.counts["scenes_smaller_than_tile"] = 1
-            for windows in rows_of_windows:
-                process_strip(part, read_strip(part, windows[0].row_off), windows)
+            for group in strips(windows):
+                process_strip(part, read_strip(part, group), group)
             t0 = time.perf_counter()
-            part.tiles.close()
-            if part.label_writer is not None:
-                part.label_writer.close()
+            for writer in [*part.tiles.values(), *part.label_writers.values()]:
+                writer.close()
             part.write_s += time.perf_counter() - t0
         timings = {
             "read": part.read_s,

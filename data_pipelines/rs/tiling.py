@@ -39,3 +39,62 @@ def tile_grid(
         [TileWindow(r, c, tile_size) for c in cols]
         for r in grid_offsets(height, tile_size, stride, cover_edges)
     ]
+
+
+# -- several sizes per scene -----------------------------------------------------------------------
+
+
+def multi_size_grid(
+    height: int, width: int, sizes: list[int], overlap: float, cover_edges: bool
+) -> list[TileWindow]:
+    """A grid per size (stride ``size x (1 - overlap)``), all sizes' windows together."""
+    windows = []
+    for size in sizes:
+        stride = max(1, round(size * (1 - overlap)))
+        for row in tile_grid(height, width, size, stride, cover_edges):
+            windows.extend(row)
+    return windows
+
+
+def scene_seed(scene_id: str, seed: int) -> int:
+    """A seed that depends only on the scene and the build's ``--seed``: a re-run, a resumed
+    run and another worker draw the same crops for the scene."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{scene_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def random_crops(
+    height: int, width: int, size_range: tuple[int, int], count: int, seed: int
+) -> list[TileWindow]:
+    """``count`` square crops at uniform positions, edges drawn log-uniformly from
+    ``size_range`` (each scale as likely as the next, as small objects are as common as large
+    ones), clipped to the scene. Fewer when the scene is smaller than the smallest size."""
+    import numpy as np
+
+    low, high = size_range[0], min(size_range[1], height, width)
+    if count <= 0 or high < low:
+        return []
+    rng = np.random.default_rng(seed)
+    sizes = np.exp(rng.uniform(np.log(low), np.log(high + 1), count)).astype(int)
+    sizes = np.clip(sizes, low, high)
+    rows = (rng.random(count) * (height - sizes + 1)).astype(int)
+    cols = (rng.random(count) * (width - sizes + 1)).astype(int)
+    return [TileWindow(int(r), int(c), int(s)) for r, c, s in zip(rows, cols, sizes, strict=True)]
+
+
+def crops_for_area(height: int, width: int, pixel_area_m2: float | None, per_km2: float) -> int:
+    """How many crops ``--crops-per-km2`` asks for on a scene of this size (at least one)."""
+    if pixel_area_m2 is None:
+        raise ValueError("the scene's pixel size is unknown (no CRS in metres)")
+    return max(1, round(height * width * pixel_area_m2 / 1e6 * per_km2))
+
+
+def strips(windows: list[TileWindow]) -> list[list[TileWindow]]:
+    """Windows grouped by (size, first row), row-major: each group is read as one strip of
+    ``size`` rows spanning its windows' columns."""
+    groups: dict[tuple[int, int], list[TileWindow]] = {}
+    for w in windows:
+        groups.setdefault((w.size, w.row_off), []).append(w)
+    return [sorted(g, key=lambda w: w.col_off) for _, g in sorted(groups.items())]

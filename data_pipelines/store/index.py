@@ -32,6 +32,7 @@ from data_pipelines.store.layout import (
     COL_ID,
     COL_INDEX,
     COL_LABEL_ARRAY,
+    COL_NATIVE_SIZE,
     COL_SPLIT,
     manifest_path,
 )
@@ -298,10 +299,20 @@ def build_sample_index(
         raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
     builder = _Builder(split, include_duplicates, require, labels, _manifest_rows([path]))
-    wanted = [COL_ARRAY, COL_INDEX, COL_EXCLUDED, COL_DUP_OF, COL_SPLIT, COL_LABEL_ARRAY]
+    wanted = [COL_ARRAY, COL_INDEX, COL_EXCLUDED, COL_DUP_OF, COL_SPLIT, COL_LABEL_ARRAY,
+              COL_NATIVE_SIZE]  # fmt: skip
+    native: list[np.ndarray] = []
     for batch in _read_batches(path, wanted):
-        builder.add_batch(batch, 0)
-    return builder.finish([str(store_dir)], {})
+        keep = builder.add_batch(batch, 0)
+        if COL_NATIVE_SIZE in batch.schema.names:
+            sizes = pc.fill_null(batch.column(COL_NATIVE_SIZE), 0).to_numpy(zero_copy_only=False)
+            native.append(sizes[keep].astype(np.int32))
+    sizes = np.concatenate(native) if native else np.zeros(0, dtype=np.int32)
+    columns = {}
+    if len(np.unique(sizes)) > 1:  # several tile sizes (one size needs no column)
+        sizes.setflags(write=False)
+        columns[COL_NATIVE_SIZE] = sizes
+    return builder.finish([str(store_dir)], columns)
 
 
 # -- CT: several stores, per-volume columns ------------------------------------------------------

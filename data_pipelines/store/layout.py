@@ -52,6 +52,8 @@ ATTR_MODALITY = "modality"  # "rs" or "ct"
 ATTR_BANDS = "bands"  # band names in channel order (RS)
 ATTR_PROFILE = "profile"  # the sensor profile (RS)
 ATTR_TILE_SIZE = "tile_size"  # tile edge in pixels (RS)
+ATTR_TILE_SIZES = "tile_sizes"  # RS: the crop sizes cut (native pixels)
+ATTR_STORE_SIZE = "store_size"  # RS: the stored edge, or None (crops kept at native size)
 ATTR_CALIBRATION = "calibration"  # how stored values relate to raw ones (RS)
 ATTR_CLASSES = "classes"  # the class table of a labeled store
 ATTR_BAND_STATS = "band_stats"  # per-band mean, std, min, max, percentiles (RS)
@@ -66,6 +68,8 @@ COL_LABEL_ARRAY = "label_array"
 COL_EXCLUDED = "excluded"  # null when kept, else the reason
 COL_DUP_OF = "dup_of"  # null, or the id of the sample this one duplicates
 COL_SPLIT = "split"  # "train" / "val"
+COL_NATIVE_SIZE = "native_size"  # RS: crop edge in scene pixels
+COL_STORED_SIZE = "stored_size"  # RS: crop edge as stored
 
 _F64_LIST = pa.list_(pa.float64())
 
@@ -80,8 +84,13 @@ RS_MANIFEST_SCHEMA = pa.schema(
         ("col_off", pa.int32()),
         ("height", pa.int32()),
         ("width", pa.int32()),
+        # the crop as cut (height = width = native_size scene pixels) and as stored
+        (COL_NATIVE_SIZE, pa.int32()),
+        (COL_STORED_SIZE, pa.int32()),
+        ("scale", pa.float64()),  # native_size / stored_size (> 1: averaged down)
+        ("gsd", pa.float64()),  # ground sampling distance of the stored pixels, CRS units
         ("crs", pa.string()),
-        ("transform", pa.list_(pa.float64(), 6)),
+        ("transform", pa.list_(pa.float64(), 6)),  # of the stored pixels
         # provider products: the tile centre and the scene's acquisition (null for plain rasters)
         ("lat", pa.float64()),
         ("lon", pa.float64()),

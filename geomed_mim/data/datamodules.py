@@ -14,12 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data_pipelines.store.index import build_sample_index
-from data_pipelines.store.layout import ATTR_BANDS, ATTR_PROFILE, ATTR_TILE_SIZE
+from data_pipelines.store.layout import (
+    ATTR_BANDS,
+    ATTR_PROFILE,
+    ATTR_TILE_SIZE,
+    ATTR_TILE_SIZES,
+    COL_NATIVE_SIZE,
+)
 from data_pipelines.store.object_store import is_object_url, local_store
 from data_pipelines.store.read import read_store_attrs, store_band_stats
 from geomed_mim.data.buffers import release
@@ -79,8 +86,13 @@ class StoreDataModule(LightningDataModule):
     def resolve_batch_size(self) -> None:
         self.batch_size = resolve_batch_size(self, self.batch_size)
 
+    def batch_groups(self, dataset: Any, shuffle: bool) -> dict[str, Any]:
+        """``groups``/``group_weights`` for the loader when batches must keep to one group."""
+        return {}
+
     def _loader(self, dataset: Any, shuffle: bool, drop_last: bool) -> DataLoader:
         workers = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
+        workers.update(self.batch_groups(dataset, shuffle))
         return sharded_loader(
             dataset,
             self.batch_size,
@@ -133,6 +145,10 @@ class RSDataModule(StoreDataModule):
         drop_last: leave out each epoch's short last global batch (default: every usable tile
             is seen exactly once per epoch).
         prefetch_factor: batches each worker prepares ahead.
+        size_weights: stores cut at several tile sizes: the share of training batches drawn
+            from each native size, e.g. ``{64: 1, 256: 2}`` (sizes left out are not drawn;
+            with ``--store-size`` the keys bound size classes, see :meth:`batch_groups`);
+            default: each size as often as it has tiles.
 
     Workers deliver compact batches (stored integers); calibration, standardization, the
     random resized crop and flips run in :meth:`on_after_batch_transfer` on the whole batch.
@@ -155,6 +171,7 @@ class RSDataModule(StoreDataModule):
         seed: int = 0,
         drop_last: bool = False,
         prefetch_factor: int = 2,
+        size_weights: dict[int, float] | None = None,
     ) -> None:
         super().__init__(
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
@@ -162,6 +179,7 @@ class RSDataModule(StoreDataModule):
         )  # fmt: skip
         self.store_source = str(store)  # as given: a folder or an object-store URL
         self.store = local_store(store)  # an s3:// store is staged in, then read like any
+        self.size_weights = {int(k): float(v) for k, v in (size_weights or {}).items()} or None
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
         self.include_duplicates = include_duplicates
@@ -171,7 +189,14 @@ class RSDataModule(StoreDataModule):
         self.bands: list[str] = list(self.attrs.get(ATTR_BANDS) or profile.get("bands") or [])
         if not self.bands:
             raise ValueError(f"store {store} lists no bands in its attributes")
-        self.img_size = int(crop_size or self.attrs.get(ATTR_TILE_SIZE))
+        stored = self.attrs.get(ATTR_TILE_SIZE)
+        if crop_size is None and stored is None:
+            raise ValueError(
+                f"crop_size: store {store} keeps its crops at their native sizes "
+                f"{self.attrs.get(ATTR_TILE_SIZES)}; give one training size, e.g. "
+                f"--data.init_args.crop_size 224"
+            )
+        self.img_size = int(crop_size or stored)
         self._mean: list[float] | None = None
         self._std: list[float] | None = None
         self._transform: TileBatchTransform | None = None
@@ -241,6 +266,32 @@ class RSDataModule(StoreDataModule):
             mean, std = self.band_stats()
             self._transform = TileBatchTransform(mean, std, self.img_size)
         return self._transform
+
+    def batch_groups(self, dataset: Any, shuffle: bool) -> dict[str, Any]:
+        """Several tile sizes: the group of each sample for the loader.
+
+        A store that keeps crops at their native sizes batches one size at a time (one shape
+        per batch), drawn with ``size_weights`` (keys: the sizes). A store of one stored size
+        needs groups only for ``size_weights``, whose keys are then the lower bounds of size
+        classes: a crop counts toward the largest key not above its native size (random
+        crops of 64-1023 px: ``{64: 1, 256: 2}``)."""
+        sizes = dataset.index.columns.get(COL_NATIVE_SIZE)
+        one_shape = self.attrs.get(ATTR_TILE_SIZE) is not None
+        weights = self.size_weights if shuffle else None
+        if sizes is None or (one_shape and weights is None):
+            return {}
+        if one_shape:
+            keys = np.array(sorted(weights))
+            sizes = keys[np.maximum(np.searchsorted(keys, sizes, side="right") - 1, 0)]
+        if weights is not None:
+            present = sorted({int(s) for s in np.unique(sizes)})
+            unknown = sorted(set(weights) - set(present))
+            if (unknown and not one_shape) or not any(weights.get(s, 0) > 0 for s in present):
+                raise ValueError(
+                    f"size_weights: {weights} does not weight the store's tile sizes "
+                    f"{present}; give a positive weight to at least one of them"
+                )
+        return {"groups": sizes, "group_weights": weights}
 
     def setup(self, stage: str | None = None) -> None:
         self.resolve_batch_size()

@@ -74,6 +74,55 @@ def global_batches(
     return batches
 
 
+def grouped_global_batches(
+    groups: np.ndarray,
+    global_batch_size: int,
+    epoch: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    min_batch: int = 1,
+    weights: dict[int, float] | None = None,
+) -> list[np.ndarray]:
+    """Global batches that each hold samples of one group (one tile size, so one shape).
+
+    Each group is cut into batches as :func:`global_batches` cuts a store; the epoch has as many
+    batches as all groups together. Without ``weights`` every batch is used once, in an order
+    shuffled by (seed, epoch); with ``weights`` (group -> share of the batches) the group of
+    each batch is drawn with those shares, a group drawn more often than it has batches
+    continuing with a fresh permutation (its samples repeat within the epoch), one drawn less
+    often leaving some out. Like :func:`global_batches`, independent of the world size.
+    """
+    names = [int(g) for g in np.unique(groups)]
+    members = {g: np.flatnonzero(groups == g) for g in names}
+
+    def cut(g: int, cycle: int) -> list[np.ndarray]:
+        n, pass_epoch = len(members[g]), epoch * 1009 + cycle  # a new permutation per pass
+        cuts = global_batches(n, global_batch_size, pass_epoch, seed + g, shuffle, drop_last,
+                              min_batch)  # fmt: skip
+        return [members[g][b] for b in cuts]
+
+    batches = {g: cut(g, 0) for g in names}
+    total = sum(len(b) for b in batches.values())
+    if not shuffle:
+        return [b for g in names for b in batches[g]]
+    state = np.random.SeedSequence([int(seed), int(epoch), 0x5125]).generate_state(1)[0]
+    rng = np.random.default_rng(int(state))
+    if weights is None:
+        order = rng.permutation(np.repeat(names, [len(batches[g]) for g in names]))
+    else:
+        share = np.array([max(float(weights.get(g, 0.0)), 0.0) for g in names])
+        order = rng.choice(names, size=total, p=share / share.sum())
+    out, used, cycles = [], dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    for g in order.tolist():
+        if used[g] == len(batches[g]):  # drawn more often than it has batches: a new pass
+            cycles[g] += 1
+            batches[g], used[g] = cut(g, cycles[g]), 0
+        out.append(batches[g][used[g]])
+        used[g] += 1
+    return out
+
+
 def rank_share(batch: Sequence[int] | np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """Rank ``rank``'s contiguous slice of a global batch (sizes differ by at most one)."""
     n = len(batch)
@@ -103,9 +152,13 @@ class ShardedBatchSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        groups: np.ndarray | None = None,
+        group_weights: dict[int, float] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.drop_last = drop_last
+        self.groups = groups
+        self.group_weights = group_weights
         self.batch_size = int(batch_size)
         self.num_samples_total = len(dataset)  # type: ignore[arg-type]
         if self.num_samples_total < num_replicas and not drop_last:
@@ -120,6 +173,11 @@ class ShardedBatchSampler(DistributedSampler):
         return self.batch_size * self.num_replicas
 
     def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        if self.groups is not None:
+            return grouped_global_batches(
+                self.groups, self.global_batch_size, self.epoch if epoch is None else epoch,
+                self.seed, self.shuffle, self.drop_last, self.num_replicas, self.group_weights,
+            )  # fmt: skip
         return global_batches(
             self.num_samples_total,
             self.global_batch_size,
@@ -131,6 +189,8 @@ class ShardedBatchSampler(DistributedSampler):
         )
 
     def __len__(self) -> int:
+        if self.groups is not None:
+            return len(self.batches())
         n, g = self.num_samples_total, self.global_batch_size
         if self.drop_last:
             return n // g
@@ -258,13 +318,17 @@ def sharded_loader(
     drop_last: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     resumable: bool = True,
+    groups: np.ndarray | None = None,
+    group_weights: dict[int, float] | None = None,
     **loader_kwargs: Any,
 ) -> DataLoader:
-    """A loader of this rank's shares of the global batches (see the module docstring)."""
+    """A loader of this rank's shares of the global batches (see the module docstring); with
+    ``groups`` each batch holds one group (see :func:`grouped_global_batches`)."""
     world_size, rank = world_of(trainer)
     sampler = ShardedBatchSampler(
-        dataset, batch_size, world_size, rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-    )
+        dataset, batch_size, world_size, rank, shuffle=shuffle, seed=seed, drop_last=drop_last,
+        groups=groups, group_weights=group_weights,
+    )  # fmt: skip
     batched = SeededBatchDataset(dataset, seed=seed, collate_fn=collate_fn)
     if not resumable:
         return DataLoader(batched, sampler=sampler, batch_size=None, **loader_kwargs)

@@ -17,6 +17,8 @@ from typing import Any
 from data_pipelines.store.layout import (
     ATTR_CLASSES,
     ATTR_MODALITY,
+    ATTR_TILE_SIZE,
+    ATTR_TILE_SIZES,
     COL_ARRAY,
     COL_EXCLUDED,
     COL_LABEL_ARRAY,
@@ -129,3 +131,16 @@ def check_data_config(data: Mapping[str, Any], subcommand: str, labeled: bool) -
     dups = bool(init_args.get("include_duplicates") or False)
     for store in stores:
         check_store(store, flag, modality, labeled, split, dups)
+        if modality == "rs" and "crop_size" in init_args:
+            check_crop_size(store, init_args.get("crop_size"))
+
+
+def check_crop_size(store: str, crop_size: int | None) -> None:
+    """A store that keeps crops at several native sizes needs one training size."""
+    attrs = store_attributes(store, "--data.init_args.store", "rs")
+    if crop_size is None and attrs.get(ATTR_TILE_SIZE) is None:
+        raise UsageError(
+            f"--data.init_args.crop_size: store {store} keeps its crops at their native sizes "
+            f"{attrs.get(ATTR_TILE_SIZES)}; give one training size (e.g. "
+            f"--data.init_args.crop_size 224) or build with --store-size"
+        )

@@ -146,3 +146,108 @@ def test_a_global_step_gets_the_same_tiles_and_crops_on_one_or_two_ranks(demo_st
         assert torch.equal(ds.transform(whole)["image"], images)
         steps += 1
     assert steps == len(one) > 1
+
+
+# -- several tile sizes: each batch holds one size ----------------------------------------------
+
+
+def grouped_shares(groups, per_rank, world, epoch, weights=None):
+    """[rank][step] → list of indices, for a store whose samples fall into ``groups``."""
+    out = []
+    for rank in range(world):
+        sampler = ShardedBatchSampler(
+            Numbers(len(groups)), per_rank, world, rank, seed=5, groups=groups,
+            group_weights=weights,
+        )  # fmt: skip
+        sampler.set_epoch(epoch)
+        steps = [indices for _, indices in sampler]
+        assert len(steps) == len(sampler)
+        out.append(steps)
+    return out
+
+
+def test_grouped_batches_hold_one_size_and_every_sample_once_without_weights():
+    import numpy as np
+
+    # short last batches of 3 and 2 samples: wide enough to be shared by two ranks, so the
+    # batches are the same for one and two ranks (a 1-sample tail is merged on two)
+    groups = np.array([64] * 36 + [128] * 11 + [256] * 6)
+    for world in (1, 2):
+        shares = grouped_shares(groups, 4, world, epoch=1)
+        for step in range(len(shares[0])):
+            batch = [i for rank in shares for i in rank[step]]
+            assert len({int(groups[i]) for i in batch}) == 1  # one size per global batch
+        seen = sorted(i for rank in shares for step in rank for i in step)
+        assert seen == list(range(len(groups)))
+    # the same global batches whatever the world size
+    one = [sorted(s) for s in grouped_shares(groups, 4, 1, epoch=1)[0]]
+    two = grouped_shares(groups, 2, 2, epoch=1)
+    assert one == [sorted(a + b) for a, b in zip(*two, strict=True)]
+
+
+def test_size_weights_set_the_share_of_batches_per_size():
+    import numpy as np
+
+    groups = np.array([64] * 400 + [256] * 400)
+    counts = {64: 0, 256: 0}
+    for epoch in range(20):
+        for batch in grouped_shares(groups, 8, 1, epoch, weights={64: 1.0, 256: 3.0})[0]:
+            counts[int(groups[batch[0]])] += 1
+    share = counts[256] / sum(counts.values())
+    assert 0.7 < share < 0.8  # 3 : 1 asked for; 2,000 batches drawn
+    only = grouped_shares(groups, 8, 1, 0, weights={256: 1.0})[0]
+    assert {int(groups[b[0]]) for b in only} == {256}  # a size left out is not drawn
+
+
+def test_data_module_batches_one_size_of_a_native_size_store(tmp_path, capsys):
+    """A store of crops kept at 16 and 32 px: batches hold one size, images come out at the
+    training crop size; a missing crop size is one line naming the flag."""
+    from geomed_mim.build_dataset import main
+    from geomed_mim.data.datamodules import RSDataModule
+    from geomed_mim.data.transforms import TILE_KEY
+
+    store = tmp_path / "store"
+    assert main(["--output", str(store), "--tile-size", "16", "32", "--stride", "null",
+                 "--workers", "1", "--val-fraction", "0"]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="crop_size"):
+        RSDataModule(str(store), batch_size=4, num_workers=0)
+    dm = RSDataModule(str(store), batch_size=4, num_workers=0, crop_size=24,
+                      size_weights={16: 1, 32: 1})  # fmt: skip
+    dm.setup("fit")
+    shapes = set()
+    for batch in dm.train_dataloader():
+        shapes.add(tuple(batch[TILE_KEY].shape[-2:]))  # one stored size per batch
+        images = dm.on_after_batch_transfer(batch, 0)["image"]
+        assert images.shape[-2:] == (24, 24)
+    assert shapes == {(16, 16), (32, 32)}
+    wrong = RSDataModule(str(store), batch_size=4, num_workers=0, crop_size=24,
+                         size_weights={48: 1})  # fmt: skip
+    wrong.setup("fit")
+    with pytest.raises(ValueError, match="size_weights"):
+        wrong.train_dataloader()
+
+
+def test_size_weights_of_a_one_size_store_bound_size_classes(tmp_path):
+    """Random crops of 16-64 px stored at 16 px: ``{16: 0, 32: 1}`` draws only crops of 32 px
+    and more (a crop counts toward the largest key not above its native size)."""
+    import numpy as np
+
+    from geomed_mim.build_dataset import main
+    from geomed_mim.data.datamodules import RSDataModule
+
+    store = tmp_path / "store"
+    assert main(["--output", str(store), "--slicing", "random", "--tile-size", "16", "64",
+                 "--crops-per-scene", "20", "--store-size", "16", "--stride", "null",
+                 "--workers", "1", "--val-fraction", "0"]) == 0  # fmt: skip
+    dm = RSDataModule(str(store), batch_size=4, num_workers=0, size_weights={16: 0, 32: 1})
+    dm.setup("fit")
+    native = dm.train_dataset.index.columns["native_size"]
+    groups = dm.batch_groups(dm.train_dataset, shuffle=True)["groups"]
+    np.testing.assert_array_equal(groups, np.where(native >= 32, 32, 16))
+    loader = dm.train_dataloader()
+    drawn = [i for _, batch in loader.sampler for i in batch]
+    assert drawn
+    assert (native[drawn] >= 32).all()
+    assert not RSDataModule(str(store), batch_size=4, num_workers=0).batch_groups(
+        dm.train_dataset, shuffle=True
+    )  # one stored size, no weights: batches mix sizes freely
