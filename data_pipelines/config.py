@@ -37,6 +37,11 @@ class BuildConfig:
             raise BuildConfigError(f"--compression-level: {self.compression_level} not in [0, 9]")
         if not self.output:
             raise BuildConfigError("--output: give the folder to write the dataset into")
+        if "://" in str(self.output):
+            raise BuildConfigError(
+                f"--output: {self.output} is a URL; a build writes a local folder (the "
+                f"build_dataset command stages object-store outputs locally and publishes them)"
+            )
 
 
 def checked_class_table(path: str) -> ClassTable:

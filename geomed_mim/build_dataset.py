@@ -14,7 +14,7 @@ setting that cannot work (one line naming the flag); 130 after Ctrl-C (re-runnin
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,13 @@ from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.rs.profiles import ProfileError, available_profiles
 from data_pipelines.stats import recompute_store_stats
 from data_pipelines.store.layout import ATTR_MODALITY, COL_DUP_OF, MANIFEST_NAME, manifest_path
+from data_pipelines.store.object_store import (
+    ObjectStoreError,
+    is_object_url,
+    object_filesystem,
+    publish,
+    staging_dir,
+)
 from data_pipelines.store.read import read_manifest, read_store_attrs
 from geomed_mim.resources import demo_data_dir
 
@@ -96,12 +103,16 @@ def input_output_flags() -> list[Flag]:
         Flag("--input", str | list[str] | None, None,
              "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
              ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
-             "such as 'scenes/**/*.tif', a raster or product file, or demo:NAME for the "
+             "such as 'scenes/**/*.tif', a raster or product file, a STAC Item, "
+             "ItemCollection, Catalog or Collection JSON (path or http(s)/s3 URL; remote COG "
+             "assets are read by range), or demo:NAME for the "
              "embedded demo (demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo "
              "archive."),
         Flag("--output", str | None, None,
              "Folder to write store.zarr, manifest.parquet, build.json and quarantine.jsonl "
-             "into. Re-running into the same folder resumes."),
+             "into. Re-running into the same folder resumes. An object-store URL "
+             "(s3://bucket/prefix) builds in a local staging folder ($GEOMED_STAGING_DIR) and "
+             "publishes the finished build there, build.json last."),
     ]  # fmt: skip
 
 
@@ -518,9 +529,41 @@ def build_outcome(report: BuildReport, strict: bool) -> int:
     return EXIT_OK
 
 
+def staged_output(cfg: RSBuildConfig | CTBuildConfig) -> tuple[Any, str | None]:
+    """For ``--output s3://...``: the config building into the local staging folder, and the
+    URL to publish the finished build to (None for a local ``--output``)."""
+    if not is_object_url(cfg.output):
+        return cfg, None
+    url = cfg.output.rstrip("/")
+    try:
+        object_filesystem(url)
+    except ObjectStoreError as e:
+        raise BuildConfigError(
+            f"--output: {e}; install the fsspec filesystem for this scheme (s3fs for s3://) or "
+            f"give a local folder"
+        ) from None
+    return replace(cfg, output=str(staging_dir(url))), url
+
+
+def publish_build(out_dir: Path, url: str) -> int:
+    """Upload a finished build to ``url``; one line either way."""
+    try:
+        published = publish(out_dir, url)
+    except ObjectStoreError as e:
+        print(f"error: {e}; re-run the same command to retry", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"  published: {url} ({published.uploaded} files, "
+        f"{_human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
+        f"{published.deleted} stale removed)"
+    )
+    return EXIT_OK
+
+
 def build_main(argv: list[str]) -> int:
     try:
         cfg, is_demo = parse_config(argv)
+        cfg, publish_url = staged_output(cfg)
         if is_demo:
             print(
                 f"No --input given: building the embedded demo archive into "
@@ -534,7 +577,10 @@ def build_main(argv: list[str]) -> int:
         print(format_ct_summary(report, cfg))
     else:
         print(format_summary(report, cfg))
-    return build_outcome(report, cfg.strict)
+    outcome = build_outcome(report, cfg.strict)
+    if publish_url is not None and report.samples_written > 0:
+        return publish_build(report.out_dir, publish_url) or outcome
+    return outcome
 
 
 def kebab_negations(argv: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_pipelines.errors import InputError
 from data_pipelines.rs.products.names import (
@@ -30,6 +31,9 @@ from data_pipelines.rs.products.names import (
     safe_stem,
 )
 from data_pipelines.rs.profiles import SensorProfile, profiles_reading
+
+if TYPE_CHECKING:
+    from data_pipelines.rs.stac import StacFacts
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 # product containers and sidecars: MODIS HDF4, .SAFE zips, Landsat MTL text/JSON
@@ -48,6 +52,8 @@ class Scene:
     metadata_files: tuple[str, ...] = ()
     # provider product kind (data_pipelines.rs.profiles.PRODUCT_KINDS), "" for plain rasters
     product: str = ""
+    origin: str = ""  # where the scene was listed (a STAC item's href), "" for files found here
+    stac: StacFacts | None = None  # what a STAC item says about the scene (rs.stac)
 
     @property
     def multi_file(self) -> bool:
@@ -253,7 +259,20 @@ def landsat_scenes(
 
 
 def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Discovery:
-    """Group the files of ``input_spec`` into scenes for ``profile``; sorted by scene id."""
+    """Group the files of ``input_spec`` into scenes for ``profile``; sorted by scene id.
+
+    A STAC document (a URL, or a local Item/ItemCollection/Catalog JSON) lists its scenes itself
+    (``rs.stac``)."""
+    from data_pipelines.rs.stac import discover_stac, looks_like_stac
+
+    specs = [input_spec] if isinstance(input_spec, str | Path) else list(input_spec)
+    if len(specs) == 1 and looks_like_stac(str(specs[0])):
+        return discover_stac(str(specs[0]), profile)
+    if any(looks_like_stac(str(s)) for s in specs):
+        raise InputError(
+            "--input: a STAC document or URL must be the only --input; build each catalog "
+            "on its own or merge the items into one ItemCollection"
+        )
     listing = list_inputs(input_spec)
     found = Discovery(scenes=[])
     files, root = listing.files, listing.root

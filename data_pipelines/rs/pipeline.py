@@ -184,7 +184,8 @@ def plan_tasks(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildConfig) 
         tasks.append(
             BuildTask(
                 part=part,
-                source=" ".join(scene.paths) if not scene.multi_file else scene.scene_id,
+                source=scene.origin
+                or (" ".join(scene.paths) if not scene.multi_file else scene.scene_id),
                 payload=SceneJob(scene, profile, cfg, out_dir, part, label),
             )
         )

@@ -25,6 +25,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from data_pipelines.errors import first_line
+from data_pipelines.remote import is_remote, worker_gdal_options
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.profiles import SensorProfile
@@ -70,7 +71,9 @@ class SceneReader:
     # -- opening ---------------------------------------------------------------------------------
     def __enter__(self) -> SceneReader:
         try:
-            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20))
+            self._stack.enter_context(
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, **worker_gdal_options())
+            )
             self._open()
         except BaseException:
             self._stack.close()
@@ -84,7 +87,8 @@ class SceneReader:
         try:
             return self._stack.enter_context(rasterio.open(path))
         except rasterio.errors.RasterioIOError as e:
-            raise SceneError(f"cannot open {Path(path).name}: {_gdal_reason(path, e)}") from None
+            name = path if is_remote(path) else Path(path).name
+            raise SceneError(f"cannot open {name}: {_gdal_reason(path, e)}") from None
 
     def _open(self) -> None:
         self._open_files(list(self.scene.files), self.scene.qa_file)
@@ -235,6 +239,10 @@ def open_scene_reader(
     ``swath_grid`` (CRS, resolution) resamples swath products (MODIS L1B) to a map grid;
     without it they are read in swath geometry.
     """
+    if scene.product == "stac_item":
+        from data_pipelines.rs.stac import StacSceneReader
+
+        return StacSceneReader(scene, profile, resampling)
     if scene.product == "modis_l1b":
         from data_pipelines.rs.products.modis import ModisGranuleReader
 
@@ -260,7 +268,7 @@ def _crs_string(crs: rasterio.crs.CRS | None) -> str:
 def _gdal_reason(path: str, e: BaseException) -> str:
     """GDAL's complaint in a few words, without the path it repeats."""
     p = Path(path)
-    if path and p.is_file() and p.stat().st_size == 0:
+    if path and not is_remote(path) and p.is_file() and p.stat().st_size == 0:
         return "empty file (0 bytes)"
     while "See previous exception" in str(e) and e.__cause__ is not None:
         e = e.__cause__  # rasterio chains GDAL's own message as the cause

@@ -72,7 +72,10 @@ class SceneJob:
 
 
 def scene_source(scene: Scene) -> str:
-    """The raster file of a scene, or the folder of a one-file-per-band scene."""
+    """The raster file of a scene, or the folder of a one-file-per-band scene (a STAC item:
+    its href)."""
+    if scene.origin:
+        return scene.origin
     return scene.files[0][1] if not scene.multi_file else str(Path(scene.files[0][1]).parent)
 
 

@@ -390,6 +390,25 @@ def modis_toa_raster_calibrator(profile: SensorProfile) -> Calibrator:
     )
 
 
+# -- STAC items -----------------------------------------------------------------------------------
+
+# calibrations that are one scale and offset per band, which STAC raster:bands can state; the
+# others (Landsat L1 TOA with sun elevation, MODIS) need the product's own metadata
+AFFINE_KINDS = ("linear", "sentinel2", "landsat_c2_l2")
+
+
+def stac_raster_calibrator(profile: SensorProfile, product: ProductInfo) -> Calibrator:
+    """physical = scale * DN + offset, per band, as the item's ``raster:bands`` state."""
+    cal = product.calibration
+    return Calibrator(
+        kind="stac_raster_bands",
+        scale=np.asarray(cal["scale"], dtype=float),
+        offset=np.asarray(cal["offset"], dtype=float),
+        nodata=profile.nodata,
+        source={"from": cal.get("source", "STAC raster:bands"), "item": product.product_id},
+    )
+
+
 # -- choosing ------------------------------------------------------------------------------------
 
 
@@ -414,6 +433,8 @@ def make_calibrator(
     product_kind = product.kind if product else ""
     if kind == "none":
         return None
+    if product_kind == "stac_item" and product.calibration and kind in AFFINE_KINDS:
+        return stac_raster_calibrator(profile, product)
     if kind == "sentinel2":
         if product_kind.startswith("sentinel2"):
             return sentinel2_product_calibrator(profile, product)

@@ -99,6 +99,7 @@ RS_MANIFEST_SCHEMA = pa.schema(
         ("day_night", pa.string()),  # MODIS: Day, Night or Mixed
         ("product", pa.string()),  # product id (granule, .SAFE or Landsat product name)
         ("processing_baseline", pa.string()),  # S2 baseline, Landsat collection, MODIS C6.1
+        ("cloud_cover", pa.float32()),  # STAC items: eo:cloud_cover of the scene, percent
         ("nodata_fraction", pa.float32()),
         ("out_of_range_fraction", pa.float32()),
         ("saturated_fraction", pa.float32()),

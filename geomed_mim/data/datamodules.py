@@ -27,6 +27,7 @@ from data_pipelines.store.layout import (
     ATTR_TILE_SIZES,
     COL_NATIVE_SIZE,
 )
+from data_pipelines.store.object_store import is_object_url, local_store
 from data_pipelines.store.read import read_store_attrs, store_band_stats
 from geomed_mim.data.buffers import release
 from geomed_mim.data.ct import CTCropDataset
@@ -131,7 +132,9 @@ class RSDataModule(StoreDataModule):
     """Tiles of an RS store (``build_dataset`` output folder), normalized with its band stats.
 
     Args:
-        store: the build output folder (holds ``store.zarr`` and ``manifest.parquet``).
+        store: the build output folder (holds ``store.zarr`` and ``manifest.parquet``), or the
+            object-store URL (``s3://bucket/prefix``) a build was published to: staged into
+            a local cache (``$GEOMED_STORE_CACHE``) once, then read like a local store.
         crop_size: training image size; None keeps the store's tile size.
         crop_scale: area range of the random resized crop.
         stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
@@ -174,13 +177,14 @@ class RSDataModule(StoreDataModule):
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
             global_batch_size, drop_last, prefetch_factor,
         )  # fmt: skip
-        self.store = store
+        self.store_source = str(store)  # as given: a folder or an object-store URL
+        self.store = local_store(store)  # an s3:// store is staged in, then read like any
         self.size_weights = {int(k): float(v) for k, v in (size_weights or {}).items()} or None
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
         self.include_duplicates = include_duplicates
         self.stats_max_tiles = stats_max_tiles
-        self.attrs = read_store_attrs(store)
+        self.attrs = read_store_attrs(self.store)
         profile = self.attrs.get(ATTR_PROFILE) or {}
         self.bands: list[str] = list(self.attrs.get(ATTR_BANDS) or profile.get("bands") or [])
         if not self.bands:
@@ -252,7 +256,7 @@ class RSDataModule(StoreDataModule):
             "preview_bands": [
                 self.bands.index(b) for b in profile.get("preview_rgb", []) if b in self.bands
             ],
-            "store": str(Path(self.store).resolve()),
+            "store": _store_record(self.store_source),
         }
 
     # -- Lightning hooks -----------------------------------------------------------------------
@@ -371,7 +375,8 @@ class CTDataModule(StoreDataModule):
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
             global_batch_size,
         )  # fmt: skip
-        self.stores = list(stores)
+        self.store_sources = [str(s) for s in stores]
+        self.stores = [local_store(s) for s in stores]
         self.crops_per_volume = crops_per_volume
         self.img_size = int(crop_size)
         self.window = (float(window[0]), float(window[1]))
@@ -391,7 +396,7 @@ class CTDataModule(StoreDataModule):
             "stats_source": f"HU window {list(self.window)} mapped to [0, 1] by the loader",
             "window_hu": list(self.window),
             "preview_bands": [0],
-            "store": [str(Path(s).resolve()) for s in self.stores],
+            "store": [_store_record(s) for s in self.store_sources],
         }
 
     def crops(self, split: str | None, augment: bool, **options: Any) -> Any:
@@ -415,3 +420,8 @@ class CTDataModule(StoreDataModule):
         self.train_dataset = IndexedDataset(self.crops("train", augment=True))
         if self.val_split:
             self.val_dataset = IndexedDataset(self.crops(self.val_split, augment=False))
+
+
+def _store_record(store: str) -> str:
+    """How a checkpoint names its store: the URL of one on object storage, else the folder."""
+    return store if is_object_url(store) else str(Path(store).resolve())

@@ -197,7 +197,7 @@ class RSSegDataModule(RSDataModule):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
         )
-        self.classes = store_classes(store)
+        self.classes = store_classes(self.store)
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
         self.predict_inputs = list(predict_inputs or [])

@@ -48,4 +48,5 @@ EMPTY_SCENE_COLUMNS: dict[str, Any] = {
     "day_night": None,
     "product": None,
     "processing_baseline": None,
+    "cloud_cover": None,
 }
