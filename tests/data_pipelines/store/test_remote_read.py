@@ -19,7 +19,7 @@ from data_pipelines.store.chunks import ArrayLayout
 from data_pipelines.store.index import build_sample_index
 from data_pipelines.store.object_store import publish
 from data_pipelines.store.read import LazyZarrArrays, read_manifest, read_store_attrs
-from data_pipelines.store.source import ObjectFiles
+from data_pipelines.store.source import LOCAL, ObjectFiles, join, source_for
 from geomed_mim.build_dataset import main as build_dataset
 from geomed_mim.data.buffers import TICKET_KEY
 from geomed_mim.data.datamodules import RSDataModule
@@ -165,6 +165,16 @@ def test_a_reader_pickled_into_another_process_opens_its_own_connection(publishe
     assert copy.source._fs is None  # nothing open crosses a pickle
     assert not copy.is_open
     np.testing.assert_array_equal(copy.read(array, row), first)
+
+
+def test_store_locations_keep_urls_whole(tmp_path: Path) -> None:
+    assert (
+        join("s3://bucket/prefix/", "store.zarr", "tiles/a")
+        == "s3://bucket/prefix/store.zarr/tiles/a"
+    )
+    assert join(str(tmp_path), "store.zarr") == tmp_path / "store.zarr"
+    assert isinstance(source_for("s3://bucket/x"), ObjectFiles)
+    assert source_for(tmp_path) is LOCAL
 
 
 @pytest.mark.slow
