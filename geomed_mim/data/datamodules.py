@@ -133,8 +133,8 @@ class RSDataModule(StoreDataModule):
 
     Args:
         store: the build output folder (holds ``store.zarr`` and ``manifest.parquet``), or the
-            object-store URL (``s3://bucket/prefix``) a build was published to: staged into
-            a local cache (``$GEOMED_STORE_CACHE``) once, then read like a local store.
+            object-store URL (``s3://bucket/prefix``) a build was published to, read in place
+            by range with the same code as a local store (nothing is copied).
         crop_size: training image size; None keeps the store's tile size.
         crop_scale: area range of the random resized crop.
         stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
