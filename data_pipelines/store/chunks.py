@@ -4,10 +4,13 @@ zarr-python runs every chunk read through an async codec pipeline whose per-chun
 larger than decoding a tile or a 64³ block itself. The arrays this project writes have a plain
 layout: a regular chunk grid, ``c/i/j/...`` keys, ``bytes`` (little-endian) optionally followed by
 ``blosc``; tiles are additionally sharded (``sharding_indexed`` with a ``bytes`` + ``crc32c``
-index). For those layouts a chunk is one ``pread`` of its bytes (for a shard: one more ``pread``
-of its 16-byte index entry) and one ``blosc.decompress``, straight into the caller's buffer.
-Any other layout (other codecs, big-endian, non-local stores) is marked ``fast = False`` and
-its readers fall back to zarr, so correctness never depends on the fast path.
+index). For those layouts a chunk is one read of its bytes (for a shard: one more read of its
+16-byte index entry) and one ``blosc.decompress``, straight into the caller's buffer. The bytes
+come from a :class:`~data_pipelines.store.source.ByteSource`: ``os.pread`` for a local store,
+ranged GETs for a store on object storage (which keeps each shard's index once fetched), so
+both are read in place by the same code. Any other layout (other codecs, big-endian) is marked
+``fast = False`` and its readers fall back to zarr, so correctness never depends on the fast
+path.
 
 The shard index's crc32c is not checked on this path (only one entry is read); a damaged entry
 points at bytes that blosc refuses to decode, which raises.
@@ -15,20 +18,19 @@ points at bytes that blosc refuses to decode, which raises.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data_pipelines.store.source import ByteSource, join, source_for
+
 # zarr v3 data types that NumPy spells the same way
 _PLAIN_DTYPES = frozenset(
     ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
      "float16", "float32", "float64")
 )  # fmt: skip
-_EMPTY = 2**64 - 1  # a shard index entry of a chunk that holds only the fill value
 _INDEX_ENTRY = 16  # (offset, nbytes) as two little-endian uint64
 
 
@@ -56,7 +58,7 @@ class ArrayLayout:
     of a sharded array (``shard`` then holds the shard shape).
     """
 
-    path: Path
+    path: str | Path  # the array's folder: a local Path or an object-store URL
     shape: tuple[int, ...]
     dtype: np.dtype
     chunks: tuple[int, ...]
@@ -67,13 +69,16 @@ class ArrayLayout:
     blosc: bool = False
     index_at_end: bool = True
     index_bytes: int = 0  # size of a shard's index (entries + checksum)
+    source: ByteSource = field(default_factory=lambda: source_for("."), repr=False)
     _fill: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, array_dir: str | Path) -> ArrayLayout:
-        """Read ``<array_dir>/zarr.json``; nothing else is touched."""
-        path = Path(array_dir)
-        meta: dict[str, Any] = json.loads((path / "zarr.json").read_text())
+    def open(cls, array_dir: str | Path, source: ByteSource | None = None) -> ArrayLayout:
+        """Read ``<array_dir>/zarr.json`` through ``source`` (default: the one ``array_dir``
+        needs); nothing else is touched."""
+        path = join(array_dir)
+        source = source or source_for(path)
+        meta: dict[str, Any] = source.read_json(join(path, "zarr.json"))
         dtype_name = meta.get("data_type")
         plain = isinstance(dtype_name, str) and dtype_name in _PLAIN_DTYPES
         if plain:
@@ -96,6 +101,7 @@ class ArrayLayout:
             fill_value=meta.get("fill_value", 0),
             attrs=meta.get("attributes", {}),
             fast=False,
+            source=source,
         )
         layout._read_codecs(meta.get("codecs", []))
         layout.fast = layout.fast and plain and regular
@@ -134,27 +140,13 @@ class ArrayLayout:
     def chunk_bytes(self, idx: tuple[int, ...]) -> bytes | None:
         """The encoded bytes of chunk ``idx`` (grid coordinates); None when it was never written."""
         if self.shard is None:
-            try:
-                with open(self.path / "c" / "/".join(map(str, idx)), "rb") as f:
-                    return f.read()
-            except FileNotFoundError:  # zarr skips chunks that hold only the fill value
-                return None
+            return self.source.read(join(self.path, "c", *map(str, idx)))
         per = [s // c for s, c in zip(self.shard, self.chunks, strict=True)]
-        shard_key = "/".join(str(i // p) for i, p in zip(idx, per, strict=True))
+        shard_key = [str(i // p) for i, p in zip(idx, per, strict=True)]
         inner = int(np.ravel_multi_index([i % p for i, p in zip(idx, per, strict=True)], per))
-        try:
-            fd = os.open(self.path / "c" / shard_key, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            base = os.fstat(fd).st_size - self.index_bytes if self.index_at_end else 0
-            entry = os.pread(fd, _INDEX_ENTRY, base + inner * _INDEX_ENTRY)
-            offset, nbytes = np.frombuffer(entry, dtype="<u8").tolist()
-            if offset == _EMPTY and nbytes == _EMPTY:
-                return None
-            return os.pread(fd, nbytes, offset)
-        finally:
-            os.close(fd)
+        return self.source.shard_chunk(
+            join(self.path, "c", *shard_key), inner, self.index_bytes, self.index_at_end
+        )
 
     def decode(self, raw: bytes, out: np.ndarray | None = None) -> np.ndarray:
         """Decode one chunk's bytes into ``out`` (C-contiguous, chunk-sized) or a new array."""

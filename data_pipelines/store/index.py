@@ -34,8 +34,8 @@ from data_pipelines.store.layout import (
     COL_LABEL_ARRAY,
     COL_NATIVE_SIZE,
     COL_SPLIT,
-    manifest_path,
 )
+from data_pipelines.store.source import manifest_location, opened
 
 NO_ARRAY = -1  # label_array id of a sample without one
 BATCH_ROWS = 1 << 20  # manifest rows decoded at a time: bounds the transient arrow memory
@@ -223,16 +223,29 @@ class _Columns:
         return self.array, self.tile, self.split, self.label
 
 
-def _read_batches(path: Path, wanted: Sequence[str]) -> Iterable[pa.RecordBatch]:
-    present = set(pq.read_schema(path).names)
-    columns = [c for c in dict.fromkeys(wanted) if c in present]
-    strings = [c for c in (COL_ARRAY, COL_LABEL_ARRAY, COL_SPLIT) if c in columns]
-    parquet = pq.ParquetFile(path, read_dictionary=strings, pre_buffer=False)
-    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+def _read_batches(path: str | Path, wanted: Sequence[str]) -> Iterable[pa.RecordBatch]:
+    """Record batches of the ``wanted`` columns that exist (an object-store manifest is read
+    by ranges: its footer, then only those columns' pages)."""
+    with opened(path) as source:
+        present = set(pq.ParquetFile(source).schema_arrow.names)
+        columns = [c for c in dict.fromkeys(wanted) if c in present]
+        strings = [c for c in (COL_ARRAY, COL_LABEL_ARRAY, COL_SPLIT) if c in columns]
+        parquet = pq.ParquetFile(source, read_dictionary=strings, pre_buffer=False)
+        yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
 
 
-def _manifest_rows(paths: Sequence[Path]) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+def _manifest_rows(paths: Sequence[str | Path]) -> int:
+    """Rows of all manifests (FileNotFoundError naming the first one missing)."""
+    rows = 0
+    for path in paths:
+        try:
+            with opened(path) as source:
+                rows += pq.ParquetFile(source).metadata.num_rows
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path} not found: give the folder a build wrote (--output)"
+            ) from None
+    return rows
 
 
 @dataclass
@@ -294,9 +307,7 @@ def build_sample_index(
 
     With ``labels`` only samples that have a label array are kept and ``label_array`` is set.
     """
-    path = manifest_path(store_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
+    path = manifest_location(store_dir)
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
     builder = _Builder(split, include_duplicates, require, labels, _manifest_rows([path]))
     wanted = [COL_ARRAY, COL_INDEX, COL_EXCLUDED, COL_DUP_OF, COL_SPLIT, COL_LABEL_ARRAY,
@@ -352,10 +363,7 @@ def build_volume_index(
     ``foreground_array`` (path id or -1); ``max_label`` is the largest listed label id.
     """
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labels else (COL_ARRAY,)
-    manifests = [manifest_path(s) for s in stores]
-    for path in manifests:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
+    manifests = [manifest_location(s) for s in stores]
     builder = _Builder(split, include_duplicates, require, True, _manifest_rows(manifests))
     per_store: list[dict[str, np.ndarray]] = []
     wanted = [COL_ID, COL_ARRAY, COL_LABEL_ARRAY, "foreground_array", "shape", "label_ids",

@@ -15,14 +15,15 @@ Every object is one PUT, which object stores apply atomically, so an interrupted
 whole objects and no ``build.json``; re-running the same command resumes the build (a no-op when
 it had finished) and uploads only what is missing or changed in size.
 
-Training reads a store on object storage through :func:`local_store`: a finished store is
-staged into a local cache (files already there with the same size are kept; each file lands by
-an atomic rename, so ranks staging at once do not see half files), and the loaders open the
-local copy with the same code as any local store.
+Training reads a store on object storage in place, by range, with the same code as a local
+store (:mod:`data_pipelines.store.source`): nothing is copied first. :func:`stage_in` makes a
+local copy of a finished store for whoever wants one (files already there with the same size are
+kept; each file lands by an atomic rename, so processes staging at once do not see half files).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ def staging_dir(url: str) -> Path:
 
 def object_filesystem(url: str) -> tuple[Any, str]:
     import fsspec
+
+    for name in ("botocore", "aiobotocore"):  # "found credentials in ...": INFO on every open
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
         # a fresh filesystem: endpoint and credentials are read from the environment now
@@ -173,11 +178,6 @@ def stage_in(url: str, cache: str | Path | None = None) -> Path:
     except Exception as e:
         raise ObjectStoreError(f"store: reading {url} failed: {_one_line(e)}") from None
     return local
-
-
-def local_store(store: str | Path) -> str:
-    """``store`` itself when it is a local folder; a store on object storage staged in."""
-    return str(stage_in(str(store))) if is_object_url(store) else str(store)
 
 
 def _one_line(e: BaseException) -> str:

@@ -5,7 +5,9 @@ opened lazily in whichever process reads them, in physical units when asked
 
 Nothing here opens zarr in the calling process until a sample is read: the attributes come
 from ``zarr.json`` as plain JSON and the manifest from parquet, so a parent process can build
-datasets and fork DataLoader workers that each open the store on first use.
+datasets and fork DataLoader workers that each open the store on first use. A store may be a
+local folder or an object-store URL (``s3://bucket/prefix``); both are read in place by the same
+code, the latter by ranged requests (:mod:`data_pipelines.store.source`).
 """
 
 from __future__ import annotations
@@ -30,19 +32,25 @@ from data_pipelines.store.layout import (
     COL_EXCLUDED,
     COL_INDEX,
     COL_SPLIT,
-    manifest_path,
-    store_path,
+)
+from data_pipelines.store.source import (
+    join,
+    manifest_location,
+    opened,
+    source_for,
+    store_location,
 )
 
 
 def read_store_attrs(store_dir: str | Path) -> dict[str, Any]:
     """The root group's attributes, read from ``zarr.json`` directly (no zarr event loop)."""
-    meta_path = store_path(store_dir) / "zarr.json"
-    if not meta_path.is_file():
+    meta_path = join(store_location(store_dir), "zarr.json")
+    raw = source_for(meta_path).read(meta_path)
+    if raw is None:
         raise FileNotFoundError(
             f"{meta_path} not found: pass the output folder of build_dataset (it holds store.zarr/)"
         )
-    return json.loads(meta_path.read_text()).get("attributes", {})
+    return json.loads(raw).get("attributes", {})
 
 
 def store_band_stats(attrs: dict[str, Any]) -> tuple[list[float], list[float]] | None:
@@ -55,13 +63,18 @@ def store_band_stats(attrs: dict[str, Any]) -> tuple[list[float], list[float]] |
 
 def read_manifest(out_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """The manifest of a built dataset (all columns, or the listed ones that exist)."""
-    path = manifest_path(out_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: give the folder a build wrote (--output)")
-    if columns is None:
-        return pq.read_table(path)
-    present = set(pq.read_schema(path).names)
-    return pq.read_table(path, columns=[c for c in columns if c in present])
+    path = manifest_location(out_dir)
+    try:
+        with opened(path) as source:
+            parquet = pq.ParquetFile(source)
+            if columns is None:
+                return parquet.read()
+            present = set(parquet.schema_arrow.names)
+            return parquet.read(columns=[c for c in columns if c in present])
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: give the folder a build wrote (--output)"
+        ) from None
 
 
 def _is_set(table: pa.Table, column: str) -> np.ndarray:
@@ -127,14 +140,17 @@ class LazyZarrArrays:
 
     def __init__(self, store_dir: str | Path) -> None:
         self.store_dir = str(store_dir)
-        self.store_path = str(store_path(store_dir))
+        self.location = store_location(store_dir)  # store.zarr: a local Path or a URL
+        self.store_path = str(self.location)
+        self.source = source_for(self.location)  # opens its connection per process
         self._pid: int | None = None
         self._layouts: dict[str, ArrayLayout] = {}
         self._calibrations: dict[str, StoredCalibration | None] = {}
         self._zarr: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"store_dir": self.store_dir, "store_path": self.store_path, "_pid": None,
+        return {"store_dir": self.store_dir, "location": self.location,
+                "store_path": self.store_path, "source": self.source, "_pid": None,
                 "_layouts": {}, "_calibrations": {}, "_zarr": {}}  # fmt: skip
 
     @property
@@ -153,7 +169,7 @@ class LazyZarrArrays:
         self._this_process()
         found = self._layouts.get(array)
         if found is None:
-            found = self._layouts[array] = ArrayLayout.open(Path(self.store_path) / array)
+            found = self._layouts[array] = ArrayLayout.open(join(self.location, array), self.source)
         return found
 
     def attrs(self, array: str) -> dict[str, Any]:
@@ -186,7 +202,7 @@ class LazyZarrArrays:
         if found is None:
             import zarr
 
-            found = zarr.open_array(str(Path(self.store_path) / array), mode="r")
+            found = zarr.open_array(str(join(self.location, array)), mode="r")
             self._zarr[array] = found
         return found
 

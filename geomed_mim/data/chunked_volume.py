@@ -6,9 +6,10 @@ crop that touches ~27 chunks of 64³ this per-chunk overhead costs more than the
 ``data_pipelines.store.write.write_volume`` have a plain layout (regular chunks, ``c/i/j/k``
 keys, bytes + optional blosc), so a crop is: read those chunk files, ``blosc.decompress`` each,
 copy the overlaps (``data_pipelines.store.chunks``, which the tile loaders use too; sharded
-arrays work the same way). Any other layout (other codecs, non-local stores) falls back to
-zarr's slicing, so correctness never depends on the fast path. Chunks decoded for one crop can
-be kept in a per-visit ``cache`` dict and reused by the next crops of the same volume.
+arrays work the same way). A volume on object storage is read the same way, a chunk per ranged
+request. Any other layout (other codecs) falls back to zarr's slicing, so correctness never
+depends on the fast path. Chunks decoded for one crop can be kept in a per-visit ``cache`` dict
+and reused by the next crops of the same volume.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.store.chunks import ArrayLayout, set_blosc_threads
+from data_pipelines.store.source import ByteSource, join
 
 
 class ChunkedVolume:
@@ -28,9 +30,11 @@ class ChunkedVolume:
     read by :class:`data_pipelines.store.chunks.ArrayLayout` (plain or sharded layouts).
     """
 
-    def __init__(self, array_dir: str | Path, decode_threads: int = 1):
-        self.path = Path(array_dir)
-        self.layout = ArrayLayout.open(self.path)
+    def __init__(
+        self, array_dir: str | Path, decode_threads: int = 1, source: ByteSource | None = None
+    ):
+        self.path = join(array_dir)  # a local Path or an object-store URL
+        self.layout = ArrayLayout.open(self.path, source)
         self.shape = self.layout.shape
         self.chunks = self.layout.chunks
         self.attrs = self.layout.attrs

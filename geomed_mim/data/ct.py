@@ -39,8 +39,15 @@ import torch
 from torch.utils.data import Dataset
 
 from data_pipelines.store.index import SampleIndex, build_volume_index
-from data_pipelines.store.layout import COL_ARRAY, VOLUMES_GROUP, array_dir, manifest_path
+from data_pipelines.store.layout import COL_ARRAY, VOLUMES_GROUP
 from data_pipelines.store.read import read_manifest
+from data_pipelines.store.source import (
+    ByteSource,
+    join,
+    manifest_location,
+    source_for,
+    store_location,
+)
 from geomed_mim.data.chunked_volume import ChunkedVolume
 
 DEFAULT_WINDOW = (-175.0, 250.0)
@@ -156,7 +163,7 @@ class CTCropDataset(Dataset):
         self.intensity_jitter = float(intensity_jitter)
         store_list = [stores] if isinstance(stores, str | Path) else list(stores)
         self.cases, max_label = self._read_manifests(
-            [str(Path(s)) for s in store_list], split, return_labels, include_duplicates
+            [str(join(s)) for s in store_list], split, return_labels, include_duplicates
         )
         # an empty split (e.g. no case hashed to "val") is a dataset of length 0, not an error
         self.label_dtype = np.dtype(
@@ -165,6 +172,7 @@ class CTCropDataset(Dataset):
         self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if len(self.cases) else 0
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
+        self._sources: dict[str, ByteSource] = {}  # per store: one connection per process
         self._points: dict[str, np.ndarray] = {}
         self._rng: np.random.Generator | None = None
         self._buffers: dict[str, np.ndarray] = {}
@@ -177,7 +185,7 @@ class CTCropDataset(Dataset):
             table = read_manifest(store, [COL_ARRAY])
             if not _is_ct_manifest(table):
                 raise ValueError(
-                    f"{manifest_path(store)} is not a CT store manifest (no volumes/ arrays)"
+                    f"{manifest_location(store)} is not a CT store manifest (no volumes/ arrays)"
                 )
         index = build_volume_index(stores, split, include_dups, labels=need_labels)
         return CaseRefs(index), index.max_label if need_labels else 0
@@ -191,14 +199,17 @@ class CTCropDataset(Dataset):
         pid = os.getpid()
         if self._pid != pid:  # first use in this process (a fresh worker after fork/spawn)
             self._pid = pid
-            self._arrays, self._points, self._buffers = {}, {}, {}
+            self._arrays, self._points, self._buffers, self._sources = {}, {}, {}, {}
             self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**63])
 
     def _array(self, store: str, path: str) -> ChunkedVolume:
         key = f"{store}|{path}"
         arr = self._arrays.get(key)
         if arr is None:
-            arr = ChunkedVolume(array_dir(store, path))
+            source = self._sources.get(store)
+            if source is None:
+                source = self._sources[store] = source_for(store)
+            arr = ChunkedVolume(join(store_location(store), path), source=source)
             self._arrays[key] = arr
         return arr
 
@@ -214,7 +225,7 @@ class CTCropDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _arrays={}, _points={}, _rng=None, _buffers={})
+        state.update(_pid=None, _arrays={}, _points={}, _rng=None, _buffers={}, _sources={})
         return state
 
     # -- sampling ------------------------------------------------------------------------------

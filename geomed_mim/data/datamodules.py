@@ -27,7 +27,7 @@ from data_pipelines.store.layout import (
     ATTR_TILE_SIZES,
     COL_NATIVE_SIZE,
 )
-from data_pipelines.store.object_store import is_object_url, local_store
+from data_pipelines.store.object_store import is_object_url
 from data_pipelines.store.read import read_store_attrs, store_band_stats
 from geomed_mim.data.buffers import release
 from geomed_mim.data.ct import CTCropDataset
@@ -133,8 +133,8 @@ class RSDataModule(StoreDataModule):
 
     Args:
         store: the build output folder (holds ``store.zarr`` and ``manifest.parquet``), or the
-            object-store URL (``s3://bucket/prefix``) a build was published to: staged into
-            a local cache (``$GEOMED_STORE_CACHE``) once, then read like a local store.
+            object-store URL (``s3://bucket/prefix``) a build was published to, read in place
+            by range with the same code as a local store (nothing is copied).
         crop_size: training image size; None keeps the store's tile size.
         crop_scale: area range of the random resized crop.
         stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
@@ -178,7 +178,7 @@ class RSDataModule(StoreDataModule):
             global_batch_size, drop_last, prefetch_factor,
         )  # fmt: skip
         self.store_source = str(store)  # as given: a folder or an object-store URL
-        self.store = local_store(store)  # an s3:// store is staged in, then read like any
+        self.store = str(store)  # an s3:// store is read in place, by range, like a local one
         self.size_weights = {int(k): float(v) for k, v in (size_weights or {}).items()} or None
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
@@ -376,7 +376,7 @@ class CTDataModule(StoreDataModule):
             global_batch_size,
         )  # fmt: skip
         self.store_sources = [str(s) for s in stores]
-        self.stores = [local_store(s) for s in stores]
+        self.stores = [str(s) for s in stores]  # folders or object-store URLs, read in place
         self.crops_per_volume = crops_per_volume
         self.img_size = int(crop_size)
         self.window = (float(window[0]), float(window[1]))

@@ -26,6 +26,7 @@ from torch.utils.data._utils.collate import default_collate
 from data_pipelines.store.calibration import NO_INVALID, identity_table
 from data_pipelines.store.index import SampleIndex, build_sample_index
 from data_pipelines.store.read import LazyZarrArrays
+from data_pipelines.store.source import join
 from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torch_dtype
 from geomed_mim.data.transforms import TileBatchTransform
 
@@ -104,7 +105,7 @@ class StoreTiles(Dataset):
     """
 
     def __init__(self, store_dir: str | Path, index: SampleIndex, buffer_slots: int = 4) -> None:
-        self.store_dir = Path(store_dir)
+        self.store_dir = join(store_dir)  # a local Path or an object-store URL
         self.index = index
         self.reader = LazyZarrArrays(store_dir)
         self.tile_buffers = BatchBuffers(buffer_slots)

@@ -164,7 +164,8 @@ class RSSegDataModule(RSDataModule):
     """Labeled tiles of an RS store (built with ``--labels``/``--classes``).
 
     Args:
-        store: build output folder.
+        store: build output folder, or the object-store URL a build was published to (read in
+            place by range).
         train_fraction: share of the labeled training tiles used (a seeded subset; the
             "few labels" setting); 1.0 uses all.
         subset_seed: seed of that subset.
@@ -289,7 +290,7 @@ class CTSegDataModule(CTDataModule):
     Unlike pretraining, batches come from a plain shuffled DataLoader (one process's view).
 
     Args:
-        stores: CT store folders built with labels and ``--classes``.
+        stores: CT store folders (or object-store URLs) built with labels and ``--classes``.
         val_split: split of whole volumes to validate on. The embedded demo holds one labeled
             case, so its config validates on ``train`` (a fit check, not a held-out score).
     """

@@ -19,13 +19,16 @@ from data_pipelines.store.layout import (
     ATTR_MODALITY,
     ATTR_TILE_SIZE,
     ATTR_TILE_SIZES,
+    BUILD_RECORD_NAME,
     COL_ARRAY,
     COL_EXCLUDED,
     COL_LABEL_ARRAY,
     manifest_path,
     store_path,
 )
-from data_pipelines.store.read import read_manifest, usable_rows
+from data_pipelines.store.object_store import is_object_url
+from data_pipelines.store.read import read_manifest, read_store_attrs, usable_rows
+from data_pipelines.store.source import join, source_for
 from geomed_mim.usage import UsageError
 
 BUILD_HINT = {
@@ -56,6 +59,8 @@ def store_attributes(store: str, flag: str, modality: str) -> dict[str, Any]:
     """The store's attributes; a usage error when ``store`` is not a built store."""
     meta = store_path(store) / "zarr.json"
     hint = BUILD_HINT[modality].format(store=store)
+    if is_object_url(store):
+        return object_store_attributes(store, flag, hint)
     if not Path(store).exists():
         raise UsageError(f"{flag} {store}: no such folder; build a store first ({hint})")
     if not Path(store).is_dir():
@@ -71,6 +76,31 @@ def store_attributes(store: str, flag: str, modality: str) -> dict[str, Any]:
         return json.loads(meta.read_text()).get("attributes", {})
     except (OSError, ValueError) as e:
         raise UsageError(f"{flag} {store}: unreadable store.zarr/zarr.json ({e})") from None
+
+
+def object_store_attributes(store: str, flag: str, hint: str) -> dict[str, Any]:
+    """The attributes of a finished store on object storage (read in place, nothing staged)."""
+    try:
+        source = source_for(store)
+        if not source.exists(join(store, BUILD_RECORD_NAME)):
+            raise UsageError(
+                f"{flag} {store}: no finished build there (no {BUILD_RECORD_NAME}); give the "
+                f"--output URL of a build that completed ({hint})"
+            )
+        return read_store_attrs(store)
+    except UsageError:
+        raise
+    except FileNotFoundError:
+        raise UsageError(
+            f"{flag} {store}: not a store (no store.zarr/zarr.json); give the --output URL of "
+            f"a build ({hint})"
+        ) from None
+    except Exception as e:  # credentials, endpoint, bucket: what the object store answered
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(
+            f"{flag} {store}: cannot read it ({first}); check the AWS_* settings "
+            f"(AWS_ENDPOINT_URL for a custom endpoint)"
+        ) from None
 
 
 def check_store(

@@ -1,5 +1,5 @@
 """--output s3://...: a build published to a real S3-compatible server (moto, 127.0.0.1) in
-commit order, read back by the training loader through the same code as a local store."""
+commit order, read back in place by the training loader through the same code as a local store."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from data_pipelines.store.object_store import (
     publish,
     stage_in,
 )
-from data_pipelines.store.read import read_calibrated
+from data_pipelines.store.read import read_calibrated, read_manifest
 from geomed_mim.build_dataset import main
 from geomed_mim.data.datamodules import RSDataModule
 from tests.data_pipelines.s3_server import moto_s3
@@ -56,18 +56,18 @@ def test_build_to_s3_reads_back_equal_through_the_loader(
     assert not any(k.endswith((".tmp", ".build.lock")) for k in remote)
 
     dm = RSDataModule(url, batch_size=4, num_workers=0)
-    staged = Path(dm.store)
-    assert staged.is_relative_to(tmp_path / "cache")
+    assert dm.store == url  # read in place: nothing staged
+    assert not (tmp_path / "cache").exists()
     assert dm.metadata()["store"] == url
     local = pq.read_table(tmp_path / "local" / "manifest.parquet")
-    assert pq.read_table(staged / "manifest.parquet").equals(local)
+    assert read_manifest(url).equals(local)
     dm.setup("fit")
     index = dm.train_dataset.index
     assert len(index) > 0
     for i in range(len(index)):
         array, row = index.sample(i)
         np.testing.assert_array_equal(
-            read_calibrated(staged, array, row), read_calibrated(tmp_path / "local", array, row)
+            read_calibrated(url, array, row), read_calibrated(tmp_path / "local", array, row)
         )
     assert dm.band_stats() == RSDataModule(str(tmp_path / "local"), num_workers=0).band_stats()
 
