@@ -17,10 +17,11 @@ from geomed_mim.evaluation.baselines import Pixels
 
 
 def _labeled(images: list[torch.Tensor], labels: list[torch.Tensor], ignore: int) -> Pixels:
-    """images [B, C, *S], labels [B, *S] → the non-ignored pixels."""
+    """images [B, C, *S], labels [B, *S] → the labeled pixels with a value in every band
+    (nodata is NaN after calibration)."""
     values = torch.cat([x.movedim(1, -1).reshape(-1, x.shape[1]) for x in images])  # [N, C]
     ids = torch.cat([y.reshape(-1) for y in labels])  # [N]
-    keep = ids != ignore
+    keep = (ids != ignore) & torch.isfinite(values).all(dim=1)
     return Pixels(values[keep].double().numpy(), ids[keep].numpy())
 
 
