@@ -132,8 +132,11 @@ def encoder_label(encoder: str) -> str:
 
 # -- stages -------------------------------------------------------------------------------------
 def baseline_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
-    """Every baseline at every budget and seed (the pixels of that budget's training scenes)."""
+    """Every baseline at every budget and seed (the pixels of that budget's training scenes).
+    A fit is deterministic given its pixels, so seeds that draw the same scenes (always at
+    budget 1.0) share one fit unless ``--pixel_limit`` subsamples them."""
     rows: list[dict[str, Any]] = []
+    fits: dict[tuple, tuple[str, dict[str, float]]] = {}
     for budget in p.budgets:
         for seed in p.seeds:
             dm = datamodule(p, budget, seed)
@@ -143,11 +146,23 @@ def baseline_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
             train, val = pixels(dm, "train"), pixels(dm, dm.val_split or "train")
             ids, names = [int(i) for i in dm.classes["ids"]], list(dm.classes["names"])
             base = {"budget": budget, "seed": seed, "train_units": train_units(dm)}
-            for spec in p.baselines:
-                method, scores = one_baseline(spec, train, val, dm, ids, names, seed, p)
+            drawn = seed if len(train.labels) > p.pixel_limit else None
+            for i, spec in enumerate(p.baselines):
+                key = (i, training_set(dm), drawn)
+                if key not in fits:
+                    fits[key] = one_baseline(spec, train, val, dm, ids, names, seed, p)
+                method, scores = fits[key]
                 rows.append({"method": method, "kind": "baseline", **base, **scores})
                 say(f"baseline {method}  budget {budget:g}  seed {seed}: {headline(p, scores)}")
     return rows
+
+
+def training_set(dm: Any) -> tuple:
+    """What identifies the training samples: RS tile rows (store array, row), CT cases."""
+    ds = dm.train_dataset
+    if hasattr(ds, "index"):
+        return tuple(zip(ds.index.array.tolist(), ds.index.tile.tolist(), strict=True))
+    return tuple(str(c.case) for c in ds.cases)
 
 
 def one_baseline(spec, train, val, dm, ids, names, seed, p) -> tuple[str, dict[str, float]]:
