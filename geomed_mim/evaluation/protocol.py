@@ -58,6 +58,8 @@ def check_protocol(p: Protocol) -> None:
         raise UsageError(
             f"--budgets {p.budgets}: CT budgets below 1.0 are not supported; use [1.0]"
         )
+    if p.encoders and not p.modes:
+        raise UsageError("--modes is empty: give probe and/or finetune, or --encoders []")
     for mode in p.modes:
         if mode not in MODES:
             raise UsageError(f"--modes: unknown mode {mode!r}; use any of {sorted(MODES)}")

@@ -40,8 +40,12 @@ def write_csv(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> Non
 
 
 def cell(values: Sequence[float]) -> str:
+    """``mean ± std``; says how many seeds gave a number when some did not (NaN: a class
+    absent from target and prediction, or a diverged run)."""
     m, s, n = mean_std(values)
-    return "—" if n == 0 else f"{m:.3f} ± {s:.3f}"
+    if n == 0:
+        return "—"
+    return f"{m:.3f} ± {s:.3f}" + ("" if n == len(values) else f" ({n} of {len(values)})")
 
 
 def write_markdown(
