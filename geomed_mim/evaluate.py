@@ -63,7 +63,8 @@ def main(args: list[str] | None = None) -> None:
     with usage_errors_exit():
         p = parser()
         cfg = p.parse_args(args)
-        init = p.instantiate_classes(cfg)
+        instantiate = getattr(p, "instantiate", None) or p.instantiate_classes  # 4.49 renamed it
+        init = instantiate(cfg)
         protocol = Protocol(**{k: v for k, v in vars(init).items() if k != "config"})
         files = evaluate(protocol)
     say("wrote " + ", ".join(str(f) for f in files.values()))

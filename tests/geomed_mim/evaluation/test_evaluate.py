@@ -193,3 +193,18 @@ def test_a_missing_store_is_one_line(tmp_path, capsys):
     line = error_line(["--config", str(CONFIG), "--data.init_args.store", str(tmp_path / "nope")],
                       capsys)  # fmt: skip
     assert "--data.init_args.store" in line, line
+
+
+@pytest.mark.parametrize("name", ["lulc_sentinel2_demo.yaml", "ct_organs_demo.yaml"])
+def test_shipped_evaluate_configs_parse(name):
+    """Every shipped task config parses into the protocol with >= 3 seeds and known kinds."""
+    from geomed_mim.evaluate import parser
+    from geomed_mim.evaluation.baselines import BASELINE_KINDS
+    from geomed_mim.evaluation.deep import MODES
+
+    cfg = parser().parse_args(["--config", str(REPO_ROOT / "configs/evaluate" / name)])
+    assert len(set(cfg.seeds)) >= 3
+    assert set(cfg.modes) <= set(MODES)
+    assert all(0 < b <= 1 for b in cfg.budgets)
+    assert {b["kind"] for b in cfg.baselines} <= set(BASELINE_KINDS)
+    assert cfg.data["class_path"].startswith("geomed_mim.data.segmentation.")
