@@ -13,10 +13,12 @@ overrides). A user mistake is one line naming the flag, exit status 2.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import LightningDataModule
 
 from geomed_mim.cli import quiet_known_noise
 from geomed_mim.evaluation.protocol import (
@@ -27,18 +29,29 @@ from geomed_mim.evaluation.protocol import (
     deep_rows,
     write_report,
 )
-from geomed_mim.usage import UsageError, usage_errors_exit
+from geomed_mim.usage import UsageError, one_line, usage_errors_exit
 
 
 class _Parser(ArgumentParser):
+    """jsonargparse's errors as one usage line, naming the flag (``--epochs``, not the
+    parser's ``key "epochs"``)."""
+
     def error(self, message: str, ex: Exception | None = None) -> Any:
+        message = re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(message))
         raise UsageError(f"{message}; see python -m geomed_mim.evaluate --help")
 
 
 def parser() -> ArgumentParser:
-    p = _Parser(prog="python -m geomed_mim.evaluate", description=__doc__.split("\n\n")[1])
+    p = _Parser(
+        prog="python -m geomed_mim.evaluate",
+        description=__doc__.split("\n\n")[1],
+        allow_abbrev=False,  # --epoch is a mistake, not --epochs
+    )
     p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
-    p.add_class_arguments(Protocol, None, fail_untyped=False)
+    # the data module as in the training commands (class_path/init_args, dotted overrides);
+    # kept as its config, since the protocol builds one per budget and seed
+    p.add_subclass_arguments(LightningDataModule, "data", required=True)
+    p.add_class_arguments(Protocol, None, fail_untyped=False, skip={"data"})
     return p
 
 
@@ -62,10 +75,9 @@ def main(args: list[str] | None = None) -> None:
     quiet_known_noise()
     with usage_errors_exit():
         p = parser()
-        cfg = p.parse_args(args)
-        instantiate = getattr(p, "instantiate", None) or p.instantiate_classes  # 4.49 renamed it
-        init = instantiate(cfg)
-        protocol = Protocol(**{k: v for k, v in vars(init).items() if k != "config"})
+        cfg = p.parse_args(args).as_dict()
+        cfg.pop("config", None)
+        protocol = Protocol(**cfg)
         files = evaluate(protocol)
     say("wrote " + ", ".join(str(f) for f in files.values()))
     sys.stdout.flush()

@@ -237,5 +237,5 @@ def write_report(
              f"mean ± sample std over seeds {p.seeds}; budget = fraction of training "
              f"{'cases' if is_ct(p) else 'scenes'}; epochs {dict(p.epochs)}."]  # fmt: skip
     write_markdown(rows, metrics, p.title, notes, files["markdown"])
-    write_plot(rows, metrics[0], p.title, files["plot"])
+    write_plot(rows, metrics, p.title, files["plot"])
     return files

@@ -65,28 +65,32 @@ def write_markdown(
     return text
 
 
-def write_plot(rows: list[dict[str, Any]], metric: str, title: str, path: Path) -> None:
-    """``metric`` (mean ± std) against the label budget, one line per method."""
+def write_plot(rows: list[dict[str, Any]], metrics: list[str], title: str, path: Path) -> None:
+    """Each metric (mean ± std) against the label budget, one panel per metric and one line per
+    method that has it (an index baseline appears in its class's panel only)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    by_method: dict[str, list[tuple[float, float, float]]] = {}
-    for (method, budget), rs in groups(rows).items():
-        m, s, n = mean_std([r.get(metric, math.nan) for r in rs])
-        if n:
-            by_method.setdefault(method, []).append((budget, m, s))
-    for method, points in by_method.items():
-        b, m, s = (np.array(v) for v in zip(*sorted(points), strict=True))
-        ax.errorbar(b, m, yerr=s, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("label budget (fraction of training scenes / cases)")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method throughout
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        by_method: dict[str, list[tuple[float, float, float]]] = {}
+        for (method, budget), rs in groups(rows).items():
+            m, s, n = mean_std([r.get(metric, math.nan) for r in rs])
+            if n:
+                by_method.setdefault(method, []).append((budget, m, s))
+        for method, points in by_method.items():
+            b, m, s = (np.array(v) for v in zip(*sorted(points), strict=True))
+            ax.errorbar(b, m, yerr=s, marker="o", capsize=3, label=method, color=colour[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("label budget (fraction of training scenes / cases)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -202,9 +202,10 @@ def test_shipped_evaluate_configs_parse(name):
     from geomed_mim.evaluation.baselines import BASELINE_KINDS
     from geomed_mim.evaluation.deep import MODES
 
-    cfg = parser().parse_args(["--config", str(REPO_ROOT / "configs/evaluate" / name)])
-    assert len(set(cfg.seeds)) >= 3
-    assert set(cfg.modes) <= set(MODES)
-    assert all(0 < b <= 1 for b in cfg.budgets)
-    assert {b["kind"] for b in cfg.baselines} <= set(BASELINE_KINDS)
-    assert cfg.data["class_path"].startswith("geomed_mim.data.segmentation.")
+    args = ["--config", str(REPO_ROOT / "configs/evaluate" / name)]
+    cfg = parser().parse_args(args).as_dict()
+    assert len(set(cfg["seeds"])) >= 3
+    assert set(cfg["modes"]) <= set(MODES)
+    assert all(0 < b <= 1 for b in cfg["budgets"])
+    assert {b["kind"] for b in cfg["baselines"]} <= set(BASELINE_KINDS)
+    assert cfg["data"]["class_path"].startswith("geomed_mim.data.segmentation.")
