@@ -1,10 +1,20 @@
 """SelectiveMAE vs MAE: training-step time, FLOPs, memory and the score's share.
 
     PYTHONPATH=. python benchmarks/bench_selective_mae.py [--device cuda] [--steps 5]
+    PYTHONPATH=. python benchmarks/bench_selective_mae.py --quick     # does it run? (no figures)
 
-For each encoder size at 224×224 with 14 bands (modis_toa14), same encoder, image size and batch,
-measured in one run with the steps interleaved (MAE, SelectiveMAE, SelectiveMAE + pruning, score,
-MAE, ...) so load from other processes hits every column alike:
+For each encoder size (default ViT-S and ViT-B) at 224×224 with 14 bands (modis_toa14), same
+encoder, image size and batch, measured in one run with the steps interleaved (MAE,
+SelectiveMAE, SelectiveMAE + pruning, score, MAE, ...) so load from other processes hits every
+column alike, wall seconds and process CPU seconds side by side.
+
+A busy machine makes step times (and their ratio) meaningless, so the script records the load
+average before and after and **refuses to report** — one line, exit status 3 — when the 1-min
+load average is above ``--max-load`` (default 0.5 × the cores) before the start or at the end.
+``--quick`` (ViT-tiny, 64×64, batch 2, one round) only checks that everything runs and prints
+no table.
+
+Columns:
 
 * ``MAE``: the issue-5 MAE step (mask 0.75, reference decoder 512×8 over all 197 tokens);
 * ``SelectiveMAE``: mask 0.85 (29 of 196 tokens encoded), reconstruction 0.25 (49 targets),
@@ -24,6 +34,7 @@ for backward during the step, parameters excluded (the activation memory).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +57,8 @@ from geomed_mim.models.masking import EasySamplePruner
 
 BANDS = 14
 IMG = 224
+QUICK_IMG = 64  # 16 tokens: 2 encoded, 4 targets; enough to run every code path
+EXIT_BUSY = 3
 
 
 def pruned_step_fn(model, opt, x, amp: bool, pruner: EasySamplePruner, n_samples: int):
@@ -125,13 +138,13 @@ def time_interleaved(steps_by_name: dict, rounds: int, device: torch.device) -> 
     }
 
 
-def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
+def bench(size: str, batch: int, rounds: int, device: torch.device, img: int = IMG) -> dict:
     amp = device.type == "cuda"
     torch.manual_seed(0)
     # smooth fields + noise: structure for the score to rank, like imagery rather than noise
-    x = torch.randn(batch, BANDS, IMG // 8, IMG // 8).repeat_interleave(8, -1)
-    x = (x.repeat_interleave(8, -2) + 0.3 * torch.randn(batch, BANDS, IMG, IMG)).to(device)
-    kw = {"in_chans": BANDS, "img_size": IMG, "norm_pix_loss": True}
+    x = torch.randn(batch, BANDS, img // 8, img // 8).repeat_interleave(8, -1)
+    x = (x.repeat_interleave(8, -2) + 0.3 * torch.randn(batch, BANDS, img, img)).to(device)
+    kw = {"in_chans": BANDS, "img_size": img, "norm_pix_loss": True}
     mae = create_model(f"mae_vit_{size}_patch16", **kw).to(device)
     sel = create_model(f"selective_mae_vit_{size}_patch16", **kw).to(device)
     sel.masking.set_progress(0.5)  # mid-training: near/far PSTS mix
@@ -181,22 +194,62 @@ def bench(size: str, batch: int, rounds: int, device: torch.device) -> dict:
     return row
 
 
+def load_check(when: str, max_load: float) -> float:
+    """The 1-min load average; exits (one line, status 3) when it is above ``max_load``."""
+    load = os.getloadavg()[0]
+    if load > max_load:
+        print(
+            f"error: 1-min load average {load:.2f} {when} is above --max-load {max_load:.2f} "
+            f"({os.cpu_count()} cores): other work would be measured too; rerun on a quiet "
+            "machine (nothing else running)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_BUSY)
+    return load
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3, help="interleaved rounds (median)")
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"])
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"])
     parser.add_argument("--batch", nargs="+", type=int, default=None)
+    parser.add_argument("--max-load", type=float, default=0.5 * (os.cpu_count() or 1),
+                        help="refuse to report above this 1-min load average (default 0.5 x "
+                        "cores)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="ViT-tiny, 64x64, batch 2, one round: it runs; no table")  # fmt: skip
     args = parser.parse_args()
     device = torch.device(args.device)
-    batches = args.batch or default_batches(args.sizes, device)
-    print(machine_line(device))
+    if args.quick:
+        row = bench("tiny", 2, 1, device, img=QUICK_IMG)
+        finite = all(np.isfinite(v) for v in row.values() if isinstance(v, float))
+        print(f"quick check ran every step (ViT-tiny, {QUICK_IMG}x{QUICK_IMG}, batch 2): "
+              f"{'all timings finite' if finite else 'NON-FINITE timings'}; load average "
+              f"{os.getloadavg()[0]:.2f}; not a measurement")  # fmt: skip
+        raise SystemExit(0 if finite else 1)
+    if args.batch and len(args.batch) != len(args.sizes):
+        parser.error(f"--batch: give one batch per --sizes entry ({len(args.sizes)})")
+    load_before = load_check("before the start", args.max_load)
+    # CPU: batch 8 for every size (the conditions the recorded ratios name); GPU: 256
+    batches = args.batch or [
+        b if device.type == "cuda" else 8 for b in default_batches(args.sizes, device)
+    ]
     rows = [bench(s, b, args.steps, device) for s, b in zip(args.sizes, batches, strict=True)]
+    load_after = load_check("at the end", args.max_load)
+    print(machine_line(device))
+    print(f"# 1-min load average: {load_before:.2f} before, {load_after:.2f} after "
+          f"(limit {args.max_load:.2f}, {os.cpu_count()} cores)")  # fmt: skip
+    print_tables(rows, args.steps, device)
+
+
+def print_tables(rows: list[dict], rounds: int, device: torch.device) -> None:
+    """The markdown tables (wall s, CPU s, forward + backward) for ``rows``."""
     mem = "peak MiB" if device.type == "cuda" else "saved-activation MiB"
     print(
         f"\n{IMG}x{IMG}, {BANDS} bands, patch 16 (196 tokens); MAE mask 0.75; SelectiveMAE mask "
         f"0.85 / reconstruction 0.25; decoders 512x8; "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; median of {args.steps} "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; median of {rounds} "
         "interleaved rounds\n"
     )
     head = (

@@ -67,6 +67,30 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
+def check_encoder_source(init_from: str, flag: str, checkpoint_example: str) -> None:
+    """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder; else a
+    usage error naming ``flag``."""
+    source = Path(init_from)
+    if source.is_dir():
+        needed = ("config.json", "model.safetensors")
+        missing = [n for n in needed if not (source / n).is_file()]
+        if missing:
+            raise UsageError(
+                f"{flag} {init_from}: a folder without {', '.join(missing)}; give an export "
+                "folder (python -m geomed_mim.export) or a pretraining checkpoint"
+            )
+        return
+    if not source.is_file():
+        raise UsageError(
+            f"{flag} {init_from}: no such file or folder; give a pretraining checkpoint "
+            f"({checkpoint_example} of a pretraining run) or an export folder"
+        )
+    try:
+        read_checkpoint_entries(source)
+    except NotAPretrainingCheckpointError as e:
+        raise UsageError(f"{flag}: {e}; give a pretraining checkpoint or an export") from None
+
+
 class TrainingCLI(LightningCLI):
     """LightningCLI for training on a laptop, under torchrun, SLURM or Kubernetes (see the module
     docstring); ``linked_fields`` of the data module become the task's init arguments."""
@@ -207,28 +231,8 @@ class FinetuneSegCLI(TrainingCLI):
     def check_init_from(self, init_args: Any) -> None:
         """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder."""
         init_from = init_args.get("init_from")
-        if not init_from:
-            return
-        flag = "--model.init_args.init_from"
-        source = Path(init_from)
-        if source.is_dir():
-            needed = ("config.json", "model.safetensors")
-            missing = [n for n in needed if not (source / n).is_file()]
-            if missing:
-                raise UsageError(
-                    f"{flag} {init_from}: a folder without {', '.join(missing)}; give an export "
-                    "folder (python -m geomed_mim.export) or a pretraining checkpoint"
-                )
-            return
-        if not source.is_file():
-            raise UsageError(
-                f"{flag} {init_from}: no such file or folder; give a pretraining checkpoint "
-                f"({self.checkpoint_example} of a pretraining run) or an export folder"
-            )
-        try:
-            read_checkpoint_entries(source)
-        except NotAPretrainingCheckpointError as e:
-            raise UsageError(f"{flag}: {e}; give a pretraining checkpoint or an export") from None
+        if init_from:
+            check_encoder_source(init_from, "--model.init_args.init_from", self.checkpoint_example)
 
     def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
         """Build the network the checkpoint records (encoder sizes, decoder blocks) rather than
@@ -241,7 +245,8 @@ class FinetuneSegCLI(TrainingCLI):
         init_args = self.config[self.config.subcommand]["model"]["init_args"]
         init_args["init_from"] = None
         init_args["encoder"] = dict(meta["encoder"])
-        init_args["skip_blocks"] = list(meta["skip_blocks"])
+        init_args["skip_blocks"] = list(meta["skip_blocks"]) or None
+        init_args["head"] = meta.get("head", "unetr")
 
     def prepare_predict(self, config: Any) -> None:
         init_args = config["data"]["init_args"]

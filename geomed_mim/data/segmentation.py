@@ -160,6 +160,23 @@ def predict_loader(inputs: list[str], example: str) -> DataLoader:
     return DataLoader(PathDataset(inputs), batch_size=1, collate_fn=_first)
 
 
+SUBSET_UNITS = ("tile", "scene")
+
+
+def label_budget(index: SampleIndex, fraction: float, seed: int, unit: str) -> SampleIndex:
+    """The seeded ``fraction`` of ``index``: tiles, or whole scenes (a scene is one store
+    array: the build writes one per scene), at least one; 1.0 keeps everything."""
+    if fraction >= 1.0 or not len(index):
+        return index
+    rng = np.random.default_rng(seed)
+    if unit == "tile":
+        keep = max(1, round(len(index) * fraction))
+        return index.take(np.sort(rng.permutation(len(index))[:keep]))
+    scenes = np.unique(index.array)
+    chosen = rng.permutation(scenes)[: max(1, round(len(scenes) * fraction))]
+    return index.take(np.flatnonzero(np.isin(index.array, chosen)))
+
+
 class RSSegDataModule(RSDataModule):
     """Labeled tiles of an RS store (built with ``--labels``/``--classes``).
 
@@ -169,6 +186,9 @@ class RSSegDataModule(RSDataModule):
         train_fraction: share of the labeled training tiles used (a seeded subset; the
             "few labels" setting); 1.0 uses all.
         subset_seed: seed of that subset.
+        subset_unit: ``"tile"`` draws the subset tile by tile; ``"scene"`` draws whole scenes
+            (``round(fraction · scenes)``, at least one), so a label budget means labeled
+            scenes, as annotation is done in practice.
         predict_inputs: scene GeoTIFFs for ``predict`` (read with the store's sensor profile).
         predict_output: folder for predicted GeoTIFFs and PNG overlays.
     """
@@ -182,6 +202,7 @@ class RSSegDataModule(RSDataModule):
         val_split: str | None = "val",
         train_fraction: float = 1.0,
         subset_seed: int = 0,
+        subset_unit: str = "tile",
         include_duplicates: bool = False,
         predict_inputs: list[str] | None = None,
         predict_output: str = "predictions",
@@ -201,6 +222,9 @@ class RSSegDataModule(RSDataModule):
         self.classes = store_classes(self.store)
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
+        if subset_unit not in SUBSET_UNITS:
+            raise ValueError(f"subset_unit must be one of {SUBSET_UNITS}, got {subset_unit!r}")
+        self.subset_unit = subset_unit
         self.predict_inputs = list(predict_inputs or [])
         self.predict_output = predict_output
 
@@ -228,11 +252,9 @@ class RSSegDataModule(RSDataModule):
     def setup(self, stage: str | None = None) -> None:
         mean, std = self.band_stats()
         every = build_sample_index(self.store, None, self.include_duplicates, labels=True)
-        train = every.of_split("train")
-        if self.train_fraction < 1.0:
-            rng = np.random.default_rng(self.subset_seed)
-            keep = max(1, round(len(train) * self.train_fraction))
-            train = train.take(np.sort(rng.permutation(len(train))[:keep]))
+        train = label_budget(
+            every.of_split("train"), self.train_fraction, self.subset_seed, self.subset_unit
+        )
         if not len(train):
             raise ValueError(f"store {self.store} has no labeled training tiles")
         slots = self.prefetch_factor + 2  # prefetched + in use + being pinned

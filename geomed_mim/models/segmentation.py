@@ -7,6 +7,9 @@ finest stride). A UNet-style path of ``UnetrUpBlock``s then climbs from the fina
 output back to full resolution, fusing one pyramid level per step, plus a full-resolution
 convolutional stem on the input image (UNETR's ``encoder1``). With patch 16 and blocks (4, 7, 10)
 this is MONAI's ``UNETR`` layout; other power-of-two patch sizes use ``log2(p) - 1`` skips.
+
+:class:`LinearPatchHead` is the probing head: one linear layer on the final patch tokens,
+upsampled to full resolution — what a frozen encoder's features alone can separate.
 The same module serves RS tiles (``spatial_dims=2``) and CT crops (``spatial_dims=3``).
 """
 
@@ -114,6 +117,34 @@ class ViTUNETR(nn.Module):
         """timm's parameter grouping for layer-wise lr decay (``param_groups_layer_decay``):
         the encoder's embeddings, then one layer per block; its final norm and the whole
         decoder form the last layer (full lr)."""
+        return {
+            "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
+            "blocks": [(r"^encoder\.blocks\.(\d+)", None)],
+        }
+
+
+class LinearPatchHead(nn.Module):
+    """Linear probe: a 1×1 projection of the final (normed) patch tokens to class logits at the
+    patch grid, upsampled (bi/trilinear) to the image size. Same interface as :class:`ViTUNETR`
+    (``encoder``, ``skip_blocks`` — empty here — and ``forward``)."""
+
+    def __init__(self, encoder: VisionTransformerEncoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.skip_blocks: list[int] = []
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, *S] → logits [B, num_classes, *S]."""
+        tokens = self.encoder.forward_features(x)[:, 1:]  # [B, L, D]
+        logits = tokens_to_map(self.head(tokens), self.encoder.grid_size)  # [B, K, *grid]
+        mode = "bilinear" if self.encoder.spatial_dims == 2 else "trilinear"
+        return nn.functional.interpolate(
+            logits, size=tuple(x.shape[2:]), mode=mode, align_corners=False
+        )  # [B, K, *S]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """As :meth:`ViTUNETR.group_matcher`: embeddings, blocks, then norm + head at full lr."""
         return {
             "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
             "blocks": [(r"^encoder\.blocks\.(\d+)", None)],

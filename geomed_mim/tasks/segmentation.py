@@ -20,7 +20,7 @@ from lightning.pytorch import LightningModule
 from monai.inferers import sliding_window_inference
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
+from geomed_mim.models.segmentation import LinearPatchHead, ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.models.weights import (
     ARCH_KEYS,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_DEFAULTS = {"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4}
 # what the task takes from its data module (the CLI links these; ``for_data`` copies them)
+SEGMENTATION_HEADS = ("unetr", "linear")
 DATA_FIELDS = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
 
 
@@ -93,6 +94,8 @@ class SegmentationTask(LightningModule):
             ``encoder.blocks[0]``; the numbering of the export's ``intermediate_blocks``); None =
             those recorded in the checkpoint/export (see :func:`skip_blocks_for`).
         freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
+        head: ``"unetr"`` (the UNETR-style decoder) or ``"linear"`` (a linear layer on the final
+            patch tokens, upsampled: the standard linear probe).
         layer_decay: layer-wise lr decay for full fine-tuning: ``encoder.blocks[i]`` gets
             ``lr * layer_decay ** (depth - i)``, the embeddings ``lr * layer_decay ** (depth + 1)``,
             the final norm and the decoder ``lr``; 1.0 turns it off.
@@ -109,6 +112,7 @@ class SegmentationTask(LightningModule):
         skip_blocks: list[int] | None = None,
         feature_size: int = 16,
         freeze_encoder: bool = False,
+        head: str = "unetr",
         lr: float = 1e-3,
         layer_decay: float = 0.75,
         weight_decay: float = 0.05,
@@ -136,8 +140,13 @@ class SegmentationTask(LightningModule):
         self.bands = list(bands or [f"band{i}" for i in range(in_chans)])
         self.source_metadata: dict[str, Any] = {}  # the init_from checkpoint's or export's
         enc, recorded = self._build_encoder(init_from, encoder, in_chans, img_size, spatial_dims)
-        blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
-        self.net = ViTUNETR(enc, self.num_classes, blocks, feature_size=feature_size)
+        if head not in SEGMENTATION_HEADS:
+            raise ValueError(f"head must be one of {SEGMENTATION_HEADS}, got {head!r}")
+        if head == "linear":
+            self.net: ViTUNETR | LinearPatchHead = LinearPatchHead(enc, self.num_classes)
+        else:
+            blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
+            self.net = ViTUNETR(enc, self.num_classes, blocks, feature_size=feature_size)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.net.encoder.requires_grad_(False)
@@ -145,7 +154,7 @@ class SegmentationTask(LightningModule):
         cm_ignore = self.ignore_index
         self.val_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=cm_ignore)
         self.test_confmat = MulticlassConfusionMatrix(self.num_classes, ignore_index=cm_ignore)
-        log.info("segmentation decoder reads encoder blocks %s (1-indexed)", blocks)
+        log.info("%s head; decoder reads encoder blocks %s (1-indexed)", head, self.net.skip_blocks)
 
     # -- building -----------------------------------------------------------------------------
     @classmethod
@@ -193,6 +202,7 @@ class SegmentationTask(LightningModule):
             "in_chans": enc.in_chans,
             "img_size": list(enc.img_size),
             "patch_size": list(enc.patch_size),
+            "head": hp.head,
             "skip_blocks": list(self.net.skip_blocks),
             "intermediate_blocks": list(self.net.skip_blocks),
             "feature_size": hp.feature_size,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from geomed_mim.models.masking.semantic_score import semantic_score
+from geomed_mim.models.masking.semantic_score import semantic_richness
 from geomed_mim.models.masking.strategies import (
     MaskingStrategy,
     num_visible_patches,
@@ -103,6 +103,16 @@ class SelectionResult:
         return m.scatter_(1, self.target_idx, 1.0)
 
 
+def seed_similarity(embeddings: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [B, L] of every patch to its most similar seed, on embeddings [B, L, D]
+    centred per sample: uncentred patch embeddings share one large component, which would make
+    every patch look alike."""
+    e = embeddings.detach().float()
+    e = F.normalize(e - e.mean(dim=1, keepdim=True), dim=-1)  # [B, L, D]
+    e_seed = gather_tokens(e, seeds)  # [B, K0, D]
+    return torch.bmm(e, e_seed.transpose(1, 2)).amax(dim=-1)  # [B, L]
+
+
 def gumbel(u: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise from U(0, 1): ``argtopk(logits + g)`` samples without replacement."""
     return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
@@ -121,7 +131,10 @@ class SemanticTokenSelection(MaskingStrategy):
         stage_boundaries: training fractions where PSTS moves near → far and far → random.
         stage_blend: width (training fraction) of the linear blend around each boundary.
         num_bins, orientation_weight, score_floor: the score's parameters
-            (:func:`semantic_score`).
+            (:func:`~geomed_mim.models.masking.semantic_score.semantic_score`).
+        near_richness_floor: the near stage only takes tokens whose richness (mean 1 per
+            image) is at least this; poorer ones come after every rich one. Without it, one
+            seed on a flat patch pulls in every identical flat patch (similarity 1).
     """
 
     def __init__(
@@ -135,6 +148,7 @@ class SemanticTokenSelection(MaskingStrategy):
         num_bins: int = 9,
         orientation_weight: float = 0.5,
         score_floor: float = 0.02,
+        near_richness_floor: float = 0.5,
     ) -> None:
         super().__init__(mask_ratio)
         if not 0.0 < reconstruction_ratio <= mask_ratio:
@@ -146,6 +160,8 @@ class SemanticTokenSelection(MaskingStrategy):
             raise ValueError(f"seed_fraction must be in (0, 1], got {seed_fraction}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if near_richness_floor < 0:
+            raise ValueError(f"near_richness_floor must be >= 0, got {near_richness_floor}")
         self.reconstruction_ratio = reconstruction_ratio
         self.seed_fraction = seed_fraction
         self.temperature = temperature
@@ -153,6 +169,7 @@ class SemanticTokenSelection(MaskingStrategy):
         self.num_bins = num_bins
         self.orientation_weight = orientation_weight
         self.score_floor = score_floor
+        self.near_richness_floor = near_richness_floor
 
     def set_sizes(self, num_patches: int) -> tuple[int, int, int]:
         """(selected K, seeds K0, targets T) for L patches; checks that they fit."""
@@ -166,11 +183,13 @@ class SemanticTokenSelection(MaskingStrategy):
             )
         return K, max(1, round(K * self.seed_fraction)), T
 
+    def richness(self, images: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+        """Semantic richness [B, L], mean 1 per image (see the score module)."""
+        return semantic_richness(images, patch_size, self.num_bins, self.orientation_weight)
+
     def score(self, images: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-        """Semantic-richness score [B, L] (log scale; see the score module)."""
-        return semantic_score(
-            images, patch_size, self.num_bins, self.orientation_weight, self.score_floor
-        )
+        """Semantic-richness score ``log(r + floor)`` [B, L]."""
+        return torch.log(self.richness(images, patch_size) + self.score_floor)
 
     def _uniforms(
         self, B: int, n: int, device: torch.device, sample_seeds: torch.Tensor | None
@@ -200,7 +219,8 @@ class SemanticTokenSelection(MaskingStrategy):
             ids = torch.argsort(order, dim=1)
             return SelectionResult(ids[:, :K], ids[:, K : K + T], ids[:, K + T :], ids, K0)
 
-        logits = self.score(images, patch_size) / self.temperature  # [B, L]
+        richness = self.richness(images, patch_size)  # [B, L]
+        logits = torch.log(richness + self.score_floor) / self.temperature  # [B, L]
         u = self._uniforms(B, 3 * L, images.device, sample_seeds)  # [B, 3L]
         g_seed, u_rand, g_target = gumbel(u[:, :L]), u[:, L : 2 * L], gumbel(u[:, 2 * L :])
         available = torch.ones(B, L, dtype=torch.bool, device=images.device)
@@ -214,14 +234,13 @@ class SemanticTokenSelection(MaskingStrategy):
             return idx
 
         seeds = take(logits + g_seed, K0)  # [B, K0] without replacement ∝ softmax(logits)
-        # PSTS: cosine similarity of every patch to its nearest seed (per sample)
         if embeddings is None:
             embeddings = patchify(images, patch_size)  # [B, L, P]
-        e = F.normalize(embeddings.detach().float(), dim=-1)  # [B, L, D]
-        e_seed = gather_tokens(e, seeds)  # [B, K0, D]
-        sim = torch.bmm(e, e_seed.transpose(1, 2)).amax(dim=-1)  # [B, L]
+        sim = seed_similarity(embeddings, seeds)  # [B, L]
         n_near, n_far, n_rand = self.schedule.counts(K - K0, self.progress)
-        near = take(sim, n_near)  # most similar first (early training)
+        # near: the most similar among rich tokens (sim in [-1, 1], so -3 ranks poor ones last)
+        poor = richness < self.near_richness_floor  # [B, L]
+        near = take(sim - 3.0 * poor, n_near)  # most similar rich first (early training)
         far = take(-sim, n_far)  # least similar (later)
         rand = take(u_rand, n_rand)  # uniform (last stage)
         selected = torch.cat([seeds, near, far, rand], dim=1)  # [B, K]
@@ -246,5 +265,6 @@ class SemanticTokenSelection(MaskingStrategy):
         return (
             f"{type(self).__name__}(mask_ratio={self.mask_ratio}, reconstruction_ratio="
             f"{self.reconstruction_ratio}, seed_fraction={self.seed_fraction}, temperature="
-            f"{self.temperature}, schedule={self.schedule})"
+            f"{self.temperature}, near_richness_floor={self.near_richness_floor}, "
+            f"schedule={self.schedule})"
         )

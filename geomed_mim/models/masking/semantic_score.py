@@ -7,7 +7,9 @@ the "selection" is random sampling. It also hard-codes 3 channels and a 14×14 g
 
 Here, for ``images`` [B, C, *spatial] (2-D or 3-D, any C, any grid):
 
-1. gradients per band by central differences (one-sided at the border);
+1. gradients per band by central differences *inside each patch* (one-sided at the patch's own
+   border): a patch's score depends on its pixels only, so a flat patch next to texture stays
+   flat (a difference across the border would give it its neighbour's edge);
 2. each band's gradient magnitudes are divided by that band's mean magnitude over the image, so
    every band counts alike whatever its units, and a band that is flat everywhere counts zero;
 3. orientation histograms per patch (HOG cells = patches), summed over bands:
@@ -53,6 +55,22 @@ def central_gradients(x: torch.Tensor) -> list[torch.Tensor]:
     return grads
 
 
+def within_patch_gradients(x: torch.Tensor, patch_size: Sequence[int]) -> list[torch.Tensor]:
+    """:func:`central_gradients` of every patch on its own: x [N, 1, *spatial] (whole patches)
+    → one gradient per spatial axis, each [N, 1, *spatial]."""
+    n, dims = x.shape[0], x.dim() - 2
+    grid = [s // p for s, p in zip(x.shape[2:], patch_size, strict=True)]
+    split = [v for g, p in zip(grid, patch_size, strict=True) for v in (g, p)]
+    to_patches = [0, *(1 + 2 * a for a in range(dims)), *(2 + 2 * a for a in range(dims))]
+    cells = x.reshape(n, *split).permute(to_patches)  # [N, *grid, *patch]
+    cells = cells.reshape(-1, 1, *patch_size)  # [N·L, 1, *patch]
+    back = [0] + [v for a in range(dims) for v in (1 + a, 1 + dims + a)]
+    return [
+        g.reshape(n, *grid, *patch_size).permute(back).reshape(x.shape)  # [N, 1, *spatial]
+        for g in central_gradients(cells)
+    ]
+
+
 def direction_bins_3d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The 13 unsigned directions of a 3×3×3 neighbourhood, unit vectors [13, 3]."""
     dirs = [
@@ -84,7 +102,7 @@ def _band_histograms(
     N = rows.shape[0]
     grid = [s // p for s, p in zip(rows.shape[2:], patch_size, strict=True)]
     L = math.prod(grid)
-    grads = central_gradients(rows)  # spatial_dims × [N, 1, *spatial]
+    grads = within_patch_gradients(rows, patch_size)  # spatial_dims × [N, 1, *spatial]
     raw = torch.sqrt(sum(g * g for g in grads))  # [N, 1, *spatial] |gradient|
     # per band and image: unit mean magnitude, so bands count alike; a flat band stays 0
     band_scale = raw.flatten(1).mean(dim=1).clamp_min(eps)  # [N]

@@ -63,3 +63,27 @@ def test_data_module_subset_and_hook(lulc_store) -> None:
     assert batch["image"].shape == (4, 13, 32, 32)
     assert batch["label"].shape == (4, 32, 32)
     assert dm.on_after_batch_transfer({"path": "scene.tif"}, 0) == {"path": "scene.tif"}
+
+
+@pytest.mark.parametrize(("fraction", "scenes"), [(0.25, 1), (0.5, 2), (0.01, 1), (1.0, 4)])
+def test_scene_budget_takes_whole_scenes(lulc_store, fraction, scenes) -> None:
+    """``subset_unit="scene"``: round(fraction · 4 training scenes), at least one, each with all
+    its usable tiles; the seed picks which."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(lulc_store / "manifest.parquet")
+    usable = manifest[(manifest["split"] == "train") & manifest["dup_of"].isna()]
+    tiles_per_scene = usable.groupby("scene").size().to_dict()  # near-duplicates left out
+    picked = set()
+    for seed in range(6):
+        dm = RSSegDataModule(str(lulc_store), val_split=None, train_fraction=fraction,
+                             subset_seed=seed, subset_unit="scene")  # fmt: skip
+        dm.setup("fit")
+        index = dm.train_dataset.index
+        chosen = {index.paths[a].rsplit("/", 1)[-1] for a in np.unique(index.array)}
+        assert len(chosen) == scenes
+        assert len(index) == sum(tiles_per_scene[s] for s in chosen)
+        picked |= chosen
+    assert len(picked) > scenes or scenes == 4  # different seeds, different scenes
+    with pytest.raises(ValueError, match="subset_unit"):
+        RSSegDataModule(str(lulc_store), subset_unit="pixel")

@@ -516,3 +516,32 @@ def test_minus_one_labels_build_finetune_and_predict_through_the_clis(demo_data,
     with rasterio.open(out) as pred:
         ids = pred.read(1)
     assert set(np.unique(ids).tolist()) <= {0, 1}  # never 255, never -1
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_linear_probe_head_trains_only_the_head(spatial_dims):
+    """``head="linear"``: logits at full resolution from a linear layer on the patch tokens;
+    with the encoder frozen, only that layer has gradients; checkpoints record the head."""
+    from geomed_mim.tasks.segmentation import SegmentationTask
+
+    classes = {"ids": [0, 1, 2], "names": ["a", "b", "c"], "ignore_index": 255}
+    task = SegmentationTask(
+        encoder={"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
+        head="linear", freeze_encoder=True, in_chans=2, img_size=16,
+        spatial_dims=spatial_dims, classes=classes,
+    )  # fmt: skip
+    x = torch.randn(2, 2, *(16,) * spatial_dims)
+    logits = task(x)
+    assert logits.shape == (2, 3, *(16,) * spatial_dims)
+    # the upsampled logits, averaged per patch, follow the head applied to the patch tokens
+    tokens = task.net.encoder.forward_features(x)[:, 1:]  # [B, L, D]
+    grid = task.net.encoder.grid_size
+    expected = task.net.head(tokens).transpose(1, 2).reshape(2, 3, *grid)
+    pooled = torch.nn.functional.interpolate(logits, size=grid, mode="area")  # [B, K, *grid]
+    assert torch.corrcoef(torch.stack([pooled.flatten(), expected.flatten()]))[0, 1] > 0.9
+    logits.sum().backward()
+    trained = {n for n, p in task.named_parameters() if p.grad is not None}
+    assert trained == {"net.head.weight", "net.head.bias"}
+    assert task.checkpoint_metadata()["head"] == "linear"
+    with pytest.raises(ValueError, match="head must be one of"):
+        SegmentationTask(head="mlp", in_chans=2, img_size=16, classes=classes)

@@ -105,8 +105,8 @@ def test_schedule_weights_follow_the_config():
 
 
 def test_psts_takes_near_then_far_then_random_tokens():
-    """Embeddings with a known similarity to the seeds: PSTS tokens are the most similar early,
-    the least similar later, and similarity-blind at the end."""
+    """Embeddings with a known similarity to the seeds: PSTS tokens are the most similar rich
+    ones early, the least similar later, and similarity-blind at the end."""
     torch.manual_seed(0)
     B, L, D = 16, 64, 8
     images = textured(B, 2, (32, 32))  # 8×8 grid of 4×4 patches
@@ -119,14 +119,20 @@ def test_psts_takes_near_then_far_then_random_tokens():
     def psts_similarity(progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         selector.set_progress(progress)
         r = selector.select(images, (4, 4), emb, sample_seeds=torch.arange(B))
-        e = torch.nn.functional.normalize(emb, dim=-1)
+        # cosine similarity of the per-sample centred embeddings, written out here
+        e = torch.nn.functional.normalize(emb - emb.mean(dim=1, keepdim=True), dim=-1)
         seeds = torch.gather(e, 1, r.selected_idx[:, :K0, None].expand(-1, -1, D))
         sim = torch.bmm(e, seeds.transpose(1, 2)).amax(-1)  # [B, L]
         rest = torch.ones(B, L, dtype=torch.bool).scatter_(1, r.selected_idx, False)
         return torch.gather(sim, 1, r.selected_idx[:, K0:]), sim.masked_fill(~rest, math.nan)
 
     near, rest = psts_similarity(0.0)
-    assert (near.min(dim=1).values >= rest.nan_to_num(-2).max(dim=1).values).all()
+    rich = selector.richness(images, (4, 4)) >= selector.near_richness_floor  # [B, L]
+    assert rich.sum(dim=1).min() >= K  # enough rich patches: near never falls back here
+    rich_rest = rest.masked_fill(~rich, math.nan)
+    assert (near.min(dim=1).values >= rich_rest.nan_to_num(-2).max(dim=1).values).all()
+    near_idx = selector.select(images, (4, 4), emb, sample_seeds=torch.arange(B)).selected_idx
+    assert torch.gather(rich, 1, near_idx[:, K0:]).all()  # near tokens are all rich
     far, rest = psts_similarity(0.5)
     assert (far.max(dim=1).values <= rest.nan_to_num(2).min(dim=1).values).all()
     rand, _ = psts_similarity(1.0)

@@ -1,0 +1,15 @@
+"""Downstream evaluation: encoders probed and fine-tuned at several label budgets and seeds,
+beside non-deep baselines, on a labeled store (``python -m geomed_mim.evaluate``).
+
+| module | what it holds |
+|---|---|
+| :mod:`~geomed_mim.evaluation.protocol` | the protocol's flags (:class:`Protocol`), checks and stages |
+| :mod:`~geomed_mim.evaluation.deep` | one probe / fine-tuning run through the segmentation task |
+| :mod:`~geomed_mim.evaluation.baselines` | logistic regression on pixels, spectral index, HU window |
+| :mod:`~geomed_mim.evaluation.pixels` | labeled pixels in physical units from a data module |
+| :mod:`~geomed_mim.evaluation.report` | CSV, markdown table (mean ± std) and plot |
+"""  # noqa: E501
+
+from geomed_mim.evaluation.protocol import Protocol, check_protocol
+
+__all__ = ["Protocol", "check_protocol"]

@@ -1,0 +1,241 @@
+"""The evaluation protocol: every encoder probed and fine-tuned at every label budget with
+every seed, beside the baselines, on one labeled task; results as CSV, markdown and a plot.
+
+Stages (each a function below): :func:`check_protocol` (every user mistake before any work),
+:func:`baseline_rows`, :func:`deep_rows`, :func:`write_report`. A label budget is a fraction of
+the training *scenes* (RS; at least one) or cases (CT); the validation split is always whole.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geomed_mim.cli import check_encoder_source
+from geomed_mim.evaluation import baselines as bl
+from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, run_deep
+from geomed_mim.evaluation.pixels import pixels, subsample
+from geomed_mim.evaluation.report import mean_std, write_csv, write_markdown, write_plot
+from geomed_mim.tasks.store_checks import check_data_config
+from geomed_mim.usage import UsageError
+
+MIN_SEEDS = 3
+
+
+@dataclass
+class Protocol:
+    """One task's evaluation (the fields are the command's flags; see docs/evaluation.md)."""
+
+    data: dict[str, Any]
+    encoders: list[str] = field(default_factory=lambda: [SCRATCH])
+    modes: list[str] = field(default_factory=lambda: ["probe", "finetune"])
+    budgets: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: dict[str, int] = field(default_factory=lambda: {"probe": 20, "finetune": 20})
+    task: dict[str, Any] = field(default_factory=dict)
+    baselines: list[dict[str, Any]] = field(default_factory=list)
+    pixel_limit: int = 200_000
+    output: str = "runs/evaluate"
+    title: str = "evaluation"
+    accelerator: str = "auto"
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def check_protocol(p: Protocol) -> None:
+    """Every flag, before any work: a mistake is a :class:`UsageError` naming the flag."""
+    check_data_config(p.data, "fit", labeled=True)
+    if len(set(p.seeds)) < MIN_SEEDS:
+        raise UsageError(
+            f"--seeds {p.seeds}: give at least {MIN_SEEDS} distinct seeds, e.g. [0, 1, 2]"
+        )
+    if not p.budgets or any(not 0 < b <= 1 for b in p.budgets):
+        raise UsageError(f"--budgets {p.budgets}: give fractions in (0, 1], e.g. [0.1, 1.0]")
+    if is_ct(p) and any(b < 1 for b in p.budgets):
+        raise UsageError(
+            f"--budgets {p.budgets}: CT budgets below 1.0 are not supported; use [1.0]"
+        )
+    if p.encoders and not p.modes:
+        raise UsageError("--modes is empty: give probe and/or finetune, or --encoders []")
+    for mode in p.modes:
+        if mode not in MODES:
+            raise UsageError(f"--modes: unknown mode {mode!r}; use any of {sorted(MODES)}")
+        if int(p.epochs.get(mode, 0)) < 1:
+            raise UsageError(f"--epochs.{mode}: give a number of epochs >= 1")
+    for enc in p.encoders:
+        if enc != SCRATCH:
+            check_encoder_source(enc, "--encoders", "runs/<run>/checkpoints/last.ckpt")
+    if not p.encoders and not p.baselines:
+        raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
+
+
+def check_baselines(p: Protocol, dm: Any) -> None:
+    """Baseline kinds, index names, band names and class names against the data."""
+    names = list(dm.classes["names"])
+    for i, spec in enumerate(p.baselines):
+        flag = f"--baselines[{i}]"
+        kind = spec.get("kind")
+        if kind not in bl.BASELINE_KINDS:
+            raise UsageError(f"{flag}.kind {kind!r}: use one of {list(bl.BASELINE_KINDS)}")
+        if (kind == "hu_window") != is_ct(p):
+            raise UsageError(f"{flag}: {kind} does not fit this data; RS takes logistic_regression "
+                             "and spectral_index, CT takes hu_window")  # fmt: skip
+        if kind != "spectral_index":
+            continue
+        index, cls = spec.get("index"), spec.get("class")
+        if index not in bl.INDEX_BANDS:
+            raise UsageError(f"{flag}.index {index!r}: use one of {sorted(bl.INDEX_BANDS)}")
+        missing = [b for b in bl.INDEX_BANDS[index] if b not in dm.bands]
+        if missing:
+            raise UsageError(f"{flag}.index {index}: the store has no band {missing[0]} "
+                             f"(bands: {', '.join(dm.bands)}); use a store with it")  # fmt: skip
+        if cls not in names:
+            raise UsageError(f"{flag}.class {cls!r}: not in the class table ({', '.join(names)})")
+
+
+def is_ct(p: Protocol) -> bool:
+    return "CT" in str(p.data.get("class_path", "")).rsplit(".", 1)[-1]
+
+
+# -- data ---------------------------------------------------------------------------------------
+def datamodule(p: Protocol, budget: float, seed: int) -> Any:
+    """The configured data module holding ``budget`` of the training scenes (seeded), set up."""
+    module, _, name = str(p.data["class_path"]).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    args = dict(p.data.get("init_args") or {})
+    if not is_ct(p):
+        args.update(train_fraction=budget, subset_seed=seed, subset_unit="scene")
+    dm = cls(**args)
+    dm.setup("fit")
+    return dm
+
+
+def train_units(dm: Any) -> int:
+    """Training scenes (RS: store arrays) or cases (CT) the data module holds."""
+    ds = dm.train_dataset
+    if hasattr(ds, "index"):
+        return len(set(ds.index.array.tolist()))
+    return len(ds.cases)
+
+
+def encoder_label(encoder: str) -> str:
+    """A short name: ``scratch``, the run folder of ``runs/<run>/checkpoints/x.ckpt``, or the
+    export folder's name."""
+    path = Path(encoder)
+    if encoder == SCRATCH:
+        return SCRATCH
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
+        return path.parent.parent.name
+    return path.stem if path.is_file() else path.name
+
+
+# -- stages -------------------------------------------------------------------------------------
+def baseline_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
+    """Every baseline at every budget and seed (the pixels of that budget's training scenes).
+    A fit is deterministic given its pixels, so seeds that draw the same scenes (always at
+    budget 1.0) share one fit unless ``--pixel_limit`` subsamples them."""
+    rows: list[dict[str, Any]] = []
+    fits: dict[tuple, tuple[str, dict[str, float]]] = {}
+    for budget in p.budgets:
+        for seed in p.seeds:
+            dm = datamodule(p, budget, seed)
+            check_baselines(p, dm)
+            if not p.baselines:
+                return rows
+            train, val = pixels(dm, "train"), pixels(dm, dm.val_split or "train")
+            ids, names = [int(i) for i in dm.classes["ids"]], list(dm.classes["names"])
+            base = {"budget": budget, "seed": seed, "train_units": train_units(dm)}
+            drawn = seed if len(train.labels) > p.pixel_limit else None
+            for i, spec in enumerate(p.baselines):
+                key = (i, training_set(dm), drawn)
+                if key not in fits:
+                    fits[key] = one_baseline(spec, train, val, dm, ids, names, seed, p)
+                method, scores = fits[key]
+                rows.append({"method": method, "kind": "baseline", **base, **scores})
+                say(f"baseline {method}  budget {budget:g}  seed {seed}: {headline(p, scores)}")
+    return rows
+
+
+def training_set(dm: Any) -> tuple:
+    """What identifies the training samples: RS tile rows (store array, row), CT cases."""
+    ds = dm.train_dataset
+    if hasattr(ds, "index"):
+        return tuple(zip(ds.index.array.tolist(), ds.index.tile.tolist(), strict=True))
+    return tuple(str(c.case) for c in ds.cases)
+
+
+def one_baseline(spec, train, val, dm, ids, names, seed, p) -> tuple[str, dict[str, float]]:
+    kind = spec["kind"]
+    if kind == "logistic_regression":
+        fit = subsample(train, p.pixel_limit, seed)
+        return "logistic regression (pixels)", bl.logistic_regression(fit, val, ids, names, seed)
+    if kind == "spectral_index":
+        cls = spec["class"]
+        cid = ids[names.index(cls)]
+        scores = bl.spectral_index(train, val, list(dm.bands), spec["index"], cid, cls)
+        return f"{spec['index'].upper()} > t ({cls})", scores
+    return "HU window (per organ)", bl.hu_window(train, val, ids, names)
+
+
+def deep_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
+    """Every encoder × mode × budget × seed, trained and scored."""
+    plan = [DeepRun(e, m, b, s, int(p.epochs[m]))
+            for e in p.encoders for m in p.modes for b in p.budgets for s in p.seeds]  # fmt: skip
+    rows = []
+    for k, run in enumerate(plan, 1):
+        start = time.perf_counter()
+        dm = datamodule(p, run.budget, run.seed)
+        scores = run_deep(run, dm, p.task, p.accelerator)
+        method = f"{encoder_label(run.encoder)} / {run.mode}"
+        rows.append({"method": method, "kind": run.mode, "budget": run.budget, "seed": run.seed,
+                     "train_units": train_units(dm), **scores})  # fmt: skip
+        say(f"[{k}/{len(plan)}] {method}  budget {run.budget:g}  seed {run.seed}: "
+            f"{headline(p, scores)}  ({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    return rows
+
+
+# -- metrics and report --------------------------------------------------------------------------
+def metric_columns(p: Protocol, class_names: list[str]) -> list[str]:
+    """RS: mIoU, then the IoU of each spectral-index class; CT: each organ's Dice and their
+    mean (background left out)."""
+    if is_ct(p):
+        organs = [n for n in class_names[1:]]
+        return ["mean_organ_dice", *[f"dice_{n}" for n in organs]]
+    index_classes = [s["class"] for s in p.baselines if s.get("kind") == "spectral_index"]
+    return ["miou", *[f"iou_{c}" for c in dict.fromkeys(index_classes)]]
+
+
+def add_mean_organ_dice(rows: list[dict[str, Any]], class_names: list[str]) -> None:
+    """``mean_organ_dice``: mean of the organs' Dice (every method alike; NaN-skipping)."""
+    for row in rows:
+        m, _, n = mean_std([row.get(f"dice_{c}", math.nan) for c in class_names[1:]])
+        row["mean_organ_dice"] = m if n else math.nan
+
+
+def headline(p: Protocol, scores: dict[str, float]) -> str:
+    """The progress line's scores: the table's columns this run has."""
+    names = [k.removeprefix("dice_") for k in scores if k.startswith("dice_")]
+    keys = [k for k in metric_columns(p, ["background", *names]) if k in scores]
+    return "  ".join(f"{k} {scores[k]:.3f}" for k in keys) or "no score"
+
+
+def write_report(
+    p: Protocol, rows: list[dict[str, Any]], class_names: list[str]
+) -> dict[str, Path]:
+    out = Path(p.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_ct(p):
+        add_mean_organ_dice(rows, class_names)
+    metrics = metric_columns(p, class_names)
+    files = {"csv": out / "results.csv", "markdown": out / "results.md",
+             "plot": out / "score_vs_budget.png"}  # fmt: skip
+    write_csv(rows, [*metrics, "accuracy", "threshold"], files["csv"])
+    notes = [f"Validation split: `{p.data.get('init_args', {}).get('val_split', 'val')}`; "
+             f"mean ± sample std over seeds {p.seeds}; budget = fraction of training "
+             f"{'cases' if is_ct(p) else 'scenes'}; epochs {dict(p.epochs)}."]  # fmt: skip
+    write_markdown(rows, metrics, p.title, notes, files["markdown"])
+    write_plot(rows, metrics, p.title, files["plot"])
+    return files

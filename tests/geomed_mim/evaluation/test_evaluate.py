@@ -1,0 +1,211 @@
+"""The evaluation command on the labeled demo store, with the shipped task config shrunk in size
+only: every method × budget × seed row, baselines equal to an independent computation from the
+source GeoTIFFs, and user mistakes as one line with exit status 2."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import yaml
+from rasterio.windows import Window
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from geomed_mim.evaluate import main
+from geomed_mim.evaluation.protocol import Protocol, baseline_rows
+from tests.conftest import REPO_ROOT
+
+CONFIG = REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"
+DEMO = REPO_ROOT / "geomed_mim/demo_data/sentinel2_l1c"
+BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+FOREST = 2  # class id in configs/data/classes/eolearn_lulc.yaml
+
+
+def shipped_protocol(store: Path, out: Path, **changes) -> Protocol:
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["data"]["init_args"]["store"] = str(store)
+    cfg.update(output=str(out), **changes)
+    return Protocol(**cfg)
+
+
+# -- an independent computation, from the GeoTIFFs the store was built from ---------------------
+def scene_pixels(store: Path, split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per scene: (reflectance [N, 13] = DN · 1e-4, label [N]) of the manifest's usable tiles in
+    ``split`` (not excluded, not a duplicate), label 0 (no data) dropped."""
+    manifest = pd.read_parquet(store / "manifest.parquet")
+    usable = manifest["excluded"].isna() & manifest["dup_of"].isna()
+    rows = manifest[(manifest["split"] == split) & usable]
+    with rasterio.open(DEMO / "labels/lulc_mask.tif") as src:
+        mask = src.read(1)
+    out = {}
+    for scene, tiles in rows.groupby("scene"):
+        with rasterio.open(DEMO / f"scenes/{scene}.tif") as src:
+            values, labels = [], []
+            for t in tiles.itertuples():
+                win = Window(t.col_off, t.row_off, t.width, t.height)
+                dn = src.read(window=win).astype(np.float64)  # [13, h, w]
+                lab = mask[t.row_off : t.row_off + t.height, t.col_off : t.col_off + t.width]
+                values.append(dn.reshape(13, -1).T * 1e-4)
+                labels.append(lab.reshape(-1))
+        v, lab = np.concatenate(values), np.concatenate(labels)
+        out[scene] = (v[lab != 0], lab[lab != 0])
+    return out
+
+
+def merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def iou(target: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.sum(target & pred) / np.sum(target | pred))
+
+
+def independent_ndvi_iou(train, val) -> float:
+    """NDVI = (NIR − red) / (NIR + red) (B08, B04); the threshold among 256 quantiles of the
+    training NDVI with the best training forest IoU; forest IoU on val."""
+
+    def ndvi(v):
+        nir, red = v[:, BANDS.index("B08")], v[:, BANDS.index("B04")]
+        return (nir - red) / (nir + red)
+
+    tr = ndvi(train[0])
+    best, best_t = -1.0, None
+    for t in np.unique(np.quantile(tr, np.linspace(0, 1, 256))):
+        score = iou(train[1] == FOREST, tr > t)
+        if score > best:
+            best, best_t = score, t
+    return iou(val[1] == FOREST, ndvi(val[0]) > best_t)
+
+
+def independent_logistic_miou(train, val) -> float:
+    """Standardize on train, multinomial logistic regression; mIoU over the classes present in
+    the val target or prediction."""
+    scaler = StandardScaler().fit(train[0])
+    model = LogisticRegression(max_iter=500, random_state=0).fit(
+        scaler.transform(train[0]), train[1]
+    )
+    pred = model.predict(scaler.transform(val[0]))
+    ious = [iou(val[1] == c, pred == c) for c in np.union1d(val[1], pred)]
+    return float(np.mean(ious))
+
+
+def test_baselines_equal_an_independent_computation(lulc_store, tmp_path):
+    """All training scenes (budget 1.0), each seed: the same numbers as written out here."""
+    protocol = shipped_protocol(lulc_store, tmp_path, budgets=[1.0])
+    rows = baseline_rows(protocol, lambda line: None)
+    train, val = scene_pixels(lulc_store, "train"), merged(scene_pixels(lulc_store, "val").values())
+    assert len(train) == 4
+    assert len(val[1]) > 10_000
+    check_baseline_rows(rows, merged(list(train.values())), val, budget=1.0)
+
+
+def check_baseline_rows(rows, train, val, budget: float) -> None:
+    ndvi_rows = [r for r in rows if r["method"] == "NDVI > t (forest)" and r["budget"] == budget]
+    lr_rows = [r for r in rows if r["method"].startswith("logistic") and r["budget"] == budget]
+    assert [r["seed"] for r in ndvi_rows] == [r["seed"] for r in lr_rows] == [0, 1, 2]
+    ndvi, lr = independent_ndvi_iou(train, val), independent_logistic_miou(train, val)
+    assert ndvi > 0.5  # forest is most of the area: a real signal, not a degenerate threshold
+    for r in ndvi_rows:
+        assert float(r["iou_forest"]) == pytest.approx(ndvi, abs=1e-3)
+    for r in lr_rows:
+        assert float(r["miou"]) == pytest.approx(lr, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_shipped_config_writes_every_row_table_and_plot(lulc_store, tmp_path, capsys):
+    """The shipped config, epochs and budgets shrunk: every method × budget has 3 seeds in the
+    CSV and a mean ± std row in the markdown; the plot is a PNG; baselines match as above."""
+    out = tmp_path / "run"
+    main(["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
+          "--epochs", "{probe: 1, finetune: 1}", "--budgets", "[0.25, 1.0]",
+          "--output", str(out)])  # fmt: skip
+    assert "results.md" in capsys.readouterr().out
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    methods = {"logistic regression (pixels)", "NDVI > t (forest)",
+               "scratch / probe", "scratch / finetune"}  # fmt: skip
+    assert {r["method"] for r in rows} == methods
+    for m in methods:
+        for b in ("0.25", "1.0"):
+            seeds = sorted(int(r["seed"]) for r in rows if r["method"] == m and r["budget"] == b)
+            assert seeds == [0, 1, 2], (m, b)
+    for r in rows:
+        assert math.isfinite(float(r["iou_forest"]))
+        if not r["method"].startswith("NDVI"):
+            assert 0 <= float(r["miou"]) <= 1
+    table = (out / "results.md").read_text()
+    assert len([ln for ln in table.splitlines() if ln.startswith("| ") and "±" in ln]) == 8
+    assert (out / "score_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train = scene_pixels(lulc_store, "train")
+    val = merged(scene_pixels(lulc_store, "val").values())
+    for r in rows:
+        r["seed"], r["budget"] = int(r["seed"]), float(r["budget"])
+    check_baseline_rows(rows, merged(list(train.values())), val, budget=1.0)
+    # budget 0.25: one training scene per seed, whichever the seed drew
+    one_scene = [independent_ndvi_iou(p, val) for p in train.values()]
+    for r in rows:
+        if r["method"].startswith("NDVI") and r["budget"] == 0.25:
+            assert r["train_units"] == "1"
+            assert min(abs(float(r["iou_forest"]) - v) for v in one_scene) < 1e-3, r
+
+
+def error_line(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seeds", "[0, 1]"], "--seeds"),
+        (["--budgets", "[0, 1.0]"], "--budgets"),
+        (["--encoders", "[scratch, no/such.ckpt]"], "--encoders no/such.ckpt"),
+        (["--modes", "[probe, lora]"], "--modes"),
+        (["--baselines", "[{kind: spectral_index, index: ndwi, class: lake}]"], ".class 'lake'"),
+        (["--baselines", "[{kind: spectral_index, index: evi, class: forest}]"], ".index 'evi'"),
+        (["--baselines", "[{kind: hu_window}]"], "--baselines[0]"),
+        (["--epoch", "3"], "--epoch"),
+    ],
+)
+def test_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, args, needle):
+    base = ["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    line = error_line(base + args, capsys)
+    assert line.startswith("error: "), line
+    assert needle in line, line
+    assert not (tmp_path / "run" / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_store_is_one_line(tmp_path, capsys):
+    line = error_line(["--config", str(CONFIG), "--data.init_args.store", str(tmp_path / "nope")],
+                      capsys)  # fmt: skip
+    assert "--data.init_args.store" in line, line
+
+
+@pytest.mark.parametrize("name", ["lulc_sentinel2_demo.yaml", "ct_organs_demo.yaml"])
+def test_shipped_evaluate_configs_parse(name):
+    """Every shipped task config parses into the protocol with >= 3 seeds and known kinds."""
+    from geomed_mim.evaluate import parser
+    from geomed_mim.evaluation.baselines import BASELINE_KINDS
+    from geomed_mim.evaluation.deep import MODES
+
+    args = ["--config", str(REPO_ROOT / "configs/evaluate" / name)]
+    cfg = parser().parse_args(args).as_dict()
+    assert len(set(cfg["seeds"])) >= 3
+    assert set(cfg["modes"]) <= set(MODES)
+    assert all(0 < b <= 1 for b in cfg["budgets"])
+    assert {b["kind"] for b in cfg["baselines"]} <= set(BASELINE_KINDS)
+    assert cfg["data"]["class_path"].startswith("geomed_mim.data.segmentation.")
