@@ -68,20 +68,25 @@ def ignore_interrupts() -> None:
 
 @contextmanager
 def _client(scheduler: str, workers: int) -> Iterator[Any]:
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler == LOCAL:
         # silence the cluster's INFO chatter; warnings and errors still come through
         for name in ("distributed", "distributed.worker", "distributed.scheduler"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-            env=_SINGLE_THREAD_ENV,
-        )
+        # one task per worker at a time: a task is a whole scene or volume, so queuing a
+        # second one on a worker gains nothing and, when that worker dies (a crash, out of
+        # memory), would count the waiting task as a casualty too
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+                env=_SINGLE_THREAD_ENV,
+            )
         client = Client(cluster)
         client.run(limit_worker_threads)
         client.run(ignore_interrupts)
