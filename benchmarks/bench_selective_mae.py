@@ -17,7 +17,7 @@ no table.
 
 Columns:
 
-* ``MAE``: the issue-5 MAE step (mask 0.75, reference decoder 512×8 over all 197 tokens);
+* ``MAE``: the reference MAE step (mask 0.75, reference decoder 512×8 over all 197 tokens);
 * ``SelectiveMAE``: mask 0.85 (29 of 196 tokens encoded), reconstruction 0.25 (49 targets),
   CrossMAE decoder 512×8 over the targets only; score + seeds + PSTS inside the step;
 * ``+ pruning``: the same with InfoBatch-style easy-sample pruning (prune ratio 0.5) in its steady
