@@ -295,8 +295,6 @@ def run(
 def quiet_known_noise() -> None:
     """Warnings every run would print that say nothing about the user's run."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # MONAI releases that still decorate with torch.jit.interface (deprecated by torch 2.9+)
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )
