@@ -54,7 +54,7 @@ from data_pipelines.rs.tiling import (
 from data_pipelines.rs.toa import Calibrator, make_calibrator
 from data_pipelines.stats import BandSample, tile_moments
 from data_pipelines.store.calibration import ATTR_STORED_VALUES, STORED_CALIBRATED, STORED_RAW
-from data_pipelines.store.layout import LABELS_GROUP, RS_MANIFEST_SCHEMA, TILES_GROUP, array_path
+from data_pipelines.store.layout import LABELS_GROUP, RS_MANIFEST_SCHEMA, TILES_GROUP
 from data_pipelines.store.write import PartWriter, delete_part_array, write_fragment
 
 TILE_BATCH = 16  # tiles measured/hashed/calibrated together: vectorized, yet bounded memory
@@ -336,9 +336,12 @@ def hash_kept(part: ScenePart, kept_raw: np.ndarray) -> KeptTiles:
     if size != native:
         raw_dtype = kept_raw.dtype if np.issubdtype(kept_raw.dtype, np.integer) else np.float32
         raw = area_average(kept_raw, size, nodata, raw_dtype)
-    values = part.calibrator.apply(raw) if part.calibrator else raw
-    if size != native and part.calibrator is not None and not part.compact:
+    if part.calibrator is None:
+        values = raw
+    elif size != native and not part.compact:  # float32 parts: average the calibrated values
         values = area_average(part.calibrator.apply(kept_raw), size, None, np.float32)
+    else:
+        values = part.calibrator.apply(raw)
     phashes = perceptual_hashes(raw, nodata)
     moments = tile_moments(values)
     part.sample.add_tiles(values)
@@ -397,18 +400,17 @@ def write_kept(
         _band_max=_floats(maximum[k]),
     )
     size, native = kept.stored.shape[-1], row["native_size"]
-    name = part_array_name(part.job.part, size, part.job.config)
     t0 = time.perf_counter()
     row["index"] = part.tiles[size].append(kept.stored[k])
     part.write_s += time.perf_counter() - t0
-    row["array"] = array_path(TILES_GROUP, name)
+    row["array"] = part.tiles[size].path
     if strip.labels is not None:
         c0 = col_off - strip.col_off
         label_tile = strip.labels[:, c0 : c0 + native]
         if size != native:
             label_tile = nearest(label_tile, size)
         part.label_writers[size].append(np.ascontiguousarray(label_tile))
-        row["label_array"] = array_path(LABELS_GROUP, name)
+        row["label_array"] = part.label_writers[size].path
         row["labeled_fraction"] = float((label_tile != part.table.stored_ignore_index).mean())
     part.counts["samples_written"] += 1
     per_size = f"samples_written@{native}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,6 @@ def multi_size_grid(
 def scene_seed(scene_id: str, seed: int) -> int:
     """A seed that depends only on the scene and the build's ``--seed``: a re-run, a resumed
     run and another worker draw the same crops for the scene."""
-    import hashlib
-
     digest = hashlib.sha256(f"{seed}:{scene_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
@@ -71,8 +72,6 @@ def random_crops(
     """``count`` square crops at uniform positions, edges drawn log-uniformly from
     ``size_range`` (each scale as likely as the next, as small objects are as common as large
     ones), clipped to the scene. Fewer when the scene is smaller than the smallest size."""
-    import numpy as np
-
     low, high = size_range[0], min(size_range[1], height, width)
     if count <= 0 or high < low:
         return []
@@ -84,10 +83,8 @@ def random_crops(
     return [TileWindow(int(r), int(c), int(s)) for r, c, s in zip(rows, cols, sizes, strict=True)]
 
 
-def crops_for_area(height: int, width: int, pixel_area_m2: float | None, per_km2: float) -> int:
+def crops_for_area(height: int, width: int, pixel_area_m2: float, per_km2: float) -> int:
     """How many crops ``--crops-per-km2`` asks for on a scene of this size (at least one)."""
-    if pixel_area_m2 is None:
-        raise ValueError("the scene's pixel size is unknown (no CRS in metres)")
     return max(1, round(height * width * pixel_area_m2 / 1e6 * per_km2))
 
 

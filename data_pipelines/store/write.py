@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec
 
 from data_pipelines.store.layout import (
     TILES_GROUP,
+    array_path,
     fragment_path,
     manifest_path,
     store_path,
@@ -106,7 +107,7 @@ class PartWriter:
         self.samples_per_shard = samples_per_shard or max(
             1, min(1024, TARGET_SHARD_BYTES // max(sample_bytes, 1))
         )
-        self.path = f"{group}/{part}"
+        self.path = array_path(group, part)  # as the manifest records it
         self.array_dir = store_path(out_dir) / group / part
         delete_part_array(out_dir, group, part)  # debris of an interrupted run
         self.array = zarr.create_array(
