@@ -128,6 +128,18 @@ class StoreDataModule(LightningDataModule):
         return self._loader(self.val_dataset, shuffle=False, drop_last=False)
 
 
+def missing_crop_size(store: str, attrs: dict[str, Any], crop_size: int | None) -> str | None:
+    """Why ``crop_size`` must be given for this RS store (crops kept at their native sizes, so
+    no one stored size to train at), or None."""
+    if crop_size is not None or attrs.get(ATTR_TILE_SIZE) is not None:
+        return None
+    return (
+        f"--data.init_args.crop_size: store {store} keeps its crops at their native sizes "
+        f"{attrs.get(ATTR_TILE_SIZES)}; give one training size (e.g. "
+        f"--data.init_args.crop_size 224) or build with --store-size"
+    )
+
+
 class RSDataModule(StoreDataModule):
     """Tiles of an RS store (``build_dataset`` output folder), normalized with its band stats.
 
@@ -189,14 +201,10 @@ class RSDataModule(StoreDataModule):
         self.bands: list[str] = list(self.attrs.get(ATTR_BANDS) or profile.get("bands") or [])
         if not self.bands:
             raise ValueError(f"store {store} lists no bands in its attributes")
-        stored = self.attrs.get(ATTR_TILE_SIZE)
-        if crop_size is None and stored is None:
-            raise ValueError(
-                f"crop_size: store {store} keeps its crops at their native sizes "
-                f"{self.attrs.get(ATTR_TILE_SIZES)}; give one training size, e.g. "
-                f"--data.init_args.crop_size 224"
-            )
-        self.img_size = int(crop_size or stored)
+        problem = missing_crop_size(store, self.attrs, crop_size)
+        if problem:
+            raise ValueError(problem)
+        self.img_size = int(crop_size or self.attrs.get(ATTR_TILE_SIZE))
         self._mean: list[float] | None = None
         self._std: list[float] | None = None
         self._transform: TileBatchTransform | None = None

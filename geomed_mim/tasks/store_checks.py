@@ -17,8 +17,6 @@ from typing import Any
 from data_pipelines.store.layout import (
     ATTR_CLASSES,
     ATTR_MODALITY,
-    ATTR_TILE_SIZE,
-    ATTR_TILE_SIZES,
     BUILD_RECORD_NAME,
     COL_ARRAY,
     COL_EXCLUDED,
@@ -29,6 +27,7 @@ from data_pipelines.store.layout import (
 from data_pipelines.store.object_store import is_object_url
 from data_pipelines.store.read import read_manifest, read_store_attrs, usable_rows
 from data_pipelines.store.source import join, source_for
+from geomed_mim.data.datamodules import missing_crop_size
 from geomed_mim.usage import UsageError
 
 BUILD_HINT = {
@@ -110,9 +109,9 @@ def check_store(
     labeled: bool,
     split: str | None = "train",
     include_duplicates: bool = False,
-) -> None:
+) -> dict[str, Any]:
     """One store of a training command: built, of ``modality``, labeled when ``labeled``, and
-    with at least one usable sample in ``split`` (None: no sample needed)."""
+    with at least one usable sample in ``split`` (None: no sample needed); its attributes."""
     attrs = store_attributes(store, flag, modality)
     found = attrs.get(ATTR_MODALITY) or modality
     if found != modality:
@@ -126,7 +125,7 @@ def check_store(
             f"store built with --labels and --classes ({LABELED_HINT[modality]})"
         )
     if split is None:
-        return
+        return attrs
     require = (COL_ARRAY, COL_LABEL_ARRAY) if labeled else (COL_ARRAY,)
     manifest = read_manifest(store)
     if usable_rows(manifest, split, include_duplicates, require).num_rows == 0:
@@ -134,6 +133,7 @@ def check_store(
             f"{flag} {store}: no usable {split} sample in the store "
             f"({why_nothing_usable(manifest)}); rebuild it from inputs that pass the filters"
         )
+    return attrs
 
 
 def why_nothing_usable(manifest: Any) -> str:
@@ -160,17 +160,8 @@ def check_data_config(data: Mapping[str, Any], subcommand: str, labeled: bool) -
     split = "train" if subcommand == "fit" else None
     dups = bool(init_args.get("include_duplicates") or False)
     for store in stores:
-        check_store(store, flag, modality, labeled, split, dups)
+        attrs = check_store(store, flag, modality, labeled, split, dups)
         if modality == "rs" and "crop_size" in init_args:
-            check_crop_size(store, init_args.get("crop_size"))
-
-
-def check_crop_size(store: str, crop_size: int | None) -> None:
-    """A store that keeps crops at several native sizes needs one training size."""
-    attrs = store_attributes(store, "--data.init_args.store", "rs")
-    if crop_size is None and attrs.get(ATTR_TILE_SIZE) is None:
-        raise UsageError(
-            f"--data.init_args.crop_size: store {store} keeps its crops at their native sizes "
-            f"{attrs.get(ATTR_TILE_SIZES)}; give one training size (e.g. "
-            f"--data.init_args.crop_size 224) or build with --store-size"
-        )
+            problem = missing_crop_size(store, attrs, init_args.get("crop_size"))
+            if problem:
+                raise UsageError(problem)
