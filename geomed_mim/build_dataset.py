@@ -139,7 +139,8 @@ def run_flags() -> list[Flag]:
     """How to split, compress and run (every modality)."""
     return [
         Flag("--val-fraction", float, 0.05,
-             "Fraction of scenes (not tiles) assigned to the 'val' split."),
+             "Fraction of scenes (not tiles) assigned to the 'val' split; RS with "
+             "--split-by location: of location blocks."),
         Flag("--workers", int, parallel.default_workers(),
              "Worker processes of the local dask cluster (1 = run in this process)."),
         Flag("--scheduler", str, parallel.LOCAL,
@@ -151,6 +152,23 @@ def run_flags() -> list[Flag]:
              "(a build that writes nothing exits 1 in any case)."),
         Flag("--overwrite", bool, False,
              "Delete a previous build in --output instead of resuming it."),
+    ]  # fmt: skip
+
+
+def rs_split_flags() -> list[Flag]:
+    """How an RS build splits train and val (beside the shared --val-fraction)."""
+    return [
+        Flag("--split-by", str, "scene",
+             "'scene': each scene (date) wholly in train or val; 'location': every date of "
+             "a place on the same side, validation on held-out blocks of ground (for "
+             "archives that revisit the same area)."),
+        Flag("--split-block", float | None, None,
+             "--split-by location: edge of the square blocks in CRS units (metres for UTM). "
+             "Default: two tile edges."),
+        Flag("--split-margin", float, 0.0,
+             "--split-by location: training tiles closer than this to a validation tile (CRS "
+             "units) are set aside as split 'margin'; 0 keeps every tile that shares no "
+             "pixel with a validation tile."),
     ]  # fmt: skip
 
 
@@ -278,7 +296,7 @@ def build_parser() -> ArgumentParser:
         help="'rs' (satellite scenes -> tiles) or 'ct' (CT volumes -> resampled HU volumes; "
         "see the CT flags below and docs/ct_pipeline.md).",
     )
-    for flag in input_output_flags() + rs_flags() + label_flags() + run_flags():
+    for flag in input_output_flags() + rs_flags() + rs_split_flags() + label_flags() + run_flags():
         flag.add_to(p)
     ct_group = p.add_argument_group("CT (--modality ct)")
     for flag in ct_flags():

@@ -12,6 +12,7 @@ from data_pipelines.dedup import MAX_EXACT_RADIUS
 from data_pipelines.errors import BuildConfigError, LabelError
 from data_pipelines.rs.exclusion import ExclusionRules
 from data_pipelines.rs.labels import check_labels_spec
+from data_pipelines.rs.location_split import SPLIT_BY_CHOICES, SPLIT_BY_SCENE
 from data_pipelines.rs.toa import CALIBRATE_CHOICES
 from data_pipelines.store.layout import STORE_FORMAT_VERSION
 
@@ -56,6 +57,9 @@ class RSBuildConfig(BuildConfig):
     dedup: bool = True
     near_dup_radius: int = DEFAULT_NEAR_DUP_RADIUS
     preview: bool = True
+    split_by: str = SPLIT_BY_SCENE  # or "location": every date of a place on one side
+    split_block: float | None = None  # location split: block edge in CRS units (metres)
+    split_margin: float = 0.0  # location split: training tiles kept this far from val tiles
 
     def validate(self) -> None:
         """Raise BuildConfigError naming the field and the fix; reads no input."""
@@ -82,6 +86,19 @@ class RSBuildConfig(BuildConfig):
                 f"(bits of a 64-bit perceptual hash)"
             )
         self._validate_labels()
+        self._validate_split()
+
+    def _validate_split(self) -> None:
+        if self.split_by not in SPLIT_BY_CHOICES:
+            choices = ", ".join(SPLIT_BY_CHOICES)
+            raise BuildConfigError(f"--split-by: {self.split_by!r} is not one of {choices}")
+        if self.split_block is not None and not self.split_block > 0:
+            raise BuildConfigError(
+                f"--split-block: {self.split_block} must be a positive edge in CRS units, "
+                f"e.g. 640 (metres)"
+            )
+        if self.split_margin < 0:
+            raise BuildConfigError(f"--split-margin: {self.split_margin} must be >= 0")
 
     @property
     def tile_sizes(self) -> list[int]:

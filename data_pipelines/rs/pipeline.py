@@ -8,6 +8,7 @@ preview.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from data_pipelines.errors import BuildConfigError
 from data_pipelines.rs.config import RSBuildConfig
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.labels import match_label
+from data_pipelines.rs.location_split import SPLIT_BY_SCENE, default_block, location_splits
 from data_pipelines.rs.profiles import SensorProfile, load_profile
 from data_pipelines.rs.scene_task import SceneJob, process_scene
 from data_pipelines.stats import BandMoments, percentiles_from_samples, stats_attrs
@@ -115,6 +117,23 @@ def record_band_stats(
     )
 
 
+def split_tiles(table: pa.Table, cfg: RSBuildConfig) -> list[str]:
+    """Each tile's split: by scene (tiles of one scene never straddle train and val) or by
+    location (every date of a place on one side, :mod:`data_pipelines.rs.location_split`)."""
+    if cfg.split_by == SPLIT_BY_SCENE:
+        scene_ids = table.column("scene").to_pylist()
+        splits = {s: assign_split(s, cfg.val_fraction) for s in set(scene_ids)}
+        return [splits[s] for s in scene_ids]
+    col = {name: table.column(name).to_pylist() for name in
+           ("crs", "transform", "stored_size", "lon", "lat", "gsd")}  # fmt: skip
+    lon = [math.nan if v is None else v for v in col["lon"]]
+    lat = [math.nan if v is None else v for v in col["lat"]]
+    gsd = [math.nan if v is None else v for v in col["gsd"]]
+    block = cfg.split_block or default_block(gsd, col["stored_size"])
+    return location_splits(col["crs"], col["transform"], col["stored_size"], lon, lat,
+                           cfg.val_fraction, block, cfg.split_margin)  # fmt: skip
+
+
 def finalize_manifest(
     out_dir: Path,
     table: pa.Table,
@@ -131,10 +150,7 @@ def finalize_manifest(
          ("col_off", "ascending")]
     )  # fmt: skip
     table, unique, counts = mark_tile_duplicates(table, cfg)
-    # per scene: tiles of one scene never straddle train and val
-    scene_ids = table.column("scene").to_pylist()
-    splits = {s: assign_split(s, cfg.val_fraction) for s in set(scene_ids)}
-    table = replace_column(table, "split", [splits[s] for s in scene_ids])
+    table = replace_column(table, "split", split_tiles(table, cfg))
     record_band_stats(out_dir, table, unique, summaries, cfg, profile)
     manifest = table.drop_columns(list(RS_INTERNAL_COLUMNS))
     if cfg.preview and scenes is not None:
