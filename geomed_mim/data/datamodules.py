@@ -149,6 +149,9 @@ class RSDataModule(StoreDataModule):
             by range with the same code as a local store (nothing is copied).
         crop_size: training image size; None keeps the store's tile size.
         crop_scale: area range of the random resized crop.
+        flips: random left-right and up-down flips of training tiles.
+        rotations: random quarter turns of training tiles as well (overhead imagery has no
+            "up"; with flips, each tile is seen in all 8 orientations).
         stats_max_tiles: tiles read to compute mean/std when the store has no ``band_stats``.
         global_batch_size: images per optimizer step over all ranks; when set, ``batch_size``
             becomes ``global_batch_size / (world size × accumulate_grad_batches)``, so the
@@ -174,6 +177,7 @@ class RSDataModule(StoreDataModule):
         crop_size: int | None = None,
         crop_scale: tuple[float, float] = (0.2, 1.0),
         flips: bool = True,
+        rotations: bool = False,
         val_split: str | None = "val",
         include_duplicates: bool = False,
         stats_max_tiles: int = 512,
@@ -194,6 +198,7 @@ class RSDataModule(StoreDataModule):
         self.size_weights = {int(k): float(v) for k, v in (size_weights or {}).items()} or None
         self.crop_scale = tuple(crop_scale)
         self.flips = flips
+        self.rotations = rotations
         self.include_duplicates = include_duplicates
         self.stats_max_tiles = stats_max_tiles
         self.attrs = read_store_attrs(self.store)
@@ -315,7 +320,7 @@ class RSDataModule(StoreDataModule):
         every = build_sample_index(self.store, None, self.include_duplicates)  # one pass
         self.train_dataset = RSTileDataset(
             **common, index=every.of_split("train"), crop_scale=self.crop_scale,
-            flips=self.flips, augment=True,
+            flips=self.flips, rotations=self.rotations, augment=True,
         )  # fmt: skip
         if len(self.train_dataset) == 0:
             raise ValueError(f"store {self.store} has no usable training tiles")

@@ -193,6 +193,7 @@ class RSTileDataset(StoreTiles):
         include_duplicates: bool = False,
         index: SampleIndex | None = None,
         buffer_slots: int = 4,
+        rotations: bool = False,
     ) -> None:
         if index is None:
             index = build_sample_index(store_dir, split, include_duplicates)
@@ -201,6 +202,7 @@ class RSTileDataset(StoreTiles):
         self.crop_scale = tuple(crop_scale)
         self.crop_ratio = tuple(crop_ratio)
         self.flips = flips
+        self.rotations = rotations
         self.augment = augment
         self.transform = TileBatchTransform(mean, std, crop_size)
         self._gen: torch.Generator | None = None
@@ -209,15 +211,17 @@ class RSTileDataset(StoreTiles):
         return {**super().__getstate__(), "_gen": None}
 
     def augmentation(self, height: int, width: int, gen: torch.Generator | None) -> np.ndarray:
-        """``[top, left, h, w, flip_lr, flip_ud]`` of one sample (the whole tile without
-        augmentation); draws from ``gen`` (None: torch's global generator)."""
+        """``[top, left, h, w, flip_lr, flip_ud, quarter_turns]`` of one sample (the whole tile
+        without augmentation); draws from ``gen`` (None: torch's global generator). The turns
+        are drawn last, so turning them on leaves every sample's box and flips as they were."""
         if not self.augment:
-            return np.array([0, 0, height, width, 0, 0], dtype=np.int64)
+            return np.array([0, 0, height, width, 0, 0, 0], dtype=np.int64)
         box = random_resized_crop_params(height, width, self.crop_scale, self.crop_ratio, gen)
         flips = [0, 0]
         if self.flips:
             flips = [int(torch.rand((), generator=gen) < 0.5) for _ in range(2)]
-        return np.array([*box, *flips], dtype=np.int64)
+        turns = int(torch.randint(4, (), generator=gen)) if self.rotations else 0
+        return np.array([*box, *flips, turns], dtype=np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         batch = self.read_tiles([i], pooled=False)
@@ -227,7 +231,8 @@ class RSTileDataset(StoreTiles):
             "calibration": batch["calibration"][0],
             "invalid": batch["invalid"][0],
             "crop": torch.from_numpy(aug[:4]),
-            "flip": torch.from_numpy(aug[4:] > 0),
+            "flip": torch.from_numpy(aug[4:6] > 0),
+            "rot90": torch.tensor(aug[6]),
             "index": i,
         }
 
@@ -237,12 +242,13 @@ class RSTileDataset(StoreTiles):
         batch = self.read_tiles(indices)
         if self._gen is None:
             self._gen = torch.Generator()
-        aug = np.empty((len(indices), 6), dtype=np.int64)
+        aug = np.empty((len(indices), 7), dtype=np.int64)
         for k, seed in enumerate(seeds):
             self._gen.manual_seed(int(seed))
             aug[k] = self.augmentation(*batch["tile"].shape[-2:], self._gen)
         batch["crop"] = torch.from_numpy(aug[:, :4])
-        batch["flip"] = torch.from_numpy(aug[:, 4:] > 0)
+        batch["flip"] = torch.from_numpy(aug[:, 4:6] > 0)
+        batch["rot90"] = torch.from_numpy(aug[:, 6])
         batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return batch
 

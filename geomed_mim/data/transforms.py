@@ -13,7 +13,7 @@ Compact batch (keys)::
     invalid      [B, 2]        float32 raw nodata value and flag threshold (NaN: none)
     crop         [B, 4]        int64 box (top, left, height, width) in the tile
     flip         [B, 2]        bool: left-right, up-down
-    rot90        [B]           int64 quarter turns (segmentation batches)
+    rot90        [B]           int64 quarter turns (after flips and the crop)
     label        [B, H, W]     class ids as stored (segmentation batches)
     index        [B]           int64 position in the dataset
     buffer       [k, 4]        tickets of the reusable buffers (``geomed_mim.data.buffers``)
@@ -212,6 +212,9 @@ class TileBatchTransform:
             return out
         size = self.size or x.shape[-1]
         out["image"] = resized_crop(x, batch["crop"], size, batch["flip"])
+        turns = batch.get("rot90")
+        if turns is not None and bool(turns.any()):  # square after the crop: turns keep shape
+            out["image"] = flip_rotate(out["image"], torch.zeros_like(batch["flip"]), turns)
         return out
 
 
