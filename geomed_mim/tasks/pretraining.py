@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,49 @@ def default_intermediate_blocks(depth: int) -> list[int]:
     return [min(1 + k * step, depth) for k in (1, 2, 3)]
 
 
-def predict_zeros_loss(
+def trivial_baseline_loss(
     images: torch.Tensor, out: Any, patch_size: Sequence[int], norm_pix_loss: bool
 ) -> torch.Tensor:
-    """The masked loss of predicting zeros for the same loss patches: the baseline a model must
-    beat to have learned anything (about 1.0 for per-patch normalized targets).
+    """The masked loss of predicting each loss patch's own mean: the baseline a model must beat
+    to have learned anything. For per-patch normalized targets that is predicting zeros (about
+    1.0); for raw targets it is the patches' mean variance, so a model that only predicts the
+    mean intensity (of the crop, or even of each patch) does not pass as learning.
 
     The loss patches are the output's ``target_mask`` (SelectiveMAE) or ``mask`` (MAE,
     Hi-End-MAE); every one counts equally, as in the model's loss."""
     target = patchify(images.float(), patch_size)  # [B, L, P]
     if norm_pix_loss:
         target = normalized_patch_targets(target)
+    else:
+        target = target - target.mean(dim=-1, keepdim=True)
     loss_mask = getattr(out, "target_mask", None)
     loss_mask = (out.mask if loss_mask is None else loss_mask).float()  # [B, L]
     per_patch = (target**2).mean(dim=-1)  # [B, L]
     return (per_patch * loss_mask).sum() / loss_mask.sum().clamp_min(1)
+
+
+def baseline_name(norm_pix_loss: bool) -> str:
+    """How progress lines name :func:`trivial_baseline_loss`."""
+    return "predict-zeros" if norm_pix_loss else "patch-mean"
+
+
+@dataclass
+class PreviewSamples:
+    """A few samples as a preview shows them (:func:`~geomed_mim.tasks.preview.render_preview`)."""
+
+    images: torch.Tensor  # [k, C, *spatial] as the model saw them
+    pred: torch.Tensor  # [k, L, P]
+    mask: torch.Tensor  # [k, L] not encoded
+    predicted: torch.Tensor  # [k, L] predicted (SelectiveMAE: its targets)
+
+
+def preview_samples(images: torch.Tensor, out: Any, k: int) -> PreviewSamples:
+    """The first ``k`` samples of a step, with the patches the model predicted."""
+    target_mask = getattr(out, "target_mask", None)
+    predicted = out.mask if target_mask is None else target_mask
+    return PreviewSamples(
+        images[:k].detach(), out.pred[:k].detach(), out.mask[:k].detach(), predicted[:k].detach()
+    )
 
 
 BAND_SHIFT_SALT = 0x5EED_BA4D  # band shifts: a stream of their own, not the masks' noise
@@ -141,11 +170,11 @@ class MIMPretrainTask(LightningModule):
         self.data_metadata: dict[str, Any] = {}
         self._step_started = 0.0
         self._last_batch_end: float | None = None
-        self._preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._preview: PreviewSamples | None = None
         self._last_preview_step = -1
         self._total_steps: int | None = None
         self._preview_dir: Path | None = None
-        self._val_preview: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._val_preview: PreviewSamples | None = None
 
     # -- metadata ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -195,6 +224,11 @@ class MIMPretrainTask(LightningModule):
             return None
         return mask_seeds_for(batch["index"], self.hparams.mask_seed, epoch)
 
+    @property
+    def baseline_name(self) -> str:
+        """What ``val/baseline_loss`` is (progress lines print it beside the loss)."""
+        return baseline_name(self.model.norm_pix_loss)
+
     def training_progress(self) -> float:
         """Fraction of the optimizer steps done, in [0, 1] (schedules of token choice read it)."""
         if self._total_steps is None:  # Lightning recomputes this property on every access
@@ -236,21 +270,19 @@ class MIMPretrainTask(LightningModule):
             batch_size=len(images),
         )
         if self._preview_due():
-            k = self.hparams.preview_samples
-            self._preview = (images[:k].detach(), out.pred[:k].detach(), out.mask[:k].detach())
+            self._preview = preview_samples(images, out, self.hparams.preview_samples)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
         images = batch["image"]
         out = self.model(images, sample_seeds=self._seeds(batch, 0))
-        baseline = predict_zeros_loss(
+        baseline = trivial_baseline_loss(
             images, out, self.model.encoder.patch_size, self.model.norm_pix_loss
         )
         logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
         if batch_idx == 0 and self.hparams.preview_every_n_steps:
-            k = self.hparams.preview_samples
-            self._val_preview = (images[:k], out.pred[:k], out.mask[:k])
+            self._val_preview = preview_samples(images, out, self.hparams.preview_samples)
         self.log_dict(
             logged, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=images.shape[0]
         )
@@ -308,26 +340,24 @@ class MIMPretrainTask(LightningModule):
         return bool(n) and self.global_step % n == 0 and self.global_step != self._last_preview_step
 
     def _write_preview(self) -> None:
-        images, pred, mask = self._preview
-        self._preview = None
+        samples, self._preview = self._preview, None
         self._last_preview_step = self.global_step
-        self.save_preview(images, pred, mask, f"step_{self.global_step:07d}", "preview")
+        self.save_preview(samples, f"step_{self.global_step:07d}", "preview")
 
-    def save_preview(
-        self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, name: str, tag: str
-    ) -> None:
+    def save_preview(self, samples: PreviewSamples, name: str, tag: str) -> None:
         """``<log dir>/previews/<name>.png`` (and TensorBoard image ``tag``), on rank 0."""
         if not self.trainer.is_global_zero:
             return
         enc = self.model.encoder
         grid = render_preview(
-            images,
-            pred,
-            mask,
+            samples.images,
+            samples.pred,
+            samples.mask,
             enc.patch_size,
             enc.grid_size,
             self.model.norm_pix_loss,
             self.data_metadata.get("preview_bands") or [],
+            predicted=samples.predicted,
         )
         save_png(grid, self.preview_dir / f"{name}.png")
         for logger in self.loggers:
@@ -337,8 +367,7 @@ class MIMPretrainTask(LightningModule):
     def on_validation_epoch_end(self) -> None:
         # the first validation batch, reconstructed: what the model makes of unseen tiles
         if self._val_preview is not None and self._preview_dir is not None:
-            images, pred, mask = self._val_preview
-            self.save_preview(images, pred, mask, f"val_step_{self.global_step:07d}", "val_preview")
+            self.save_preview(self._val_preview, f"val_step_{self.global_step:07d}", "val_preview")
         self._val_preview = None
 
     # -- optimization --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ On a terminal Lightning's progress bar shows the step, the loss and the validati
 log file (no terminal: batch jobs, containers, CI) the bar is off and :class:`TrainingProgress`
 prints one line per epoch instead (and one every ``every_s`` seconds inside long epochs)::
 
-    epoch 10/40  step 40  train/loss 0.712  val/loss 0.650 (predict-zeros 0.995)  231 images/s  0:21
+    epoch 10/40  step 40  train/loss 0.71  val/loss 0.650 (predict-zeros 0.995, 0.65x)  231 images/s
 
 Either way the run ends with a short summary: steps, time, throughput, the last and best
 validation figures, and where the checkpoints and logs went. Only rank 0 prints; nothing here
@@ -143,6 +143,11 @@ class TrainingProgress(Callback):
             self.emit(trainer, self.line(trainer, epoch, now))
 
     # -- lines -------------------------------------------------------------------------------
+    def baseline_text(self, trainer: Trainer, loss: float) -> str:
+        """``predict-zeros 0.995, 0.47x``: the trivial baseline and the loss as its multiple."""
+        ratio = loss / max(self.baseline or 0.0, 1e-12)
+        return f"{baseline_label(trainer)} {self.baseline:.3f}, {ratio:.2f}x"
+
     def throughput(self, now: float) -> float:
         seconds = self._train_s + max(now - self._epoch_started, 0.0)
         return (self._images + self._epoch_images) / max(seconds, 1e-9)
@@ -160,7 +165,7 @@ class TrainingProgress(Callback):
                 if value is not None:
                     parts.append(f"{key} {value:.3f}")
                     if key == "val/loss" and self.baseline is not None:
-                        parts[-1] += f" (predict-zeros {self.baseline:.3f})"
+                        parts[-1] += f" ({self.baseline_text(trainer, value)})"
         parts.append(f"{self.throughput(now):.0f} images/s")
         parts.append(format_duration(now - self._fit_started))
         return "  ".join(parts)
@@ -191,11 +196,21 @@ class TrainingProgress(Callback):
                 value, epoch = self.best[key]
                 figures.append(f"{key} {self.last[key]:.3f} (best {value:.3f}, epoch {epoch + 1})")
         if self.baseline is not None:
-            figures.append(f"predict-zeros baseline {self.baseline:.3f}")
+            name = baseline_label(trainer)
+            figures.append(f"{name} baseline {self.baseline:.3f}")
+            if "val/loss" in self.last:
+                ratio = self.last["val/loss"] / max(self.baseline, 1e-12)
+                figures.append(f"val/loss / baseline {ratio:.2f}")
         if figures:
             lines.append("  last: " + "; ".join(figures))
         lines += [f"  {line}" for line in output_lines(trainer)]
         return lines
+
+
+def baseline_label(trainer: Trainer) -> str:
+    """The name the task gives its ``val/baseline_loss`` (``predict-zeros``, ``patch-mean``)."""
+    module = getattr(trainer, "lightning_module", None)
+    return str(getattr(module, "baseline_name", "baseline"))
 
 
 def output_lines(trainer: Trainer) -> list[str]:

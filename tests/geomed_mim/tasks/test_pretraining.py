@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from geomed_mim.models import create_model
-from geomed_mim.tasks.pretraining import MIMPretrainTask, mask_seeds_for, predict_zeros_loss
+from geomed_mim.models.patches import gather_tokens, patchify
+from geomed_mim.tasks.pretraining import MIMPretrainTask, mask_seeds_for, trivial_baseline_loss
 from tests.geomed_mim.training import (
     TINY_DECODER,
     fit_on_ct_crops,
@@ -135,9 +136,11 @@ def test_the_shipped_demo_learns_and_says_so(demo_store, tmp_path, child_env):
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 @pytest.mark.parametrize("name", ["mae_vit_tiny_patch16", "selective_mae_vit_tiny_patch16"])
-def test_baseline_is_the_models_own_loss_of_a_zero_prediction(name, norm_pix_loss):
-    """val/baseline_loss: the loss the model's own forward_loss gives a prediction of zeros on
-    the same loss patches (all masked ones for MAE, the reconstruction targets for SelectiveMAE)."""
+def test_baseline_is_the_models_own_loss_of_predicting_each_patch_mean(name, norm_pix_loss):
+    """val/baseline_loss: the loss the model's own forward_loss gives a prediction of each loss
+    patch's own mean (zeros for normalized targets) on the same loss patches (all masked ones for
+    MAE, the reconstruction targets for SelectiveMAE): predicting the mean intensity does not
+    pass as learning."""
     torch.manual_seed(0)
     model = create_model(
         name, in_chans=5, img_size=16, patch_size=4, depth=1, norm_pix_loss=norm_pix_loss,
@@ -150,8 +153,14 @@ def test_baseline_is_the_models_own_loss_of_a_zero_prediction(name, norm_pix_los
         choice = model.choose_tokens(images, model.encoder.patch_embed(images), None, noise)
         pred_shape = model.forward_decoder(model.forward_encoder(
             model.encoder.patch_embed(images), choice), choice).shape  # fmt: skip
-        expected, _ = model.forward_loss(images, torch.zeros(pred_shape), choice)
-    got = predict_zeros_loss(images, out, model.encoder.patch_size, norm_pix_loss)
+        # each loss patch's own mean: zeros for per-patch normalized targets
+        means = patchify(images, model.encoder.patch_size).mean(-1, keepdim=True)
+        means = means.expand(-1, -1, pred_shape[-1])  # [B, L, P]
+        if pred_shape[1] != means.shape[1]:  # SelectiveMAE predicts its targets only
+            means = gather_tokens(means, choice.target_idx)
+        own_mean = torch.zeros(pred_shape) if norm_pix_loss else means
+        expected, _ = model.forward_loss(images, own_mean, choice)
+    got = trivial_baseline_loss(images, out, model.encoder.patch_size, norm_pix_loss)
     torch.testing.assert_close(got, expected)
     if norm_pix_loss:  # per-patch standardized targets: (P - 1) / P with the unbiased variance
         p = 4 * 4 * 5
