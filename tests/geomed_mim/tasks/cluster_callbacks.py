@@ -15,16 +15,23 @@ from geomed_mim.tasks.preemption import PreemptionCheckpoint
 
 
 class SaveRankParameters(Callback):
-    """Every rank writes its own parameters to ``<dirpath>/rank<r>.pt`` when training ends."""
+    """Every rank writes its own parameters to ``<dirpath>/rank<r>.pt`` when training ends, and
+    those it started from to ``<dirpath>/rank<r>.start.pt``."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def save(self, trainer, pl_module, suffix: str) -> None:
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         state["__global_step__"] = torch.tensor(trainer.global_step)
-        torch.save(state, Path(self.dirpath) / f"rank{trainer.global_rank}.pt")
+        torch.save(state, Path(self.dirpath) / f"rank{trainer.global_rank}{suffix}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.save(trainer, pl_module, ".start")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer, pl_module, "")
 
 
 class WaitForSignalAtStep(Callback):

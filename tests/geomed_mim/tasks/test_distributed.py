@@ -25,7 +25,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrain" / "demo_cpu.yaml"
-STEPS_PER_EPOCH = 4  # 64 training tiles / global batch 16
+STEPS_PER_EPOCH = 4  # 53 training tiles / global batch 16, the last batch short
 EPOCHS = 2
 INTERRUPT_AT = 5  # optimizer steps: inside the second epoch, so the resumed sampler epoch matters
 
@@ -82,8 +82,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
     return proc
 
 
-def load_params(run_dir: Path, rank: int) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "params" / f"rank{rank}.pt", weights_only=True)
+def load_params(run_dir: Path, rank: int, suffix: str = "") -> dict[str, torch.Tensor]:
+    """A rank's parameters at the end of training (``suffix`` ".start": at its start)."""
+    return torch.load(run_dir / "params" / f"rank{rank}{suffix}.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,24 +122,37 @@ def _without_key_bias(name: str, value: torch.Tensor) -> torch.Tensor:
 
 def test_two_process_step_equals_one_process_step(two_process_run, demo_store, tmp_path, child_env):
     """Same global batch (16 = 1 × 16 = 2 × 8), same per-sample masks and augmentation: the
-    averaged gradients of two ranks equal the one-process gradient, so the weights agree."""
+    averaged gradients of two ranks equal the one-process gradient, so both runs take the same
+    steps from the same start.
+
+    Float sums in another order differ in the last bits, and AdamW divides each gradient by its
+    own running magnitude, so the runs may differ by rounding-sized amounts that have nothing to
+    do with the claim. The tolerance is therefore relative to how far training moved each
+    tensor: a different batch, mask or lr changes the update itself (a relative difference of
+    order 1), rounding changes it by far less than 1 %."""
     run_dir = tmp_path / "single"
     config = write_config(run_dir, demo_store, [])
     run(cli(config, 1), tmp_path, child_env_with_helpers(child_env))
     single, ddp = load_params(run_dir, 0), load_params(two_process_run, 0)
+    start, ddp_start = load_params(run_dir, 0, ".start"), load_params(two_process_run, 0, ".start")
     init = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert init["global_step"] == EPOCHS * STEPS_PER_EPOCH
-    # Key biases aside (see _without_key_bias), everything must agree to float precision: a
-    # different batch, mask or lr moves weights by ~lr = 1e-3.
-    atol = 2e-6
-    moved = 0.0
+    worst, moved_tensors = 0.0, 0
     for name, value in single.items():
-        if value.is_floating_point():
-            ours, theirs = _without_key_bias(name, value), _without_key_bias(name, ddp[name])
-            torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=atol, msg=name)
-            moved = max(moved, float((ours - theirs).abs().max()))
-    # the per-rank batch really was 8: lr = base_lr x 16 / 256 in both runs
-    assert moved < atol
+        if not value.is_floating_point():
+            continue
+        torch.testing.assert_close(ddp_start[name], start[name], rtol=0, atol=0, msg=name)
+        ours, theirs = _without_key_bias(name, value), _without_key_bias(name, ddp[name])
+        update = float((ours.double() - _without_key_bias(name, start[name]).double()).norm())
+        if update == 0.0:  # frozen buffers (fixed position embeddings): equal outright
+            torch.testing.assert_close(theirs, ours, rtol=0, atol=0, msg=name)
+            continue
+        moved_tensors += 1
+        relative = float((theirs.double() - ours.double()).norm()) / update
+        worst = max(worst, relative)
+        assert relative < 1e-2, f"{name}: runs differ by {relative:.2e} of the update"
+    assert moved_tensors > 10  # training moved the weights (a run that never stepped passes above)
+    assert worst < 1e-2
 
 
 def test_sigterm_checkpoints_and_same_command_resumes(
