@@ -46,7 +46,7 @@ def test_demo_config_trains_through_the_cli_with_pruning(demo_store, tmp_path, c
     assert meta["in_chans"] == 13
     rows = read_metrics(run_dir)
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
-    assert max(lrs) == pytest.approx(1e-3 * 16 / 256 * 0.25 / 0.85)
+    assert max(lrs) == pytest.approx(1e-3)  # the demo's absolute lr (lr_scale scales base_lr)
     kept = [float(r["perf/kept_fraction"]) for r in rows if r.get("perf/kept_fraction")]
     assert kept[0] == 1.0  # nothing is known about the samples at the first step
     assert min(kept) < 1.0  # later, easy samples are dropped
