@@ -101,19 +101,25 @@ def test_demo_config_through_the_cli_writes_a_loadable_checkpoint(demo_store, tm
 
 
 @pytest.mark.slow
-def test_the_shipped_demo_learns_and_says_so(demo_store, tmp_path, child_env):
-    """The README's demo run as shipped, in a log (no terminal): one line per epoch with the
-    loss and the throughput, the validation loss beside its predict-zeros baseline, a summary;
-    the validation masked loss ends well below the baseline (the model learned something a
-    constant cannot do) and the last validation preview is written."""
-    shipped = yaml.safe_load(DEMO_CONFIG.read_text())
+@pytest.mark.parametrize(
+    "config", ["demo_cpu.yaml", "selective_mae_demo_cpu.yaml", "hi_end_mae_demo_cpu.yaml"]
+)
+def test_the_shipped_2d_demos_learn_and_say_so(config, demo_store, tmp_path, child_env):
+    """Each 2-D pretraining demo run as shipped (MAE, SelectiveMAE, Hi-End-MAE), in a log (no
+    terminal): one line per epoch with the loss and the throughput, the validation loss beside
+    its predict-zeros baseline, a summary; the validation masked loss ends below 0.8x the
+    baseline (the model learned something a constant cannot do) and the last validation
+    preview is written."""
+    path = DEMO_CONFIG.parent / config
+    shipped = yaml.safe_load(path.read_text())
     epochs = shipped["trainer"]["max_epochs"]
     proc = run_module(
-        ["-m", "geomed_mim.pretrain", "fit", "--config", str(DEMO_CONFIG),
+        ["-m", "geomed_mim.pretrain", "fit", "--config", str(path),
          "--data.init_args.store", str(demo_store)],
         tmp_path, child_env, timeout=600,
     )  # fmt: skip
-    run_dir = tmp_path / "runs" / "demo_cpu"
+    root = shipped["trainer"]["default_root_dir"]
+    run_dir = tmp_path / root
     lines = proc.stdout.splitlines()
     epoch_lines = [ln for ln in lines if ln.startswith("epoch ")]
     assert len(epoch_lines) == epochs
@@ -122,12 +128,12 @@ def test_the_shipped_demo_learns_and_says_so(demo_store, tmp_path, child_env):
     rows = [r for r in read_metrics(run_dir) if r.get("val/loss")]
     val, baseline = float(rows[-1]["val/loss"]), float(rows[-1]["val/baseline_loss"])
     assert 0.9 < baseline < 1.01  # per-patch normalized targets: (P - 1) / P
-    assert val < 0.9 * baseline, (val, baseline)
+    assert val < 0.8 * baseline, (val, baseline)
     summary = lines[lines.index(next(ln for ln in lines if ln.startswith("done: "))) :]
     assert summary[0].startswith(f"done: {epochs * 4} steps")
     assert any(f"val/loss {val:.3f}" in ln and "predict-zeros baseline" in ln for ln in summary)
     assert any(
-        ln.strip().startswith("checkpoints: runs/demo_cpu/checkpoints (last.ckpt") for ln in summary
+        ln.strip().startswith(f"checkpoints: {root}/checkpoints (last.ckpt") for ln in summary
     )
     (log_dir,) = run_dir.glob("logs/version_*")
     assert (log_dir / "previews" / f"val_step_{epochs * 4:07d}.png").is_file()  # the last one
