@@ -2,8 +2,10 @@
 
 One rasterio handle per file, opened inside the task that reads it (GDAL handles are not
 thread-safe and must not cross a fork). Bands on a coarser grid (Sentinel-2 20/60 m) are read
-through the matching fractional window and resampled to the fine grid by GDAL, so a scene is
-never loaded whole.
+through the matching fractional window and resampled to the fine grid, so a scene is never
+loaded whole. Where that window holds nodata under the profile's convention (ESA's DN 0, Landsat
+fill, MODIS flags; ``SensorProfile.valid_raw``), the band is interpolated from its valid pixels
+only and nodata stays nodata (``rs.resample.masked_resample``); elsewhere GDAL resamples it.
 
 Every scene reader, for plain rasters and for provider products (``rs.products``), offers the
 same interface: a context manager with ``grid``, ``dtype``, ``profile`` (the sensor profile as
@@ -29,6 +31,7 @@ from data_pipelines.remote import is_remote, worker_gdal_options
 from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.resample import masked_resample, sample_weights
 
 # GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that
 # holds a couple of block rows is all that helps, and more only inflates every worker's memory
@@ -220,12 +223,39 @@ class SceneReader:
         src_window = from_bounds(
             *window_bounds(window, g.transform), transform=src.dataset.transform
         )
+        if resampling != Resampling.nearest and self.profile.marks_nodata:
+            masked = self._read_masked(src, src_window, window, resampling)
+            if masked is not None:
+                return masked
         return src.dataset.read(
             src.index,
             window=src_window,
             out_shape=(int(window.height), int(window.width)),
             resampling=resampling,
         )
+
+    def _read_masked(
+        self, src: _BandSource, src_window: Window, window: Window, resampling: Resampling
+    ) -> np.ndarray | None:
+        """A coarse band interpolated from its valid pixels only (the profile's nodata rule:
+        ESA's DN 0, Landsat fill, MODIS flags), or None when every pixel it needs is valid and
+        GDAL's own resampling gives the same answer. GDAL would blend nodata into its
+        neighbours: a fringe of invented values along every swath edge."""
+        ds, (h, w) = src.dataset, (int(window.height), int(window.width))
+        # source pixels the kernel may touch: cubic reaches two pixels beyond the footprint
+        r0 = max(0, int(np.floor(src_window.row_off)) - 2)
+        c0 = max(0, int(np.floor(src_window.col_off)) - 2)
+        r1 = min(ds.height, int(np.ceil(src_window.row_off + src_window.height)) + 2)
+        c1 = min(ds.width, int(np.ceil(src_window.col_off + src_window.width)) + 2)
+        raw = ds.read(src.index, window=Window(c0, r0, c1 - c0, r1 - r0))
+        valid = self.profile.valid_raw(raw)
+        if valid.all():
+            return None
+        kind = resampling.name
+        rows = sample_weights(src_window.row_off - r0, src_window.height / h, h, r1 - r0, kind)
+        cols = sample_weights(src_window.col_off - c0, src_window.width / w, w, c1 - c0, kind)
+        values, kept = masked_resample(raw, valid, rows, cols)
+        return _to_raw_dtype(values, kept, raw.dtype, self.profile)
 
 
 def open_scene_reader(
@@ -256,6 +286,20 @@ def open_scene_reader(
 
         return LandsatReader(scene, profile, resampling)
     return SceneReader(scene, profile, resampling)
+
+
+def _to_raw_dtype(
+    values: np.ndarray, kept: np.ndarray, dtype: np.dtype, profile: SensorProfile
+) -> np.ndarray:
+    """Interpolated values back in the file's type; dropped pixels get the nodata value."""
+    if np.issubdtype(dtype, np.floating):
+        fill = np.nan if profile.nodata is None else profile.nodata
+        return np.where(kept, values, fill).astype(dtype)
+    info = np.iinfo(dtype)
+    # no nodata value, flags above a limit (MODIS): the largest value is a flag
+    fill = profile.nodata if profile.nodata is not None else info.max
+    rounded = np.clip(np.rint(np.where(kept, values, 0)), info.min, info.max)
+    return np.where(kept, rounded, fill).astype(dtype)
 
 
 def _crs_string(crs: rasterio.crs.CRS | None) -> str:
