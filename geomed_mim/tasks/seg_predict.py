@@ -1,7 +1,10 @@
 """Whole-scene / whole-volume prediction written as files a user can open.
 
-* RS: a scene GeoTIFF is read window by window with the store's sensor profile and calibration,
-  standardized, predicted tile by tile with overlap and Gaussian blending into a disk-backed
+* RS: a scene (any input the build reads: GeoTIFF stacks or band files, .SAFE folders/zips,
+  MODIS granules, Landsat scenes, STAC items) is opened through the build's reader with the
+  store's sensor profile and calibrated with its product's own coefficients, as the build does
+  (a scene the store's profile does not read, or cannot calibrate, is refused); read window by
+  window, standardized, predicted tile by tile with overlap and Gaussian blending into a disk-backed
   (memmap) logit accumulator, so scenes larger than memory work; written as a uint8/uint16
   GeoTIFF of class ids with the scene's CRS and transform (+ optional float32 probabilities).
 * CT: a NIfTI is loaded as the build does (RAS, resampled to the store spacing), predicted with
@@ -31,11 +34,11 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.windows import Window
 
 from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
-from data_pipelines.errors import InputError
-from data_pipelines.rs.discover import discover_scenes
-from data_pipelines.rs.profiles import load_profile
-from data_pipelines.rs.reader import SceneError, SceneReader
-from data_pipelines.rs.toa import make_calibrator
+from data_pipelines.errors import InputError, first_line
+from data_pipelines.rs.discover import Scene, discover_scenes
+from data_pipelines.rs.profiles import SensorProfile, load_profile
+from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
+from data_pipelines.rs.toa import CalibrationError, Calibrator, make_calibrator
 from geomed_mim.tasks.preview import title_strip
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
@@ -174,25 +177,23 @@ def predict_rs_scene(
 ) -> dict[str, Any]:
     """Predict one scene; returns the written paths and the grid. See the module docstring.
 
-    Stages: open the scene with the store's profile → accumulate blended logits on disk →
-    write the class GeoTIFF (+ probabilities) → write the PNG overlay.
+    Stages: find the scene as the build does → open it through the build's reader and
+    calibrate it with its product's coefficients → accumulate blended logits on disk → write
+    the class GeoTIFF (+ probabilities) → write the PNG overlay.
     """
     profile = load_profile((store_attrs.get("profile") or {})["name"])
     mode = (store_attrs.get("calibration") or {}).get("mode", "none")
-    if not Path(scene_path).exists():
-        raise PredictInputError("no such file")
-    scenes = discover_scenes(scene_path, profile).scenes
-    if len(scenes) != 1:
-        raise PredictInputError(f"expected one {profile.name} scene, found {len(scenes)}")
+    scene = the_scene(scene_path, profile)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(scene_path).name.split(".")[0]
     class_path = out_dir / f"{stem}_classes.tif"
     prob_path = out_dir / f"{stem}_probabilities.tif" if write_probabilities else None
     png = out_dir / f"{stem}_overlay.png"
-    with SceneReader(scenes[0], profile) as reader:
+    # the build's door: the product's reader (its bands, nodata and grid) and calibration
+    with open_scene_reader(scene, profile) as reader:
         grid = reader.grid
-        calibrator = make_calibrator(profile, mode, reader.tags(), scenes[0].metadata_files)
+        calibrator = scene_calibrator(reader, scene, profile, mode)
         standardize = band_standardizer(calibrator, mean, std)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".acc_") as tmp:
             acc, wsum = accumulate_scene_logits(
@@ -202,13 +203,50 @@ def predict_rs_scene(
             class_ids = (classes or {}).get("ids") or range(num_classes)
             write_class_geotiff(acc, wsum, grid, class_ids, class_path, prob_path)
             del acc, wsum  # release the memmaps before their folder goes
-        write_rs_overlay(reader, profile, class_path, png, classes or {}, num_classes)
+        write_rs_overlay(reader, reader.profile, class_path, png, classes or {}, num_classes)
     return {
         "classes": str(class_path),
         "probabilities": str(prob_path) if prob_path else None,
         "overlay": str(png),
         "shape": (grid.height, grid.width),
     }
+
+
+def the_scene(scene_path: str, profile: SensorProfile) -> Scene:
+    """The one scene ``scene_path`` holds, found as the build finds scenes (GeoTIFF stacks or
+    band files, .SAFE folders/zips, MODIS granules, Landsat scenes, STAC items)."""
+    if not Path(scene_path).exists():
+        raise PredictInputError("no such file")
+    found = discover_scenes(scene_path, profile)
+    if len(found.scenes) == 1:
+        return found.scenes[0]
+    if not found.scenes and found.ignored:
+        # a product the store's profile does not read: the build's reason, for this model
+        why = found.ignored[0][1].split(" (read it with --profile")[0]
+        raise PredictInputError(
+            f"{why}; the model was trained on a {profile.name} store, so it predicts "
+            f"{profile.name} scenes only"
+        )
+    raise PredictInputError(f"expected one {profile.name} scene, found {len(found.scenes)}")
+
+
+def scene_calibrator(
+    reader: SceneReader, scene: Scene, profile: SensorProfile, mode: str
+) -> Calibrator | None:
+    """The scene's calibration as the build makes it (the product's own coefficients), or a
+    refusal when the scene cannot be brought to the units the store holds."""
+    try:
+        calibrator = make_calibrator(
+            reader.profile, mode, reader.tags(), scene.metadata_files, reader.product
+        )
+    except CalibrationError as e:
+        raise PredictInputError(f"cannot calibrate: {first_line(e)}") from None
+    if mode == "toa" and calibrator is None:
+        raise PredictInputError(
+            f"the model was trained on TOA values but profile {profile.name} gives this scene "
+            f"no calibration; predict scenes the store's build could calibrate"
+        )
+    return calibrator
 
 
 def band_standardizer(
