@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def save_overlay(
     palette = class_colors(classes, num_classes)
     ignore = int(classes.get("ignore_index", 255))
     color = palette[np.clip(class_map, 0, len(palette) - 1)].astype(np.float32) / 255
-    alpha = np.where(class_map == ignore, 0.0, 0.5)[..., None]
+    # the ignore index and the nodata of the class map (beyond the table) stay clear
+    alpha = np.where((class_map == ignore) | (class_map >= num_classes), 0.0, 0.5)[..., None]
     over = rgb * (1 - alpha) + color * alpha
     k = max(1, -(-OVERLAY_MIN_SIZE // max(class_map.shape)))  # ceil: integer enlargement
     panels = [np.kron(np.clip(x, 0, 1), np.ones((k, k, 1))) for x in (rgb, over)]
@@ -196,13 +198,12 @@ def predict_rs_scene(
         calibrator = scene_calibrator(reader, scene, profile, mode)
         standardize = band_standardizer(calibrator, mean, std)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".acc_") as tmp:
-            acc, wsum = accumulate_scene_logits(
+            acc, wsum, valid = accumulate_scene_logits(
                 predict_fn, reader, standardize, (grid.height, grid.width), len(mean), tile,
                 num_classes, Path(tmp), overlap, batch_size,
             )  # fmt: skip
-            class_ids = (classes or {}).get("ids") or range(num_classes)
-            write_class_geotiff(acc, wsum, grid, class_ids, class_path, prob_path)
-            del acc, wsum  # release the memmaps before their folder goes
+            write_class_geotiff(acc, wsum, grid, classes or {}, class_path, prob_path, valid)
+            del acc, wsum, valid  # release the memmaps before their folder goes
         write_rs_overlay(reader, reader.profile, class_path, png, classes or {}, num_classes)
     return {
         "classes": str(class_path),
@@ -275,13 +276,15 @@ def accumulate_scene_logits(
     overlap: float,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-weighted logit sums [K, H, W] and weight sums [H, W] over overlapping tiles.
+    """Gaussian-weighted logit sums [K, H, W] and weight sums [H, W] over overlapping tiles,
+    and where every band holds data [H, W] (the reader's nodata convention).
 
     Disk-backed (memmaps in ``tmp_dir``): the scene's logits never need to fit in memory.
     """
     H, W = shape
     acc = np.lib.format.open_memmap(tmp_dir / "acc.npy", "w+", np.float32, (num_classes, H, W))
     wsum = np.lib.format.open_memmap(tmp_dir / "w.npy", "w+", np.float32, (H, W))
+    valid = np.lib.format.open_memmap(tmp_dir / "valid.npy", "w+", np.bool_, (H, W))
     weight = gaussian_weight(tile)
     boxes = [
         (r, c) for r in window_starts(H, tile, overlap) for c in window_starts(W, tile, overlap)
@@ -291,14 +294,21 @@ def accumulate_scene_logits(
         batch = np.zeros((len(chunk), bands, tile, tile), np.float32)  # padded edges
         for k, (r, c) in enumerate(chunk):
             h, w = min(tile, H - r), min(tile, W - c)
-            batch[k, :, :h, :w] = standardize(reader.read_window(Window(c, r, w, h)))
+            raw = reader.read_window(Window(c, r, w, h))
+            valid[r : r + h, c : c + w] = reader.profile.valid_raw(raw).all(0)
+            batch[k, :, :h, :w] = standardize(raw)
         with torch.no_grad():
             logits = predict_fn(torch.from_numpy(batch)).float().cpu().numpy()
         for k, (r, c) in enumerate(chunk):
             h, w = min(tile, H - r), min(tile, W - c)
             acc[:, r : r + h, c : c + w] += logits[k, :, :h, :w] * weight[:h, :w]
             wsum[r : r + h, c : c + w] += weight[:h, :w]
-    return acc, wsum
+    return acc, wsum, valid
+
+
+def class_nodata(num_classes: int) -> int:
+    """The class map's nodata value: the largest value of its type, never a class id."""
+    return 255 if num_classes < 256 else 65535
 
 
 def class_geotiff_profile(grid: Any, num_classes: int) -> dict[str, Any]:
@@ -313,6 +323,7 @@ def class_geotiff_profile(grid: Any, num_classes: int) -> dict[str, Any]:
         "crs": grid.crs or None,
         "transform": grid.transform,
         "compress": "deflate",
+        "nodata": class_nodata(num_classes),
     }
     if W >= 256 and H >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
@@ -325,30 +336,51 @@ def write_class_geotiff(
     acc: np.ndarray,
     wsum: np.ndarray,
     grid: Any,
-    class_ids: Sequence[int],
+    classes: dict[str, Any],
     class_path: Path,
     prob_path: Path | None = None,
+    valid: np.ndarray | None = None,
     strip: int = 512,
 ) -> None:
     """Argmax of the blended logits over the class channels (+ softmax probabilities), strip by
-    strip."""
+    strip; nodata where the scene has none. The file carries its classes (colour table, nodata,
+    category names) so a GIS shows the legend as trained."""
     H, W = grid.height, grid.width
     num_classes = acc.shape[0]
+    class_ids = classes.get("ids") or list(range(num_classes))
     profile = class_geotiff_profile(grid, num_classes)
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(class_path, "w", **profile))
         probs_dst = None
         if prob_path is not None:
-            prob_profile = {**profile, "count": num_classes, "dtype": "float32"}
+            prob_profile = {**profile, "count": num_classes, "dtype": "float32", "nodata": None}
             probs_dst = stack.enter_context(rasterio.open(prob_path, "w", **prob_profile))
         for r in range(0, H, strip):
             h = min(strip, H - r)
             logit = torch.from_numpy(acc[:, r : r + h] / wsum[r : r + h][None])
             logit = class_logits(logit, class_ids, dim=0)
             ids = logit.argmax(0).numpy().astype(profile["dtype"])
+            if valid is not None:
+                ids[~valid[r : r + h]] = profile["nodata"]
             dst.write(ids, 1, window=Window(0, r, W, h))
             if probs_dst is not None:
                 probs_dst.write(logit.softmax(0).numpy(), window=Window(0, r, W, h))
+        palette = class_colors(classes, num_classes)
+        dst.write_colormap(1, {int(i): (*map(int, palette[i]), 255) for i in class_ids})
+    write_category_names(class_path, class_ids, classes.get("names"))
+
+
+def write_category_names(path: Path, ids: Sequence[int], names: Sequence[str] | None) -> None:
+    """The class names as GDAL category names (``<file>.aux.xml``, read by GDAL and QGIS): the
+    category at position ``v`` names pixel value ``v``."""
+    names = list(names or [str(i) for i in ids])
+    by_id = dict(zip((int(i) for i in ids), names, strict=False))
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for value in range(max(by_id, default=-1) + 1):
+        ET.SubElement(categories, "Category").text = by_id.get(value, "")
+    ET.ElementTree(root).write(f"{path}.aux.xml", encoding="utf-8")
 
 
 def write_rs_overlay(
@@ -416,4 +448,25 @@ def predict_ct_volume(
     png = out_dir / f"{stem}_overlay.png"
     gray = np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1)
     save_overlay(gray, np.rot90(pred[:, :, z].astype(np.int64)), classes, num_classes, png)
-    return {"classes": str(out_path), "overlay": str(png), "shape": tuple(orig.shape)}
+    table = out_dir / f"{stem}_classes.ctbl"
+    write_slicer_color_table(table, classes, num_classes)
+    return {
+        "classes": str(out_path),
+        "overlay": str(png),
+        "color_table": str(table),
+        "shape": tuple(orig.shape),
+    }
+
+
+def write_slicer_color_table(path: Path, classes: dict[str, Any], num_classes: int) -> None:
+    """The class table as a 3D Slicer colour table (``id name R G B A`` per line), so Slicer
+    shows the label map's segments with the trained names and colours."""
+    ids = [int(i) for i in classes.get("ids") or range(num_classes)]
+    names = list(classes.get("names") or [f"class_{i}" for i in ids])
+    palette = class_colors(classes, num_classes)
+    lines = [f"# Color table file {path.name}", f"# {len(ids)} values"]
+    for i, name in zip(ids, names, strict=False):
+        r, g, b = (int(v) for v in palette[i])
+        label = "_".join(str(name).split()) or f"class_{i}"  # Slicer splits on spaces
+        lines.append(f"{i} {label} {r} {g} {b} 255")
+    path.write_text("\n".join(lines) + "\n")

@@ -3,8 +3,10 @@ through the build's reader and calibrated with its product's own coefficients.""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +21,7 @@ from data_pipelines.rs.profiles import load_profile
 from data_pipelines.rs.reader import open_scene_reader
 from data_pipelines.store.read import read_calibrated, store_band_stats
 from geomed_mim.build_dataset import main
-from geomed_mim.tasks.seg_predict import PredictInputError, predict_rs_scene
+from geomed_mim.tasks.seg_predict import PredictInputError, predict_ct_volume, predict_rs_scene
 from tests.data_pipelines.rs.products.landsat_files import write_c2_scene
 from tests.data_pipelines.rs.products.modis_files import write_mod021km
 from tests.data_pipelines.rs.products.safe_files import BANDS, ORIGIN, write_l1c, write_l2a
@@ -162,3 +164,52 @@ def test_landsat_c2_predicts_on_its_grid(shared_data: Path, tmp_path: Path) -> N
     expect = np.where((tile[0] - mean[0]) / std[0] > 0, 2, 1)
     valid = np.isfinite(tile[0])
     np.testing.assert_array_equal(ids[r : r + 64, c : c + 64][valid], expect[valid])
+
+
+# -- outputs that carry their classes ---------------------------------------------------------
+TABLE = {"ids": [1, 2], "names": ["water", "bare soil"], "colors": [[0, 0, 255], [200, 160, 0]],
+         "ignore_index": 255}  # fmt: skip
+
+
+def test_class_geotiff_carries_colours_names_and_nodata(tmp_path: Path) -> None:
+    product = write_l1c(tmp_path / "safe", baseline="05.09")
+    attrs = _build(tmp_path / "safe", tmp_path / "store", "sentinel2_l1c", 32)
+    stack = _as_geotiff_stack(product.path, "sentinel2_l1c", tmp_path / "tif" / "scene.tif")
+    with rasterio.open(stack, "r+") as dst:  # a corner beyond the swath: DN 0 in every band
+        dst.write(np.zeros((13, 40, 40), np.uint16), window=Window(80, 80, 40, 40))
+    mean, std = store_band_stats(attrs)
+    out = predict_rs_scene(
+        _first_band_rule, str(stack), attrs, mean, std, tile=32, num_classes=CLASSES,
+        output_dir=tmp_path / "p", classes=TABLE,
+    )  # fmt: skip
+    with rasterio.open(out["classes"]) as src:
+        ids = src.read(1)
+        assert src.nodata == 255
+        colormap = src.colormap(1)
+    assert (ids[80:, 80:] == 255).all()  # nodata in, nodata out
+    assert set(np.unique(ids[:80])) <= {1, 2}
+    assert colormap[1] == (0, 0, 255, 255)
+    assert colormap[2] == (200, 160, 0, 255)
+    aux = ET.parse(f"{out['classes']}.aux.xml").getroot()
+    names = [c.text or "" for c in aux.iter("Category")]
+    assert names == ["", "water", "bare soil"]  # position = pixel value
+
+
+def test_ct_prediction_writes_a_slicer_colour_table(tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).uniform(-200, 300, (24, 24, 16)).astype(np.int16)
+    nii = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([1.5, 1.5, 1.5, 1.0])), nii)
+
+    def rule(x: torch.Tensor) -> torch.Tensor:
+        cls = torch.where(x[:, 0] > 0.5, 2, 1)
+        return torch.nn.functional.one_hot(cls, CLASSES).movedim(-1, 1).float()
+
+    out = predict_ct_volume(
+        rule, str(nii), spacing=(1.5, 1.5, 1.5), window=(-175, 250), roi=16,
+        num_classes=CLASSES, output_dir=tmp_path / "p", classes=TABLE,
+    )  # fmt: skip
+    lines = Path(out["color_table"]).read_text().splitlines()
+    entries = [line.split() for line in lines if not line.startswith("#")]
+    assert entries == [["1", "water", "0", "0", "255", "255"],
+                       ["2", "bare_soil", "200", "160", "0", "255"]]  # fmt: skip
+    assert set(np.unique(nib.load(out["classes"]).get_fdata())) <= {1, 2}
