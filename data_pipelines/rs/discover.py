@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import glob
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from data_pipelines.errors import InputError
 from data_pipelines.rs.products.names import (
@@ -31,43 +30,13 @@ from data_pipelines.rs.products.names import (
     safe_stem,
 )
 from data_pipelines.rs.profiles import SensorProfile, profiles_reading
-
-if TYPE_CHECKING:
-    from data_pipelines.rs.stac import StacFacts
+from data_pipelines.rs.scene import Discovery, Scene
+from data_pipelines.rs.stac import discover_stac, looks_like_stac
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 # product containers and sidecars: MODIS HDF4, .SAFE zips, Landsat MTL text/JSON
 PRODUCT_SUFFIXES = (".hdf", ".zip", ".txt", ".json")
 _BAND_FILE = re.compile(r"^(?P<prefix>.+?)[_.-](?P<band>B\d{1,2}A?|BQA|QA_PIXEL)$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One scene: an id, its raster files, and sidecar metadata files (e.g. Landsat MTL)."""
-
-    scene_id: str
-    # (band token or "" for a multi-band file, path) in discovery order
-    files: tuple[tuple[str, str], ...]
-    qa_file: str | None = None
-    metadata_files: tuple[str, ...] = ()
-    # provider product kind (data_pipelines.rs.profiles.PRODUCT_KINDS), "" for plain rasters
-    product: str = ""
-    origin: str = ""  # where the scene was listed (a STAC item's href), "" for files found here
-    stac: StacFacts | None = None  # what a STAC item says about the scene (rs.stac)
-
-    @property
-    def multi_file(self) -> bool:
-        return any(token for token, _ in self.files)
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p in self.files] + ([self.qa_file] if self.qa_file else [])
-
-
-@dataclass
-class Discovery:
-    scenes: list[Scene]
-    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
 @dataclass
@@ -263,8 +232,6 @@ def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Disc
 
     A STAC document (a URL, or a local Item/ItemCollection/Catalog JSON) lists its scenes itself
     (``rs.stac``)."""
-    from data_pipelines.rs.stac import discover_stac, looks_like_stac
-
     specs = [input_spec] if isinstance(input_spec, str | Path) else list(input_spec)
     if len(specs) == 1 and looks_like_stac(str(specs[0])):
         return discover_stac(str(specs[0]), profile)

@@ -26,10 +26,10 @@ from urllib.parse import urlparse
 
 from data_pipelines.errors import InputError
 from data_pipelines.remote import RemoteError, is_remote, read_bytes
-from data_pipelines.rs.discover import Discovery, Scene
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import SceneError, SceneReader
+from data_pipelines.rs.scene import Discovery, Scene, SceneError, SceneReader
 
 STAC_PRODUCT = "stac_item"
 WAVELENGTH_TOLERANCE_NM = 30.0
@@ -369,3 +369,10 @@ class StacSceneReader(SceneReader):
             columns.update(self.product.scene_columns())
         columns["cloud_cover"] = self.scene.stac.cloud_cover
         return columns
+
+
+register_product(
+    STAC_PRODUCT,
+    "STAC Items/ItemCollections whose assets are local files or http/s3 COGs",
+    lambda scene, profile, resampling, swath_grid: StacSceneReader(scene, profile, resampling),
+)

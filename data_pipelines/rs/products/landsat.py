@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, profiles_reading
-from data_pipelines.rs.reader import SceneError, SceneReader
+from data_pipelines.rs.scene import Scene, SceneError, SceneReader
 from data_pipelines.rs.toa import read_mtl
 
 
@@ -100,3 +100,10 @@ def _collection_label(values: dict[str, str]) -> str:
         return f"pre-collection {level}".strip()
     category = values.get("COLLECTION_CATEGORY", "")
     return f"C{int(collection)} {level} {category}".strip()
+
+
+register_product(
+    "landsat",
+    "Landsat Level-1 (pre-collection, C1, C2) and C2 Level-2 scenes with their MTL",
+    lambda scene, profile, resampling, swath_grid: LandsatReader(scene, profile, resampling),
+)

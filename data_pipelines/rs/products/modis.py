@@ -34,11 +34,12 @@ import numpy as np
 from rasterio.windows import Window
 
 from data_pipelines.errors import first_line
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import GranuleName
+from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.swath_grid import resample_granule
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import Grid, SceneError
+from data_pipelines.rs.scene import Grid, Scene, SceneError
 
 KIND = "modis_l1b"
 EV_DATASETS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")
@@ -346,8 +347,6 @@ class ModisGranuleReader:
         )
         self.grid = Grid(height, width, _identity(), "")
         if self.swath_grid is not None:
-            from data_pipelines.rs.products.swath_grid import resample_granule
-
             pixels = self._read_rows(0, height, 0, width)
             lat, lon = self.geolocation.full_1km(height, width)
             self._resampled, self.grid = resample_granule(pixels, lat, lon, *self.swath_grid)
@@ -406,3 +405,10 @@ def _identity():
     import rasterio
 
     return rasterio.Affine.identity()
+
+
+register_product(
+    KIND,
+    "MODIS Level-1B 1-km granules (MOD021KM/MYD021KM, HDF4)",
+    lambda scene, profile, resampling, swath_grid: ModisGranuleReader(scene, profile, swath_grid),
+)

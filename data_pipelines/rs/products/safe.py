@@ -33,11 +33,11 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import safe_kind, safe_stem
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import SceneError, SceneReader, _BandSource
+from data_pipelines.rs.scene import BandSource, Scene, SceneError, SceneReader
 
 # band_id -> band, as the product specification numbers them (used when the MTD XML has no
 # Spectral_Information list)
@@ -230,7 +230,7 @@ class SafeReader(SceneReader):
             self._mask_kind = mask[0]
             ds = self._open_file(mask[1])
             self._check_extent(ds)
-            self._qa = _BandSource(ds, 1, ds.transform == self.grid.transform)
+            self._qa = BandSource(ds, 1, ds.transform == self.grid.transform)
         self.product = ProductInfo(
             kind=self.kind,
             product_id=safe_stem(Path(meta.product_uri or path)),
@@ -249,7 +249,7 @@ class SafeReader(SceneReader):
         packed = np.zeros((int(window.height), int(window.width)), dtype=np.uint8)
         count = min(self._qa.dataset.count, CLASSI_BANDS)
         for bit in range(count):
-            src = _BandSource(self._qa.dataset, bit + 1, self._qa.same_grid)
+            src = BandSource(self._qa.dataset, bit + 1, self._qa.same_grid)
             band = (
                 src.dataset.read(bit + 1, window=window)
                 if src.same_grid
@@ -257,3 +257,10 @@ class SafeReader(SceneReader):
             )
             packed |= (band > 0).astype(np.uint8) << bit
         return packed
+
+
+register_product(
+    "sentinel2",
+    "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
+    lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
+)
