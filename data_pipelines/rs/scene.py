@@ -327,6 +327,17 @@ def _gdal_reason(path: str, e: BaseException) -> str:
     msg = first_line(e).replace(f"'{path}'", "").replace(f"{p.name}: ", "").strip()
     if "not recognized as being in a supported file format" in msg:
         return "not a raster format GDAL can read"
-    if "TIFFReadDirectory" in msg or "TIFFFetch" in msg or "IReadBlock" in msg:
-        return f"damaged or truncated TIFF ({msg})"
+    if any(k in msg for k in ("TIFFReadDirectory", "TIFFFetch", "IReadBlock", "opj_")):
+        return f"damaged or truncated {_format_name(path, msg)} ({msg})"
     return msg
+
+
+def _format_name(path: str, msg: str) -> str:
+    """The file format a GDAL read error is about: from the path when known, else from the
+    message (OpenJPEG's ``opj_`` calls, the file name GDAL quotes)."""
+    text = f"{path} {msg}".lower()
+    if "opj_" in text or ".jp2" in text:
+        return "JP2 (JPEG 2000)"
+    if "tiff" in text or ".tif" in text:
+        return "TIFF"
+    return "raster file"
