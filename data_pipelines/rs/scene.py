@@ -41,6 +41,7 @@ from data_pipelines.rs.resample import masked_resample, sample_weights
 if TYPE_CHECKING:
     from data_pipelines.rs.stac import StacFacts
 
+
 @dataclass(frozen=True)
 class Scene:
     """One scene: an id, its raster files, and sidecar metadata files (e.g. Landsat MTL)."""
@@ -68,7 +69,6 @@ class Scene:
 class Discovery:
     scenes: list[Scene]
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-
 
 
 # GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that
@@ -210,6 +210,17 @@ class SceneReader:
         for src in reversed(self._sources):
             out.update(src.dataset.tags())
         return out
+
+    @property
+    def cloud_mask(self) -> str | None:
+        """The mask the cloud exclusion reads (a QA band the profile knows cloud flags of), or
+        None: this scene's clouds are not checked, and the build says so."""
+        if self._qa is None or not self.profile.qa.get("cloud_flags"):
+            return None
+        return self._mask_name()
+
+    def _mask_name(self) -> str:
+        return self.profile.qa_band or "QA band"
 
     def tile_metadata(self, window: Window) -> dict[str, float | None]:
         """Per-tile manifest columns: the tile centre (plain rasters: not computed)."""

@@ -397,6 +397,9 @@ class ModisGranuleReader:
             lat, lon = self.geolocation.centre(window)
         return {"lat": lat, "lon": lon}
 
+    # the L1B granule holds no cloud mask (that is MOD35, not read): clouds are not checked
+    cloud_mask: str | None = None
+
     def scene_columns(self) -> dict[str, str | None]:
         return self.product.scene_columns()
 

@@ -240,6 +240,9 @@ class SafeReader(SceneReader):
             calibration=meta.radiometry(self.profile, mtd_name) | {"mask": self._mask_kind},
         )
 
+    def _mask_name(self) -> str:
+        return self._mask_kind or "QA band"
+
     def read_qa(self, window: Window) -> np.ndarray | None:
         """SCL classes, or MSK_CLASSI's three bands packed into bits 0-2, on the 10 m grid."""
         if self._qa is None:

@@ -104,6 +104,26 @@ def test_l1c_baseline_03_stores_dn_over_10000_without_a_mask(tmp_path: Path) -> 
         np.testing.assert_allclose(tile[profile.band_index(band)], expected, atol=1e-6)
     assert row["processing_baseline"] == "03.01"
     assert row["cloud_fraction"] is None  # before 04.00 the cloud mask is vector GML: not read
+    assert row["cloud_mask"] is None  # ... and the manifest says so
+    record = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert record["counts"]["scenes_without_cloud_mask"] == 1
+
+
+def test_scenes_without_a_cloud_mask_are_counted_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_l1c(tmp_path / "in" / "old", baseline="03.01", seed=1)  # no raster mask
+    write_l1c(tmp_path / "in" / "new", baseline="05.09")  # MSK_CLASSI
+    _build(tmp_path / "in", tmp_path / "out", "sentinel2_l1c")
+    masks = {r["processing_baseline"]: r["cloud_mask"] for r in rows_all(tmp_path / "out")}
+    assert masks == {"03.01": None, "05.09": "MSK_CLASSI"}
+    lines = [line for line in capsys.readouterr().out.splitlines() if "clouds not checked" in line]
+    assert len(lines) == 1
+    assert "1 of 2 scene(s)" in lines[0]
+
+
+def rows_all(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest.parquet").to_pylist()
 
 
 def test_l2a_stores_dn_plus_boa_add_offset_over_10000_by_band_id(tmp_path: Path) -> None:
