@@ -30,6 +30,7 @@ from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import Discovery, Scene, SceneError, SceneReader
+from data_pipelines.rs.toa import AFFINE_KINDS, stac_raster_calibrator
 
 STAC_PRODUCT = "stac_item"
 WAVELENGTH_TOLERANCE_NM = 30.0
@@ -375,4 +376,10 @@ register_product(
     STAC_PRODUCT,
     "STAC Items/ItemCollections whose assets are local files or http/s3 COGs",
     lambda scene, profile, resampling, swath_grid: StacSceneReader(scene, profile, resampling),
+    # raster:bands scale/offset stand in for the profile's affine calibration only
+    calibrator=lambda profile, product: (
+        stac_raster_calibrator(profile, product)
+        if product.calibration and profile.calibration.get("kind") in AFFINE_KINDS
+        else None
+    ),
 )

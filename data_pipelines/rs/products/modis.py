@@ -40,6 +40,7 @@ from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.products.swath_grid import resample_granule
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import Grid, Scene, SceneError
+from data_pipelines.rs.toa import modis_l1b_calibrator
 
 KIND = "modis_l1b"
 EV_DATASETS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")
@@ -414,4 +415,9 @@ register_product(
     KIND,
     "MODIS Level-1B 1-km granules (MOD021KM/MYD021KM, HDF4)",
     lambda scene, profile, resampling, swath_grid: ModisGranuleReader(scene, profile, swath_grid),
+    calibrator=lambda profile, product: (
+        modis_l1b_calibrator(profile, product)
+        if profile.calibration.get("kind") == "modis_toa"
+        else None
+    ),
 )

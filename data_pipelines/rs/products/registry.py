@@ -1,10 +1,11 @@
 """Provider products register themselves here, as models do in ``geomed_mim.models.registry``.
 
 A product module calls :func:`register_product` at import with the product kinds it reads (a
-kind prefix: ``"sentinel2"`` covers ``sentinel2_l1c`` and ``sentinel2_l2a``) and the function
-that opens such a scene. The registry knows no product; ``rs.reader`` imports every product
-module and opens a scene through :func:`reader_for`, so a new product is one new module (and
-one import line there).
+kind prefix: ``"sentinel2"`` covers ``sentinel2_l1c`` and ``sentinel2_l2a``), the function
+that opens such a scene and, when the product carries its own calibration coefficients, the
+function that makes its calibrator (``rs.toa.make_calibrator`` asks it first). The registry
+knows no product; ``rs.reader`` imports every product module and opens a scene through
+:func:`reader_for`, so a new product is one new module (and one import line there).
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.rs.scene import Scene, SceneReader
 
 # (scene, profile, resampling, swath grid (CRS, resolution) or None) -> an unopened reader with
 # SceneReader's interface (MODIS's swath reader has it without subclassing)
 ReaderFactory = Callable[[Scene, SensorProfile, str, "tuple[str, float] | None"], Any]
+# (profile as it applies to the product, what the reader found) -> an rs.toa Calibrator, or
+# None when this profile's calibration does not use the product's coefficients
+CalibratorFactory = Callable[[SensorProfile, ProductInfo], Any]
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class ProductEntry:
     name: str  # the kind, or the prefix of the kinds, this entry reads
     description: str
     open_reader: ReaderFactory
+    calibrator: CalibratorFactory | None = None
 
     def reads(self, kind: str) -> bool:
         return kind == self.name or kind.startswith(f"{self.name}_")
@@ -34,11 +40,16 @@ class ProductEntry:
 _PRODUCTS: dict[str, ProductEntry] = {}
 
 
-def register_product(name: str, description: str, open_reader: ReaderFactory) -> None:
-    """Register the reader of the product kinds ``name`` names (one entry per name)."""
+def register_product(
+    name: str,
+    description: str,
+    open_reader: ReaderFactory,
+    calibrator: CalibratorFactory | None = None,
+) -> None:
+    """Register the reader (and calibrator) of the product kinds ``name`` names."""
     if name in _PRODUCTS and _PRODUCTS[name].open_reader is not open_reader:
         raise ValueError(f"product {name!r} is registered twice")
-    _PRODUCTS[name] = ProductEntry(name, description, open_reader)
+    _PRODUCTS[name] = ProductEntry(name, description, open_reader, calibrator)
 
 
 def list_products() -> list[str]:

@@ -38,6 +38,7 @@ from data_pipelines.rs.products.names import safe_kind, safe_stem
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import BandSource, Scene, SceneError, SceneReader
+from data_pipelines.rs.toa import sentinel2_product_calibrator
 
 # band_id -> band, as the product specification numbers them (used when the MTD XML has no
 # Spectral_Information list)
@@ -266,4 +267,9 @@ register_product(
     "sentinel2",
     "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
     lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
+    calibrator=lambda profile, product: (
+        sentinel2_product_calibrator(profile, product)
+        if profile.calibration.get("kind") == "sentinel2"
+        else None
+    ),
 )

@@ -13,7 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from data_pipelines.rs.products import registry
+from data_pipelines.rs.products import ProductInfo, registry
 from data_pipelines.rs.products.landsat import LandsatReader
 from data_pipelines.rs.products.modis import ModisGranuleReader
 from data_pipelines.rs.products.safe import SafeReader
@@ -21,11 +21,15 @@ from data_pipelines.rs.profiles import load_profile
 from data_pipelines.rs.reader import open_scene_reader
 from data_pipelines.rs.scene import Scene, SceneReader
 from data_pipelines.rs.stac import StacSceneReader
+from data_pipelines.rs.toa import CalibrationError, make_calibrator
 
 TOY_PRODUCT = '''
-"""A toy product: a plain GeoTIFF whose DN are stored doubled."""
+"""A toy product: a plain GeoTIFF whose DN are stored doubled, calibrated by its own 0.5."""
+import numpy as np
+
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.scene import SceneReader
+from data_pipelines.rs.toa import Calibrator
 
 
 class ToyReader(SceneReader):
@@ -33,8 +37,11 @@ class ToyReader(SceneReader):
         return super().read_window(window) // 2
 
 
-register_product("toy", "doubled DN", lambda scene, profile, resampling, grid: ToyReader(
-    scene, profile, resampling))
+register_product(
+    "toy", "doubled DN",
+    lambda scene, profile, resampling, grid: ToyReader(scene, profile, resampling),
+    calibrator=lambda profile, product: Calibrator("toy", np.full(3, 0.5), np.zeros(3)),
+)
 '''
 
 
@@ -86,3 +93,11 @@ def test_a_new_product_is_one_module(tmp_path: Path, monkeypatch: pytest.MonkeyP
         Scene("t", (("", str(path)),), product="toy"), load_profile("rgb8")
     ) as r:
         np.testing.assert_array_equal(r.read_window(Window(0, 0, 4, 2)), dn // 2)
+    calibrator = make_calibrator(load_profile("rgb8"), "toa", product=ProductInfo("toy", "t"))
+    assert calibrator.kind == "toy"  # the product's own calibration, not the profile's
+
+
+def test_a_product_no_module_registered_is_never_calibrated_as_a_plain_raster() -> None:
+    product = ProductInfo(kind="spot6", product_id="x")
+    with pytest.raises(CalibrationError, match="spot6"):
+        make_calibrator(load_profile("sentinel2_l1c"), "toa", product=product)
