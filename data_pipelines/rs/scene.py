@@ -35,7 +35,8 @@ from rasterio.windows import bounds as window_bounds
 from data_pipelines.errors import first_line
 from data_pipelines.remote import is_remote, worker_gdal_options
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
-from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS
+from data_pipelines.rs.profiles import SensorProfile, profiles_reading
 from data_pipelines.rs.resample import masked_resample, sample_weights
 
 if TYPE_CHECKING:
@@ -69,6 +70,35 @@ class Scene:
 class Discovery:
     scenes: list[Scene]
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+@dataclass
+class Listing:
+    """What ``--input`` names: files (rasters and product files), .SAFE folders, the id root."""
+
+    files: list[Path]
+    safe_dirs: list[Path]
+    root: Path
+
+
+def scene_id_for(path_without_suffix: Path, root: Path) -> str:
+    """A scene's id: its path relative to the input's root, without suffix."""
+    try:
+        rel = path_without_suffix.resolve().relative_to(root)
+    except ValueError:
+        rel = Path(path_without_suffix.name)
+    return "/".join(rel.parts)
+
+
+def not_read(kind: str, profile: SensorProfile) -> str:
+    """Why a product of ``kind`` is ignored under ``profile``, naming the profiles that read it."""
+    readers = profiles_reading(kind)
+    hint = (
+        f"read it with --profile {' or '.join(readers)}"
+        if readers
+        else "no shipped profile reads it"
+    )
+    return f"{PRODUCT_DESCRIPTIONS[kind]}; profile {profile.name} does not read it ({hint})"
 
 
 # GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.profiles import SensorProfile
-from data_pipelines.rs.scene import Scene, SceneReader
+from data_pipelines.rs.scene import Discovery, Listing, Scene, SceneReader
 
 # (scene, profile, resampling, swath grid (CRS, resolution) or None) -> an unopened reader with
 # SceneReader's interface (MODIS's swath reader has it without subclassing)
@@ -24,6 +25,9 @@ ReaderFactory = Callable[[Scene, SensorProfile, str, "tuple[str, float] | None"]
 # (profile as it applies to the product, what the reader found) -> an rs.toa Calibrator, or
 # None when this profile's calibration does not use the product's coefficients
 CalibratorFactory = Callable[[SensorProfile, ProductInfo], Any]
+# (what --input lists, profile, the discovery to add scenes and ignored files to) -> the files
+# the product's file-name rules claim (no other rule sees them)
+SceneFinder = Callable[[Listing, SensorProfile, Discovery], "set[Path]"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class ProductEntry:
     description: str
     open_reader: ReaderFactory
     calibrator: CalibratorFactory | None = None
+    find_scenes: SceneFinder | None = None
 
     def reads(self, kind: str) -> bool:
         return kind == self.name or kind.startswith(f"{self.name}_")
@@ -45,16 +50,22 @@ def register_product(
     description: str,
     open_reader: ReaderFactory,
     calibrator: CalibratorFactory | None = None,
+    find_scenes: SceneFinder | None = None,
 ) -> None:
-    """Register the reader (and calibrator) of the product kinds ``name`` names."""
+    """Register the reader (and calibrator, and file-name rules) of the kinds ``name`` names."""
     if name in _PRODUCTS and _PRODUCTS[name].open_reader is not open_reader:
         raise ValueError(f"product {name!r} is registered twice")
-    _PRODUCTS[name] = ProductEntry(name, description, open_reader, calibrator)
+    _PRODUCTS[name] = ProductEntry(name, description, open_reader, calibrator, find_scenes)
 
 
 def list_products() -> list[str]:
     """The registered product names, sorted."""
     return sorted(_PRODUCTS)
+
+
+def scene_finders() -> list[SceneFinder]:
+    """The registered file-name rules, in product-name order (their claims are disjoint)."""
+    return [_PRODUCTS[n].find_scenes for n in sorted(_PRODUCTS) if _PRODUCTS[n].find_scenes]
 
 
 def product_entry(kind: str) -> ProductEntry | None:

@@ -37,7 +37,16 @@ from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import safe_kind, safe_stem
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.scene import BandSource, Scene, SceneError, SceneReader
+from data_pipelines.rs.scene import (
+    BandSource,
+    Discovery,
+    Listing,
+    Scene,
+    SceneError,
+    SceneReader,
+    not_read,
+    scene_id_for,
+)
 from data_pipelines.rs.toa import sentinel2_product_calibrator
 
 # band_id -> band, as the product specification numbers them (used when the MTD XML has no
@@ -263,10 +272,30 @@ class SafeReader(SceneReader):
         return packed
 
 
+# -- discovery: the product's file-name rules --------------------------------------------------
+def safe_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -> set[Path]:
+    """Sentinel-2 .SAFE folders and zips; returns the zip files they claim."""
+    files, safe_dirs, root = listing.files, listing.safe_dirs, listing.root
+    zips = [f for f in files if f.suffix.lower() == ".zip"]
+    claimed = set(zips)
+    for path in safe_dirs + zips:
+        kind = safe_kind(path)
+        if kind is None:
+            why = "not a Sentinel-2 product name (S2?_MSIL1C_... or S2?_MSIL2A_...)"
+            found.ignored.append((str(path), why))
+        elif not profile.reads_product(kind):
+            found.ignored.append((str(path), not_read(kind, profile)))
+        else:
+            scene_id = scene_id_for(path.parent / safe_stem(path), root)
+            found.scenes.append(Scene(scene_id, (("", str(path)),), product=kind))
+    return claimed
+
+
 register_product(
     "sentinel2",
     "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
     lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
+    find_scenes=safe_scenes,
     calibrator=lambda profile, product: (
         sentinel2_product_calibrator(profile, product)
         if profile.calibration.get("kind") == "sentinel2"

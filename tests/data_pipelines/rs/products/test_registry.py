@@ -13,6 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.products import ProductInfo, registry
 from data_pipelines.rs.products.landsat import LandsatReader
 from data_pipelines.rs.products.modis import ModisGranuleReader
@@ -24,11 +25,11 @@ from data_pipelines.rs.stac import StacSceneReader
 from data_pipelines.rs.toa import CalibrationError, make_calibrator
 
 TOY_PRODUCT = '''
-"""A toy product: a plain GeoTIFF whose DN are stored doubled, calibrated by its own 0.5."""
+"""A toy product: ``*.toy.tif`` files whose DN are stored doubled, calibrated by its own 0.5."""
 import numpy as np
 
 from data_pipelines.rs.products.registry import register_product
-from data_pipelines.rs.scene import SceneReader
+from data_pipelines.rs.scene import Scene, SceneReader, scene_id_for
 from data_pipelines.rs.toa import Calibrator
 
 
@@ -37,10 +38,18 @@ class ToyReader(SceneReader):
         return super().read_window(window) // 2
 
 
+def toy_scenes(listing, profile, found):
+    mine = {f for f in listing.files if f.name.endswith(".toy.tif")}
+    for f in sorted(mine):
+        found.scenes.append(Scene(scene_id_for(f, listing.root), (("", str(f)),), product="toy"))
+    return mine
+
+
 register_product(
     "toy", "doubled DN",
     lambda scene, profile, resampling, grid: ToyReader(scene, profile, resampling),
     calibrator=lambda profile, product: Calibrator("toy", np.full(3, 0.5), np.zeros(3)),
+    find_scenes=toy_scenes,
 )
 '''
 
@@ -83,15 +92,17 @@ def test_a_new_product_is_one_module(tmp_path: Path, monkeypatch: pytest.MonkeyP
     importlib.import_module("toy_product")
     assert "toy" in registry.list_products()
     dn = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(3, 2, 4) * 2
-    path = tmp_path / "toy.tif"
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "scene.toy.tif"
     with rasterio.open(
         path, "w", driver="GTiff", width=4, height=2, count=3, dtype="uint8",
         crs="EPSG:32633", transform=from_origin(0, 20, 10, 10),
     ) as dst:  # fmt: skip
         dst.write(dn)
-    with open_scene_reader(
-        Scene("t", (("", str(path)),), product="toy"), load_profile("rgb8")
-    ) as r:
+    profile = load_profile("rgb8")
+    scenes = discover_scenes(str(tmp_path / "in"), profile).scenes  # its file-name rules
+    assert [s.product for s in scenes] == ["toy"]
+    with open_scene_reader(scenes[0], profile) as r:  # its reader
         np.testing.assert_array_equal(r.read_window(Window(0, 0, 4, 2)), dn // 2)
     calibrator = make_calibrator(load_profile("rgb8"), "toa", product=ProductInfo("toy", "t"))
     assert calibrator.kind == "toy"  # the product's own calibration, not the profile's
