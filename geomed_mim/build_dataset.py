@@ -430,6 +430,15 @@ def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
     )
 
 
+def cloud_mask_row(counts: dict[str, int]) -> list[tuple[str, str]]:
+    """A row when some scenes had no cloud mask: their cloudy tiles cannot have been excluded."""
+    n = counts.get("scenes_without_cloud_mask", 0)
+    if not n:
+        return []
+    return [("clouds not checked", f"{n} of {counts.get('scenes_read', 0)} scene(s): no cloud "
+             f"mask in the input (see the manifest's cloud_mask column)")]  # fmt: skip
+
+
 def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     c = report.counts
     excluded = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("excluded:")}
@@ -443,6 +452,7 @@ def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
         ("tiles written", f"{c.get('samples_written', 0)}"),
         *([("per size", per_size_text(c, cfg))] if cfg.multi_size else []),
         ("tiles excluded", f"{sum(excluded.values())}" + (f"  ({reasons})" if excluded else "")),
+        *cloud_mask_row(c),
         ("duplicates", f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} "
                        f"near" + ("" if cfg.dedup else "  (dedup off)")),
         ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr)"),

@@ -12,6 +12,9 @@ Hospital and archive exports are messier than one folder per series:
   only of single slices in several orientations (a scout set, e.g. AP + lateral) are left out
   and listed as ignored with the reason. A lone slice with nothing beside it stays a series of
   its own (the build quarantines it as a 2-D image).
+* **Derived copies**: a series whose ImageType says DERIVED or SECONDARY (reformats, MIPs, ...)
+  beside an original series of its study is left out and listed as ignored, naming the series
+  it was derived beside; a study holding derived series only keeps them.
 * **Multi-frame**: an enhanced multi-frame file is a volume on its own (one series).
 * **Copies**: the same series exported twice (same SOPInstanceUIDs in two folders) becomes one
   series per folder, so the copy is marked as a duplicate instead of failing as a series with
@@ -31,6 +34,7 @@ from data_pipelines.ct.dicom_headers import SliceHeader
 GEOMETRY_DECIMALS = 3
 LOCALIZER_REASON = "localizer/scout image (ImageType LOCALIZER or SCOUT)"
 SCOUT_SET_REASON = "localizer/scout image (single slices in several orientations)"
+DERIVED_REASON = "derived/secondary image series (ImageType DERIVED or SECONDARY)"
 STRAY_SLICE_REASON = (
     "single slice whose geometry differs from the series beside it (a localizer or scout)"
 )
@@ -51,6 +55,12 @@ class DicomSeries:
     series_number: str = ""
     tag: str = ""  # short stable tag, tells apart several series of one folder
     multiframe: bool = False
+    derived: bool = False  # every file's ImageType says DERIVED or SECONDARY
+
+    @property
+    def name(self) -> str:
+        """The series as a person finds it: its folder and number (or tag)."""
+        return f"{self.folder} series {self.series_number or self.tag}"
 
 
 def identity_of(h: SliceHeader) -> Identity:
@@ -99,6 +109,7 @@ def _series(members: list[SliceHeader], key: str, multiframe: bool = False) -> D
         series_number=first.series_number,
         tag=hashlib.sha1(f"{key}|{folder}".encode()).hexdigest()[:8],
         multiframe=multiframe,
+        derived=all(h.is_derived for h in members),
     )
 
 
@@ -149,5 +160,29 @@ def group_series(
             unsplit_uid = identity[0] == "uid" and len(by_geometry) == 1
             key = identity[1] if unsplit_uid else repr((identity, geometry))
             series += [_series(part, key) for part in _split_copies(members)]
+    series, derived = drop_derived(series)
     series.sort(key=lambda s: (s.folder, s.tag))
-    return series, sorted(ignored)
+    return series, sorted(ignored + derived)
+
+
+def drop_derived(series: list[DicomSeries]) -> tuple[list[DicomSeries], list[tuple[str, str]]]:
+    """Derived/secondary series beside an original series of the same study (by
+    StudyInstanceUID; without one, by patient and the folder above the series): left out,
+    each file listed with the reason. They are copies of what the original holds, not cases."""
+
+    def study(s: DicomSeries) -> str:
+        return s.study_uid or f"{s.patient_id}|{Path(s.folder).parent}"
+
+    originals: dict[str, DicomSeries] = {}
+    for s in series:
+        if not s.derived:
+            originals.setdefault(study(s), s)
+    kept, ignored = [], []
+    for s in series:
+        original = originals.get(study(s)) if s.derived else None
+        if original is None:
+            kept.append(s)
+            continue
+        why = f"{DERIVED_REASON}, beside the original {original.name}"
+        ignored += [(f, why) for f in s.files]
+    return kept, ignored

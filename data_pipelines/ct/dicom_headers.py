@@ -67,6 +67,11 @@ class SliceHeader:
         return self.frames > 1
 
     @property
+    def is_derived(self) -> bool:
+        """ImageType DERIVED or SECONDARY: a reformat, MIP or other copy made from the images."""
+        return any(t in self.image_type for t in ("DERIVED", "SECONDARY"))
+
+    @property
     def is_localizer(self) -> bool:
         return any(t in self.image_type for t in ("LOCALIZER", "SCOUT"))
 

@@ -26,6 +26,7 @@ from data_pipelines.build import BuildReport, BuildTask, assign_split, run_build
 from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.discover import CTDiscovery, discover_ct
+from data_pipelines.ct.preview import write_ct_preview
 from data_pipelines.dedup import mark_exact_duplicates
 from data_pipelines.store.layout import (
     ATTR_CLASSES,
@@ -68,6 +69,13 @@ def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
 def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     dups = sum(1 for d in manifest.column("dup_of").to_pylist() if d)
     return manifest, {"duplicates:exact": dups}
+
+
+def finalize_ct(out_dir: str, table: pa.Table, cfg: CTBuildConfig) -> tuple[pa.Table, dict]:
+    """The archive-wide steps, then ``preview.png`` (mid-axial slices) of what was stored."""
+    manifest = finalize_manifest(table, cfg)
+    write_ct_preview(out_dir, manifest)
+    return _with_counts(manifest)
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -118,7 +126,7 @@ def run_ct_tasks(cfg: CTBuildConfig, discovery: CTDiscovery) -> BuildReport:
         store_attrs=store_attributes(cfg),
         settings=cfg.settings(),
         config=asdict(cfg),
-        finalize=lambda _out, t, _summaries: _with_counts(finalize_manifest(t, cfg)),
+        finalize=lambda out, t, _summaries: finalize_ct(out, t, cfg),
         workers=min(cfg.workers, max(1, len(tasks))),
         scheduler=cfg.scheduler,
         overwrite=cfg.overwrite,

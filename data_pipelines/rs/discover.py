@@ -1,7 +1,8 @@
 """Find the scenes of an archive: provider products, single multi-band rasters and
 one-file-per-band groups.
 
-Provider products are recognised by their names (``rs.products.names``): MODIS
+Provider products are recognised by their names, by the file-name rules each product module
+registers (``rs.products.registry``; the names themselves in ``rs.products.names``): MODIS
 ``MOD021KM``/``MYD021KM`` granules (with a ``MOD03``/``MYD03`` of the same granule beside them
 as geolocation), Sentinel-2 ``.SAFE`` folders and zips (everything inside belongs to the
 product), Landsat Collection 1/2 files grouped by product id (bands, ``QA_PIXEL``/``BQA``,
@@ -17,66 +18,25 @@ task, where it is quarantined, not stop discovery.
 from __future__ import annotations
 
 import glob
+import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from data_pipelines.errors import InputError
-from data_pipelines.rs.products.names import (
-    PRODUCT_DESCRIPTIONS,
-    GranuleName,
-    LandsatFile,
-    safe_kind,
-    safe_stem,
-)
-from data_pipelines.rs.profiles import SensorProfile, profiles_reading
 
-if TYPE_CHECKING:
-    from data_pipelines.rs.stac import StacFacts
+# imported for their registration: each product module registers its file-name rules
+from data_pipelines.rs.products import landsat as _landsat  # noqa: F401
+from data_pipelines.rs.products import modis as _modis  # noqa: F401
+from data_pipelines.rs.products import safe as _safe  # noqa: F401
+from data_pipelines.rs.products.registry import scene_finders
+from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.scene import Discovery, Listing, Scene, scene_id_for
+from data_pipelines.rs.stac import discover_stac, looks_like_stac
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 # product containers and sidecars: MODIS HDF4, .SAFE zips, Landsat MTL text/JSON
 PRODUCT_SUFFIXES = (".hdf", ".zip", ".txt", ".json")
 _BAND_FILE = re.compile(r"^(?P<prefix>.+?)[_.-](?P<band>B\d{1,2}A?|BQA|QA_PIXEL)$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One scene: an id, its raster files, and sidecar metadata files (e.g. Landsat MTL)."""
-
-    scene_id: str
-    # (band token or "" for a multi-band file, path) in discovery order
-    files: tuple[tuple[str, str], ...]
-    qa_file: str | None = None
-    metadata_files: tuple[str, ...] = ()
-    # provider product kind (data_pipelines.rs.profiles.PRODUCT_KINDS), "" for plain rasters
-    product: str = ""
-    origin: str = ""  # where the scene was listed (a STAC item's href), "" for files found here
-    stac: StacFacts | None = None  # what a STAC item says about the scene (rs.stac)
-
-    @property
-    def multi_file(self) -> bool:
-        return any(token for token, _ in self.files)
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p in self.files] + ([self.qa_file] if self.qa_file else [])
-
-
-@dataclass
-class Discovery:
-    scenes: list[Scene]
-    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
-
-
-@dataclass
-class Listing:
-    """What ``--input`` names: files (rasters and product files), .SAFE folders, the id root."""
-
-    files: list[Path]
-    safe_dirs: list[Path]
-    root: Path
 
 
 def _is_safe_dir(p: Path) -> bool:
@@ -144,118 +104,7 @@ def _glob_root(spec: str) -> str:
 
 
 def _common_root(roots: list[Path]) -> str:
-    import os
-
     return os.path.commonpath([str(r.resolve()) for r in roots])
-
-
-def _scene_id(path_without_suffix: Path, root: Path) -> str:
-    try:
-        rel = path_without_suffix.resolve().relative_to(root)
-    except ValueError:
-        rel = Path(path_without_suffix.name)
-    return "/".join(rel.parts)
-
-
-def _not_read(kind: str, profile: SensorProfile) -> str:
-    readers = profiles_reading(kind)
-    hint = (
-        f"read it with --profile {' or '.join(readers)}"
-        if readers
-        else "no shipped profile reads it"
-    )
-    return f"{PRODUCT_DESCRIPTIONS[kind]}; profile {profile.name} does not read it ({hint})"
-
-
-def modis_scenes(
-    files: list[Path], root: Path, profile: SensorProfile, found: Discovery
-) -> set[Path]:
-    """MOD021KM/MYD021KM granules (with their MOD03/MYD03); returns the files they claim."""
-    names = {f: GranuleName.parse(f.name) for f in files}
-    names = {f: n for f, n in names.items() if n is not None}
-    geo = {(f.parent, n.prefix, n.key): f for f, n in names.items() if n.product == "03"}
-    for f, n in names.items():
-        if n.product == "03":
-            continue
-        if n.product != "021KM":
-            found.ignored.append(
-                (str(f), f"{n.prefix}{n.product} is not read; the 1-km granules "
-                 f"{n.prefix}021KM hold all 36 bands")
-            )  # fmt: skip
-        elif not profile.reads_product("modis_l1b"):
-            found.ignored.append((str(f), _not_read("modis_l1b", profile)))
-        else:
-            mod03 = geo.get((f.parent, n.prefix, n.key))
-            found.scenes.append(
-                Scene(
-                    scene_id=_scene_id(f.with_suffix(""), root),
-                    files=(("", str(f)),),
-                    metadata_files=(str(mod03),) if mod03 else (),
-                    product="modis_l1b",
-                )
-            )
-    return set(names)
-
-
-def safe_scenes(
-    files: list[Path], safe_dirs: list[Path], root: Path, profile: SensorProfile, found: Discovery
-) -> set[Path]:
-    """Sentinel-2 .SAFE folders and zips; returns the zip files they claim."""
-    zips = [f for f in files if f.suffix.lower() == ".zip"]
-    claimed = set(zips)
-    for path in safe_dirs + zips:
-        kind = safe_kind(path)
-        if kind is None:
-            why = "not a Sentinel-2 product name (S2?_MSIL1C_... or S2?_MSIL2A_...)"
-            found.ignored.append((str(path), why))
-        elif not profile.reads_product(kind):
-            found.ignored.append((str(path), _not_read(kind, profile)))
-        else:
-            scene_id = _scene_id(path.parent / safe_stem(path), root)
-            found.scenes.append(Scene(scene_id, (("", str(path)),), product=kind))
-    return claimed
-
-
-def landsat_scenes(
-    files: list[Path], root: Path, profile: SensorProfile, found: Discovery
-) -> set[Path]:
-    """Landsat Collection 1/2 products grouped by product id; returns the files they claim."""
-    products: dict[tuple[Path, str], list[tuple[Path, LandsatFile]]] = {}
-    for f in files:
-        parsed = LandsatFile.parse(f.name)
-        if parsed is not None:
-            products.setdefault((f.parent, parsed.product_id), []).append((f, parsed))
-    claimed: set[Path] = set()
-    for (folder, pid), members in sorted(products.items()):
-        claimed |= {f for f, _ in members}
-        kind = members[0][1].kind
-        if not profile.reads_product(kind):
-            found.ignored.append((str(folder / pid), _not_read(kind, profile)))
-            continue
-        bands, qa, mtl = {}, None, []
-        for f, parsed in members:
-            if parsed.role == "band":
-                if profile.band_index(parsed.token) is None:
-                    found.ignored.append(
-                        (str(f), f"band {parsed.token} is not in profile {profile.name}")
-                    )
-                else:
-                    bands[parsed.token] = str(f)
-            elif parsed.role == "qa":
-                qa = str(f)
-            elif parsed.role == "mtl":
-                mtl.append(str(f))
-        if not bands:
-            found.ignored.append(
-                (str(folder / pid), f"{PRODUCT_DESCRIPTIONS[kind]} without band files")
-            )
-            continue
-        ordered = sorted(bands.items(), key=lambda kv: profile.band_index(kv[0]))
-        mtl.sort(key=lambda m: (not m.lower().endswith(".txt"), m))  # the text MTL first
-        found.scenes.append(
-            Scene(_scene_id(folder / pid, root), tuple(ordered), qa, tuple(mtl), product=kind)
-        )
-    return claimed
 
 
 def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Discovery:
@@ -263,8 +112,6 @@ def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Disc
 
     A STAC document (a URL, or a local Item/ItemCollection/Catalog JSON) lists its scenes itself
     (``rs.stac``)."""
-    from data_pipelines.rs.stac import discover_stac, looks_like_stac
-
     specs = [input_spec] if isinstance(input_spec, str | Path) else list(input_spec)
     if len(specs) == 1 and looks_like_stac(str(specs[0])):
         return discover_stac(str(specs[0]), profile)
@@ -276,9 +123,9 @@ def discover_scenes(input_spec: str | list[str], profile: SensorProfile) -> Disc
     listing = list_inputs(input_spec)
     found = Discovery(scenes=[])
     files, root = listing.files, listing.root
-    claimed = modis_scenes(files, root, profile, found)
-    claimed |= safe_scenes(files, listing.safe_dirs, root, profile, found)
-    claimed |= landsat_scenes(files, root, profile, found)
+    claimed: set[Path] = set()
+    for find in scene_finders():  # each product's file-name rules claim their files
+        claimed |= find(listing, profile, found)
     rasters = [f for f in files if f.suffix.lower() in RASTER_SUFFIXES and f not in claimed]
     for f in files:
         if f.suffix.lower() in (".hdf", ".zip") and f not in claimed:
@@ -314,7 +161,7 @@ def raster_scenes(files: list[Path], root: Path, profile: SensorProfile, found: 
         meta = _metadata_files(folder, profile)
         found.scenes.append(
             Scene(
-                scene_id=_scene_id(folder / prefix, root),
+                scene_id=scene_id_for(folder / prefix, root),
                 files=tuple(ordered),
                 qa_file=qa.get((folder, prefix)),
                 metadata_files=meta,
@@ -324,7 +171,7 @@ def raster_scenes(files: list[Path], root: Path, profile: SensorProfile, found: 
     for f in singles:
         found.scenes.append(
             Scene(
-                scene_id=_scene_id(f.with_suffix(""), root),
+                scene_id=scene_id_for(f.with_suffix(""), root),
                 files=(("", str(f)),),
                 metadata_files=_metadata_files(f.parent, profile),
             )

@@ -24,7 +24,9 @@ from data_pipelines.rs.config import RSBuildConfig
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.labels import match_label
 from data_pipelines.rs.location_split import SPLIT_BY_SCENE, default_block, location_splits
+from data_pipelines.rs.preview import write_preview
 from data_pipelines.rs.profiles import SensorProfile, load_profile
+from data_pipelines.rs.reader import open_scene_reader
 from data_pipelines.rs.scene_task import SceneJob, process_scene
 from data_pipelines.stats import BandMoments, percentiles_from_samples, stats_attrs
 from data_pipelines.store.layout import (
@@ -154,8 +156,6 @@ def finalize_manifest(
     record_band_stats(out_dir, table, unique, summaries, cfg, profile)
     manifest = table.drop_columns(list(RS_INTERNAL_COLUMNS))
     if cfg.preview and scenes is not None:
-        from data_pipelines.rs.preview import write_preview
-
         write_preview(out_dir, manifest, profile, scenes, cfg)
     return manifest, counts
 
@@ -214,8 +214,6 @@ def check_tile_fits(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildCon
     Scene sizes come from the headers, in order, until one scene fits (usually the first); a
     scene that cannot be opened is skipped here (its task quarantines it). Swath products are
     measured in swath geometry (a map-grid resampling reads the whole granule)."""
-    from data_pipelines.rs.reader import open_scene_reader
-
     sizes: list[tuple[int, int]] = []
     smallest = min(cfg.tile_sizes)
     for scene in scenes:

@@ -2,8 +2,9 @@
 
 Tiles are shown as an RGB-like composite of the profile's ``preview_rgb`` bands, each stretched
 to its own 2-98 % range. Outlines: red = excluded (reason printed), orange = exact duplicate,
-yellow = near duplicate, none = kept. Builds with several tile sizes show every size (tiles
-spread over the sizes, each cell labelled with its native size in pixels). Excluded tiles have
+yellow = near duplicate, none = kept; a legend strip below the mosaic says so. Builds with
+several tile sizes show every size (tiles spread over the sizes, each cell labelled with its
+native size in pixels). Excluded tiles have
 no pixels in the store, so they are re-read from their source scene.
 """
 
@@ -27,6 +28,28 @@ CELL = 96  # pixels per tile in the mosaic
 COLUMNS = 8
 MAX_TILES = 48
 OUTLINE = {"excluded": (220, 30, 30), "exact": (255, 140, 0), "near": (255, 220, 0)}
+LEGEND = (
+    ("excluded (reason on the tile)", "excluded"),
+    ("exact duplicate", "exact"),
+    ("near duplicate", "near"),
+    ("kept: no outline", None),
+)
+LEGEND_HEIGHT = 22
+BACKGROUND = (40, 40, 40)
+
+
+def outline_legend(width: int) -> Image.Image:
+    """A strip naming what each outline colour means, for a person opening the PNG alone."""
+    strip = Image.new("RGB", (width, LEGEND_HEIGHT), BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    x = 6
+    for text, key in LEGEND:
+        if key is not None:
+            draw.rectangle([x, 4, x + 13, 17], outline=OUTLINE[key], width=3)
+            x += 19
+        draw.text((x, 5), text, fill=(230, 230, 230))
+        x += int(draw.textlength(text)) + 20
+    return strip
 
 
 def _pick(manifest: pa.Table) -> list[int]:
@@ -97,7 +120,8 @@ def write_preview(
     multi_size = len({r.get("native_size") for r in rows}) > 1
     store = LazyZarrArrays(out_dir)
     n_rows = (len(rows) + COLUMNS - 1) // COLUMNS
-    canvas = Image.new("RGB", (COLUMNS * CELL, n_rows * CELL), (40, 40, 40))
+    canvas = Image.new("RGB", (COLUMNS * CELL, n_rows * CELL + LEGEND_HEIGHT), BACKGROUND)
+    canvas.paste(outline_legend(COLUMNS * CELL), (0, n_rows * CELL))
     draw = ImageDraw.Draw(canvas)
     for k, row in enumerate(rows):
         if row["array"]:

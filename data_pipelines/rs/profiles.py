@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from data_pipelines.resources import configs_dir
@@ -93,6 +94,25 @@ class SensorProfile:
         if "valid_range" in overrides and overrides["valid_range"] is not None:
             overrides["valid_range"] = tuple(overrides["valid_range"])
         return replace(self, **overrides)
+
+    @property
+    def marks_nodata(self) -> bool:
+        """Whether raw values carry a nodata convention (a value, or flags above a limit)."""
+        return self.nodata is not None or self.nodata_above is not None
+
+    def valid_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw pixels that are data under this profile's nodata convention (NaN, ``nodata``,
+        values above ``nodata_above`` are not): the product's rule, not the file's tags."""
+        valid = (
+            np.isfinite(raw)
+            if np.issubdtype(raw.dtype, np.floating)
+            else np.ones_like(raw, dtype=bool)
+        )
+        if self.nodata is not None:
+            valid &= raw != self.nodata
+        if self.nodata_above is not None:
+            valid &= raw <= self.nodata_above
+        return valid
 
     @property
     def band_names(self) -> list[str]:

@@ -1,231 +1,25 @@
-"""Windowed pixel reads of one scene, all bands on the scene's finest grid.
+"""The one door to raw scenes: every input the build reads, opened as scenes, for the build,
+its preview and whole-scene prediction alike.
 
-One rasterio handle per file, opened inside the task that reads it (GDAL handles are not
-thread-safe and must not cross a fork). Bands on a coarser grid (Sentinel-2 20/60 m) are read
-through the matching fractional window and resampled to the fine grid by GDAL, so a scene is
-never loaded whole.
-
-Every scene reader, for plain rasters and for provider products (``rs.products``), offers the
-same interface: a context manager with ``grid``, ``dtype``, ``profile`` (the sensor profile as
-it applies to this scene's product), ``product`` (``ProductInfo`` or None), ``read_window``,
-``read_qa``, ``tags``, ``tile_metadata`` (per-tile manifest columns such as the centre
-latitude/longitude) and ``scene_columns``. :func:`open_scene_reader` picks the reader.
+Importing this module imports every product module, and each registers its reader
+(``rs.products.registry``): GeoTIFF/COG stacks and band files (the base reader of
+``rs.scene``), Sentinel-2 ``.SAFE``, Landsat, MODIS L1B granules and STAC items.
+:func:`open_scene_reader` picks a scene's reader from the registry. ``Scene``, ``Grid``,
+``SceneError`` and ``SceneReader`` live in ``rs.scene`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.windows import Window, from_bounds
-from rasterio.windows import bounds as window_bounds
-
-from data_pipelines.errors import first_line
-from data_pipelines.remote import is_remote, worker_gdal_options
-from data_pipelines.rs.discover import Scene
-from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
+# imported for their registration: each product module registers its reader
+from data_pipelines.rs import stac  # noqa: F401
+from data_pipelines.rs.products import landsat, modis, safe  # noqa: F401
+from data_pipelines.rs.products.registry import reader_for
 from data_pipelines.rs.profiles import SensorProfile
+from data_pipelines.rs.scene import Grid, Scene, SceneError, SceneReader
 
-# GDAL's block cache defaults to 5 % of RAM per process; strips are read once, so a cache that
-# holds a couple of block rows is all that helps, and more only inflates every worker's memory
-GDAL_CACHE_MB = 64
-
-
-class SceneError(RuntimeError):
-    """A scene that cannot be used; the message is the one-line quarantine reason."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    height: int
-    width: int
-    transform: rasterio.Affine
-    crs: str  # WKT or "EPSG:n"; "" when the file has none
-
-
-@dataclass
-class _BandSource:
-    dataset: rasterio.io.DatasetReader
-    index: int  # 1-based band index inside ``dataset``
-    same_grid: bool
-
-
-class SceneReader:
-    """Open a scene for ``profile``; ``read_rows`` returns ``[C, h, W]`` in profile band order."""
-
-    def __init__(self, scene: Scene, profile: SensorProfile, resampling: str = "bilinear"):
-        self.scene = scene
-        self.profile = profile  # product readers replace it with ``profile.for_product(kind)``
-        self.product: ProductInfo | None = None
-        self.resampling = Resampling[resampling]
-        self._stack = ExitStack()
-        self._sources: list[_BandSource] = []
-        self._qa: _BandSource | None = None
-        self.grid: Grid | None = None
-        self.dtype: np.dtype | None = None
-
-    # -- opening ---------------------------------------------------------------------------------
-    def __enter__(self) -> SceneReader:
-        try:
-            self._stack.enter_context(
-                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, **worker_gdal_options())
-            )
-            self._open()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-    def _open_file(self, path: str) -> rasterio.io.DatasetReader:
-        try:
-            return self._stack.enter_context(rasterio.open(path))
-        except rasterio.errors.RasterioIOError as e:
-            name = path if is_remote(path) else Path(path).name
-            raise SceneError(f"cannot open {name}: {_gdal_reason(path, e)}") from None
-
-    def _open(self) -> None:
-        self._open_files(list(self.scene.files), self.scene.qa_file)
-
-    def _open_files(self, files: list[tuple[str, str]], qa_file: str | None) -> None:
-        """Open the band files (token, path) and the QA file; set the grid and dtype."""
-        profile = self.profile
-        if any(token for token, _ in files):
-            by_band: dict[int, rasterio.io.DatasetReader] = {}
-            for token, path in files:
-                idx = profile.band_index(token)
-                if idx is not None:
-                    by_band[idx] = self._open_file(path)
-            missing = [b.name for i, b in enumerate(profile.bands) if i not in by_band]
-            if missing:
-                raise SceneError(
-                    f"missing band files for {', '.join(missing)} (profile {profile.name})"
-                )
-            datasets = [(by_band[i], 1) for i in range(len(profile.bands))]
-        else:
-            ds = self._open_file(files[0][1])
-            datasets = [(ds, i) for i in self._band_order(ds)]
-        fine = min((d for d, _ in datasets), key=lambda d: abs(d.transform.a * d.transform.e))
-        self.grid = Grid(
-            height=fine.height,
-            width=fine.width,
-            transform=fine.transform,
-            crs=_crs_string(fine.crs),
-        )
-        for ds, idx in datasets:
-            self._check_extent(ds)
-            same = ds.transform == fine.transform and ds.shape == fine.shape
-            self._sources.append(_BandSource(ds, idx, same))
-        if qa_file:
-            qa = self._open_file(qa_file)
-            self._check_extent(qa)
-            same = qa.transform == fine.transform and qa.shape == fine.shape
-            self._qa = _BandSource(qa, 1, same)
-        self.dtype = np.result_type(*[ds.dtypes[idx - 1] for ds, idx in datasets])
-
-    def _band_order(self, ds: rasterio.io.DatasetReader) -> list[int]:
-        """1-based band indexes of ``ds`` in profile order (by description when present)."""
-        profile = self.profile
-        descriptions = ds.descriptions
-        if all(descriptions):
-            mapped = [profile.band_index(d) for d in descriptions]
-            if all(m is not None for m in mapped):
-                order = []
-                for want in range(len(profile.bands)):
-                    if want not in mapped:
-                        raise SceneError(
-                            f"band {profile.bands[want].name} of profile {profile.name} is not "
-                            f"among the file's band descriptions {list(descriptions)}"
-                        )
-                    order.append(mapped.index(want) + 1)
-                return order
-        if ds.count != len(profile.bands):
-            raise SceneError(
-                f"has {ds.count} band(s) but profile {profile.name} expects "
-                f"{len(profile.bands)} ({', '.join(profile.band_names)})"
-            )
-        return list(range(1, ds.count + 1))
-
-    def _check_extent(self, ds: rasterio.io.DatasetReader) -> None:
-        g = self.grid
-        assert g is not None
-        fine_bounds = window_bounds(Window(0, 0, g.width, g.height), g.transform)
-        tol = max(abs(ds.transform.a), abs(ds.transform.e))
-        if any(abs(a - b) > tol for a, b in zip(ds.bounds, fine_bounds, strict=True)):
-            raise SceneError(
-                f"{ds.name} covers {tuple(round(v, 2) for v in ds.bounds)}, not the scene extent "
-                f"{tuple(round(v, 2) for v in fine_bounds)}"
-            )
-
-    def tags(self) -> dict[str, str]:
-        """Dataset-level metadata tags of the scene's files (first file wins on conflicts)."""
-        out: dict[str, str] = {}
-        for src in reversed(self._sources):
-            out.update(src.dataset.tags())
-        return out
-
-    def tile_metadata(self, window: Window) -> dict[str, float | None]:
-        """Per-tile manifest columns: the tile centre (plain rasters: not computed)."""
-        return {"lat": None, "lon": None}
-
-    def scene_columns(self) -> dict[str, str | None]:
-        """Manifest columns shared by every tile of the scene (the product's facts)."""
-        return self.product.scene_columns() if self.product else dict(EMPTY_SCENE_COLUMNS)
-
-    # -- reading ---------------------------------------------------------------------------------
-    def read_window(self, window: Window) -> np.ndarray:
-        """Pixels of ``window`` (in fine-grid pixels) for every band: ``[C, h, w]``."""
-        try:
-            return self._read_window(window)
-        except rasterio.errors.RasterioIOError as e:
-            raise SceneError(
-                f"read failed at rows {int(window.row_off)}-{int(window.row_off + window.height)}: "
-                f"{_gdal_reason('', e)}"
-            ) from None
-
-    def _read_window(self, window: Window) -> np.ndarray:
-        h, w = int(window.height), int(window.width)
-        out = np.empty((len(self._sources), h, w), dtype=self.dtype)
-        # one multi-band read per dataset when all its bands share the fine grid
-        groups: dict[int, list[int]] = {}
-        for c, src in enumerate(self._sources):
-            groups.setdefault(id(src.dataset), []).append(c)
-        for channels in groups.values():
-            first = self._sources[channels[0]]
-            if first.same_grid:
-                indexes = [self._sources[c].index for c in channels]
-                out[channels] = first.dataset.read(indexes, window=window)
-            else:
-                for c in channels:
-                    out[c] = self._read_resampled(self._sources[c], window, self.resampling)
-        return out
-
-    def read_qa(self, window: Window) -> np.ndarray | None:
-        """The QA band on the fine grid (nearest neighbour: QA values are bit flags)."""
-        if self._qa is None:
-            return None
-        if self._qa.same_grid:
-            return self._qa.dataset.read(1, window=window)
-        return self._read_resampled(self._qa, window, Resampling.nearest)
-
-    def _read_resampled(self, src: _BandSource, window: Window, resampling: Resampling):
-        g = self.grid
-        assert g is not None
-        src_window = from_bounds(
-            *window_bounds(window, g.transform), transform=src.dataset.transform
-        )
-        return src.dataset.read(
-            src.index,
-            window=src_window,
-            out_shape=(int(window.height), int(window.width)),
-            resampling=resampling,
-        )
+__all__ = ["Grid", "Scene", "SceneError", "SceneReader", "open_scene_reader"]
 
 
 def open_scene_reader(
@@ -233,48 +27,10 @@ def open_scene_reader(
     profile: SensorProfile,
     resampling: str = "bilinear",
     swath_grid: tuple[str, float] | None = None,
-):
-    """The reader for ``scene``: plain rasters or a provider product's reader.
+) -> Any:
+    """The reader for ``scene``: plain rasters or its registered product's reader.
 
     ``swath_grid`` (CRS, resolution) resamples swath products (MODIS L1B) to a map grid;
     without it they are read in swath geometry.
     """
-    if scene.product == "stac_item":
-        from data_pipelines.rs.stac import StacSceneReader
-
-        return StacSceneReader(scene, profile, resampling)
-    if scene.product == "modis_l1b":
-        from data_pipelines.rs.products.modis import ModisGranuleReader
-
-        return ModisGranuleReader(scene, profile, swath_grid)
-    if scene.product.startswith("sentinel2"):
-        from data_pipelines.rs.products.safe import SafeReader
-
-        return SafeReader(scene, profile, resampling)
-    if scene.product.startswith("landsat"):
-        from data_pipelines.rs.products.landsat import LandsatReader
-
-        return LandsatReader(scene, profile, resampling)
-    return SceneReader(scene, profile, resampling)
-
-
-def _crs_string(crs: rasterio.crs.CRS | None) -> str:
-    if crs is None:
-        return ""
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-
-def _gdal_reason(path: str, e: BaseException) -> str:
-    """GDAL's complaint in a few words, without the path it repeats."""
-    p = Path(path)
-    if path and not is_remote(path) and p.is_file() and p.stat().st_size == 0:
-        return "empty file (0 bytes)"
-    while "See previous exception" in str(e) and e.__cause__ is not None:
-        e = e.__cause__  # rasterio chains GDAL's own message as the cause
-    msg = first_line(e).replace(f"'{path}'", "").replace(f"{p.name}: ", "").strip()
-    if "not recognized as being in a supported file format" in msg:
-        return "not a raster format GDAL can read"
-    if "TIFFReadDirectory" in msg or "TIFFFetch" in msg or "IReadBlock" in msg:
-        return f"damaged or truncated TIFF ({msg})"
-    return msg
+    return reader_for(scene, profile, resampling, swath_grid)

@@ -167,7 +167,9 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
     part = ScenePart(
         job, reader, calibrator, tiles, sample=BandSample(len(profile.bands)), compact=compact
     )
-    part.scene_columns = reader.scene_columns()
+    part.scene_columns = {**reader.scene_columns(), "cloud_mask": reader.cloud_mask}
+    if reader.cloud_mask is None:  # counted, so the summary says what was not checked
+        part.counts["scenes_without_cloud_mask"] = 1
     table = cfg.class_table()
     if table is not None:
         open_labels(part, table, stack)

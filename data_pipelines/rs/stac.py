@@ -26,10 +26,11 @@ from urllib.parse import urlparse
 
 from data_pipelines.errors import InputError
 from data_pipelines.remote import RemoteError, is_remote, read_bytes
-from data_pipelines.rs.discover import Discovery, Scene
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import SceneError, SceneReader
+from data_pipelines.rs.scene import Discovery, Scene, SceneError, SceneReader
+from data_pipelines.rs.toa import AFFINE_KINDS, stac_raster_calibrator
 
 STAC_PRODUCT = "stac_item"
 WAVELENGTH_TOLERANCE_NM = 30.0
@@ -369,3 +370,16 @@ class StacSceneReader(SceneReader):
             columns.update(self.product.scene_columns())
         columns["cloud_cover"] = self.scene.stac.cloud_cover
         return columns
+
+
+register_product(
+    STAC_PRODUCT,
+    "STAC Items/ItemCollections whose assets are local files or http/s3 COGs",
+    lambda scene, profile, resampling, swath_grid: StacSceneReader(scene, profile, resampling),
+    # raster:bands scale/offset stand in for the profile's affine calibration only
+    calibrator=lambda profile, product: (
+        stac_raster_calibrator(profile, product)
+        if product.calibration and profile.calibration.get("kind") in AFFINE_KINDS
+        else None
+    ),
+)

@@ -34,15 +34,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from data_pipelines.rs.products import ProductInfo
+from data_pipelines.rs.products.registry import product_entry
 from data_pipelines.rs.profiles import SensorProfile
 from data_pipelines.store.calibration import StoredCalibration
-
-if TYPE_CHECKING:
-    from data_pipelines.rs.products import ProductInfo
 
 CALIBRATE_CHOICES = ("toa", "none")
 
@@ -430,14 +429,13 @@ def make_calibrator(
         raise ValueError(f"--calibrate: {mode!r} is not one of {CALIBRATE_CHOICES}")
     cal = profile.calibration
     kind = cal.get("kind", "none")
-    product_kind = product.kind if product else ""
     if kind == "none":
         return None
-    if product_kind == "stac_item" and product.calibration and kind in AFFINE_KINDS:
-        return stac_raster_calibrator(profile, product)
+    if product is not None:
+        calibrator = product_calibrator(profile, product)
+        if calibrator is not None:
+            return calibrator
     if kind == "sentinel2":
-        if product_kind.startswith("sentinel2"):
-            return sentinel2_product_calibrator(profile, product)
         dn_offset = sentinel2_offset(tags or {}, cal.get("offset", "auto"))
         scale = float(cal.get("scale", 1e-4))
         C = len(profile.bands)
@@ -450,8 +448,6 @@ def make_calibrator(
     if kind in ("landsat_mtl", "landsat_c2_l2"):
         return _landsat(profile, kind, metadata_files)
     if kind == "modis_toa":
-        if product_kind == "modis_l1b":
-            return modis_l1b_calibrator(profile, product)
         return modis_toa_raster_calibrator(profile)
     if kind == "linear":
         C = len(profile.bands)
@@ -459,6 +455,19 @@ def make_calibrator(
         offset = np.broadcast_to(np.asarray(cal.get("offset", 0.0), dtype=float), (C,)).copy()
         return Calibrator(kind="linear", scale=scale, offset=offset, nodata=profile.nodata)
     raise CalibrationError(f"profile {profile.name}: unknown calibration kind {kind!r}")
+
+
+def product_calibrator(profile: SensorProfile, product: ProductInfo) -> Calibrator | None:
+    """The calibrator the product's module registered (its own coefficients), or None when the
+    profile's calibration does not use them. A product no module registered is refused: its
+    raw values would otherwise be calibrated as a plain raster's, silently wrong."""
+    entry = product_entry(product.kind)
+    if entry is None:
+        raise CalibrationError(
+            f"no product module registered for {product.kind!r}; open scenes through "
+            f"data_pipelines.rs.reader.open_scene_reader"
+        )
+    return entry.calibrator(profile, product) if entry.calibrator else None
 
 
 def _landsat(profile: SensorProfile, kind: str, metadata_files: tuple[str, ...]) -> Calibrator:

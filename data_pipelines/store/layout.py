@@ -100,6 +100,8 @@ RS_MANIFEST_SCHEMA = pa.schema(
         ("product", pa.string()),  # product id (granule, .SAFE or Landsat product name)
         ("processing_baseline", pa.string()),  # S2 baseline, Landsat collection, MODIS C6.1
         ("cloud_cover", pa.float32()),  # STAC items: eo:cloud_cover of the scene, percent
+        # the mask the cloud exclusion read (MSK_CLASSI, SCL, QA_PIXEL, BQA); null: not checked
+        ("cloud_mask", pa.string()),
         ("nodata_fraction", pa.float32()),
         ("out_of_range_fraction", pa.float32()),
         ("saturated_fraction", pa.float32()),

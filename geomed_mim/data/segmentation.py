@@ -9,7 +9,8 @@
 Both read the store's ``classes`` attribute (ids, names, ignore_index) and expose what the task
 is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classes``,
 ``mean``/``std``.
-``predict_inputs`` (scene GeoTIFFs or NIfTI volumes) feed ``finetune_seg predict``.
+``predict_inputs`` (any scene input the build reads, or NIfTI volumes) feed
+``finetune_seg predict``.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ class RSSegDataModule(RSDataModule):
         subset_unit: ``"tile"`` draws the subset tile by tile; ``"scene"`` draws whole scenes
             (``round(fraction · scenes)``, at least one), so a label budget means labeled
             scenes, as annotation is done in practice.
-        predict_inputs: scene GeoTIFFs for ``predict`` (read with the store's sensor profile).
+        predict_inputs: scenes for ``predict``, any input the build reads (GeoTIFFs, .SAFE,
+            MODIS, Landsat, STAC items), read and calibrated as the build does.
         predict_output: folder for predicted GeoTIFFs and PNG overlays.
     """
 

@@ -1,7 +1,10 @@
 """Whole-scene / whole-volume prediction written as files a user can open.
 
-* RS: a scene GeoTIFF is read window by window with the store's sensor profile and calibration,
-  standardized, predicted tile by tile with overlap and Gaussian blending into a disk-backed
+* RS: a scene (any input the build reads: GeoTIFF stacks or band files, .SAFE folders/zips,
+  MODIS granules, Landsat scenes, STAC items) is opened through the build's reader with the
+  store's sensor profile and calibrated with its product's own coefficients, as the build does
+  (a scene the store's profile does not read, or cannot calibrate, is refused); read window by
+  window, standardized, predicted tile by tile with overlap and Gaussian blending into a disk-backed
   (memmap) logit accumulator, so scenes larger than memory work; written as a uint8/uint16
   GeoTIFF of class ids with the scene's CRS and transform (+ optional float32 probabilities).
 * CT: a NIfTI is loaded as the build does (RAS, resampled to the store spacing), predicted with
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +35,11 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.windows import Window
 
 from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
-from data_pipelines.errors import InputError
-from data_pipelines.rs.discover import discover_scenes
-from data_pipelines.rs.profiles import load_profile
-from data_pipelines.rs.reader import SceneError, SceneReader
-from data_pipelines.rs.toa import make_calibrator
+from data_pipelines.errors import InputError, first_line
+from data_pipelines.rs.discover import Scene, discover_scenes
+from data_pipelines.rs.profiles import SensorProfile, load_profile
+from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
+from data_pipelines.rs.toa import CalibrationError, Calibrator, make_calibrator
 from geomed_mim.tasks.preview import title_strip
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
@@ -111,7 +115,8 @@ def save_overlay(
     palette = class_colors(classes, num_classes)
     ignore = int(classes.get("ignore_index", 255))
     color = palette[np.clip(class_map, 0, len(palette) - 1)].astype(np.float32) / 255
-    alpha = np.where(class_map == ignore, 0.0, 0.5)[..., None]
+    # the ignore index and the nodata of the class map (beyond the table) stay clear
+    alpha = np.where((class_map == ignore) | (class_map >= num_classes), 0.0, 0.5)[..., None]
     over = rgb * (1 - alpha) + color * alpha
     k = max(1, -(-OVERLAY_MIN_SIZE // max(class_map.shape)))  # ceil: integer enlargement
     panels = [np.kron(np.clip(x, 0, 1), np.ones((k, k, 1))) for x in (rgb, over)]
@@ -174,41 +179,75 @@ def predict_rs_scene(
 ) -> dict[str, Any]:
     """Predict one scene; returns the written paths and the grid. See the module docstring.
 
-    Stages: open the scene with the store's profile → accumulate blended logits on disk →
-    write the class GeoTIFF (+ probabilities) → write the PNG overlay.
+    Stages: find the scene as the build does → open it through the build's reader and
+    calibrate it with its product's coefficients → accumulate blended logits on disk → write
+    the class GeoTIFF (+ probabilities) → write the PNG overlay.
     """
     profile = load_profile((store_attrs.get("profile") or {})["name"])
     mode = (store_attrs.get("calibration") or {}).get("mode", "none")
-    if not Path(scene_path).exists():
-        raise PredictInputError("no such file")
-    scenes = discover_scenes(scene_path, profile).scenes
-    if len(scenes) != 1:
-        raise PredictInputError(f"expected one {profile.name} scene, found {len(scenes)}")
+    scene = the_scene(scene_path, profile)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(scene_path).name.split(".")[0]
     class_path = out_dir / f"{stem}_classes.tif"
     prob_path = out_dir / f"{stem}_probabilities.tif" if write_probabilities else None
     png = out_dir / f"{stem}_overlay.png"
-    with SceneReader(scenes[0], profile) as reader:
+    # the build's door: the product's reader (its bands, nodata and grid) and calibration
+    with open_scene_reader(scene, profile) as reader:
         grid = reader.grid
-        calibrator = make_calibrator(profile, mode, reader.tags(), scenes[0].metadata_files)
+        calibrator = scene_calibrator(reader, scene, profile, mode)
         standardize = band_standardizer(calibrator, mean, std)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".acc_") as tmp:
-            acc, wsum = accumulate_scene_logits(
+            acc, wsum, valid = accumulate_scene_logits(
                 predict_fn, reader, standardize, (grid.height, grid.width), len(mean), tile,
                 num_classes, Path(tmp), overlap, batch_size,
             )  # fmt: skip
-            class_ids = (classes or {}).get("ids") or range(num_classes)
-            write_class_geotiff(acc, wsum, grid, class_ids, class_path, prob_path)
-            del acc, wsum  # release the memmaps before their folder goes
-        write_rs_overlay(reader, profile, class_path, png, classes or {}, num_classes)
+            write_class_geotiff(acc, wsum, grid, classes or {}, class_path, prob_path, valid)
+            del acc, wsum, valid  # release the memmaps before their folder goes
+        write_rs_overlay(reader, reader.profile, class_path, png, classes or {}, num_classes)
     return {
         "classes": str(class_path),
         "probabilities": str(prob_path) if prob_path else None,
         "overlay": str(png),
         "shape": (grid.height, grid.width),
     }
+
+
+def the_scene(scene_path: str, profile: SensorProfile) -> Scene:
+    """The one scene ``scene_path`` holds, found as the build finds scenes (GeoTIFF stacks or
+    band files, .SAFE folders/zips, MODIS granules, Landsat scenes, STAC items)."""
+    if not Path(scene_path).exists():
+        raise PredictInputError("no such file")
+    found = discover_scenes(scene_path, profile)
+    if len(found.scenes) == 1:
+        return found.scenes[0]
+    if not found.scenes and found.ignored:
+        # a product the store's profile does not read: the build's reason, for this model
+        why = found.ignored[0][1].split(" (read it with --profile")[0]
+        raise PredictInputError(
+            f"{why}; the model was trained on a {profile.name} store, so it predicts "
+            f"{profile.name} scenes only"
+        )
+    raise PredictInputError(f"expected one {profile.name} scene, found {len(found.scenes)}")
+
+
+def scene_calibrator(
+    reader: SceneReader, scene: Scene, profile: SensorProfile, mode: str
+) -> Calibrator | None:
+    """The scene's calibration as the build makes it (the product's own coefficients), or a
+    refusal when the scene cannot be brought to the units the store holds."""
+    try:
+        calibrator = make_calibrator(
+            reader.profile, mode, reader.tags(), scene.metadata_files, reader.product
+        )
+    except CalibrationError as e:
+        raise PredictInputError(f"cannot calibrate: {first_line(e)}") from None
+    if mode == "toa" and calibrator is None:
+        raise PredictInputError(
+            f"the model was trained on TOA values but profile {profile.name} gives this scene "
+            f"no calibration; predict scenes the store's build could calibrate"
+        )
+    return calibrator
 
 
 def band_standardizer(
@@ -237,13 +276,15 @@ def accumulate_scene_logits(
     overlap: float,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-weighted logit sums [K, H, W] and weight sums [H, W] over overlapping tiles.
+    """Gaussian-weighted logit sums [K, H, W] and weight sums [H, W] over overlapping tiles,
+    and where every band holds data [H, W] (the reader's nodata convention).
 
     Disk-backed (memmaps in ``tmp_dir``): the scene's logits never need to fit in memory.
     """
     H, W = shape
     acc = np.lib.format.open_memmap(tmp_dir / "acc.npy", "w+", np.float32, (num_classes, H, W))
     wsum = np.lib.format.open_memmap(tmp_dir / "w.npy", "w+", np.float32, (H, W))
+    valid = np.lib.format.open_memmap(tmp_dir / "valid.npy", "w+", np.bool_, (H, W))
     weight = gaussian_weight(tile)
     boxes = [
         (r, c) for r in window_starts(H, tile, overlap) for c in window_starts(W, tile, overlap)
@@ -253,14 +294,21 @@ def accumulate_scene_logits(
         batch = np.zeros((len(chunk), bands, tile, tile), np.float32)  # padded edges
         for k, (r, c) in enumerate(chunk):
             h, w = min(tile, H - r), min(tile, W - c)
-            batch[k, :, :h, :w] = standardize(reader.read_window(Window(c, r, w, h)))
+            raw = reader.read_window(Window(c, r, w, h))
+            valid[r : r + h, c : c + w] = reader.profile.valid_raw(raw).all(0)
+            batch[k, :, :h, :w] = standardize(raw)
         with torch.no_grad():
             logits = predict_fn(torch.from_numpy(batch)).float().cpu().numpy()
         for k, (r, c) in enumerate(chunk):
             h, w = min(tile, H - r), min(tile, W - c)
             acc[:, r : r + h, c : c + w] += logits[k, :, :h, :w] * weight[:h, :w]
             wsum[r : r + h, c : c + w] += weight[:h, :w]
-    return acc, wsum
+    return acc, wsum, valid
+
+
+def class_nodata(num_classes: int) -> int:
+    """The class map's nodata value: the largest value of its type, never a class id."""
+    return 255 if num_classes < 256 else 65535
 
 
 def class_geotiff_profile(grid: Any, num_classes: int) -> dict[str, Any]:
@@ -275,6 +323,7 @@ def class_geotiff_profile(grid: Any, num_classes: int) -> dict[str, Any]:
         "crs": grid.crs or None,
         "transform": grid.transform,
         "compress": "deflate",
+        "nodata": class_nodata(num_classes),
     }
     if W >= 256 and H >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
@@ -287,30 +336,51 @@ def write_class_geotiff(
     acc: np.ndarray,
     wsum: np.ndarray,
     grid: Any,
-    class_ids: Sequence[int],
+    classes: dict[str, Any],
     class_path: Path,
     prob_path: Path | None = None,
+    valid: np.ndarray | None = None,
     strip: int = 512,
 ) -> None:
     """Argmax of the blended logits over the class channels (+ softmax probabilities), strip by
-    strip."""
+    strip; nodata where the scene has none. The file carries its classes (colour table, nodata,
+    category names) so a GIS shows the legend as trained."""
     H, W = grid.height, grid.width
     num_classes = acc.shape[0]
+    class_ids = classes.get("ids") or list(range(num_classes))
     profile = class_geotiff_profile(grid, num_classes)
     with contextlib.ExitStack() as stack:
         dst = stack.enter_context(rasterio.open(class_path, "w", **profile))
         probs_dst = None
         if prob_path is not None:
-            prob_profile = {**profile, "count": num_classes, "dtype": "float32"}
+            prob_profile = {**profile, "count": num_classes, "dtype": "float32", "nodata": None}
             probs_dst = stack.enter_context(rasterio.open(prob_path, "w", **prob_profile))
         for r in range(0, H, strip):
             h = min(strip, H - r)
             logit = torch.from_numpy(acc[:, r : r + h] / wsum[r : r + h][None])
             logit = class_logits(logit, class_ids, dim=0)
             ids = logit.argmax(0).numpy().astype(profile["dtype"])
+            if valid is not None:
+                ids[~valid[r : r + h]] = profile["nodata"]
             dst.write(ids, 1, window=Window(0, r, W, h))
             if probs_dst is not None:
                 probs_dst.write(logit.softmax(0).numpy(), window=Window(0, r, W, h))
+        palette = class_colors(classes, num_classes)
+        dst.write_colormap(1, {int(i): (*map(int, palette[i]), 255) for i in class_ids})
+    write_category_names(class_path, class_ids, classes.get("names"))
+
+
+def write_category_names(path: Path, ids: Sequence[int], names: Sequence[str] | None) -> None:
+    """The class names as GDAL category names (``<file>.aux.xml``, read by GDAL and QGIS): the
+    category at position ``v`` names pixel value ``v``."""
+    names = list(names or [str(i) for i in ids])
+    by_id = dict(zip((int(i) for i in ids), names, strict=False))
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for value in range(max(by_id, default=-1) + 1):
+        ET.SubElement(categories, "Category").text = by_id.get(value, "")
+    ET.ElementTree(root).write(f"{path}.aux.xml", encoding="utf-8")
 
 
 def write_rs_overlay(
@@ -378,4 +448,25 @@ def predict_ct_volume(
     png = out_dir / f"{stem}_overlay.png"
     gray = np.repeat(np.rot90(image[:, :, z])[..., None], 3, -1)
     save_overlay(gray, np.rot90(pred[:, :, z].astype(np.int64)), classes, num_classes, png)
-    return {"classes": str(out_path), "overlay": str(png), "shape": tuple(orig.shape)}
+    table = out_dir / f"{stem}_classes.ctbl"
+    write_slicer_color_table(table, classes, num_classes)
+    return {
+        "classes": str(out_path),
+        "overlay": str(png),
+        "color_table": str(table),
+        "shape": tuple(orig.shape),
+    }
+
+
+def write_slicer_color_table(path: Path, classes: dict[str, Any], num_classes: int) -> None:
+    """The class table as a 3D Slicer colour table (``id name R G B A`` per line), so Slicer
+    shows the label map's segments with the trained names and colours."""
+    ids = [int(i) for i in classes.get("ids") or range(num_classes)]
+    names = list(classes.get("names") or [f"class_{i}" for i in ids])
+    palette = class_colors(classes, num_classes)
+    lines = [f"# Color table file {path.name}", f"# {len(ids)} values"]
+    for i, name in zip(ids, names, strict=False):
+        r, g, b = (int(v) for v in palette[i])
+        label = "_".join(str(name).split()) or f"class_{i}"  # Slicer splits on spaces
+        lines.append(f"{i} {label} {r} {g} {b} 255")
+    path.write_text("\n".join(lines) + "\n")

@@ -319,7 +319,8 @@ class SegmentationTask(LightningModule):
             print(f"error: {path}: {reason}", file=sys.stderr, flush=True)
             self.predict_failed.append((path, reason))
             return {"path": path, "error": reason}
-        files = [written[k] for k in ("classes", "probabilities", "overlay") if written.get(k)]
+        keys = ("classes", "probabilities", "overlay", "color_table")
+        files = [written[k] for k in keys if written.get(k)]
         print(f"{path} → {', '.join(files)}", flush=True)
         self.predict_written.append(written)
         return written

@@ -16,8 +16,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 
+from data_pipelines.ct.preview import CELL, COLUMNS
 from geomed_mim.build_dataset import main, parse_config
 from tests.data_pipelines.ct.dicom_files import (
     write_dicom_series,
@@ -116,6 +118,10 @@ def test_hospital_exports_build_into_volumes(hospital_build: dict) -> None:
     assert rows["uneven"]["slice_steps"] == pytest.approx([3.0, 6.0], abs=1e-4)
     counts = json.loads((hospital_build["out"] / "build.json").read_text())["counts"]
     assert counts["volumes_gantry_tilt_corrected"] == 1
+    # preview.png: one mid-axial slice per stored volume, windowed (not a blank canvas)
+    preview = np.asarray(Image.open(hospital_build["out"] / "preview.png"))
+    assert preview.shape[1] == COLUMNS * CELL
+    assert preview[:CELL, :CELL].std() > 20
     assert counts["volumes_uneven_slices_resampled"] == 1
     assert (
         "files ignored        2  (localizer/scout image: 1, single slice whose geometry differs "

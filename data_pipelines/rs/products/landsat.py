@@ -14,11 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
-from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS
+from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS, LandsatFile
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, profiles_reading
-from data_pipelines.rs.reader import SceneError, SceneReader
+from data_pipelines.rs.scene import (
+    Discovery,
+    Listing,
+    Scene,
+    SceneError,
+    SceneReader,
+    not_read,
+    scene_id_for,
+)
 from data_pipelines.rs.toa import read_mtl
 
 
@@ -100,3 +108,53 @@ def _collection_label(values: dict[str, str]) -> str:
         return f"pre-collection {level}".strip()
     category = values.get("COLLECTION_CATEGORY", "")
     return f"C{int(collection)} {level} {category}".strip()
+
+
+# -- discovery: the product's file-name rules --------------------------------------------------
+def landsat_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -> set[Path]:
+    """Landsat Collection 1/2 products grouped by product id; returns the files they claim."""
+    files, root = listing.files, listing.root
+    products: dict[tuple[Path, str], list[tuple[Path, LandsatFile]]] = {}
+    for f in files:
+        parsed = LandsatFile.parse(f.name)
+        if parsed is not None:
+            products.setdefault((f.parent, parsed.product_id), []).append((f, parsed))
+    claimed: set[Path] = set()
+    for (folder, pid), members in sorted(products.items()):
+        claimed |= {f for f, _ in members}
+        kind = members[0][1].kind
+        if not profile.reads_product(kind):
+            found.ignored.append((str(folder / pid), not_read(kind, profile)))
+            continue
+        bands, qa, mtl = {}, None, []
+        for f, parsed in members:
+            if parsed.role == "band":
+                if profile.band_index(parsed.token) is None:
+                    found.ignored.append(
+                        (str(f), f"band {parsed.token} is not in profile {profile.name}")
+                    )
+                else:
+                    bands[parsed.token] = str(f)
+            elif parsed.role == "qa":
+                qa = str(f)
+            elif parsed.role == "mtl":
+                mtl.append(str(f))
+        if not bands:
+            found.ignored.append(
+                (str(folder / pid), f"{PRODUCT_DESCRIPTIONS[kind]} without band files")
+            )
+            continue
+        ordered = sorted(bands.items(), key=lambda kv: profile.band_index(kv[0]))
+        mtl.sort(key=lambda m: (not m.lower().endswith(".txt"), m))  # the text MTL first
+        found.scenes.append(
+            Scene(scene_id_for(folder / pid, root), tuple(ordered), qa, tuple(mtl), product=kind)
+        )
+    return claimed
+
+
+register_product(
+    "landsat",
+    "Landsat Level-1 (pre-collection, C1, C2) and C2 Level-2 scenes with their MTL",
+    lambda scene, profile, resampling, swath_grid: LandsatReader(scene, profile, resampling),
+    find_scenes=landsat_scenes,
+)

@@ -34,11 +34,21 @@ import numpy as np
 from rasterio.windows import Window
 
 from data_pipelines.errors import first_line
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import GranuleName
+from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.swath_grid import resample_granule
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import Grid, SceneError
+from data_pipelines.rs.scene import (
+    Discovery,
+    Grid,
+    Listing,
+    Scene,
+    SceneError,
+    not_read,
+    scene_id_for,
+)
+from data_pipelines.rs.toa import modis_l1b_calibrator
 
 KIND = "modis_l1b"
 EV_DATASETS = ("EV_250_Aggr1km_RefSB", "EV_500_Aggr1km_RefSB", "EV_1KM_RefSB", "EV_1KM_Emissive")
@@ -346,8 +356,6 @@ class ModisGranuleReader:
         )
         self.grid = Grid(height, width, _identity(), "")
         if self.swath_grid is not None:
-            from data_pipelines.rs.products.swath_grid import resample_granule
-
             pixels = self._read_rows(0, height, 0, width)
             lat, lon = self.geolocation.full_1km(height, width)
             self._resampled, self.grid = resample_granule(pixels, lat, lon, *self.swath_grid)
@@ -398,6 +406,9 @@ class ModisGranuleReader:
             lat, lon = self.geolocation.centre(window)
         return {"lat": lat, "lon": lon}
 
+    # the L1B granule holds no cloud mask (that is MOD35, not read): clouds are not checked
+    cloud_mask: str | None = None
+
     def scene_columns(self) -> dict[str, str | None]:
         return self.product.scene_columns()
 
@@ -406,3 +417,46 @@ def _identity():
     import rasterio
 
     return rasterio.Affine.identity()
+
+
+# -- discovery: the product's file-name rules --------------------------------------------------
+def modis_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -> set[Path]:
+    """MOD021KM/MYD021KM granules (with their MOD03/MYD03); returns the files they claim."""
+    files, root = listing.files, listing.root
+    names = {f: GranuleName.parse(f.name) for f in files}
+    names = {f: n for f, n in names.items() if n is not None}
+    geo = {(f.parent, n.prefix, n.key): f for f, n in names.items() if n.product == "03"}
+    for f, n in names.items():
+        if n.product == "03":
+            continue
+        if n.product != "021KM":
+            found.ignored.append(
+                (str(f), f"{n.prefix}{n.product} is not read; the 1-km granules "
+                 f"{n.prefix}021KM hold all 36 bands")
+            )  # fmt: skip
+        elif not profile.reads_product("modis_l1b"):
+            found.ignored.append((str(f), not_read("modis_l1b", profile)))
+        else:
+            mod03 = geo.get((f.parent, n.prefix, n.key))
+            found.scenes.append(
+                Scene(
+                    scene_id=scene_id_for(f.with_suffix(""), root),
+                    files=(("", str(f)),),
+                    metadata_files=(str(mod03),) if mod03 else (),
+                    product="modis_l1b",
+                )
+            )
+    return set(names)
+
+
+register_product(
+    KIND,
+    "MODIS Level-1B 1-km granules (MOD021KM/MYD021KM, HDF4)",
+    lambda scene, profile, resampling, swath_grid: ModisGranuleReader(scene, profile, swath_grid),
+    find_scenes=modis_scenes,
+    calibrator=lambda profile, product: (
+        modis_l1b_calibrator(profile, product)
+        if profile.calibration.get("kind") == "modis_toa"
+        else None
+    ),
+)

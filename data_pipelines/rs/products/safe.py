@@ -33,11 +33,21 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from data_pipelines.rs.discover import Scene
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import safe_kind, safe_stem
+from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
-from data_pipelines.rs.reader import SceneError, SceneReader, _BandSource
+from data_pipelines.rs.scene import (
+    BandSource,
+    Discovery,
+    Listing,
+    Scene,
+    SceneError,
+    SceneReader,
+    not_read,
+    scene_id_for,
+)
+from data_pipelines.rs.toa import sentinel2_product_calibrator
 
 # band_id -> band, as the product specification numbers them (used when the MTD XML has no
 # Spectral_Information list)
@@ -230,7 +240,7 @@ class SafeReader(SceneReader):
             self._mask_kind = mask[0]
             ds = self._open_file(mask[1])
             self._check_extent(ds)
-            self._qa = _BandSource(ds, 1, ds.transform == self.grid.transform)
+            self._qa = BandSource(ds, 1, ds.transform == self.grid.transform)
         self.product = ProductInfo(
             kind=self.kind,
             product_id=safe_stem(Path(meta.product_uri or path)),
@@ -239,6 +249,9 @@ class SafeReader(SceneReader):
             processing_baseline=meta.baseline,
             calibration=meta.radiometry(self.profile, mtd_name) | {"mask": self._mask_kind},
         )
+
+    def _mask_name(self) -> str:
+        return self._mask_kind or "QA band"
 
     def read_qa(self, window: Window) -> np.ndarray | None:
         """SCL classes, or MSK_CLASSI's three bands packed into bits 0-2, on the 10 m grid."""
@@ -249,7 +262,7 @@ class SafeReader(SceneReader):
         packed = np.zeros((int(window.height), int(window.width)), dtype=np.uint8)
         count = min(self._qa.dataset.count, CLASSI_BANDS)
         for bit in range(count):
-            src = _BandSource(self._qa.dataset, bit + 1, self._qa.same_grid)
+            src = BandSource(self._qa.dataset, bit + 1, self._qa.same_grid)
             band = (
                 src.dataset.read(bit + 1, window=window)
                 if src.same_grid
@@ -257,3 +270,35 @@ class SafeReader(SceneReader):
             )
             packed |= (band > 0).astype(np.uint8) << bit
         return packed
+
+
+# -- discovery: the product's file-name rules --------------------------------------------------
+def safe_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -> set[Path]:
+    """Sentinel-2 .SAFE folders and zips; returns the zip files they claim."""
+    files, safe_dirs, root = listing.files, listing.safe_dirs, listing.root
+    zips = [f for f in files if f.suffix.lower() == ".zip"]
+    claimed = set(zips)
+    for path in safe_dirs + zips:
+        kind = safe_kind(path)
+        if kind is None:
+            why = "not a Sentinel-2 product name (S2?_MSIL1C_... or S2?_MSIL2A_...)"
+            found.ignored.append((str(path), why))
+        elif not profile.reads_product(kind):
+            found.ignored.append((str(path), not_read(kind, profile)))
+        else:
+            scene_id = scene_id_for(path.parent / safe_stem(path), root)
+            found.scenes.append(Scene(scene_id, (("", str(path)),), product=kind))
+    return claimed
+
+
+register_product(
+    "sentinel2",
+    "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
+    lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
+    find_scenes=safe_scenes,
+    calibrator=lambda profile, product: (
+        sentinel2_product_calibrator(profile, product)
+        if profile.calibration.get("kind") == "sentinel2"
+        else None
+    ),
+)

@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from data_pipelines.rs.reader import Grid, SceneError
+from data_pipelines.rs.scene import Grid, SceneError
 
 FILL_DN = 65535
 MAX_GRID_PIXELS = 20000  # per side; more means the resolution is in the wrong units

@@ -12,6 +12,7 @@ import pytest
 from data_pipelines import parallel
 from data_pipelines.ct.dicom import read_series
 from data_pipelines.ct.dicom_grouping import (
+    DERIVED_REASON,
     LOCALIZER_REASON,
     SCOUT_SET_REASON,
     STRAY_SLICE_REASON,
@@ -98,6 +99,36 @@ def test_a_scout_set_in_its_own_folder_is_ignored_not_quarantined(
         ("AP.dcm", SCOUT_SET_REASON),
         ("LAT.dcm", SCOUT_SET_REASON),
     ]
+
+
+def test_derived_series_beside_the_original_are_ignored_not_cases(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A PACS export: the original axial series and a coronal reformat the scanner saved as
+    DERIVED\\SECONDARY (its own UID and number, same study): one case, the reformat's files
+    listed as ignored naming the series it was derived beside."""
+    study = tmp_path / "PAT1" / "STUDY"
+    write_dicom_series(shared_data / CT_SM, study / "S2", series_uid="", series_number="2")
+    coronal = coronal_copy(shared_data, tmp_path / "coronal.nii.gz")
+    write_dicom_series(coronal, study / "S5", series_uid="", series_number="5",
+                       image_type="DERIVED\\SECONDARY\\MPR", prefix="MPR")  # fmt: skip
+    d = discover_ct(str(tmp_path / "PAT1"))
+    assert [(c.case_id, len(c.files)) for c in d.cases] == [("STUDY/S2", 30)]
+    assert len(d.ignored) == 101  # every file of the reformat, each with the reason
+    reasons = {why for _, why in d.ignored}
+    assert len(reasons) == 1
+    (reason,) = reasons
+    assert reason.startswith(DERIVED_REASON)
+    assert reason.endswith("S2 series 2")
+    assert all(Path(p).parent.name == "S5" for p, _ in d.ignored)
+
+
+def test_a_study_of_derived_series_only_keeps_them(shared_data: Path, tmp_path: Path) -> None:
+    write_dicom_series(shared_data / CT_SM, tmp_path / "case01", series_uid="",
+                       image_type="DERIVED\\PRIMARY\\AXIAL")  # fmt: skip
+    d = discover_ct(str(tmp_path))
+    assert [(c.case_id, len(c.files)) for c in d.cases] == [("case01", 30)]
+    assert d.ignored == []
 
 
 def test_one_uid_with_two_orientations_becomes_two_series(

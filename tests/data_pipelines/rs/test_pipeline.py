@@ -17,6 +17,7 @@ import zarr
 from PIL import Image
 
 from data_pipelines.build import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE, OutputLock
+from data_pipelines.rs.preview import LEGEND_HEIGHT, OUTLINE
 from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
 
@@ -127,6 +128,9 @@ def test_preview_png_is_written(tmp_path: Path) -> None:
     assert img.mode == "RGB"
     assert img.size[0] == 8 * 96
     assert np.asarray(img).std() > 10  # real imagery, not a blank canvas
+    # the legend strip below the mosaic shows every outline colour it explains
+    legend = {tuple(p) for p in np.asarray(img)[-LEGEND_HEIGHT:].reshape(-1, 3)}
+    assert set(OUTLINE.values()) <= legend
 
 
 @pytest.mark.slow

@@ -59,6 +59,24 @@ def test_truncated_pixel_data_raises_scene_error_with_reason(tmp_path: Path) -> 
         reader.read_window(Window(0, 0, 64, 64))
 
 
+def test_truncated_jp2_is_named_jp2_not_tiff(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, size=(3, 256, 256), dtype=np.uint8)
+    path = tmp_path / "scene.jp2"
+    with rasterio.open(
+        path, "w", driver="JP2OpenJPEG", width=256, height=256, count=3, dtype="uint8",
+        crs="EPSG:32633", transform=rasterio.transform.from_origin(0, 2560, 10, 10),
+        QUALITY="100", REVERSIBLE="YES",
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the codestream cut short
+    profile = load_profile("rgb8")
+    scene = discover_scenes(str(path), profile).scenes[0]
+    with SceneReader(scene, profile) as reader, pytest.raises(SceneError) as info:
+        reader.read_window(Window(0, 0, 256, 256))
+    assert "damaged or truncated JP2" in str(info.value)
+    assert "TIFF" not in str(info.value)
+
+
 def test_wrong_band_count_names_profile(tmp_path: Path) -> None:
     path = tmp_path / "two.tif"
     _write_strip_tiff(path, np.ones((2, 16, 16), dtype=np.uint16))

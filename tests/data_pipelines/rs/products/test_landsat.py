@@ -58,6 +58,8 @@ def test_c2_l1_qa_pixel_cloud_tiles_are_excluded_and_toa_follows_the_mtl(
     counts = json.loads((out / "build.json").read_text())["counts"]
     assert counts["excluded:cloud"] == 4
     assert counts["excluded:cloud_shadow"] == 1
+    assert {r["cloud_mask"] for r in rows.values()} == {"QA_PIXEL"}  # clouds checked
+    assert "scenes_without_cloud_mask" not in counts
     row = rows["r128_c128"]
     assert row["excluded"] is None
     assert row["cloud_fraction"] == 0.0

@@ -20,7 +20,11 @@ from geomed_mim.build_dataset import main
 from tests.data_pipelines.rs.products.safe_files import (
     BANDS,
     L2A_OFFSETS,
+    RESOLUTION,
+    SENSING,
+    TILE,
     mtd_xml,
+    write_jp2,
     write_l1c,
     write_l2a,
     zip_safe,
@@ -100,6 +104,26 @@ def test_l1c_baseline_03_stores_dn_over_10000_without_a_mask(tmp_path: Path) -> 
         np.testing.assert_allclose(tile[profile.band_index(band)], expected, atol=1e-6)
     assert row["processing_baseline"] == "03.01"
     assert row["cloud_fraction"] is None  # before 04.00 the cloud mask is vector GML: not read
+    assert row["cloud_mask"] is None  # ... and the manifest says so
+    record = json.loads((tmp_path / "out" / "build.json").read_text())
+    assert record["counts"]["scenes_without_cloud_mask"] == 1
+
+
+def test_scenes_without_a_cloud_mask_are_counted_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_l1c(tmp_path / "in" / "old", baseline="03.01", seed=1)  # no raster mask
+    write_l1c(tmp_path / "in" / "new", baseline="05.09")  # MSK_CLASSI
+    _build(tmp_path / "in", tmp_path / "out", "sentinel2_l1c")
+    masks = {r["processing_baseline"]: r["cloud_mask"] for r in rows_all(tmp_path / "out")}
+    assert masks == {"03.01": None, "05.09": "MSK_CLASSI"}
+    lines = [line for line in capsys.readouterr().out.splitlines() if "clouds not checked" in line]
+    assert len(lines) == 1
+    assert "1 of 2 scene(s)" in lines[0]
+
+
+def rows_all(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest.parquet").to_pylist()
 
 
 def test_l2a_stores_dn_plus_boa_add_offset_over_10000_by_band_id(tmp_path: Path) -> None:
@@ -175,3 +199,67 @@ def test_product_under_the_wrong_profile_is_ignored_naming_the_right_one(tmp_pat
     found = discover_scenes(str(product.path), load_profile("sentinel2_l2a"))
     assert [s.product for s in found.scenes] == ["sentinel2_l2a_safe"]
     assert found.ignored == []
+
+
+# -- a swath edge: ESA's DN 0 beyond the orbit's footprint --------------------------------------
+def _outside_footprint(res: int) -> np.ndarray:
+    """Pixels (centres, at ``res`` metres) beyond a slanted swath edge, as ESA marks them."""
+    n = 1200 // res
+    centre = (np.arange(n) + 0.5) * res
+    y, x = np.meshgrid(centre, centre, indexing="ij")
+    return x + y / 4 >= 900
+
+
+def _bilinear_from_valid(dn: np.ndarray, valid: np.ndarray, r: int, c: int, res: int) -> float:
+    """The 10 m pixel (r, c) interpolated bilinearly from the valid ``res`` m pixels around it
+    (weights renormalised over the valid ones); NaN when the pixel under its centre is nodata."""
+    n, k = dn.shape[0], res / 10
+    y, x = (r + 0.5) / k - 0.5, (c + 0.5) / k - 0.5
+    if not valid[int((r + 0.5) / k), int((c + 0.5) / k)]:
+        return float("nan")
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    total = weight = 0.0
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            yi, xi = min(max(yy, 0), n - 1), min(max(xx, 0), n - 1)  # edge pixels repeat
+            if valid[yi, xi]:
+                total += wy * wx * float(dn[yi, xi])
+                weight += wy * wx
+    return total / weight
+
+
+def test_nodata_margin_stays_nodata_in_coarser_bands(tmp_path: Path) -> None:
+    product = write_l1c(tmp_path / "in", baseline="05.09")
+    granule = next((product.path / "GRANULE").iterdir()) / "IMG_DATA"
+    for band in BANDS:
+        res = RESOLUTION[band]
+        product.dn[band][_outside_footprint(res)] = 0
+        write_jp2(granule / f"{TILE}_{SENSING}_{band}.jp2", product.dn[band], res)
+    rows, root = _build(
+        tmp_path / "in", tmp_path / "out", "sentinel2_l1c",
+        "--max-nodata-fraction", "1.0", "--max-cloud-fraction", "1.0",
+    )  # fmt: skip
+    profile = load_profile("sentinel2_l1c")
+    edge_tiles = 0
+    for row in rows.values():
+        if row["excluded"] == "constant":  # wholly beyond the edge: nothing stored
+            continue
+        tile = _tile(root, row)
+        r0, c0 = row["row_off"], row["col_off"]
+        edge_tiles += bool(np.isnan(tile).any())
+        for band in BANDS:
+            res, dn = RESOLUTION[band], product.dn[band]
+            if res == 10:
+                continue
+            valid = dn != 0
+            got = tile[profile.band_index(band)]
+            expected = np.array(
+                [[_bilinear_from_valid(dn, valid, r0 + i, c0 + j, res) for j in range(32)]
+                 for i in range(32)]
+            )  # fmt: skip
+            expected = (expected - 1000.0) / 10000.0
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=band)
+            np.testing.assert_allclose(got, expected, atol=0.6e-4, err_msg=band)  # DN rounding
+            low = (dn[valid].min() - 1000.0) / 10000.0
+            assert np.nanmin(got) >= low - 1e-6, f"{band}: a value below any valid pixel"
+    assert edge_tiles >= 3  # the edge crosses several kept tiles
