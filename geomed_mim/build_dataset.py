@@ -23,6 +23,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from data_pipelines import parallel
 from data_pipelines.build import BuildReport, describe_counts, ignored_by_reason
 from data_pipelines.ct.config import CTBuildConfig
+from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.stats import recompute_ct_stats
 from data_pipelines.errors import BuildConfigError, BuildLockedError, InputError
@@ -148,8 +149,9 @@ def run_flags() -> list[Flag]:
              "for debugging) or the address of a running dask scheduler (tcp://HOST:PORT)."),
         Flag("--compression-level", int, 5, "zstd level 0-9."),
         Flag("--strict", bool, False,
-             "Exit with status 1 when any input had to be quarantined or any file was ignored "
-             "(a build that writes nothing exits 1 in any case)."),
+             "Exit with status 1 when any input had to be quarantined or any file was ignored, "
+             "localizers, scouts and derived DICOM copies aside (an ordinary export has them); "
+             "a build that writes nothing exits 1 in any case."),
         Flag("--overwrite", bool, False,
              "Delete a previous build in --output instead of resuming it."),
     ]  # fmt: skip
@@ -547,10 +549,12 @@ def build_outcome(report: BuildReport, strict: bool) -> int:
     if why is not None:
         print(f"error: nothing was written to {report.out_dir}: {why}", file=sys.stderr)
         return EXIT_FAILED
-    if strict and (report.quarantined or report.ignored):
+    # localizers, scouts and derived copies are part of an ordinary DICOM export, not a fault
+    ignored = [why for _, why in report.ignored if not is_export_extra(why)]
+    if strict and (report.quarantined or ignored):
         print(
             f"error: --strict: {len(report.quarantined)} input(s) quarantined, "
-            f"{len(report.ignored)} file(s) ignored (see build.json)",
+            f"{len(ignored)} file(s) ignored (see build.json)",
             file=sys.stderr,
         )
         return EXIT_FAILED

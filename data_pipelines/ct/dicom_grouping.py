@@ -38,6 +38,15 @@ DERIVED_REASON = "derived/secondary image series (ImageType DERIVED or SECONDARY
 STRAY_SLICE_REASON = (
     "single slice whose geometry differs from the series beside it (a localizer or scout)"
 )
+# what an ordinary scanner or PACS export holds beside its series: skipped, and no reason for
+# --strict to fail the build
+EXPORT_EXTRAS = (LOCALIZER_REASON, SCOUT_SET_REASON, STRAY_SLICE_REASON, DERIVED_REASON)
+
+
+def is_export_extra(why: str) -> bool:
+    """Whether an ignored file's reason is one of :data:`EXPORT_EXTRAS`."""
+    return why.startswith(EXPORT_EXTRAS)
+
 
 Identity = tuple[str, ...]
 Geometry = tuple

@@ -115,6 +115,11 @@ class MIMModel(nn.Module):
 
     Args:
         norm_pix_loss: targets are per-patch normalized pixels (MAE's ``norm_pix_loss``).
+        norm_pix_eps: (a keyword of every model) added to each patch's variance before the
+            normalization: MAE's 1e-6 by default. Patches flat up to noise (CT tissue and fat
+            after windowing) have their noise blown up to unit-variance targets no model can
+            predict; an eps near the noise variance (1e-3 for CT windowed to [0, 1], about
+            13 HU of noise in a 425 HU window) keeps their targets near zero.
         **encoder_kwargs: the encoder's arguments, the one place it is built
             (:class:`~geomed_mim.models.vit.VisionTransformerEncoder`: ``img_size``,
             ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
@@ -126,6 +131,7 @@ class MIMModel(nn.Module):
 
     def __init__(self, norm_pix_loss: bool = False, **encoder_kwargs: Any) -> None:
         super().__init__()
+        self.norm_pix_eps = float(encoder_kwargs.pop("norm_pix_eps", 1e-6))
         self.encoder = VisionTransformerEncoder(**encoder_kwargs)
         self.norm_pix_loss = norm_pix_loss
 
@@ -215,7 +221,7 @@ class MIMModel(nn.Module):
         if target_idx is not None:
             target = gather_tokens(target, target_idx)  # [B, T, P]
         if self.norm_pix_loss:
-            target = normalized_patch_targets(target)
+            target = normalized_patch_targets(target, self.norm_pix_eps)
         loss = ((pred - target) ** 2).mean(dim=-1)  # [B, N], mean loss per patch
         if loss_mask is None:  # equal counts per sample: the mean over all is the mean of means
             per_sample = loss.mean(dim=-1)  # [B]

@@ -42,7 +42,11 @@ def default_intermediate_blocks(depth: int) -> list[int]:
 
 
 def trivial_baseline_loss(
-    images: torch.Tensor, out: Any, patch_size: Sequence[int], norm_pix_loss: bool
+    images: torch.Tensor,
+    out: Any,
+    patch_size: Sequence[int],
+    norm_pix_loss: bool,
+    norm_pix_eps: float = 1e-6,
 ) -> torch.Tensor:
     """The masked loss of predicting each loss patch's own mean: the baseline a model must beat
     to have learned anything. For per-patch normalized targets that is predicting zeros (about
@@ -53,7 +57,7 @@ def trivial_baseline_loss(
     Hi-End-MAE); every one counts equally, as in the model's loss."""
     target = patchify(images.float(), patch_size)  # [B, L, P]
     if norm_pix_loss:
-        target = normalized_patch_targets(target)
+        target = normalized_patch_targets(target, norm_pix_eps)
     else:
         target = target - target.mean(dim=-1, keepdim=True)
     loss_mask = getattr(out, "target_mask", None)
@@ -278,7 +282,11 @@ class MIMPretrainTask(LightningModule):
         images = batch["image"]
         out = self.model(images, sample_seeds=self._seeds(batch, 0))
         baseline = trivial_baseline_loss(
-            images, out, self.model.encoder.patch_size, self.model.norm_pix_loss
+            images,
+            out,
+            self.model.encoder.patch_size,
+            self.model.norm_pix_loss,
+            self.model.norm_pix_eps,
         )
         logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
         if batch_idx == 0 and self.hparams.preview_every_n_steps:
@@ -358,6 +366,7 @@ class MIMPretrainTask(LightningModule):
             self.model.norm_pix_loss,
             self.data_metadata.get("preview_bands") or [],
             predicted=samples.predicted,
+            norm_pix_eps=self.model.norm_pix_eps,
         )
         save_png(grid, self.preview_dir / f"{name}.png")
         for logger in self.loggers:

@@ -57,7 +57,11 @@ def gray_to_rgb(x: torch.Tensor) -> np.ndarray:
 
 
 def reconstruction(
-    images: torch.Tensor, pred: torch.Tensor, patch_size: Sequence[int], norm_pix_loss: bool
+    images: torch.Tensor,
+    pred: torch.Tensor,
+    patch_size: Sequence[int],
+    norm_pix_loss: bool,
+    norm_pix_eps: float = 1e-6,
 ) -> torch.Tensor:
     """Predicted patches [B, L, P] in the images' units: per-patch normalized predictions are
     scaled back with the input patch's mean and std (the target's own statistics)."""
@@ -65,7 +69,7 @@ def reconstruction(
         target = patchify(images, patch_size)
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
+        pred = pred * (var + norm_pix_eps) ** 0.5 + mean
     return pred
 
 
@@ -80,6 +84,7 @@ def render_preview(
     preview_bands: Sequence[int] = (),
     scale: int = 4,
     predicted: torch.Tensor | None = None,
+    norm_pix_eps: float = 1e-6,
 ) -> np.ndarray:
     """A grid, one row per sample, under a strip of column titles (:data:`PANEL_TITLES`):
 
@@ -90,7 +95,8 @@ def render_preview(
     * the error: mean |reconstruction - input| over all bands of each predicted pixel, black at
       0 and white at :data:`ERROR_SCALE` (images are standardized: input standard deviations).
 
-    ``predicted`` [B, L] marks the patches ``pred`` holds (default: ``mask``). Each band is
+    ``predicted`` [B, L] marks the patches ``pred`` holds (default: ``mask``); ``norm_pix_eps``
+    is the model's (normalized predictions are scaled back with it). Each band is
     stretched by the input's own 2nd-98th percentiles, so a training augmentation that shifts
     whole bands (``band_shift_std``) does not change the picture.
     """
@@ -98,7 +104,8 @@ def render_preview(
     mask = mask.detach().float().cpu()  # [B, L]
     predicted = mask if predicted is None else predicted.detach().float().cpu()
     C = images.shape[1]
-    recon = reconstruction(images, pred.detach().float().cpu(), patch_size, norm_pix_loss)
+    pred = pred.detach().float().cpu()
+    recon = reconstruction(images, pred, patch_size, norm_pix_loss, norm_pix_eps)
     recon = unpatchify(recon, patch_size, grid_size, C)
 
     def per_pixel(flags: torch.Tensor) -> torch.Tensor:  # [B, L] → [B, C, *spatial]

@@ -129,14 +129,26 @@ def test_hospital_exports_build_into_volumes(hospital_build: dict) -> None:
     )
 
 
-def test_strict_fails_on_ignored_files(
+def test_strict_accepts_an_export_with_localizers_and_fails_on_other_ignored_files(
     hospital_archive: Path, hospital_build: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A PACS export holds a localizer and a scout beside its series: ignored (listed with the
+    reason), and no reason for --strict to fail; a label map without its image is."""
     rc, _, err = _run(["--input", str(hospital_archive), "--output", str(hospital_build["out"]),
                        "--strict"], capsys)  # fmt: skip
+    assert rc == 0, err
+    orphan = hospital_archive / "orphans" / "lost_seg.nii.gz"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"")  # named like a label map: ignored as one without its image
+    try:
+        rc, _, err = _run(["--input", str(hospital_archive), "--output",
+                           str(hospital_build["out"]), "--strict"], capsys)  # fmt: skip
+    finally:
+        orphan.unlink()
+        orphan.parent.rmdir()
     assert rc == 1
     assert err.strip().splitlines()[-1] == (
-        "error: --strict: 0 input(s) quarantined, 2 file(s) ignored (see build.json)"
+        "error: --strict: 0 input(s) quarantined, 1 file(s) ignored (see build.json)"
     )
 
 
