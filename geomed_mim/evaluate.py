@@ -25,8 +25,8 @@ from geomed_mim.evaluation.protocol import (
     Protocol,
     baseline_rows,
     check_protocol,
-    datamodule,
     deep_rows,
+    first_datamodule,
     write_report,
 )
 from geomed_mim.usage import UsageError, one_line, usage_errors_exit
@@ -62,7 +62,7 @@ def say(line: str) -> None:
 def evaluate(protocol: Protocol) -> dict[str, Any]:
     """Run the whole protocol; returns the files written."""
     check_protocol(protocol)
-    dm = datamodule(protocol, 1.0, protocol.seeds[0])
+    dm = first_datamodule(protocol)
     names, split = list(dm.classes["names"]), dm.split_description
     rows = baseline_rows(protocol, say)
     rows += deep_rows(protocol, say)

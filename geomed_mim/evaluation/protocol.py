@@ -123,6 +123,23 @@ def datamodule(p: Protocol, budget: float, seed: int, select: bool = False) -> A
     return dm
 
 
+def first_datamodule(p: Protocol) -> Any:
+    """The data module at the full budget, built before any work: its refusal of a split
+    option (``slab_fraction 0.9: ...``, ``holdout_margin 40: ...``) becomes one line naming
+    the flag."""
+    try:
+        return datamodule(p, 1.0, p.seeds[0])
+    except ValueError as e:
+        name = str(e).split(" ", 1)[0]
+        if name in SPLIT_OPTIONS:
+            raise UsageError(f"--data.init_args.{e}") from None
+        raise
+
+
+SPLIT_OPTIONS = {"holdout_side", "holdout_fraction", "holdout_margin", "select_fraction",
+                 "slab_axis", "slab_side", "slab_fraction", "slab_margin"}  # fmt: skip
+
+
 def train_units(dm: Any) -> int:
     """Training scenes (RS: store arrays) or cases (CT) the data module holds."""
     ds = dm.train_dataset

@@ -231,6 +231,21 @@ def test_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, arg
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--data.init_args.holdout_margin", "90"], "--data.init_args.holdout_margin 90"),
+        (["--data.init_args.holdout_side", "up"], "--data.init_args.holdout_side 'up'"),
+    ],
+)
+def test_split_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, args, needle):
+    base = ["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    line = error_line(base + args, capsys)
+    assert needle in line, line
+
+
+@pytest.mark.slow
 def test_a_missing_store_is_one_line(tmp_path, capsys):
     line = error_line(["--config", str(CONFIG), "--data.init_args.store", str(tmp_path / "nope")],
                       capsys)  # fmt: skip
