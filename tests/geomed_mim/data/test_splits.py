@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from geomed_mim.data.segmentation import CTSegDataModule, RSSegDataModule
+from geomed_mim.data.splits import SlabSplit, spatial_holdout
 from tests.conftest import REPO_ROOT
 
 LULC = REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"
@@ -120,3 +122,51 @@ def test_slab_split_training_crops_never_touch_the_validation_slab(ct_organs_sto
     assert origins[:, axis].min() >= size + margin  # clear of the slab and its margin
     assert (origins[:, axis] + crop <= full.shape[axis]).all()
     assert len(np.unique(origins[:, axis])) > 1  # drawn, not pinned to one place
+
+
+def grid_boxes(n: int, size: float = 10.0, dates: int = 2) -> np.ndarray:
+    """``dates`` copies of an n × n grid of touching ``size``-unit tiles: [x0, y0, x1, y1]."""
+    x, y = np.meshgrid(np.arange(n) * size, np.arange(n) * size)
+    one = np.stack([x.ravel(), y.ravel(), x.ravel() + size, y.ravel() + size], axis=1)
+    return np.concatenate([one] * dates)
+
+
+@pytest.mark.parametrize(
+    ("side", "axis", "high"),
+    [("east", 0, True), ("west", 0, False), ("north", 1, True), ("south", 1, False)],
+)
+def test_every_side_holds_out_its_share_with_the_margin(side, axis, high):
+    """A 10 × 10 grid of 10-unit tiles (pixel 1 unit), 2 dates: 30 % on ``side`` validates,
+    the 2-tile-wide margin band (margin 12 px: the column touching the line and the next) is
+    dropped, the rest trains."""
+    boxes = grid_boxes(10)
+    split = spatial_holdout(boxes, np.ones(len(boxes)), side, 0.3, margin=12)
+    start = boxes[:, axis] if high else 100 - boxes[:, axis + 2]  # distance from the far side
+    np.testing.assert_array_equal(split.val, start >= 70)
+    np.testing.assert_array_equal(split.train, start + 10 <= 70 - 12)
+    assert split.share == pytest.approx(0.3)
+    assert split.train.sum() == 2 * 10 * 5  # 5 of 10 columns, both dates
+    assert f"the {side} 30% of the area" in split.description
+
+
+def test_refusals_name_the_option():
+    boxes, pixel = grid_boxes(4), np.ones(32)
+    with pytest.raises(ValueError, match=r"^holdout_side 'up'"):
+        spatial_holdout(boxes, pixel, "up", 0.3, 0)
+    with pytest.raises(ValueError, match=r"^holdout_margin 40"):
+        spatial_holdout(boxes, pixel, "east", 0.3, 40)
+    with pytest.raises(ValueError, match=r"^holdout_fraction 1"):
+        spatial_holdout(boxes, pixel, "east", 1.0, 0)
+    with pytest.raises(ValueError, match=r"^slab_fraction 0"):
+        SlabSplit(fraction=0.0)
+
+
+@pytest.mark.parametrize("side", ["start", "end"])
+def test_slab_bounds_leave_the_margin_between(side):
+    slab = SlabSplit(axis=2, fraction=0.25, margin=4, side=side)
+    val, train = slab.bounds(59, "val"), slab.bounds(59, "train")
+    assert val[1] - val[0] == 15  # round(59 × 0.25)
+    gap = train[0] - val[1] if side == "start" else val[0] - train[1]
+    assert gap == 4
+    assert min(val[0], train[0]) == 0
+    assert max(val[1], train[1]) == 59
