@@ -339,3 +339,55 @@ def test_early_stopping_keeps_the_best_select_state(lulc_store, tmp_path):
     with validating_on(dm, dm.select_dataset):
         (again,) = trainer.validate(task, datamodule=dm, verbose=False)
     assert float(again["val/miou"]) == pytest.approx(keep.best, abs=1e-6)
+
+
+CT_CONFIG = REPO_ROOT / "configs/evaluate/ct_organs_demo.yaml"
+
+
+def independent_hu_window_dice(store: Path) -> dict[str, float]:
+    """The shipped slab split recomputed from the whole volume (read with the store's own
+    windowing, split by Z index here): per organ, the 2nd–98th percentile HU of its training
+    voxels (clear of the slab and margin); Dice of that interval on the slab's labeled voxels
+    (ignore_index left out)."""
+    from geomed_mim.data.segmentation import CTSegDataModule
+
+    args = yaml.safe_load(CT_CONFIG.read_text())["data"]["init_args"]
+    dm = CTSegDataModule(**{**args, "stores": [str(store)], "val_split": "train"})
+    dm.setup("fit")
+    item = dm.val_dataset[0]
+    lo, hi = dm.window
+    hu = item["image"][0, 0].double().numpy() * (hi - lo) + lo
+    label = item["label"][0, 0].numpy()
+    size = round(hu.shape[2] * args["slab_fraction"])
+    train = (slice(None), slice(None), slice(size + args["slab_margin"], None))
+    val = (slice(None), slice(None), slice(0, size))
+    labeled = label[val] != dm.classes["ignore_index"]
+    out = {}
+    for cid, name in zip(dm.classes["ids"][1:], dm.classes["names"][1:], strict=True):
+        a, b = np.percentile(hu[train][label[train] == cid], [2, 98])
+        pred = (hu[val] >= a) & (hu[val] <= b) & labeled
+        target = label[val] == cid
+        out[name] = 2 * float(np.sum(pred & target)) / float(pred.sum() + target.sum())
+    return out
+
+
+@pytest.mark.slow
+def test_ct_config_validates_on_the_held_out_slab(ct_organs_store, tmp_path, capsys):
+    """The shipped CT config, steps shrunk: every row, the note names the slab split, and the
+    HU-window baseline equals the same computation on the Z slices recomputed here."""
+    out = tmp_path / "ct"
+    main(["--config", str(CT_CONFIG), "--data.init_args.stores", f"[{ct_organs_store}]",
+          "--steps", "{probe: 1, finetune: 1}", "--output", str(out)])  # fmt: skip
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 3  # HU window, probe, finetune × 3 seeds
+    table = (out / "results.md").read_text()
+    assert "Validation: slab hold-out: the start 25% of each volume along Z" in table
+    assert "4 voxel margin" in table
+    expected = independent_hu_window_dice(ct_organs_store)
+    for r in rows:
+        if r["method"].startswith("HU window"):
+            for name, dice in expected.items():
+                assert float(r[f"dice_{name}"]) == pytest.approx(dice, abs=1e-6), name
+        else:
+            assert int(r["step"]) == 1
