@@ -32,7 +32,13 @@ from geomed_mim.evaluation.deep import (
     run_deep,
     validating_on,
 )
-from geomed_mim.evaluation.protocol import Protocol, baseline_rows, datamodule
+from geomed_mim.evaluation.protocol import (
+    Protocol,
+    baseline_rows,
+    datamodule,
+    deep_rows,
+    write_report,
+)
 from geomed_mim.tasks.segmentation import SegmentationTask
 from tests.conftest import REPO_ROOT
 
@@ -391,3 +397,23 @@ def test_ct_config_validates_on_the_held_out_slab(ct_organs_store, tmp_path, cap
                 assert float(r[f"dice_{name}"]) == pytest.approx(dice, abs=1e-6), name
         else:
             assert int(r["step"]) == 1
+
+
+@pytest.mark.slow
+def test_a_budget_without_select_locations_trains_every_step_and_says_so(lulc_store, tmp_path):
+    """A select share that rounds to no location: each run takes all its steps on every
+    training location and keeps its last state; the table shows 0 select units."""
+    protocol = shipped_protocol(lulc_store, tmp_path, budgets=[0.2], modes=["probe"],
+                                steps={"probe": 3}, select_fraction=0.05)  # fmt: skip
+    count, handle = counting_optimizer_steps()
+    try:
+        rows = deep_rows(protocol, lambda line: None)
+    finally:
+        handle.remove()
+    assert count[0] == 3 * len(protocol.seeds)
+    assert [(r["select_units"], r["step"]) for r in rows] == [(0, 3)] * 3
+    write_report(protocol, rows, ["no_data", "cultivated", "forest"], "a split")
+    table = (tmp_path / "results.md").read_text()
+    (row,) = [ln for ln in table.splitlines() if ln.startswith("| scratch / probe")]
+    assert row.split(" | ")[3] == "0"  # the select units column
+    assert "or the last state where none is held out" in table
