@@ -25,16 +25,16 @@ from geomed_mim.evaluation.protocol import (
     Protocol,
     baseline_rows,
     check_protocol,
-    datamodule,
     deep_rows,
+    first_datamodule,
     write_report,
 )
 from geomed_mim.usage import UsageError, one_line, usage_errors_exit
 
 
 class _Parser(ArgumentParser):
-    """jsonargparse's errors as one usage line, naming the flag (``--epochs``, not the
-    parser's ``key "epochs"``)."""
+    """jsonargparse's errors as one usage line, naming the flag (``--steps``, not the
+    parser's ``key "steps"``)."""
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
         message = re.sub(r'Parser key "([^"]+)"', r"--\1", one_line(message))
@@ -45,7 +45,7 @@ def parser() -> ArgumentParser:
     p = _Parser(
         prog="python -m geomed_mim.evaluate",
         description=__doc__.split("\n\n")[1],
-        allow_abbrev=False,  # --epoch is a mistake, not --epochs
+        allow_abbrev=False,  # --step is a mistake, not --steps
     )
     p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
     # the data module as in the training commands (class_path/init_args, dotted overrides);
@@ -62,12 +62,13 @@ def say(line: str) -> None:
 def evaluate(protocol: Protocol) -> dict[str, Any]:
     """Run the whole protocol; returns the files written."""
     check_protocol(protocol)
-    names = list(datamodule(protocol, 1.0, protocol.seeds[0]).classes["names"])
+    dm = first_datamodule(protocol)
+    names, split = list(dm.classes["names"]), dm.split_description
     rows = baseline_rows(protocol, say)
     rows += deep_rows(protocol, say)
     if not rows:
         raise RuntimeError("the protocol produced no results")
-    return write_report(protocol, rows, names)
+    return write_report(protocol, rows, names, split)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -49,6 +49,7 @@ from data_pipelines.store.source import (
     store_location,
 )
 from geomed_mim.data.chunked_volume import ChunkedVolume
+from geomed_mim.data.splits import SlabSplit
 
 DEFAULT_WINDOW = (-175.0, 250.0)
 
@@ -123,6 +124,9 @@ class CTCropDataset(Dataset):
         include_duplicates: keep volumes the manifest marks as exact duplicates.
         samples_per_epoch: ``len()`` of the dataset (visits); default one visit per volume.
         intensity_jitter: with ``augment``, image * U(1-j, 1+j) + U(-j, j) after windowing.
+        slab: crops (and :meth:`extent`) stay inside ``slab_part`` ("train" or "val") of each
+            volume along the slab's axis, so training never reads the validation slab or its
+            margin.
     """
 
     def __init__(
@@ -139,6 +143,8 @@ class CTCropDataset(Dataset):
         include_duplicates: bool = False,
         samples_per_epoch: int | None = None,
         intensity_jitter: float = 0.1,
+        slab: SlabSplit | None = None,
+        slab_part: str = "train",
     ):
         if isinstance(crop_size, int):
             crop_size = (crop_size,) * 3
@@ -170,6 +176,8 @@ class CTCropDataset(Dataset):
             np.uint8 if max_label < 256 else np.int16 if max_label < 2**15 else np.int32
         )
         self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if len(self.cases) else 0
+        self.slab, self.slab_part = slab, slab_part
+        self._check_slab()
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
         self._sources: dict[str, ByteSource] = {}  # per store: one connection per process
@@ -192,6 +200,31 @@ class CTCropDataset(Dataset):
 
     def __len__(self) -> int:
         return self.samples_per_epoch
+
+    def _check_slab(self) -> None:
+        """Training crops must fit inside the training part whole (a crop reaching past it
+        would read the validation slab)."""
+        if self.slab is None or self.slab_part != "train":
+            return
+        axis = self.slab.axis
+        for ref in self.cases:
+            lo, hi = self.slab.bounds(ref.shape[axis], "train")
+            if hi - lo < self.crop_size[axis]:
+                raise ValueError(
+                    f"slab_fraction {self.slab.fraction} with slab_margin {self.slab.margin}: "
+                    f"case {ref.case} keeps {max(0, hi - lo)} voxels along axis {axis} for "
+                    f"training, fewer than crop_size {self.crop_size[axis]}; give a smaller "
+                    f"slab_fraction, slab_margin or crop_size"
+                )
+
+    def extent(self, ref: CTCaseRef) -> tuple[tuple[int, int], ...]:
+        """[lo, hi) voxels per axis this dataset reads of ``ref``: the whole volume, or its
+        part of the slab split."""
+        bounds = [(0, d) for d in ref.shape]
+        if self.slab is not None:
+            axis = self.slab.axis
+            bounds[axis] = self.slab.bounds(ref.shape[axis], self.slab_part)
+        return tuple(bounds)
 
     # -- per-process state -------------------------------------------------------------------
 
@@ -235,8 +268,9 @@ class CTCropDataset(Dataset):
 
         Along an axis shorter than the crop the start is <= 0 and the rest is padding.
         """
-        lo = [min(0, d - c) for d, c in zip(ref.shape, self.crop_size, strict=True)]
-        hi = [max(0, d - c) for d, c in zip(ref.shape, self.crop_size, strict=True)]
+        extent = self.extent(ref)
+        lo = [a + min(0, b - a - c) for (a, b), c in zip(extent, self.crop_size, strict=True)]
+        hi = [a + max(0, b - a - c) for (a, b), c in zip(extent, self.crop_size, strict=True)]
         if self.foreground_fraction > 0 and rng.random() < self.foreground_fraction:
             pts = self._foreground(ref)
             if len(pts):

@@ -15,6 +15,7 @@ is built from: ``in_chans``, ``img_size``, ``spatial_dims``, ``bands``, ``classe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,13 @@ from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torc
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.datamodules import CTDataModule, RSDataModule
 from geomed_mim.data.rs import StoreTiles
+from geomed_mim.data.splits import (
+    SlabSplit,
+    hold_out_locations,
+    location_keys,
+    spatial_holdout,
+    tile_footprints,
+)
 from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
@@ -190,6 +198,16 @@ class RSSegDataModule(RSDataModule):
         subset_unit: ``"tile"`` draws the subset tile by tile; ``"scene"`` draws whole scenes
             (``round(fraction · scenes)``, at least one), so a label budget means labeled
             scenes, as annotation is done in practice.
+        val_split: the store's split to validate on (``"val"``, ``"train"``), None for none,
+            or ``"spatial"``: the store's split column is ignored and tiles of every split are
+            assigned by location (:func:`~geomed_mim.data.splits.spatial_holdout`): validation
+            is the ``holdout_fraction`` of the area on ``holdout_side`` (every date), training
+            the tiles at least ``holdout_margin`` scene pixels clear of it (the rest dropped).
+            For stores that image one area on several dates under one label map, where a
+            split by scene validates on the training places.
+        select_fraction: share of the training locations (every date of each; after the
+            label budget) held out as :attr:`select_dataset`, e.g. to pick a training step;
+            none when it rounds to zero locations.
         predict_inputs: scenes for ``predict``, any input the build reads (GeoTIFFs, .SAFE,
             MODIS, Landsat, STAC items), read and calibrated as the build does.
         predict_output: folder for predicted GeoTIFFs and PNG overlays.
@@ -210,6 +228,10 @@ class RSSegDataModule(RSDataModule):
         predict_output: str = "predictions",
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        holdout_side: str = "east",
+        holdout_fraction: float = 0.3,
+        holdout_margin: int = 0,
+        select_fraction: float = 0.0,
     ) -> None:
         super().__init__(
             store,
@@ -229,6 +251,13 @@ class RSSegDataModule(RSDataModule):
         self.subset_unit = subset_unit
         self.predict_inputs = list(predict_inputs or [])
         self.predict_output = predict_output
+        self.holdout = (holdout_side, float(holdout_fraction), int(holdout_margin))
+        if not 0 <= select_fraction < 1:
+            raise ValueError(f"select_fraction {select_fraction}: give a share in [0, 1)")
+        self.select_fraction = float(select_fraction)
+        self.select_dataset: RSSegDataset | None = None
+        self.split_description = f"store split `{val_split}`"
+        self.select_locations = 0
 
     @property
     def mean(self) -> list[float]:
@@ -253,22 +282,48 @@ class RSSegDataModule(RSDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         mean, std = self.band_stats()
-        every = build_sample_index(self.store, None, self.include_duplicates, labels=True)
-        train = label_budget(
-            every.of_split("train"), self.train_fraction, self.subset_seed, self.subset_unit
-        )
+        train, val = self.split_by_location_or_scene()
+        train = label_budget(train, self.train_fraction, self.subset_seed, self.subset_unit)
         if not len(train):
             raise ValueError(f"store {self.store} has no labeled training tiles")
+        train, select = self.hold_out_select(train)
         slots = self.prefetch_factor + 2  # prefetched + in use + being pinned
-        self.train_dataset = RSSegDataset(
-            self.store, train, mean, std, augment=self.flips, buffer_slots=slots
-        )
-        self.val_dataset = None
-        if self.val_split:
-            val = every.of_split(self.val_split)
-            self.val_dataset = RSSegDataset(
-                self.store, val, mean, std, augment=False, buffer_slots=slots
-            )
+
+        def dataset(index: SampleIndex, augment: bool) -> RSSegDataset:
+            return RSSegDataset(self.store, index, mean, std, augment, buffer_slots=slots)
+
+        self.train_dataset = dataset(train, self.flips)
+        self.val_dataset = None if val is None else dataset(val, False)
+        self.select_dataset = None if select is None else dataset(select, False)
+
+    def split_by_location_or_scene(self) -> tuple[SampleIndex, SampleIndex | None]:
+        """(training, validation) samples: by the store's split column, or by location
+        (``val_split="spatial"``); footprints ride along when a split needs them."""
+        every = build_sample_index(self.store, None, self.include_duplicates, labels=True)
+        spatial = self.val_split == "spatial"
+        if spatial or self.select_fraction > 0:
+            boxes, pixel = tile_footprints(self.store, every)
+            columns = {**every.columns, "location": location_keys(boxes, pixel)}
+            every = dataclasses.replace(every, columns=columns)
+        if not spatial:
+            val = every.of_split(self.val_split) if self.val_split else None
+            return every.of_split("train"), val
+        split = spatial_holdout(boxes, pixel, *self.holdout)
+        self.split_description = split.description
+        return every.take(np.flatnonzero(split.train)), every.take(np.flatnonzero(split.val))
+
+    def hold_out_select(self, train: SampleIndex) -> tuple[SampleIndex, SampleIndex | None]:
+        """(training, select) samples: ``select_fraction`` of the training locations, seeded
+        with ``subset_seed``, every date of each; no select split when that is no location."""
+        self.select_locations = 0
+        if self.select_fraction <= 0:
+            return train, None
+        keys = train.columns["location"]
+        held = hold_out_locations(keys, self.select_fraction, self.subset_seed)
+        if not held.any():
+            return train, None
+        self.select_locations = len(np.unique(keys[held]))
+        return train.take(np.flatnonzero(~held)), train.take(np.flatnonzero(held))
 
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()
@@ -279,7 +334,8 @@ class RSSegDataModule(RSDataModule):
 
 class CTVolumeDataset(Dataset):
     """Whole windowed volumes with labels: ``{"image": [1, 1, X, Y, Z], "label": [1, 1, X, Y, Z],
-    "case": str}`` (validation/test by sliding-window inference)."""
+    "case": str}`` (validation/test by sliding-window inference); with a slab split, the
+    crops dataset's part of each volume only."""
 
     def __init__(self, crops: CTCropDataset) -> None:
         self.crops = crops  # reuses its case list, window and lazy per-process arrays
@@ -290,9 +346,10 @@ class CTVolumeDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         self.crops._ensure_process_state()
         ref = self.crops.cases[i]
-        hu = self.crops._array(ref.store, ref.array).read_all()
-        image = self.crops.to_intensity(hu)
-        label = self.crops._array(ref.store, ref.label_array).read_all().astype(np.int64)
+        part = tuple(slice(lo, hi) for lo, hi in self.crops.extent(ref))
+        hu = self.crops._array(ref.store, ref.array).read_all()[part]
+        image = self.crops.to_intensity(np.ascontiguousarray(hu))
+        label = self.crops._array(ref.store, ref.label_array).read_all()[part].astype(np.int64)
         return {
             "image": torch.from_numpy(image)[None, None],
             "label": torch.from_numpy(label)[None, None],
@@ -315,8 +372,12 @@ class CTSegDataModule(CTDataModule):
 
     Args:
         stores: CT store folders (or object-store URLs) built with labels and ``--classes``.
-        val_split: split of whole volumes to validate on. The embedded demo holds one labeled
-            case, so its config validates on ``train`` (a fit check, not a held-out score).
+        val_split: split of whole volumes to validate on (``"val"``, ``"train"``), None for
+            none, or ``"slab"``: validate on a slab of every training case that training
+            crops never touch (:class:`~geomed_mim.data.splits.SlabSplit`: the
+            ``slab_fraction`` of the volume at ``slab_side`` of ``slab_axis``, crops kept
+            ``slab_margin`` voxels clear of it). For stores with one labeled case, as the
+            embedded demo.
     """
 
     def __init__(
@@ -333,6 +394,10 @@ class CTSegDataModule(CTDataModule):
         seed: int = 0,
         predict_inputs: list[str] | None = None,
         predict_output: str = "predictions",
+        slab_axis: int = 2,
+        slab_fraction: float = 0.25,
+        slab_margin: int = 4,
+        slab_side: str = "start",
     ) -> None:
         super().__init__(
             stores,
@@ -354,6 +419,10 @@ class CTSegDataModule(CTDataModule):
                 raise ValueError(f"store {other} has another class table than {self.stores[0]}")
         self.spacing = read_store_attrs(self.stores[0]).get(ATTR_SPACING, [1.5, 1.5, 1.5])
         self.mean, self.std = [0.0], [1.0]  # the window maps HU to [0, 1]
+        self.slab = None
+        if val_split == "slab":
+            self.slab = SlabSplit(slab_axis, slab_fraction, slab_margin, slab_side)
+        self.split_description = self.slab.describe() if self.slab else f"split `{val_split}`"
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -365,17 +434,20 @@ class CTSegDataModule(CTDataModule):
             "store": [str(Path(s).resolve()) for s in self.stores],
         }
 
-    def _crops(self, split: str | None, augment: bool) -> CTCropDataset:
+    def _crops(self, split: str | None, augment: bool, part: str = "train") -> CTCropDataset:
         return self.crops(
-            split, augment, return_labels=True, samples_per_epoch=self.samples_per_epoch
-        )
+            split, augment, return_labels=True, samples_per_epoch=self.samples_per_epoch,
+            slab=self.slab, slab_part=part,
+        )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         self.train_dataset = self._crops("train", augment=True)
         if len(self.train_dataset) == 0 and stage == "fit":
             raise ValueError(f"no labeled training volumes in {self.stores}")
         self.val_dataset = None
-        if self.val_split:
+        if self.slab is not None:  # the training cases' held-out slabs
+            self.val_dataset = CTVolumeDataset(self._crops("train", False, part="val"))
+        elif self.val_split:
             self.val_dataset = CTVolumeDataset(self._crops(self.val_split, augment=False))
 
     def train_dataloader(self) -> DataLoader:

@@ -39,8 +39,13 @@ def rs_pixels(dm: Any, split: str) -> Pixels:
 
 
 def ct_pixels(dm: Any, split: str) -> Pixels:
-    """HU (within the window) and labels of every voxel of the ``split`` volumes."""
-    volumes = CTVolumeDataset(dm._crops(split, augment=False))
+    """HU (within the window) and labels of every voxel the training crops may read
+    (``"train"``) or of the validation volumes (any other ``split``: the data module's own,
+    e.g. the held-out slabs of ``val_split="slab"``)."""
+    if split == "train":
+        volumes = CTVolumeDataset(dm._crops("train", augment=False))
+    else:
+        volumes = dm.val_dataset
     lo, hi = dm.window
     images, labels = [], []
     for i in range(len(volumes)):

@@ -35,7 +35,9 @@ class Protocol:
     modes: list[str] = field(default_factory=lambda: ["probe", "finetune"])
     budgets: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: dict[str, int] = field(default_factory=lambda: {"probe": 20, "finetune": 20})
+    steps: dict[str, int] = field(default_factory=lambda: {"probe": 300, "finetune": 300})
+    check_every: int = 25
+    select_fraction: float = 0.25
     task: dict[str, Any] = field(default_factory=dict)
     baselines: list[dict[str, Any]] = field(default_factory=list)
     pixel_limit: int = 200_000
@@ -63,8 +65,13 @@ def check_protocol(p: Protocol) -> None:
     for mode in p.modes:
         if mode not in MODES:
             raise UsageError(f"--modes: unknown mode {mode!r}; use any of {sorted(MODES)}")
-        if int(p.epochs.get(mode, 0)) < 1:
-            raise UsageError(f"--epochs.{mode}: give a number of epochs >= 1")
+        if int(p.steps.get(mode, 0)) < 1:
+            raise UsageError(f"--steps.{mode}: give a number of optimizer steps >= 1")
+    if p.check_every < 1:
+        raise UsageError(f"--check_every {p.check_every}: give a number of steps >= 1")
+    if not 0 <= p.select_fraction < 1:
+        raise UsageError(f"--select_fraction {p.select_fraction}: give a share in [0, 1), "
+                         "e.g. 0.25 (0: no early stopping)")  # fmt: skip
     for enc in p.encoders:
         if enc != SCRATCH:
             check_encoder_source(enc, "--encoders", "runs/<run>/checkpoints/last.ckpt")
@@ -101,16 +108,36 @@ def is_ct(p: Protocol) -> bool:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def datamodule(p: Protocol, budget: float, seed: int) -> Any:
-    """The configured data module holding ``budget`` of the training scenes (seeded), set up."""
+def datamodule(p: Protocol, budget: float, seed: int, select: bool = False) -> Any:
+    """The configured data module holding ``budget`` of the training scenes (seeded), set up;
+    with ``select`` (deep runs), ``--select_fraction`` of their locations held out as its
+    select split (RS), which baselines do not need: they fit on the whole budget."""
     module, _, name = str(p.data["class_path"]).rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     args = dict(p.data.get("init_args") or {})
     if not is_ct(p):
-        args.update(train_fraction=budget, subset_seed=seed, subset_unit="scene")
+        args.update(train_fraction=budget, subset_seed=seed, subset_unit="scene",
+                    select_fraction=p.select_fraction if select else 0.0)  # fmt: skip
     dm = cls(**args)
     dm.setup("fit")
     return dm
+
+
+def first_datamodule(p: Protocol) -> Any:
+    """The data module at the full budget, built before any work: its refusal of a split
+    option (``slab_fraction 0.9: ...``, ``holdout_margin 40: ...``) becomes one line naming
+    the flag."""
+    try:
+        return datamodule(p, 1.0, p.seeds[0])
+    except ValueError as e:
+        name = str(e).split(" ", 1)[0]
+        if name in SPLIT_OPTIONS:
+            raise UsageError(f"--data.init_args.{e}") from None
+        raise
+
+
+SPLIT_OPTIONS = {"holdout_side", "holdout_fraction", "holdout_margin", "select_fraction",
+                 "slab_axis", "slab_side", "slab_fraction", "slab_margin"}  # fmt: skip
 
 
 def train_units(dm: Any) -> int:
@@ -182,18 +209,20 @@ def one_baseline(spec, train, val, dm, ids, names, seed, p) -> tuple[str, dict[s
 
 def deep_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
     """Every encoder × mode × budget × seed, trained and scored."""
-    plan = [DeepRun(e, m, b, s, int(p.epochs[m]))
+    plan = [DeepRun(e, m, b, s, int(p.steps[m]), p.check_every)
             for e in p.encoders for m in p.modes for b in p.budgets for s in p.seeds]  # fmt: skip
     rows = []
     for k, run in enumerate(plan, 1):
         start = time.perf_counter()
-        dm = datamodule(p, run.budget, run.seed)
+        dm = datamodule(p, run.budget, run.seed, select=True)
         scores = run_deep(run, dm, p.task, p.accelerator)
         method = f"{encoder_label(run.encoder)} / {run.mode}"
         rows.append({"method": method, "kind": run.mode, "budget": run.budget, "seed": run.seed,
-                     "train_units": train_units(dm), **scores})  # fmt: skip
+                     "train_units": train_units(dm),
+                     "select_units": getattr(dm, "select_locations", 0), **scores})  # fmt: skip
         say(f"[{k}/{len(plan)}] {method}  budget {run.budget:g}  seed {run.seed}: "
-            f"{headline(p, scores)}  ({time.perf_counter() - start:.1f} s)")  # fmt: skip
+            f"{headline(p, scores)}  step {scores['step']}  "
+            f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
 
 
@@ -223,8 +252,9 @@ def headline(p: Protocol, scores: dict[str, float]) -> str:
 
 
 def write_report(
-    p: Protocol, rows: list[dict[str, Any]], class_names: list[str]
+    p: Protocol, rows: list[dict[str, Any]], class_names: list[str], split: str
 ) -> dict[str, Path]:
+    """The three files; ``split`` says how validation was separated from training."""
     out = Path(p.output)
     out.mkdir(parents=True, exist_ok=True)
     if is_ct(p):
@@ -233,9 +263,24 @@ def write_report(
     files = {"csv": out / "results.csv", "markdown": out / "results.md",
              "plot": out / "score_vs_budget.png"}  # fmt: skip
     write_csv(rows, [*metrics, "accuracy", "threshold"], files["csv"])
-    notes = [f"Validation split: `{p.data.get('init_args', {}).get('val_split', 'val')}`; "
-             f"mean ± sample std over seeds {p.seeds}; budget = fraction of training "
-             f"{'cases' if is_ct(p) else 'scenes'}; epochs {dict(p.epochs)}."]  # fmt: skip
-    write_markdown(rows, metrics, p.title, notes, files["markdown"])
+    write_markdown(rows, metrics, p.title, report_notes(p, split), files["markdown"])
     write_plot(rows, metrics, p.title, files["plot"])
     return files
+
+
+def report_notes(p: Protocol, split: str) -> list[str]:
+    """What the table's numbers mean: the split, the seeds, the budget unit, the training."""
+    unit = "cases" if is_ct(p) else "scenes"
+    steps = ", ".join(f"{m} {int(p.steps[m])}" for m in p.modes)
+    select = (
+        f"the state with the best mIoU on the held-out training locations (`select units`: "
+        f"{p.select_fraction:g} of the budget's locations, every date; checked every "
+        f"{p.check_every} steps), or the last state where none is held out (`select units` 0)"
+        if not is_ct(p) and p.select_fraction > 0
+        else "the last state (no held-out selection)"
+    )
+    return [
+        f"Validation: {split}. Mean ± sample std over seeds {p.seeds}; budget = fraction of "
+        f"the training {unit}.",
+        f"Deep runs: {steps} optimizer steps at every budget; scored with {select}.",
+    ]

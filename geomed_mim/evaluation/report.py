@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-ROW_KEYS = ("method", "kind", "budget", "train_units", "seed")
+ROW_KEYS = ("method", "kind", "budget", "train_units", "select_units", "seed", "step")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -52,12 +52,16 @@ def write_markdown(
     rows: list[dict[str, Any]], metrics: list[str], title: str, notes: list[str], path: Path
 ) -> str:
     """The mean ± std table (sample std over seeds) as markdown; returns its text."""
-    head = ["method", "budget", "train units", "seeds", *metrics]
+    head = ["method", "budget", "train units", "select units", "seeds", *metrics]
     lines = [f"# {title}", "", *notes, "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
     for (method, budget), rs in groups(rows).items():
         units = sorted({int(r["train_units"]) for r in rs})
-        cells = [method, f"{budget:g}", "/".join(map(str, units)), str(len(rs))]
+        select = sorted(
+            {int(r["select_units"]) for r in rs if r.get("select_units") not in (None, "")}
+        )
+        cells = [method, f"{budget:g}", "/".join(map(str, units)),
+                 "/".join(map(str, select)) or "—", str(len(rs))]  # fmt: skip
         cells += [cell([r.get(m, math.nan) for r in rs]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"

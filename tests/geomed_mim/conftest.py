@@ -33,3 +33,13 @@ def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finetune_lulc") / "store"
     build_store("--config", str(REPO_ROOT / "configs/data/demo_lulc.yaml"), "--output", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def ct_organs_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The labeled CT demo store (one abdominal case, liver / spleen / kidney)."""
+    out = tmp_path_factory.mktemp("ct_organs") / "store"
+    build_store(
+        "--config", str(REPO_ROOT / "configs/data/demo_ct_organs.yaml"), "--output", str(out)
+    )
+    return out
