@@ -33,6 +33,7 @@ from geomed_mim.data.buffers import release
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.rs import RSTileDataset, compute_band_stats
 from geomed_mim.data.sharding import per_rank_batch_size, sharded_loader, world_of
+from geomed_mim.data.splits import SlabSplit
 from geomed_mim.data.transforms import TileBatchTransform, is_compact_batch
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,12 @@ class CTDataModule(StoreDataModule):
 
     A batch holds ``batch_size`` volumes × ``crops_per_volume`` crops; the images are windowed
     to [0, 1] by the loader, so the recorded mean/std are (0, 1) and the window is recorded.
+
+    ``val_split``: the store's split to validate on, or ``"slab"``: every case of the stores
+    (whatever its split) trains outside a slab of itself and validates inside it
+    (:class:`~geomed_mim.data.splits.SlabSplit`: ``slab_fraction`` of the volume at
+    ``slab_side`` of ``slab_axis``, training crops ``slab_margin`` voxels clear of it): held-out
+    anatomy of the same scans, for stores of a few volumes each of another body region.
     """
 
     collate_fn = staticmethod(concat_crops)
@@ -383,11 +390,18 @@ class CTDataModule(StoreDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         global_batch_size: int | None = None,  # volumes per optimizer step, all ranks
+        slab_axis: int = 0,
+        slab_fraction: float = 0.3,
+        slab_margin: int = 4,
+        slab_side: str = "end",
     ) -> None:
         super().__init__(
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
             global_batch_size,
         )  # fmt: skip
+        self.slab = None
+        if val_split == "slab":
+            self.slab = SlabSplit(slab_axis, slab_fraction, slab_margin, slab_side)
         self.store_sources = [str(s) for s in stores]
         self.stores = [str(s) for s in stores]  # folders or object-store URLs, read in place
         self.crops_per_volume = crops_per_volume
@@ -430,6 +444,11 @@ class CTDataModule(StoreDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.resolve_batch_size()
+        if self.slab is not None:  # every case: outside its slab trains, inside validates
+            slab = {"slab": self.slab}
+            self.train_dataset = IndexedDataset(self.crops(None, True, **slab, slab_part="train"))
+            self.val_dataset = IndexedDataset(self.crops(None, False, **slab, slab_part="val"))
+            return
         self.train_dataset = IndexedDataset(self.crops("train", augment=True))
         if self.val_split:
             self.val_dataset = IndexedDataset(self.crops(self.val_split, augment=False))
