@@ -16,22 +16,25 @@ from geomed_mim.tasks.preemption import PreemptionCheckpoint
 
 class SaveRankParameters(Callback):
     """Every rank writes its own parameters to ``<dirpath>/rank<r>.pt`` when training ends, and
-    those it started from to ``<dirpath>/rank<r>.start.pt``."""
+    (with ``start_dirpath``) those it started from to ``<start_dirpath>/rank<r>.pt``."""
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str, start_dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self.start_dirpath = start_dirpath
 
-    def save(self, trainer, pl_module, suffix: str) -> None:
-        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def save(trainer, pl_module, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         state["__global_step__"] = torch.tensor(trainer.global_step)
-        torch.save(state, Path(self.dirpath) / f"rank{trainer.global_rank}{suffix}.pt")
+        torch.save(state, Path(folder) / f"rank{trainer.global_rank}.pt")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.save(trainer, pl_module, ".start")
+        if self.start_dirpath:
+            self.save(trainer, pl_module, self.start_dirpath)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.save(trainer, pl_module, "")
+        self.save(trainer, pl_module, self.dirpath)
 
 
 class WaitForSignalAtStep(Callback):
