@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from data_pipelines.errors import OutputWriteError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -121,9 +123,11 @@ class TaskFailure:
         return exc
 
 
-def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure:
+def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure | OutputWriteError:
     try:
         return fn(item)
+    except OutputWriteError as e:  # our own class, importable wherever fn is: it travels as it is
+        return e
     except Exception as e:
         return TaskFailure(type(e).__name__, str(e))
 

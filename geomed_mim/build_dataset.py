@@ -8,7 +8,10 @@ underscores); later flags override it.
 
 Exit status: 0 when samples were written; 1 when nothing was written (with one line saying
 why) or, with ``--strict``, when any input was quarantined or any file ignored; 2 for a
-setting that cannot work (one line naming the flag); 130 after Ctrl-C (re-running resumes).
+setting that cannot work (one line naming the flag); 74 when the output could not be written
+(no space, quota, file size limit, read-only filesystem, an I/O error; one line naming
+``--output`` and the errno, no build.json, nothing quarantined for it; re-running resumes);
+130 after Ctrl-C (re-running resumes).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.stats import recompute_ct_stats
-from data_pipelines.errors import BuildConfigError, BuildLockedError, InputError
+from data_pipelines.errors import (
+    EXIT_OUTPUT_ERROR,
+    BuildConfigError,
+    BuildLockedError,
+    InputError,
+    OutputWriteError,
+    output_writes,
+)
 from data_pipelines.resources import configs_dir
 from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
@@ -536,10 +546,14 @@ def stats_main(argv: list[str]) -> int:
             f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
         )
         return EXIT_CONFIG
-    if read_store_attrs(out).get(ATTR_MODALITY) == "ct":
-        print_hu_stats(out, recompute_ct_stats(out))
-    else:
-        print_band_stats(out, recompute_store_stats(out))
+    is_ct = read_store_attrs(out).get(ATTR_MODALITY) == "ct"
+    try:
+        with output_writes():  # the statistics are written into the store
+            attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
+    except OutputWriteError as e:
+        print(f"error: {e.describe(out)}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    (print_hu_stats if is_ct else print_band_stats)(out, attrs)
     return EXIT_OK
 
 
@@ -581,9 +595,9 @@ def publish_build(out_dir: Path, url: str) -> int:
     """Upload a finished build to ``url``; one line either way."""
     try:
         published = publish(out_dir, url)
-    except ObjectStoreError as e:
+    except ObjectStoreError as e:  # the object store refused or failed the upload
         print(f"error: {e}; re-run the same command to retry", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_OUTPUT_ERROR
     print(
         f"  published: {url} ({published.uploaded} files, "
         f"{_human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
@@ -605,6 +619,9 @@ def build_main(argv: list[str]) -> int:
     except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except OutputWriteError as e:  # no build.json: the build did not finish; committed parts stay
+        print(f"error: {e.describe(cfg.output)}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
     if isinstance(cfg, CTBuildConfig):
         print(format_ct_summary(report, cfg))
     else:
