@@ -59,6 +59,8 @@ class RangeServer(ThreadingHTTPServer):
         self.bytes_sent: Counter[str] = Counter()  # url path -> body bytes
         self.requests: Counter[str] = Counter()  # url path -> requests (any status)
         self.whole_file_answers: Counter[str] = Counter()  # url path -> 200 answers to a GET
+        # (url path, header name) of every request, lower-case names: which credentials came
+        self.headers_seen: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _RangeHandler)
@@ -77,6 +79,7 @@ class RangeServer(ThreadingHTTPServer):
             self.bytes_sent.clear()
             self.requests.clear()
             self.whole_file_answers.clear()
+            self.headers_seen.clear()
 
     def count(self, path: str, nbytes: int, whole: bool = False) -> None:
         with self._lock:
@@ -124,6 +127,8 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = urlparse(self.path).path
+        with self.server._lock:
+            self.server.headers_seen.update((path, name.lower()) for name in self.headers)
         target = self._file()
         if target is None:
             self.server.count(path, 0)

@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from data_pipelines.errors import InputError
-from data_pipelines.remote import RemoteError, is_remote, read_bytes
+from data_pipelines.errors import BuildConfigError, InputError
+from data_pipelines.remote import (
+    ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV,
+    RemoteError,
+    global_http_credentials,
+    http_host,
+    is_remote,
+    read_bytes,
+)
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
@@ -435,11 +442,34 @@ def discover_stac(href: str, profile: SensorProfile) -> Discovery:
             f"common name (assets: {', '.join(keys[:20])}); choose the --profile of this "
             f"collection"
         )
+    check_credential_scope(href, scenes)
     ids = [s.scene_id for s in scenes]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"--input: STAC item id {dup!r} appears twice; give each item once")
     return Discovery(scenes=sorted(scenes, key=lambda s: s.scene_id))
+
+
+def check_credential_scope(href: str, scenes: list[Scene]) -> None:
+    """Refuse to send credentials set for every host (``GDAL_HTTP_HEADERS`` ...) to hosts that a
+    catalog read from a URL chose: BuildConfigError naming the option, the hosts and the fix."""
+    if not is_remote(href):
+        return  # a local document: the user chose its hosts
+    options = global_http_credentials()
+    if not options:
+        return
+    own = http_host(href)
+    hosts = sorted(
+        {h for s in scenes for _, f in s.files if (h := http_host(f)) is not None and h != own}
+    )
+    if hosts:
+        shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+        raise BuildConfigError(
+            f"{options[0]}: it is set for every host, and the catalog {href} names assets on "
+            f"{shown}, which would receive it; give credentials per host in a GDAL "
+            f"configuration file ([credentials] with path=/vsicurl/https://HOST/, see "
+            f"docs/cloud.md) or set {ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV}=1 to send them anyway"
+        )
 
 
 # -- reading an item's scene -------------------------------------------------------------------

@@ -7,6 +7,8 @@ the build with one line."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +142,66 @@ def test_a_served_catalog_linking_to_a_local_file_is_one_line(
     line = _one_error_line(capsys)
     assert f"links to '{local.as_uri()}', which is a file: URL" in line
     assert line.endswith("a catalog read from a URL may only link to URLs")
+
+
+@pytest.fixture(scope="module")
+def other_host(served: tuple[Path, RangeServer]) -> Iterator[RangeServer]:
+    """A second server (another port: another host for HTTP credentials) of the same files."""
+    with RangeServer(served[0]) as server:
+        yield server
+
+
+def test_a_header_set_for_every_host_is_not_sent_to_a_served_catalogs_other_hosts(
+    served: tuple[Path, RangeServer],
+    other_host: RangeServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, http = served
+    files = _band_files(root)
+    item = stac_item("elsewhere", {b: f"{other_host.url}/{p.name}" for b, p in files.items()})
+    write_json(item_collection([item]), root / "elsewhere.json")
+    monkeypatch.setenv("GDAL_HTTP_HEADERS", "Authorization: Bearer catalog-token")
+    other_host.reset_counts()
+    url = f"{http.url}/elsewhere.json"
+    assert main(["--input", url, "--output", str(tmp_path / "out"), *S2]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: GDAL_HTTP_HEADERS: it is set for every host")
+    assert f"names assets on {other_host.url}, which would receive it" in line
+    assert sum(other_host.requests.values()) == 0  # nothing went there, with or without it
+
+
+READ_TWO_HOSTS = """
+import sys
+import rasterio
+for url in sys.argv[1:]:
+    with rasterio.open(url) as src:
+        src.read(1, window=((0, 8), (0, 8)))
+"""
+
+
+def test_per_host_credentials_in_a_gdal_config_file_reach_that_host_only(
+    served: tuple[Path, RangeServer], other_host: RangeServer, tmp_path: Path, child_env
+) -> None:
+    """What docs/cloud.md recommends instead: a [credentials] section per URL prefix."""
+    root, http = served
+    name = _band_files(root)["B04"].name
+    config = tmp_path / "gdal.cfg"
+    config.write_text(
+        f"[credentials]\n\n[.one]\npath=/vsicurl/{http.url}/\n"
+        "GDAL_HTTP_HEADERS=Authorization: Bearer for-one-host\n"
+    )
+    http.reset_counts()
+    other_host.reset_counts()
+    proc = subprocess.run(
+        [sys.executable, "-c", READ_TWO_HOSTS, f"{http.url}/{name}", f"{other_host.url}/{name}"],
+        env={**child_env, "GDAL_CONFIG_FILE": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert http.headers_seen[(f"/{name}", "authorization")] > 0
+    assert other_host.requests[f"/{name}"] > 0
+    assert other_host.headers_seen[(f"/{name}", "authorization")] == 0
