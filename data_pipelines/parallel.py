@@ -2,6 +2,12 @@
 
 Heavy reads go to processes with one thread each (GDAL handles are not thread-safe and the
 GIL would serialize decoding), one task per input scene/volume, never one per tile.
+
+The LocalCluster listens on 127.0.0.1 only. An existing scheduler is reached at its address;
+a ``tls://`` address uses the TLS settings of dask's configuration
+(``distributed.comm.tls.ca-file``, ``.client.cert``, ``.client.key``; the build command's
+``--tls-*`` flags set them), and a scheduler that cannot be reached is one line naming
+``--scheduler``.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from data_pipelines.errors import OutputWriteError
+from data_pipelines.errors import BuildConfigError, OutputWriteError, first_line
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 SYNCHRONOUS = "synchronous"
 LOCAL = "local"
+LOCAL_HOST = "127.0.0.1"  # the LocalCluster is never reachable from other machines
+TLS_CONFIG_KEYS = {  # dask config key -> the build command's flag that sets it
+    "distributed.comm.tls.ca-file": "--tls-ca-file",
+    "distributed.comm.tls.client.cert": "--tls-cert",
+    "distributed.comm.tls.client.key": "--tls-key",
+}
 
 
 class TaskCrashedError(RuntimeError):
@@ -83,6 +95,7 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
             cluster = LocalCluster(
                 n_workers=workers,
+                host=LOCAL_HOST,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
@@ -98,12 +111,47 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
             client.close()
             cluster.close()
     else:
-        client = Client(scheduler)
+        client = connect(scheduler)
         client.run(limit_worker_threads)
         try:
             yield client
         finally:
             client.close()
+
+
+def scheduler_security(scheduler: str) -> Any:
+    """The ``distributed.Security`` to reach ``scheduler`` with: dask's TLS configuration for a
+    ``tls://`` address (BuildConfigError naming the flags when it lacks a setting), None for
+    any other address."""
+    import dask
+    from distributed.security import Security
+
+    if not scheduler.lower().startswith("tls://"):
+        return None
+    missing = [flag for key, flag in TLS_CONFIG_KEYS.items() if not dask.config.get(key, None)]
+    if missing:
+        raise BuildConfigError(
+            f"--scheduler: {scheduler} is a TLS address, but no {', '.join(missing)} is given; "
+            f"pass the CA certificate and this client's certificate and key (or set "
+            f"distributed.comm.tls.* in the dask configuration)"
+        )
+    return Security(require_encryption=True)
+
+
+def connect(scheduler: str) -> Any:
+    """A client of the running scheduler at ``scheduler``; one line naming ``--scheduler`` when
+    it cannot be reached (refused, timed out, a TLS handshake that failed)."""
+    from distributed import Client
+
+    security = scheduler_security(scheduler)
+    try:
+        return Client(scheduler, security=security)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise BuildConfigError(
+            f"--scheduler: cannot connect to {scheduler} ({first_line(e)}); check that the "
+            f"scheduler runs there and speaks this protocol (tls:// needs --tls-ca-file, "
+            f"--tls-cert, --tls-key)"
+        ) from None
 
 
 class TaskFailure:

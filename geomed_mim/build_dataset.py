@@ -16,6 +16,7 @@ setting that cannot work (one line naming the flag); 74 when the output could no
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -155,8 +156,19 @@ def run_flags() -> list[Flag]:
         Flag("--workers", int, parallel.default_workers(),
              "Worker processes of the local dask cluster (1 = run in this process)."),
         Flag("--scheduler", str, parallel.LOCAL,
-             "'local' (a LocalCluster of --workers processes), 'synchronous' (this process, "
-             "for debugging) or the address of a running dask scheduler (tcp://HOST:PORT)."),
+             "'local' (a LocalCluster of --workers processes on 127.0.0.1), 'synchronous' (this "
+             "process, for debugging) or the address of a running dask scheduler "
+             "(tls://HOST:PORT with --tls-*, or tcp://HOST:PORT on an isolated network; see "
+             "docs/cluster.md)."),
+        Flag("--tls-ca-file", str | None, None,
+             "--scheduler tls://...: the CA certificate (PEM) the scheduler's certificate is "
+             "signed by (dask config: distributed.comm.tls.ca-file)."),
+        Flag("--tls-cert", str | None, None,
+             "--scheduler tls://...: this client's certificate (PEM; dask config: "
+             "distributed.comm.tls.client.cert)."),
+        Flag("--tls-key", str | None, None,
+             "--scheduler tls://...: this client's private key (PEM; dask config: "
+             "distributed.comm.tls.client.key)."),
         Flag("--compression-level", int, 5, "zstd level 0-9."),
         Flag("--strict", bool, False,
              "Exit with status 1 when any input had to be quarantined or any file was ignored, "
@@ -357,7 +369,30 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
         )
     if args.modality not in ("rs", "ct"):
         raise BuildConfigError(f"--modality: {args.modality!r} is not 'rs' or 'ct'")
+    apply_tls_flags(args)
     return (ct_config(args) if args.modality == "ct" else rs_config(args)), is_demo
+
+
+def apply_tls_flags(args: Any) -> None:
+    """``--tls-ca-file/--tls-cert/--tls-key`` into dask's configuration, which the client of a
+    ``tls://`` scheduler reads (:func:`data_pipelines.parallel.scheduler_security`)."""
+    import dask
+
+    given = {
+        key: (flag, getattr(args, flag[2:].replace("-", "_"), None))
+        for key, flag in parallel.TLS_CONFIG_KEYS.items()
+    }
+    for _key, (flag, path) in given.items():
+        if path is None:
+            continue
+        if not str(args.scheduler).lower().startswith("tls://"):
+            raise BuildConfigError(
+                f"{flag}: only a --scheduler tls://HOST:PORT address uses it (got "
+                f"--scheduler {args.scheduler})"
+            )
+        if not Path(path).is_file():
+            raise BuildConfigError(f"{flag}: {path} is not a file; give the PEM file")
+    dask.config.set({key: path for key, (_, path) in given.items() if path is not None})
 
 
 # -- the summary printed at the end ----------------------------------------------------------------
@@ -607,6 +642,18 @@ def publish_build(out_dir: Path, url: str) -> int:
 
 
 def build_main(argv: list[str]) -> int:
+    """A build; the dask settings its flags make (--tls-*) hold for this build only."""
+    import dask
+
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        return run_build_command(argv)
+    finally:  # in place: dask's functions hold the dict itself as a default argument
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+
+
+def run_build_command(argv: list[str]) -> int:
     try:
         cfg, is_demo = parse_config(argv)
         cfg, publish_url = staged_output(cfg)
