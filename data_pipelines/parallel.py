@@ -71,12 +71,20 @@ def limit_worker_threads() -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
+def _silence_on_interrupt(signum: int, frame: object) -> None:
+    """A worker's SIGINT handler: the parent is closing the cluster, so the errors this worker
+    would log while it goes (a heartbeat to a scheduler already gone, with its traceback) say
+    nothing; all of its logging stops. No KeyboardInterrupt is raised."""
+    logging.disable(logging.CRITICAL)
+
+
 def ignore_interrupts() -> None:
     """Run in each LocalCluster worker: Ctrl-C reaches the whole process group, but only the
     parent handles it (it closes the cluster, which cancels the running tasks), so workers print
-    nothing: no KeyboardInterrupt, and no warning per cancelled task (a task's own errors come
-    back to the parent as data, never through this log)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nothing: no KeyboardInterrupt, no warning per cancelled task and no error about the closed
+    connection to the scheduler (a task's own errors come back to the parent as data, never
+    through this log)."""
+    signal.signal(signal.SIGINT, _silence_on_interrupt)
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
