@@ -39,7 +39,13 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_pipelines import parallel
-from data_pipelines.errors import BuildConfigError, BuildLockedError, first_line
+from data_pipelines.errors import (
+    BuildConfigError,
+    BuildLockedError,
+    OutputWriteError,
+    first_line,
+    output_writes,
+)
 from data_pipelines.store.layout import (
     BUILD_RECORD_NAME,
     LOCK_NAME,
@@ -293,6 +299,8 @@ def run_pending(
 ) -> list[Quarantined]:
     """Run the tasks not finished yet; a failed task's arrays are removed and it is quarantined.
 
+    An :class:`OutputWriteError` (the output could not be written) is no fault of the task's input:
+    it is raised at once, which shuts the workers down; committed parts stay for a re-run.
     Returns the quarantined tasks sorted by source (completion order is not deterministic).
     """
     stop_after = part_count_from_env(STOP_AFTER_PARTS_ENV)
@@ -318,6 +326,8 @@ def run_pending(
             if isinstance(result, BaseException):
                 for g in groups:
                     delete_part_array(out_dir, g, task.part)
+                if isinstance(result, OutputWriteError):
+                    raise result
                 error_type = getattr(result, "error_type", type(result).__name__)
                 q = Quarantined(task.source, task.part, first_line(result), error_type)
                 quarantined.append(q)
@@ -420,17 +430,22 @@ def run_build(
     out_dir = Path(out_dir)
     groups = (group, *extra_groups)
     started = time.perf_counter()
-    with OutputLock(out_dir):
-        prepare_output(out_dir, settings, overwrite, groups, store_attrs)
-        pending = [t for t in tasks if not fragment_path(out_dir, t.part).is_file()]
+    # every stage but the tasks works on the output alone, so an OSError there is an
+    # OutputWriteError; the tasks' own output faults come back from run_pending
+    with contextlib.ExitStack() as locked:
+        with output_writes():
+            locked.enter_context(OutputLock(out_dir))
+            prepare_output(out_dir, settings, overwrite, groups, store_attrs)
+            pending = [t for t in tasks if not fragment_path(out_dir, t.part).is_file()]
         quarantined = run_pending(
             out_dir, pending, len(tasks), task_fn, groups, scheduler, workers, unit
         )
         run_seconds = time.perf_counter() - started
-        manifest, summaries, counts, timings = collect_fragments(out_dir, tasks)
-        counts[f"{unit}s_done"] = len(summaries)
-        counts[f"{unit}s_quarantined"] = len(quarantined)
-        manifest, archive_counts = finalize(out_dir, manifest, summaries)
+        with output_writes():
+            manifest, summaries, counts, timings = collect_fragments(out_dir, tasks)
+            counts[f"{unit}s_done"] = len(summaries)
+            counts[f"{unit}s_quarantined"] = len(quarantined)
+            manifest, archive_counts = finalize(out_dir, manifest, summaries)
         counts.update(archive_counts)
         report = BuildReport(
             out_dir=out_dir,
@@ -446,5 +461,6 @@ def run_build(
             total_parts=len(tasks),
         )
         report.seconds = time.perf_counter() - started
-        write_records(report, manifest, config, len(tasks), run_seconds, timings)
+        with output_writes():
+            write_records(report, manifest, config, len(tasks), run_seconds, timings)
     return report

@@ -2,11 +2,18 @@
 
 A config or input mistake stops the build before any work, with a message that names the flag
 and the fix; an input that fails inside its task is quarantined with a one-line reason
-(:func:`first_line`). Errors that belong to one reader (a DICOM series, a GeoTIFF scene) live
-next to that reader.
+(:func:`first_line`). A failed write of the build's own output (disk full, quota, read-only,
+an I/O error) is no input's fault: it is an :class:`OutputWriteError`, which stops the build at once
+and is never quarantined. Errors that belong to one reader (a DICOM series, a GeoTIFF scene)
+live next to that reader.
 """
 
 from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class BuildConfigError(ValueError):
@@ -30,3 +37,41 @@ def first_line(e: BaseException) -> str:
     a quarantine reason is one line."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+# the exit status of a command stopped by an OutputWriteError (sysexits.h's EX_IOERR):
+# distinct from a user mistake (2) and from a build that wrote nothing (1)
+EXIT_OUTPUT_ERROR = 74
+
+
+class OutputWriteError(OSError):
+    """Writing (or reading back) the build's own output failed: no space, quota, file size
+    limit, read-only filesystem, an I/O error. The environment's fault, not an input's, so the
+    build stops instead of quarantining the input it was writing; what was committed stays and a
+    re-run resumes. Keeps the ``errno``, ``strerror`` and ``filename`` of the error it wraps
+    (and pickles with them, to come back from a worker process)."""
+
+    def describe(self, output: str | Path | None = None, flag: str = "--output") -> str:
+        """One line naming ``flag`` (the setting that chose where to write), what was being
+        written, the errno and what to do."""
+        code = errno.errorcode.get(self.errno, "") if isinstance(self.errno, int) else ""
+        why = self.strerror or (str(self.args[0]) if self.args else "write failed")
+        where = f" ({self.filename})" if self.filename else ""
+        target = f"writing {output}" if output is not None else "writing the output"
+        return (
+            f"{flag}: {target} failed: {why}" + (f" [{code}]" if code else "") + f"{where}; "
+            f"free space or fix the output's filesystem (or choose another {flag}), then "
+            f"re-run the same command to resume"
+        )
+
+
+@contextmanager
+def output_writes() -> Iterator[None]:
+    """The body writes the build's output: an ``OSError`` it raises becomes an
+    :class:`OutputWriteError` (with the same errno), never an input's quarantine reason."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise OutputWriteError(e.errno, e.strerror or first_line(e), e.filename) from e

@@ -2,6 +2,12 @@
 
 Heavy reads go to processes with one thread each (GDAL handles are not thread-safe and the
 GIL would serialize decoding), one task per input scene/volume, never one per tile.
+
+The LocalCluster listens on 127.0.0.1 only. An existing scheduler is reached at its address;
+a ``tls://`` address uses the TLS settings of dask's configuration
+(``distributed.comm.tls.ca-file``, ``.client.cert``, ``.client.key``; the build command's
+``--tls-*`` flags set them), and a scheduler that cannot be reached is one line naming
+``--scheduler``.
 """
 
 from __future__ import annotations
@@ -13,11 +19,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from data_pipelines.errors import BuildConfigError, OutputWriteError, first_line
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 SYNCHRONOUS = "synchronous"
 LOCAL = "local"
+LOCAL_HOST = "127.0.0.1"  # the LocalCluster is never reachable from other machines
+TLS_CONFIG_KEYS = {  # dask config key -> the build command's flag that sets it
+    "distributed.comm.tls.ca-file": "--tls-ca-file",
+    "distributed.comm.tls.client.cert": "--tls-cert",
+    "distributed.comm.tls.client.key": "--tls-key",
+}
 
 
 class TaskCrashedError(RuntimeError):
@@ -57,12 +71,20 @@ def limit_worker_threads() -> None:
     zarr.config.set({"threading.max_workers": 1})
 
 
+def _silence_on_interrupt(signum: int, frame: object) -> None:
+    """A worker's SIGINT handler: the parent is closing the cluster, so the errors this worker
+    would log while it goes (a heartbeat to a scheduler already gone, with its traceback) say
+    nothing; all of its logging stops. No KeyboardInterrupt is raised."""
+    logging.disable(logging.CRITICAL)
+
+
 def ignore_interrupts() -> None:
     """Run in each LocalCluster worker: Ctrl-C reaches the whole process group, but only the
     parent handles it (it closes the cluster, which cancels the running tasks), so workers print
-    nothing: no KeyboardInterrupt, and no warning per cancelled task (a task's own errors come
-    back to the parent as data, never through this log)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nothing: no KeyboardInterrupt, no warning per cancelled task and no error about the closed
+    connection to the scheduler (a task's own errors come back to the parent as data, never
+    through this log)."""
+    signal.signal(signal.SIGINT, _silence_on_interrupt)
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
@@ -81,6 +103,7 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
             cluster = LocalCluster(
                 n_workers=workers,
+                host=LOCAL_HOST,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
@@ -96,12 +119,47 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
             client.close()
             cluster.close()
     else:
-        client = Client(scheduler)
+        client = connect(scheduler)
         client.run(limit_worker_threads)
         try:
             yield client
         finally:
             client.close()
+
+
+def scheduler_security(scheduler: str) -> Any:
+    """The ``distributed.Security`` to reach ``scheduler`` with: dask's TLS configuration for a
+    ``tls://`` address (BuildConfigError naming the flags when it lacks a setting), None for
+    any other address."""
+    import dask
+    from distributed.security import Security
+
+    if not scheduler.lower().startswith("tls://"):
+        return None
+    missing = [flag for key, flag in TLS_CONFIG_KEYS.items() if not dask.config.get(key, None)]
+    if missing:
+        raise BuildConfigError(
+            f"--scheduler: {scheduler} is a TLS address, but no {', '.join(missing)} is given; "
+            f"pass the CA certificate and this client's certificate and key (or set "
+            f"distributed.comm.tls.* in the dask configuration)"
+        )
+    return Security(require_encryption=True)
+
+
+def connect(scheduler: str) -> Any:
+    """A client of the running scheduler at ``scheduler``; one line naming ``--scheduler`` when
+    it cannot be reached (refused, timed out, a TLS handshake that failed)."""
+    from distributed import Client
+
+    security = scheduler_security(scheduler)
+    try:
+        return Client(scheduler, security=security)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise BuildConfigError(
+            f"--scheduler: cannot connect to {scheduler} ({first_line(e)}); check that the "
+            f"scheduler runs there and speaks this protocol (tls:// needs --tls-ca-file, "
+            f"--tls-cert, --tls-key)"
+        ) from None
 
 
 class TaskFailure:
@@ -121,9 +179,11 @@ class TaskFailure:
         return exc
 
 
-def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure:
+def _run_captured(fn: Callable[[T], R], item: T) -> R | TaskFailure | OutputWriteError:
     try:
         return fn(item)
+    except OutputWriteError as e:  # our own class, importable wherever fn is: it travels as it is
+        return e
     except Exception as e:
         return TaskFailure(type(e).__name__, str(e))
 

@@ -7,7 +7,10 @@ and measured on one machine::
     python -m data_pipelines.range_server ./archive --port 8000
 
 Every answer is counted per path (requests, body bytes), which is how the remote-read benchmark
-measures what a build fetched.
+measures what a build fetched. Files are sent in chunks (memory stays flat whatever their size),
+a connection idle for ``idle_timeout_s`` is closed, and a ``Range`` header the server does not
+understand is ignored as RFC 9110 allows: the whole file, ``200``. A well-formed range that
+lies past the end of the file is ``416``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+CHUNK_BYTES = 2**20  # a file is read and sent this much at a time
+IDLE_TIMEOUT_S = 30.0  # a connection (keep-alive included) silent this long is closed
+
+
+def range_is_understood(header: str) -> bool:
+    """Whether ``header`` is a byte-range set this server parses; any other ``Range`` header
+    (another unit, bad syntax) is ignored and the whole file sent (RFC 9110, section 14.2)."""
+    if not header.startswith("bytes="):
+        return False
+    parts = header[len("bytes=") :].split(",")
+    return all((m := _RANGE.match(p)) is not None and any(m.groups()) for p in parts)
 
 
 def parse_ranges(header: str, size: int) -> tuple[int, int] | None:
@@ -54,11 +68,20 @@ class RangeServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        root: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ):
         self.root = Path(root).resolve()
+        self.idle_timeout_s = idle_timeout_s
         self.bytes_sent: Counter[str] = Counter()  # url path -> body bytes
         self.requests: Counter[str] = Counter()  # url path -> requests (any status)
         self.whole_file_answers: Counter[str] = Counter()  # url path -> 200 answers to a GET
+        # (url path, header name) of every request, lower-case names: which credentials came
+        self.headers_seen: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _RangeHandler)
@@ -77,12 +100,17 @@ class RangeServer(ThreadingHTTPServer):
             self.bytes_sent.clear()
             self.requests.clear()
             self.whole_file_answers.clear()
+            self.headers_seen.clear()
 
     def count(self, path: str, nbytes: int, whole: bool = False) -> None:
         with self._lock:
             self.requests[path] += 1
             self.bytes_sent[path] += nbytes
             self.whole_file_answers[path] += int(whole)
+
+    def count_bytes(self, path: str, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_sent[path] += nbytes
 
     def start(self) -> RangeServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -109,6 +137,10 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: tests and benchmarks read the counters instead
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # the socket timeout of this connection
+        super().setup()
+
     def _file(self) -> Path | None:
         rel = unquote(urlparse(self.path).path).lstrip("/")
         target = (self.server.root / rel).resolve()
@@ -124,6 +156,8 @@ class _RangeHandler(SimpleHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = urlparse(self.path).path
+        with self.server._lock:
+            self.server.headers_seen.update((path, name.lower()) for name in self.headers)
         target = self._file()
         if target is None:
             self.server.count(path, 0)
@@ -132,7 +166,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         size = target.stat().st_size
         start, end, status = 0, size - 1, HTTPStatus.OK
         header = self.headers.get("Range")
-        if header:
+        if header and range_is_understood(header):
             span = parse_ranges(header, size)
             if span is None:
                 self.server.count(path, 0)
@@ -153,12 +187,18 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         if not body:
             self.server.count(path, 0)
             return
+        self.server.count(path, 0, whole=status == HTTPStatus.OK)
         with target.open("rb") as f:
             f.seek(start)
-            data = f.read(length)
-        # counted before the write: a client that has the bytes must find them counted
-        self.server.count(path, len(data), whole=status == HTTPStatus.OK)
-        self.wfile.write(data)
+            left = length
+            while left > 0:
+                data = f.read(min(CHUNK_BYTES, left))
+                if not data:
+                    break  # the file shrank while being sent; the client sees a short body
+                # counted before the write: a client that has the bytes must find them counted
+                self.server.count_bytes(path, len(data))
+                self.wfile.write(data)
+                left -= len(data)
 
 
 def main(argv: list[str] | None = None) -> int:

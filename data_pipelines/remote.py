@@ -8,6 +8,13 @@ The GDAL options for that are computed once per worker process from its environm
 (:func:`gdal_remote_options`) and applied around every scene read. Anything the user sets in the
 environment (``GDAL_*``, ``CPL_*``, ``AWS_*``, ``GOOGLE_*``, ``AZURE_*``) wins over the defaults
 here, so credentials and endpoints are configured the usual way.
+
+HTTP credentials set for every host (``GDAL_HTTP_HEADERS`` and its kin in the environment) would
+go to every host a catalog names; :func:`global_http_credentials` lists them so that a catalog
+read from a URL with assets on other hosts can be refused unless the user opts in
+(:data:`ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV`). Per-host credentials belong in a GDAL configuration
+file's ``[credentials]`` section (``path=/vsicurl/https://HOST/``), which GDAL sends to that
+prefix only.
 """
 
 from __future__ import annotations
@@ -40,6 +47,14 @@ GDAL_REMOTE_DEFAULTS: dict[str, str] = {
 }
 # Environment prefixes the user configures remote access with; they are never overridden.
 USER_PREFIXES = ("GDAL_", "CPL_", "VSI_", "AWS_", "GOOGLE_", "GS_", "AZURE_")
+# GDAL options that put credentials on every HTTP request, whatever the host
+GLOBAL_HTTP_CREDENTIAL_OPTIONS = (
+    "GDAL_HTTP_HEADERS",
+    "GDAL_HTTP_HEADER_FILE",
+    "GDAL_HTTP_USERPWD",
+    "GDAL_HTTP_BEARER",
+)
+ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV = "GEOMED_ALLOW_GLOBAL_HTTP_CREDENTIALS"
 HTTP_RETRIES = 3  # catalog (JSON) fetches: attempts before the input is reported unreachable
 HTTP_TIMEOUT_S = 30
 
@@ -51,6 +66,23 @@ class RemoteError(OSError):
 def is_remote(path: str) -> bool:
     """Whether ``path`` is a URL of a remote scheme GDAL reads (http(s), s3, gs, az)."""
     return urlparse(str(path)).scheme.lower() in REMOTE_SCHEMES
+
+
+def global_http_credentials(environ: dict[str, str] | None = None) -> list[str]:
+    """The GDAL options in the environment that send credentials to every HTTP host; empty
+    when there are none or the user allowed that (``GEOMED_ALLOW_GLOBAL_HTTP_CREDENTIALS=1``)."""
+    env = os.environ if environ is None else environ
+    if env.get(ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV, "").strip().lower() in ("1", "yes", "true"):
+        return []
+    return [name for name in GLOBAL_HTTP_CREDENTIAL_OPTIONS if env.get(name)]
+
+
+def http_host(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, None for anything else."""
+    parsed = urlparse(url)
+    if parsed.scheme.lower() not in ("http", "https"):
+        return None
+    return f"{parsed.scheme.lower()}://{parsed.netloc.lower()}"
 
 
 def s3_endpoint_options(endpoint_url: str) -> dict[str, str]:

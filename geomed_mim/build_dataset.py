@@ -8,11 +8,15 @@ underscores); later flags override it.
 
 Exit status: 0 when samples were written; 1 when nothing was written (with one line saying
 why) or, with ``--strict``, when any input was quarantined or any file ignored; 2 for a
-setting that cannot work (one line naming the flag); 130 after Ctrl-C (re-running resumes).
+setting that cannot work (one line naming the flag); 74 when the output could not be written
+(no space, quota, file size limit, read-only filesystem, an I/O error; one line naming
+``--output`` and the errno, no build.json, nothing quarantined for it; re-running resumes);
+130 after Ctrl-C (re-running resumes).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,7 +30,14 @@ from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.stats import recompute_ct_stats
-from data_pipelines.errors import BuildConfigError, BuildLockedError, InputError
+from data_pipelines.errors import (
+    EXIT_OUTPUT_ERROR,
+    BuildConfigError,
+    BuildLockedError,
+    InputError,
+    OutputWriteError,
+    output_writes,
+)
 from data_pipelines.resources import configs_dir
 from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
@@ -145,8 +156,19 @@ def run_flags() -> list[Flag]:
         Flag("--workers", int, parallel.default_workers(),
              "Worker processes of the local dask cluster (1 = run in this process)."),
         Flag("--scheduler", str, parallel.LOCAL,
-             "'local' (a LocalCluster of --workers processes), 'synchronous' (this process, "
-             "for debugging) or the address of a running dask scheduler (tcp://HOST:PORT)."),
+             "'local' (a LocalCluster of --workers processes on 127.0.0.1), 'synchronous' (this "
+             "process, for debugging) or the address of a running dask scheduler "
+             "(tls://HOST:PORT with --tls-*, or tcp://HOST:PORT on an isolated network; see "
+             "docs/cluster.md)."),
+        Flag("--tls-ca-file", str | None, None,
+             "--scheduler tls://...: the CA certificate (PEM) the scheduler's certificate is "
+             "signed by (dask config: distributed.comm.tls.ca-file)."),
+        Flag("--tls-cert", str | None, None,
+             "--scheduler tls://...: this client's certificate (PEM; dask config: "
+             "distributed.comm.tls.client.cert)."),
+        Flag("--tls-key", str | None, None,
+             "--scheduler tls://...: this client's private key (PEM; dask config: "
+             "distributed.comm.tls.client.key)."),
         Flag("--compression-level", int, 5, "zstd level 0-9."),
         Flag("--strict", bool, False,
              "Exit with status 1 when any input had to be quarantined or any file was ignored, "
@@ -347,7 +369,30 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
         )
     if args.modality not in ("rs", "ct"):
         raise BuildConfigError(f"--modality: {args.modality!r} is not 'rs' or 'ct'")
+    apply_tls_flags(args)
     return (ct_config(args) if args.modality == "ct" else rs_config(args)), is_demo
+
+
+def apply_tls_flags(args: Any) -> None:
+    """``--tls-ca-file/--tls-cert/--tls-key`` into dask's configuration, which the client of a
+    ``tls://`` scheduler reads (:func:`data_pipelines.parallel.scheduler_security`)."""
+    import dask
+
+    given = {
+        key: (flag, getattr(args, flag[2:].replace("-", "_"), None))
+        for key, flag in parallel.TLS_CONFIG_KEYS.items()
+    }
+    for _key, (flag, path) in given.items():
+        if path is None:
+            continue
+        if not str(args.scheduler).lower().startswith("tls://"):
+            raise BuildConfigError(
+                f"{flag}: only a --scheduler tls://HOST:PORT address uses it (got "
+                f"--scheduler {args.scheduler})"
+            )
+        if not Path(path).is_file():
+            raise BuildConfigError(f"{flag}: {path} is not a file; give the PEM file")
+    dask.config.set({key: path for key, (_, path) in given.items() if path is not None})
 
 
 # -- the summary printed at the end ----------------------------------------------------------------
@@ -536,10 +581,14 @@ def stats_main(argv: list[str]) -> int:
             f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
         )
         return EXIT_CONFIG
-    if read_store_attrs(out).get(ATTR_MODALITY) == "ct":
-        print_hu_stats(out, recompute_ct_stats(out))
-    else:
-        print_band_stats(out, recompute_store_stats(out))
+    is_ct = read_store_attrs(out).get(ATTR_MODALITY) == "ct"
+    try:
+        with output_writes():  # the statistics are written into the store
+            attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
+    except OutputWriteError as e:
+        print(f"error: {e.describe(out)}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    (print_hu_stats if is_ct else print_band_stats)(out, attrs)
     return EXIT_OK
 
 
@@ -581,9 +630,9 @@ def publish_build(out_dir: Path, url: str) -> int:
     """Upload a finished build to ``url``; one line either way."""
     try:
         published = publish(out_dir, url)
-    except ObjectStoreError as e:
+    except ObjectStoreError as e:  # the object store refused or failed the upload
         print(f"error: {e}; re-run the same command to retry", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_OUTPUT_ERROR
     print(
         f"  published: {url} ({published.uploaded} files, "
         f"{_human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
@@ -593,6 +642,18 @@ def publish_build(out_dir: Path, url: str) -> int:
 
 
 def build_main(argv: list[str]) -> int:
+    """A build; the dask settings its flags make (--tls-*) hold for this build only."""
+    import dask
+
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        return run_build_command(argv)
+    finally:  # in place: dask's functions hold the dict itself as a default argument
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+
+
+def run_build_command(argv: list[str]) -> int:
     try:
         cfg, is_demo = parse_config(argv)
         cfg, publish_url = staged_output(cfg)
@@ -605,6 +666,9 @@ def build_main(argv: list[str]) -> int:
     except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except OutputWriteError as e:  # no build.json: the build did not finish; committed parts stay
+        print(f"error: {e.describe(cfg.output)}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
     if isinstance(cfg, CTBuildConfig):
         print(format_ct_summary(report, cfg))
     else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +46,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from geomed_mim import tasks as task_package
 from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
 from geomed_mim.tasks import run_dir
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
@@ -144,7 +146,12 @@ class TrainingCLI(LightningCLI):
     wrong_checkpoint_hint = "give a checkpoint this command wrote"
 
     def checkpoint_task_ok(self, class_path: str) -> bool:
+        """Whether a checkpoint's ``_class_path`` names a task of this command. The checkpoint
+        chooses that string, so only a module of the project's task package is ever imported
+        for it (anything else is refused before any import)."""
         module, _, name = class_path.rpartition(".")
+        if module not in project_task_modules():
+            return False
         try:
             task = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError):
@@ -269,6 +276,13 @@ class FinetuneSegCLI(TrainingCLI):
         if failed:
             say(f"{failed} input(s) could not be predicted (listed above)")
             raise SystemExit(EXIT_USAGE)
+
+
+def project_task_modules() -> set[str]:
+    """The modules of ``geomed_mim.tasks``, listed from the package folder without importing
+    any of them."""
+    prefix = f"{task_package.__name__}."
+    return {prefix + m.name for m in pkgutil.iter_modules(task_package.__path__)}
 
 
 def run(

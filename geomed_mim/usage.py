@@ -2,7 +2,8 @@
 
 Code anywhere below a command raises :class:`UsageError`; the command's ``main`` turns it into
 ``error: <message>`` on stderr (printed once, by rank 0 under ``torchrun``) and exit status 2,
-with no traceback.
+with no traceback. A write that the environment refused (a checkpoint on a full disk: an
+:class:`~data_pipelines.errors.OutputWriteError`) is one line too, with exit status 74.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from data_pipelines.errors import EXIT_OUTPUT_ERROR, OutputWriteError
+
 EXIT_USAGE = 2
+RUN_ROOT_FLAG = "--trainer.default_root_dir"  # where a training run writes its checkpoints
 
 
 class UsageError(ValueError):
@@ -36,12 +40,16 @@ def print_usage_error(message: str) -> None:
 
 @contextmanager
 def usage_errors_exit() -> Iterator[None]:
-    """Run the body; a :class:`UsageError` becomes one line on stderr and ``SystemExit(2)``."""
+    """Run the body; a :class:`UsageError` becomes one line on stderr and ``SystemExit(2)``,
+    an :class:`OutputWriteError` one line and ``SystemExit(74)``."""
     try:
         yield
     except UsageError as e:
         print_usage_error(str(e))
         raise SystemExit(EXIT_USAGE) from None
+    except OutputWriteError as e:
+        print_usage_error(e.describe("checkpoint", flag=RUN_ROOT_FLAG))
+        raise SystemExit(EXIT_OUTPUT_ERROR) from None
 
 
 def run_with_usage_errors(fn: Callable[[], None]) -> None:

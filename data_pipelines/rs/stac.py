@@ -14,18 +14,34 @@ copies). Per band ``raster:bands`` gives scale, offset and nodata; the item id, 
 platform and ``eo:cloud_cover`` go into the manifest. An item whose assets do not cover every
 profile band becomes a scene that its task quarantines, with the bands it lacks as the reason.
 Asset hrefs may be local paths or URLs; remote assets are read by range (``data_pipelines.remote``).
+
+A document read from a URL is not trusted with this machine's files: its assets may only be
+URLs of :func:`allowed_asset_schemes` (an asset that is a ``file:`` URL, an absolute local path
+or a GDAL ``/vsi...`` path makes its item's scene quarantined with the reason, before anything
+is opened), and its links may only lead to such URLs. A local document keeps local hrefs.
+Catalog links are followed to :data:`MAX_CATALOG_DEPTH` levels; a link back to a catalog above
+it (a cycle) or a deeper tree stops the build with one line.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from data_pipelines.errors import InputError
-from data_pipelines.remote import RemoteError, is_remote, read_bytes
+from data_pipelines.errors import BuildConfigError, InputError
+from data_pipelines.remote import (
+    ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV,
+    RemoteError,
+    global_http_credentials,
+    http_host,
+    is_remote,
+    read_bytes,
+)
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.products.registry import register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
@@ -34,6 +50,10 @@ from data_pipelines.rs.toa import AFFINE_KINDS, stac_raster_calibrator
 
 STAC_PRODUCT = "stac_item"
 WAVELENGTH_TOLERANCE_NM = 30.0
+MAX_CATALOG_DEPTH = 16  # child-catalog levels below --input; real catalogs have a handful
+# asset URL schemes of a document read from a URL; gs and az only with their client installed
+ALWAYS_ALLOWED_SCHEMES = ("https", "http", "s3")
+SCHEME_CLIENTS = {"gs": "gcsfs", "az": "adlfs"}
 _FIX = "give a STAC Item, ItemCollection, Catalog or Collection JSON (a path or URL)"
 
 
@@ -52,6 +72,34 @@ class StacFacts:
     offset: tuple[float | None, ...] = ()
     nodata: tuple[float | None, ...] = ()
     problem: str | None = None  # why the item cannot be used (its task quarantines it)
+
+
+# -- what a document read from a URL may point at ------------------------------------------------
+
+
+def allowed_asset_schemes() -> tuple[str, ...]:
+    """The URL schemes an asset (or link) of a document read from a URL may use."""
+    extra = [s for s, client in SCHEME_CLIENTS.items() if importlib.util.find_spec(client)]
+    return (*ALWAYS_ALLOWED_SCHEMES, *extra)
+
+
+def untrusted_href(raw: str, absolute: str) -> str | None:
+    """Why an href of a document read from a URL may not be opened (``raw`` as written,
+    ``absolute`` resolved against the document), or None when it is a URL of an allowed scheme.
+    GDAL opens ``/vsi...`` paths and ``file:`` URLs on this machine, so they never qualify."""
+    text = raw.strip()
+    if text.lower().startswith("/vsi") or absolute.lower().startswith("/vsi"):
+        return "is a GDAL virtual file system path"
+    scheme = urlparse(absolute).scheme.lower()
+    if scheme == "file" or urlparse(text).scheme.lower() == "file":
+        return "is a file: URL (a local file)"
+    if text.startswith(("/", "\\")) or Path(text).is_absolute():
+        return "is an absolute local path"
+    allowed = allowed_asset_schemes()
+    if scheme not in allowed:
+        what = f"uses the URL scheme {scheme!r}" if scheme else "is a local path"
+        return f"{what} (allowed: {', '.join(allowed)})"
+    return None
 
 
 # -- reading the document -------------------------------------------------------------------------
@@ -87,51 +135,105 @@ def read_json(href: str) -> dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True)
+class ReadItem:
+    """A ``pystac.Item`` and whether the JSON it came from was read from a URL (then its
+    assets must be URLs too: :func:`untrusted_href`)."""
+
+    item: Any
+    from_url: bool
+
+
 def load_stac_items(href: str) -> list[Any]:
     """The ``pystac.Item`` objects of the document at ``href``, each with a self href so that
     relative asset hrefs resolve against where it was read from."""
+    return [r.item for r in read_stac_items(href)]
+
+
+def read_stac_items(href: str) -> list[ReadItem]:
+    """:func:`load_stac_items`, each item with where its JSON was read from."""
     import pystac
 
+    href = _absolute(href)
     doc = read_json(href)
     kind = doc.get("type")
     if kind == "Feature":
-        item = pystac.Item.from_dict(doc, migrate=True)
-        if item.get_self_href() is None:
-            item.set_self_href(_absolute(href))
-        return [item]
+        return [ReadItem(_item(doc, href), is_remote(href))]
     if kind == "FeatureCollection":
         items = list(pystac.ItemCollection.from_dict(doc, preserve_dict=True).items)
         for item in items:
-            if item.get_self_href() is None:
-                item.set_self_href(_absolute(href))
-        return items
+            _set_base(item, href)
+        return [ReadItem(item, is_remote(href)) for item in items]
     if kind in ("Catalog", "Collection"):
-        catalog = pystac.read_file(_absolute(href), stac_io=_RemoteStacIO())
-        try:
-            return list(catalog.get_items(recursive=True))
-        except (RemoteError, OSError) as e:
-            raise InputError(f"--input: a link of {href} cannot be read ({e})") from None
+        return walk_catalog(href, doc)
     raise InputError(f"--input: {href} is JSON of type {kind!r}, not STAC; {_FIX}")
+
+
+def _item(doc: dict[str, Any], read_from: str) -> Any:
+    import pystac
+
+    item = pystac.Item.from_dict(doc, migrate=True)
+    _set_base(item, read_from)
+    return item
+
+
+def _set_base(item: Any, read_from: str) -> None:
+    """Relative asset hrefs resolve against the item's self href: where it was read from when
+    it has none, and always for a document read from a URL (whose self link could otherwise
+    name a local folder as the base)."""
+    if is_remote(read_from) or item.get_self_href() is None:
+        item.set_self_href(read_from)
+
+
+def walk_catalog(root_href: str, root: dict[str, Any]) -> list[ReadItem]:
+    """The items under a Catalog or Collection, following its ``child`` and ``item`` links
+    breadth first. A link of a catalog read from a URL must be a URL of an allowed scheme; a
+    link back to a catalog above it, or a tree deeper than :data:`MAX_CATALOG_DEPTH`, is an
+    InputError (one line), never a RecursionError."""
+    from pystac.utils import make_absolute_href
+
+    items: list[ReadItem] = []
+    seen = {root_href}
+    queue: deque[tuple[str, dict[str, Any], tuple[str, ...]]] = deque(
+        [(root_href, root, (root_href,))]
+    )
+    while queue:
+        href, doc, above = queue.popleft()
+        for link in doc.get("links") or []:
+            rel = link.get("rel") if isinstance(link, dict) else None
+            if rel not in ("child", "item"):
+                continue
+            raw = str(link.get("href") or "")
+            target = make_absolute_href(raw, href)
+            why = untrusted_href(raw, target) if is_remote(href) else None
+            if why is not None:
+                raise InputError(
+                    f"--input: catalog {href} links to {raw!r}, which {why}; a catalog read "
+                    f"from a URL may only link to URLs"
+                )
+            if target in above:
+                raise InputError(
+                    f"--input: catalog {href} links back to {target}, a catalog above it (a "
+                    f"cycle); fix the catalog's child links"
+                )
+            if target in seen:  # reached again along another branch: once is enough
+                continue
+            seen.add(target)
+            if rel == "item":
+                items.append(ReadItem(_item(read_json(target), target), is_remote(target)))
+                continue
+            if len(above) > MAX_CATALOG_DEPTH:
+                raise InputError(
+                    f"--input: catalog {root_href} nests child catalogs deeper than "
+                    f"{MAX_CATALOG_DEPTH} levels (at {target}); give a catalog further down "
+                    f"as --input"
+                )
+            queue.append((target, read_json(target), (*above, target)))
+    return items
 
 
 def _absolute(href: str) -> str:
     return href if is_remote(href) else str(Path(href).resolve())
-
-
-class _RemoteStacIO:
-    """pystac I/O that reads catalog links with the same fetch (and retries) as ``--input``."""
-
-    def __new__(cls):
-        import pystac
-
-        class RemoteStacIO(pystac.stac_io.DefaultStacIO):
-            def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
-                href = str(source)
-                if is_remote(href):
-                    return read_bytes(href).decode("utf-8")
-                return Path(href).read_text()
-
-        return RemoteStacIO()
 
 
 # -- matching assets to profile bands -------------------------------------------------------------
@@ -270,14 +372,35 @@ def item_facts(item: Any, matched: dict[int, tuple[str, Any]], n_bands: int) -> 
     )
 
 
-def item_scene(item: Any, profile: SensorProfile) -> tuple[Scene, int]:
-    """The scene of one item, and how many profile bands its assets matched."""
+def untrusted_assets(item: Any, keys: list[str]) -> str | None:
+    """Why the assets ``keys`` of an item read from a URL may not be opened, or None."""
+    for key in keys:
+        asset = item.assets[key]
+        why = untrusted_href(asset.href, asset.get_absolute_href() or asset.href)
+        if why is not None:
+            return (
+                f"STAC item {item.id} was read from a URL, but its asset {key} ({asset.href}) "
+                f"{why}; such a catalog may only name asset URLs"
+            )
+    return None
+
+
+def item_scene(item: Any, profile: SensorProfile, from_url: bool = False) -> tuple[Scene, int]:
+    """The scene of one item, and how many profile bands its assets matched. ``from_url``: the
+    item was read from a URL, so a scene with an asset that is no allowed URL is quarantined
+    (its task opens nothing)."""
     matched, missing = match_assets(item, profile)
     facts = item_facts(item, matched, len(profile.bands))
+    if from_url:
+        keys = [key for key, _ in matched.values()]
+        qa = _by_name(profile.qa_band, _single_band_assets(item)) if profile.qa_band else None
+        untrusted = untrusted_assets(item, keys + ([qa[0]] if qa else []))
+        if untrusted is not None:
+            facts = replace(facts, problem=untrusted)
     files = tuple(
         (profile.bands[i].name, matched[i][1].get_absolute_href()) for i in sorted(matched)
     )
-    if missing:
+    if missing and facts.problem is None:
         keys = ", ".join(sorted(item.assets)) or "none"
         facts = replace(
             facts,
@@ -298,13 +421,15 @@ def item_scene(item: Any, profile: SensorProfile) -> tuple[Scene, int]:
 def discover_stac(href: str, profile: SensorProfile) -> Discovery:
     """One scene per item of the STAC document at ``href``; InputError when no item has an
     asset for any profile band (the wrong ``--profile`` or not a raster catalog)."""
-    items = load_stac_items(href)
+    read = read_stac_items(href)
+    items = [r.item for r in read]
     if not items:
         raise InputError(f"--input: {href} holds no STAC items; {_FIX} with items")
     scenes, best = [], 0
     hrefs = [item.get_self_href() for item in items]
-    for item, item_href in zip(items, hrefs, strict=True):
-        scene, n_matched = item_scene(item, profile)
+    for r, item_href in zip(read, hrefs, strict=True):
+        item = r.item
+        scene, n_matched = item_scene(item, profile, from_url=r.from_url)
         if hrefs.count(item_href) > 1:  # items of one ItemCollection: name the item too
             scene = replace(scene, origin=f"{item_href}#{item.id}")
         scenes.append(scene)
@@ -317,11 +442,34 @@ def discover_stac(href: str, profile: SensorProfile) -> Discovery:
             f"common name (assets: {', '.join(keys[:20])}); choose the --profile of this "
             f"collection"
         )
+    check_credential_scope(href, scenes)
     ids = [s.scene_id for s in scenes]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"--input: STAC item id {dup!r} appears twice; give each item once")
     return Discovery(scenes=sorted(scenes, key=lambda s: s.scene_id))
+
+
+def check_credential_scope(href: str, scenes: list[Scene]) -> None:
+    """Refuse to send credentials set for every host (``GDAL_HTTP_HEADERS`` ...) to hosts that a
+    catalog read from a URL chose: BuildConfigError naming the option, the hosts and the fix."""
+    if not is_remote(href):
+        return  # a local document: the user chose its hosts
+    options = global_http_credentials()
+    if not options:
+        return
+    own = http_host(href)
+    hosts = sorted(
+        {h for s in scenes for _, f in s.files if (h := http_host(f)) is not None and h != own}
+    )
+    if hosts:
+        shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+        raise BuildConfigError(
+            f"{options[0]}: it is set for every host, and the catalog {href} names assets on "
+            f"{shown}, which would receive it; give credentials per host in a GDAL "
+            f"configuration file ([credentials] with path=/vsicurl/https://HOST/, see "
+            f"docs/cloud.md) or set {ALLOW_GLOBAL_HTTP_CREDENTIALS_ENV}=1 to send them anyway"
+        )
 
 
 # -- reading an item's scene -------------------------------------------------------------------

@@ -3,7 +3,9 @@
 A task owns its array (so it owns whole shards) and writes its fragment last, atomically: a
 part whose fragment exists is complete; an array without one is debris from a killed run and
 is rewritten on resume. Every file is written to a temporary name in the same folder, flushed
-and renamed over the target, so a reader (or a crash) never sees half a file.
+and renamed over the target, so a reader (or a crash) never sees half a file. An ``OSError``
+while writing (no space, quota, read-only) is raised as an ``OutputWriteError``
+(:mod:`data_pipelines.errors`): the build stops on it instead of blaming the input.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
+from data_pipelines.errors import output_writes
 from data_pipelines.store.layout import (
     TILES_GROUP,
     array_path,
@@ -39,21 +42,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename over ``path``.
 
     The file gets the permissions of any new file (0o666 less the umask); on failure the
-    temp file is removed and ``path`` is left as it was.
+    temp file is removed, ``path`` is left as it was, and an ``OSError`` is raised as an
+    ``OutputWriteError``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with output_writes():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -72,10 +78,11 @@ def _json_default(o: Any) -> Any:
 
 def open_root(out_dir: str | Path, groups: Iterable[str] = (TILES_GROUP,)) -> zarr.Group:
     """Create (or open) the store group and its sub-groups."""
-    root = zarr.open_group(store=str(store_path(out_dir)), mode="a", zarr_format=3)
-    for g in groups:
-        if g not in root:
-            root.create_group(g)
+    with output_writes():
+        root = zarr.open_group(store=str(store_path(out_dir)), mode="a", zarr_format=3)
+        for g in groups:
+            if g not in root:
+                root.create_group(g)
     return root
 
 
@@ -110,7 +117,19 @@ class PartWriter:
         self.path = array_path(group, part)  # as the manifest records it
         self.array_dir = store_path(out_dir) / group / part
         delete_part_array(out_dir, group, part)  # debris of an interrupted run
-        self.array = zarr.create_array(
+        with output_writes():
+            self.array = self._create(out_dir, sample_shape, attrs, compression_level)
+        self._buffer: list[np.ndarray] = []
+        self.count = 0
+
+    def _create(
+        self,
+        out_dir: str | Path,
+        sample_shape: tuple[int, ...],
+        attrs: dict[str, Any] | None,
+        compression_level: int,
+    ) -> zarr.Array:
+        return zarr.create_array(
             store=str(store_path(out_dir)),
             name=self.path,
             shape=(0, *sample_shape),
@@ -122,8 +141,6 @@ class PartWriter:
             attributes=attrs or {},
             overwrite=True,
         )
-        self._buffer: list[np.ndarray] = []
-        self.count = 0
 
     def append(self, sample: np.ndarray) -> int:
         """Queue one sample; return its index in the array."""
@@ -136,7 +153,8 @@ class PartWriter:
 
     def _flush(self) -> None:
         if self._buffer:
-            self.array.append(np.stack(self._buffer), axis=0)
+            with output_writes():
+                self.array.append(np.stack(self._buffer), axis=0)
             self._buffer.clear()
 
     def close(self) -> int:
@@ -243,6 +261,20 @@ def write_volume(
     a volume is one task's output, so no two tasks ever share a chunk.
     """
     delete_part_array(out_dir, group, name)
+    with output_writes():
+        return _write_whole(out_dir, group, name, array, chunks, compressors, fill_value, attrs)
+
+
+def _write_whole(
+    out_dir: str | Path,
+    group: str,
+    name: str,
+    array: np.ndarray,
+    chunks: tuple[int, ...],
+    compressors: list[BloscCodec],
+    fill_value: int,
+    attrs: dict[str, Any] | None,
+) -> zarr.Array:
     arr = zarr.create_array(
         store=str(store_path(out_dir)),
         name=f"{group}/{name}",

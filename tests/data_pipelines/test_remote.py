@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -68,3 +69,37 @@ def test_server_answers_ranges_and_counts_bytes(tmp_path: Path) -> None:
         assert e.value.code == 404
         with pytest.raises(RemoteError, match="HTTP 404"):
             read_bytes(f"{server.url}/missing.json")
+
+
+def test_a_range_header_the_server_does_not_understand_gets_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    """RFC 9110: a server may ignore a Range header; one it cannot parse is answered 200 with the
+    whole body, not 416. A well-formed range past the end of the file stays 416."""
+    payload = bytes(range(256)) * 20
+    (tmp_path / "blob.bin").write_bytes(payload)
+    with RangeServer(tmp_path) as server:
+        for header in ("items=0-1", "bytes=abc", "bytes=-", "bytes=0-1;x"):
+            req = urllib.request.Request(f"{server.url}/blob.bin", headers={"Range": header})
+            with urllib.request.urlopen(req) as r:
+                assert r.status == 200, header
+                assert r.read() == payload
+        req = urllib.request.Request(f"{server.url}/blob.bin", headers={"Range": "bytes=9000-"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        assert e.value.code == 416
+
+
+def test_server_streams_a_file_larger_than_a_chunk_and_closes_idle_connections(
+    tmp_path: Path,
+) -> None:
+    from data_pipelines.range_server import CHUNK_BYTES
+
+    payload = np.random.default_rng(1).integers(0, 256, 2 * CHUNK_BYTES + 17, np.uint8).tobytes()
+    (tmp_path / "big.bin").write_bytes(payload)
+    with RangeServer(tmp_path, idle_timeout_s=0.2) as server:
+        assert read_bytes(f"{server.url}/big.bin") == payload
+        assert server.bytes_sent["/big.bin"] == len(payload)
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=30) as idle:
+            assert idle.recv(1) == b""  # the server closed the silent connection

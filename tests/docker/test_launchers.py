@@ -173,3 +173,33 @@ def test_entrypoint_finetune_seg_runs_the_module_when_present():
         assert "geomed_mim.finetune_seg is not installed" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
+
+
+def test_dask_network_policy_admits_only_the_build_pods():
+    """The scheduler's comm port takes the workers and the build Job of dask-build.yaml (by the
+    labels that manifest gives them) and nothing else; workers take the scheduler and workers."""
+    build = list(yaml.safe_load_all((DOCKER / "k8s" / "dask-build.yaml").read_text()))
+    labels = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]["app"]
+        for d in build
+        if d["kind"] in ("Deployment", "Job")
+    }
+    policies = {
+        d["metadata"]["name"]: d["spec"]
+        for d in yaml.safe_load_all((DOCKER / "k8s" / "dask-network-policy.yaml").read_text())
+    }
+
+    def admitted(policy: dict) -> set[str]:
+        return {
+            peer["podSelector"]["matchLabels"]["app"]
+            for rule in policy["ingress"]
+            for peer in rule["from"]
+        }
+
+    scheduler = policies["geomed-dask-scheduler"]
+    assert scheduler["podSelector"]["matchLabels"]["app"] == labels["geomed-dask-scheduler"]
+    assert admitted(scheduler) == {labels["geomed-dask-worker"], labels["geomed-build-dataset"]}
+    assert [p["port"] for rule in scheduler["ingress"] for p in rule["ports"]] == [8786]
+    worker = policies["geomed-dask-worker"]
+    assert worker["podSelector"]["matchLabels"]["app"] == labels["geomed-dask-worker"]
+    assert admitted(worker) == {labels["geomed-dask-scheduler"], labels["geomed-dask-worker"]}

@@ -427,6 +427,9 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(demo_build: Path, tmp_p
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == INTERRUPTED
     assert "Traceback" not in stderr
+    # nothing but the progress bar and that line: no worker's error about the closed scheduler
+    said = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    assert [ln for ln in said if not ln.startswith(f"building {out.name}")] == [INTERRUPTED]
     assert not (out / "manifest.parquet").exists()
 
     with contextlib.redirect_stdout(io.StringIO()):

@@ -313,3 +313,27 @@ def test_every_cli_has_a_console_script():
     for target in scripts.values():
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_a_checkpoint_class_path_outside_the_task_package_is_never_imported(tmp_path, monkeypatch):
+    """A checkpoint names the class Lightning rebuilds; a module outside geomed_mim.tasks is
+    refused before it is imported (importing is running its code)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "ckpt_payload_module.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Task:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Command:
+        task_class = MIMPretrainTask
+
+    def ok(class_path: str) -> bool:
+        return cli.TrainingCLI.checkpoint_task_ok(Command(), class_path)  # type: ignore[arg-type]
+
+    assert not ok("ckpt_payload_module.Task")
+    assert not marker.exists()
+    assert "ckpt_payload_module" not in sys.modules
+    assert not ok("geomed_mim.export.main")  # the project's, but no task module
+    assert not ok("geomed_mim.tasks.segmentation.SegmentationTask")  # a task, of another command
+    assert ok("geomed_mim.tasks.pretraining.MIMPretrainTask")
+    assert "geomed_mim.tasks.pretraining" in cli.project_task_modules()
