@@ -127,6 +127,9 @@ class CTCropDataset(Dataset):
         slab: crops (and :meth:`extent`) stay inside ``slab_part`` ("train" or "val") of each
             volume along the slab's axis, so training never reads the validation slab or its
             margin.
+        fixed_crops: item ``i`` is the same crops every time it is read, in any process (its
+            generator is seeded by ``seed`` and ``i``): validation losses then compare across
+            epochs instead of moving with the crops drawn.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class CTCropDataset(Dataset):
         intensity_jitter: float = 0.1,
         slab: SlabSplit | None = None,
         slab_part: str = "train",
+        fixed_crops: bool = False,
     ):
         if isinstance(crop_size, int):
             crop_size = (crop_size,) * 3
@@ -177,6 +181,7 @@ class CTCropDataset(Dataset):
         )
         self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if len(self.cases) else 0
         self.slab, self.slab_part = slab, slab_part
+        self.fixed_crops = fixed_crops
         self._check_slab()
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
@@ -296,7 +301,7 @@ class CTCropDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._ensure_process_state()
-        rng = self._rng
+        rng = np.random.default_rng([self.seed, index]) if self.fixed_crops else self._rng
         assert rng is not None
         ref = self.cases[index % len(self.cases)]
         vol = self._array(ref.store, ref.array)

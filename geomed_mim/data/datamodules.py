@@ -370,6 +370,10 @@ class CTDataModule(StoreDataModule):
     (:class:`~geomed_mim.data.splits.SlabSplit`: ``slab_fraction`` of the volume at
     ``slab_side`` of ``slab_axis``, training crops ``slab_margin`` voxels clear of it): held-out
     anatomy of the same scans, for stores of a few volumes each of another body region.
+
+    Validation crops are fixed (the same crops at every validation) and each validation volume
+    is visited ``val_visits_per_volume`` times, so that a few volumes still give a loss that
+    compares across epochs.
     """
 
     collate_fn = staticmethod(concat_crops)
@@ -394,7 +398,11 @@ class CTDataModule(StoreDataModule):
         slab_fraction: float = 0.3,
         slab_margin: int = 4,
         slab_side: str = "end",
+        val_visits_per_volume: int = 4,
     ) -> None:
+        if val_visits_per_volume < 1:
+            raise ValueError(f"val_visits_per_volume: {val_visits_per_volume} must be at least 1")
+        self.val_visits_per_volume = int(val_visits_per_volume)
         super().__init__(
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
             global_batch_size,
@@ -447,11 +455,17 @@ class CTDataModule(StoreDataModule):
         if self.slab is not None:  # every case: outside its slab trains, inside validates
             slab = {"slab": self.slab}
             self.train_dataset = IndexedDataset(self.crops(None, True, **slab, slab_part="train"))
-            self.val_dataset = IndexedDataset(self.crops(None, False, **slab, slab_part="val"))
+            self.val_dataset = IndexedDataset(self.validation_crops(None, **slab, slab_part="val"))
             return
         self.train_dataset = IndexedDataset(self.crops("train", augment=True))
         if self.val_split:
-            self.val_dataset = IndexedDataset(self.crops(self.val_split, augment=False))
+            self.val_dataset = IndexedDataset(self.validation_crops(self.val_split))
+
+    def validation_crops(self, split: str | None, **options: Any) -> Any:
+        """Fixed, unaugmented crops, each volume visited ``val_visits_per_volume`` times."""
+        crops = self.crops(split, augment=False, fixed_crops=True, **options)
+        crops.samples_per_epoch = len(crops.cases) * self.val_visits_per_volume
+        return crops
 
 
 def _store_record(store: str) -> str:

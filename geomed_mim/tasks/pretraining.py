@@ -47,28 +47,37 @@ def trivial_baseline_loss(
     patch_size: Sequence[int],
     norm_pix_loss: bool,
     norm_pix_eps: float = 1e-6,
+    per_patch: bool = False,
 ) -> torch.Tensor:
-    """The masked loss of predicting each loss patch's own mean: the baseline a model must beat
-    to have learned anything. For per-patch normalized targets that is predicting zeros (about
-    1.0); for raw targets it is the patches' mean variance, so a model that only predicts the
-    mean intensity (of the crop, or even of each patch) does not pass as learning.
+    """The masked loss of a prediction without spatial structure: the baseline a model must beat
+    to have learned anything.
+
+    For per-patch normalized targets that is predicting zeros (about 1.0: each patch's own
+    mean). For raw targets it is each sample's best constant, the mean of its loss patches'
+    values: a model that predicts the mean intensity scores it, and one that has learned where
+    tissue, air and bone lie beats it. ``per_patch=True`` gives the stricter raw-target figure
+    of predicting each loss patch's own mean, which only a model that also predicts structure
+    inside a patch beats.
 
     The loss patches are the output's ``target_mask`` (SelectiveMAE) or ``mask`` (MAE,
     Hi-End-MAE); every one counts equally, as in the model's loss."""
     target = patchify(images.float(), patch_size)  # [B, L, P]
-    if norm_pix_loss:
-        target = normalized_patch_targets(target, norm_pix_eps)
-    else:
-        target = target - target.mean(dim=-1, keepdim=True)
     loss_mask = getattr(out, "target_mask", None)
     loss_mask = (out.mask if loss_mask is None else loss_mask).float()  # [B, L]
-    per_patch = (target**2).mean(dim=-1)  # [B, L]
-    return (per_patch * loss_mask).sum() / loss_mask.sum().clamp_min(1)
+    if norm_pix_loss:
+        target = normalized_patch_targets(target, norm_pix_eps)
+    elif per_patch:
+        target = target - target.mean(dim=-1, keepdim=True)
+    else:  # [B, 1, 1]: the mean over each sample's loss patches
+        weights = loss_mask[..., None] / loss_mask.sum(dim=1).clamp_min(1)[:, None, None]
+        target = target - (target.mean(dim=-1, keepdim=True) * weights).sum(1, keepdim=True)
+    per_patch_loss = (target**2).mean(dim=-1)  # [B, L]
+    return (per_patch_loss * loss_mask).sum() / loss_mask.sum().clamp_min(1)
 
 
 def baseline_name(norm_pix_loss: bool) -> str:
     """How progress lines name :func:`trivial_baseline_loss`."""
-    return "predict-zeros" if norm_pix_loss else "patch-mean"
+    return "predict-zeros" if norm_pix_loss else "crop-mean"
 
 
 @dataclass
@@ -289,6 +298,10 @@ class MIMPretrainTask(LightningModule):
             self.model.norm_pix_eps,
         )
         logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
+        if not self.model.norm_pix_loss:  # raw targets: the stricter figure beside it
+            logged["val/patch_mean_loss"] = trivial_baseline_loss(
+                images, out, self.model.encoder.patch_size, False, per_patch=True
+            )
         if batch_idx == 0 and self.hparams.preview_every_n_steps:
             self._val_preview = preview_samples(images, out, self.hparams.preview_samples)
         self.log_dict(

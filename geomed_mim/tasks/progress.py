@@ -208,7 +208,7 @@ class TrainingProgress(Callback):
 
 
 def baseline_label(trainer: Trainer) -> str:
-    """The name the task gives its ``val/baseline_loss`` (``predict-zeros``, ``patch-mean``)."""
+    """The name the task gives its ``val/baseline_loss`` (``predict-zeros``, ``crop-mean``)."""
     module = getattr(trainer, "lightning_module", None)
     return str(getattr(module, "baseline_name", "baseline"))
 

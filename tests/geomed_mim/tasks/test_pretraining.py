@@ -143,35 +143,51 @@ def test_the_shipped_2d_demos_learn_and_say_so(config, demo_store, tmp_path, chi
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 @pytest.mark.parametrize("name", ["mae_vit_tiny_patch16", "selective_mae_vit_tiny_patch16"])
-def test_baseline_is_the_models_own_loss_of_predicting_each_patch_mean(name, norm_pix_loss):
-    """val/baseline_loss: the loss the model's own forward_loss gives a prediction of each loss
-    patch's own mean (zeros for normalized targets) on the same loss patches (all masked ones for
-    MAE, the reconstruction targets for SelectiveMAE): predicting the mean intensity does not
-    pass as learning."""
+def test_baseline_is_the_models_own_loss_of_a_prediction_without_structure(name, norm_pix_loss):
+    """val/baseline_loss: the loss the model's own forward_loss gives, on the same loss patches
+    (all masked ones for MAE, the reconstruction targets for SelectiveMAE), to predicting zeros
+    for normalized targets, and for raw targets each sample's mean over its loss patches (the
+    best constant: predicting the mean intensity does not pass as learning); ``per_patch`` gives
+    the stricter figure of each loss patch's own mean."""
     torch.manual_seed(0)
     model = create_model(
         name, in_chans=5, img_size=16, patch_size=4, depth=1, norm_pix_loss=norm_pix_loss,
         **TINY_DECODER,
     )  # fmt: skip
-    images = torch.randn(3, 5, 16, 16) * 2 + 1
+    images = torch.randn(3, 5, 16, 16) * 2 + torch.arange(3.0).view(3, 1, 1, 1) * 3
     noise = torch.rand(3, model.encoder.num_patches)
     with torch.no_grad():
         out = model(images, noise=noise)
         choice = model.choose_tokens(images, model.encoder.patch_embed(images), None, noise)
         pred_shape = model.forward_decoder(model.forward_encoder(
             model.encoder.patch_embed(images), choice), choice).shape  # fmt: skip
-        # each loss patch's own mean: zeros for per-patch normalized targets
-        means = patchify(images, model.encoder.patch_size).mean(-1, keepdim=True)
-        means = means.expand(-1, -1, pred_shape[-1])  # [B, L, P]
-        if pred_shape[1] != means.shape[1]:  # SelectiveMAE predicts its targets only
-            means = gather_tokens(means, choice.target_idx)
-        own_mean = torch.zeros(pred_shape) if norm_pix_loss else means
-        expected, _ = model.forward_loss(images, own_mean, choice)
+        patches = patchify(images, model.encoder.patch_size)  # [B, L, P]
+        if pred_shape[1] != patches.shape[1]:  # SelectiveMAE predicts its targets only
+            patches = gather_tokens(patches, choice.target_idx)
+            loss_mask = torch.ones(patches.shape[:2])
+        else:
+            loss_mask = out.mask
+        own_mean = patches.mean(-1, keepdim=True).expand(pred_shape)  # [B, L', P]
+        # each sample's mean over the values of its loss patches, written out
+        sample_mean = torch.stack([
+            patches[b][loss_mask[b].bool()].mean() for b in range(3)
+        ]).view(3, 1, 1).expand(pred_shape)  # fmt: skip
+        structureless = torch.zeros(pred_shape) if norm_pix_loss else sample_mean
+        expected, _ = model.forward_loss(images, structureless, choice)
+        expected_per_patch, _ = model.forward_loss(
+            images, torch.zeros(pred_shape) if norm_pix_loss else own_mean, choice
+        )
     got = trivial_baseline_loss(images, out, model.encoder.patch_size, norm_pix_loss)
     torch.testing.assert_close(got, expected)
+    strict = trivial_baseline_loss(
+        images, out, model.encoder.patch_size, norm_pix_loss, per_patch=True
+    )
+    torch.testing.assert_close(strict, expected_per_patch)
     if norm_pix_loss:  # per-patch standardized targets: (P - 1) / P with the unbiased variance
         p = 4 * 4 * 5
         assert float(got) == pytest.approx((p - 1) / p, rel=1e-4)
+    else:  # the samples' offsets (0, 3, 6) are not structure a constant per sample misses
+        assert 3.5 < float(got) < 4.5 and float(strict) < float(got)
 
 
 def test_band_shift_is_one_offset_per_sample_and_band_whatever_the_batch():
