@@ -231,7 +231,8 @@ class MIMPretrainTask(LightningModule):
     @property
     def baseline_name(self) -> str:
         """What ``val/baseline_loss`` is (progress lines print it beside the loss)."""
-        return baseline_name(self.model.norm_pix_loss)
+        own = getattr(self.model, "baseline_name", None)  # a model with a loss of its own
+        return own or baseline_name(self.model.norm_pix_loss)
 
     def training_progress(self) -> float:
         """Fraction of the optimizer steps done, in [0, 1] (schedules of token choice read it)."""
@@ -281,13 +282,16 @@ class MIMPretrainTask(LightningModule):
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
         images = batch["image"]
         out = self.model(images, sample_seeds=self._seeds(batch, 0))
-        baseline = trivial_baseline_loss(
-            images,
-            out,
-            self.model.encoder.patch_size,
-            self.model.norm_pix_loss,
-            self.model.norm_pix_eps,
-        )
+        if hasattr(self.model, "trivial_baseline_loss"):  # its own loss (SimMIM's L1)
+            baseline = self.model.trivial_baseline_loss(images, out)
+        else:
+            baseline = trivial_baseline_loss(
+                images,
+                out,
+                self.model.encoder.patch_size,
+                self.model.norm_pix_loss,
+                self.model.norm_pix_eps,
+            )
         logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
         if batch_idx == 0 and self.hparams.preview_every_n_steps:
             self._val_preview = preview_samples(images, out, self.hparams.preview_samples)
