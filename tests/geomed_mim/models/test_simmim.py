@@ -5,13 +5,22 @@ generator, checkpointing, compile and the giant config's size."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
+import yaml
+from timm.models.swin_transformer_v2 import (
+    SwinTransformerV2,
+    SwinTransformerV2Block,
+    checkpoint_filter_fn,
+)
 
 from geomed_mim.models import create_model, list_models
 from geomed_mim.models.masking import MaskUnitMasking
+from geomed_mim.tasks.distributed import BlockFSDPStrategy
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "pretrain"
 
 TINY = {
     "embed_dim": 24,
@@ -174,9 +183,20 @@ def test_extra_norms_after_every_nth_block():
         staged.encoder.timm_state_dict()
 
 
-def test_the_giant_builds_on_the_meta_device_at_3_billion_parameters():
+def test_the_giant_config_builds_on_the_meta_device_at_about_3_billion_parameters():
+    """The shipped SatVision-TOA config's model (14 bands, 128 px): 2.65 B parameters, 2.60 B
+    of them the encoder's (the published "3 B" rounds up), one extra norm every 6 blocks, each
+    block checkpointed, the strategy sharding per block."""
+    cfg = yaml.safe_load((CONFIGS / "simmim_swinv2_giant_modis_toa14.yaml").read_text())
+    init = cfg["model"]["init_args"]
     with torch.device("meta"):
-        model = create_model("simmim_swinv2_giant_window8", in_chans=14, img_size=128)
+        model = create_model(init["model"], in_chans=14, img_size=128, **init["model_kwargs"])
     n = sum(p.numel() for p in model.parameters())
-    assert 2.5e9 < n < 3.5e9, n
+    assert 2.6e9 < n < 2.7e9, n
+    assert 2.55e9 < sum(p.numel() for p in model.encoder.parameters()) < 2.65e9
     assert len(model.encoder.extra_norms) == 7  # stage 3's 42 blocks, one after every 6th
+    assert model.encoder.grad_checkpointing
+    assert cfg["trainer"]["strategy"]["class_path"].endswith("BlockFSDPStrategy")
+    strategy = BlockFSDPStrategy(**cfg["trainer"]["strategy"]["init_args"])
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert SwinTransformerV2Block in policy._module_classes
