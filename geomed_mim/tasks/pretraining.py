@@ -127,6 +127,9 @@ class MIMPretrainTask(LightningModule):
             per-sample seeds like the masks.
         preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps,
             and one of the first validation batch at every validation (0 = never).
+        compile: ``torch.compile`` the encoder and decoder in place (parameter names and
+            checkpoints unchanged); token choice stays eager (its counts depend on the data).
+        compile_backend: the ``torch.compile`` backend (``inductor``; tests use ``aot_eager``).
     """
 
     def __init__(
@@ -148,6 +151,8 @@ class MIMPretrainTask(LightningModule):
         preview_every_n_steps: int = 500,
         preview_samples: int = 4,
         band_shift_std: float = 0.0,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -159,6 +164,9 @@ class MIMPretrainTask(LightningModule):
             "spatial_dims": spatial_dims,
         }
         self.model = create_model(model, **self.model_kwargs)
+        if compile:  # where the compute is
+            self.model.encoder.compile(backend=compile_backend)
+            self.model.decoder.compile(backend=compile_backend)
         depth = self.model.encoder.depth
         # a model whose decoder reads encoder levels (Hi-End-MAE) records those blocks by default,
         # so the segmentation decoder reads the depths that were trained to reconstruct
