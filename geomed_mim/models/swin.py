@@ -42,6 +42,10 @@ SWINV2_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
+class NoTimmTwinError(ValueError):
+    """The encoder has parts timm's ``SwinTransformerV2`` lacks (the extra norms)."""
+
+
 class SwinV2Encoder(SwinTransformerV2):
     """timm's Swin V2 without a head, with a mask token, optional extra norms and checkpointing.
 
@@ -108,6 +112,18 @@ class SwinV2Encoder(SwinTransformerV2):
                 if period or stage_end:
                     self.extra_norms[f"{s}_{b}"] = nn.LayerNorm(dim)
         self.grad_checkpointing = grad_checkpointing
+        # what rebuilds this encoder as timm's SwinTransformerV2 (the export's timm_kwargs)
+        self.timm_kwargs = {
+            "img_size": list(self.img_size),
+            "patch_size": int(patch_size),
+            "in_chans": int(in_chans),
+            "embed_dim": int(embed_dim),
+            "depths": list(self.depths),
+            "num_heads": [int(h) for h in num_heads],
+            "window_size": int(window_size),
+            "mlp_ratio": float(mlp_ratio),
+            "num_classes": 0,
+        }
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"mask_token"}
@@ -146,5 +162,8 @@ class SwinV2Encoder(SwinTransformerV2):
     def timm_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights timm's ``SwinTransformerV2`` loads: without the mask token."""
         if len(self.extra_norms):
-            raise ValueError("timm's SwinTransformerV2 has no extra norms; this encoder has some")
+            raise NoTimmTwinError(
+                "timm's SwinTransformerV2 has no extra norms (extra_norm_period/_stage); this "
+                "encoder has some, so it has no timm export"
+            )
         return {k: v for k, v in self.state_dict().items() if not k.startswith("mask_token")}

@@ -18,6 +18,7 @@ from timm.models.swin_transformer_v2 import (
 
 from geomed_mim.models import create_model, list_models
 from geomed_mim.models.masking import MaskUnitMasking
+from geomed_mim.models.swin import NoTimmTwinError
 from geomed_mim.tasks.distributed import BlockFSDPStrategy
 from geomed_mim.tasks.pretraining import MIMPretrainTask
 
@@ -203,7 +204,7 @@ def test_extra_norms_after_every_nth_block():
     assert sorted(model.encoder.extra_norms) == ["2_2", "2_5"]
     staged = tiny_simmim(img_size=32, extra_norm_stage=True)
     assert sorted(staged.encoder.extra_norms) == ["0_1", "1_1", "2_1"]  # the last: final norm
-    with pytest.raises(ValueError, match="no extra norms"):
+    with pytest.raises(NoTimmTwinError, match="no extra norms"):
         staged.encoder.timm_state_dict()
 
 
