@@ -41,6 +41,7 @@ from safetensors.torch import save
 
 from data_pipelines.store import atomic_write_bytes, atomic_write_json
 from geomed_mim.models.swin import NoTimmTwinError, SwinV2Encoder
+from geomed_mim.models.swin3d import SwinViT3DEncoder
 from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder, timm_encoder_name
 from geomed_mim.models.weights import (
     CONFIG_NAME,
@@ -146,6 +147,8 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     encoder, meta = load_checkpoint_encoder(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(encoder, SwinViT3DEncoder):
+        raise NoTimmTwinError("the 3-D Swin encoder (MONAI's, SimMIM 3-D) has no export yet")
     if isinstance(encoder, SwinV2Encoder):  # SimMIM: timm's Swin V2, no mask token
         state = {k: v.detach().contiguous() for k, v in encoder.timm_state_dict().items()}
         config = swin_export_config(encoder, meta, checkpoint)

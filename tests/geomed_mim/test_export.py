@@ -254,3 +254,14 @@ def test_a_swin_encoder_with_extra_norms_is_refused_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: checkpoint: timm's SwinTransformerV2 has no extra norms")
     assert "\n" not in err
+
+
+def test_a_3d_swin_encoder_is_refused_in_one_line(tmp_path, capsys):
+    ckpt, _ = task_checkpoint(
+        tmp_path, model="simmim_swinvit3d_feat48", in_chans=1, img_size=32, spatial_dims=3,
+        model_kwargs={"embed_dim": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4],
+                      "window_size": 4, "mask_patch_size": 8},
+    )  # fmt: skip
+    assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: checkpoint: the 3-D Swin encoder (MONAI's, SimMIM 3-D) has no export yet"

@@ -225,3 +225,49 @@ def test_the_giant_config_builds_on_the_meta_device_at_about_3_billion_parameter
     strategy = BlockFSDPStrategy(**cfg["trainer"]["strategy"]["init_args"])
     policy = strategy.kwargs["auto_wrap_policy"]
     assert SwinTransformerV2Block in policy._module_classes
+
+
+# -- 3-D: MONAI's SwinUNETR encoder --------------------------------------------------------------
+TINY_3D = {
+    "img_size": 32,
+    "in_chans": 2,
+    "embed_dim": 12,
+    "depths": (1, 1, 1, 1),
+    "num_heads": (1, 2, 2, 4),
+    "window_size": 4,
+    "mask_patch_size": 8,
+}
+
+
+def test_3d_simmim_features_are_monais_and_the_loss_the_reference_formula():
+    """Unmasked, the encoder computes MONAI's own SwinTransformer (its last output, layer-normed
+    as SwinUNETR reads it); the 3-D pixel shuffle puts channel c·s³ + i·s² + j·s + k at voxel
+    offset (i, j, k) (PixelShuffle's order, one axis more); the loss is the masked L1."""
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    torch.manual_seed(0)
+    model = create_model("simmim_swinvit3d_feat48", **TINY_3D).eval()
+    enc = model.encoder
+    monai = SwinTransformer(
+        in_chans=2, embed_dim=12, window_size=(4,) * 3, patch_size=(2,) * 3,
+        depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), spatial_dims=3,
+    ).eval()  # fmt: skip
+    state = {k: v for k, v in enc.state_dict().items() if k != "mask_token"}
+    monai.load_state_dict(state, strict=True)
+    x = torch.randn(2, 2, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(x), monai(x)[4])
+        feats = torch.randn(1, 192, 1, 1, 1)
+        rec = model.decoder(feats)  # [1, 2, 32, 32, 32]
+        conv = model.decoder.conv(feats)[0, :, 0, 0, 0]  # [2 · 32³]
+        s = 32
+        for c, i, j, k in [(0, 0, 0, 1), (1, 3, 5, 7), (1, 31, 0, 30)]:
+            assert rec[0, c, i, j, k] == conv[c * s**3 + i * s**2 + j * s + k]
+        out = model(x, sample_seeds=torch.tensor([0, 1]))
+        x_rec = model.decoder(enc.forward_features(x, out.mask))
+    assert out.mask.shape == (2, 16**3)
+    assert (out.mask.sum(1) == math.ceil(4**3 * 0.6) * 4**3).all()  # 39 units of 4³ patches
+    m = out.mask.reshape(2, 16, 16, 16)
+    m = m.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1)
+    expected = ((x - x_rec).abs() * m).sum() / (m.sum() + 1e-5) / 2
+    torch.testing.assert_close(out.loss, expected)
