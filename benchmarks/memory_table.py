@@ -1,7 +1,7 @@
 """Training memory per model: parameters, optimizer state and activations per sample, with and
 without per-block activation checkpointing (the table in docs/pretraining.md).
 
-    OMP_NUM_THREADS=1 python benchmarks/memory_table.py      # about a minute on 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/memory_table.py      # 2.5 min on 2 busy CPU cores
 
 * parameters: the whole pretraining model (encoder and decoder), Swin V2 on the meta device;
 * weights + gradients (fp32, 8 B per parameter) and AdamW's two moments (fp32, 8 B per

@@ -122,8 +122,8 @@ class SimMIM(MIMModel):
 
     @classmethod
     def from_swin_size(cls, size: str, window_size: int, /, **kwargs: Any) -> SimMIM:
-        """A registry builder's body: the encoder of ``size`` (:data:`SWINV2_ARCHS`), SatVision
-        -TOA's patch 4 and masking (8-px units, 0.6), then ``kwargs`` on top."""
+        """A registry builder's body: the encoder of ``size`` (:data:`SWINV2_ARCHS`), the
+        patch 4 and masking (8-px units, 0.6) of SatVision-TOA, then ``kwargs`` on top."""
         config = {
             "patch_size": 4,
             "mask_patch_size": 8,
