@@ -20,6 +20,11 @@ recorded intermediate blocks).
   embedding has no class slot (MAE's class slot is zero, so nothing is lost), and MONAI's
   LayerNorms default to eps 1e-5 where ours use 1e-6.
 
+* **Swin V2** (SimMIM) weights are timm's ``SwinTransformerV2``'s, without the mask token; they
+  load with strict keys into ``timm.create_model(cfg["architecture"], **cfg["timm_kwargs"])``
+  (``timm_kwargs`` holds every size argument, ``num_classes=0``). An encoder with extra norms
+  (the giant) has no timm twin and is not exported.
+
 Reading exports and checkpoints back (fine-tuning, band matching) is
 :mod:`geomed_mim.models.weights`.
 """
@@ -31,9 +36,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import timm
 from safetensors.torch import save
 
 from data_pipelines.store import atomic_write_bytes, atomic_write_json
+from geomed_mim.models.swin import NoTimmTwinError, SwinV2Encoder
+from geomed_mim.models.swin3d import SwinViT3DEncoder
 from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder, timm_encoder_name
 from geomed_mim.models.weights import (
     CONFIG_NAME,
@@ -103,11 +111,50 @@ def export_config(
     }
 
 
+def swin_export_config(
+    encoder: SwinV2Encoder, meta: dict[str, Any], checkpoint: str | Path
+) -> dict[str, Any]:
+    """``config.json`` of a Swin V2 encoder: timm's ``SwinTransformerV2`` under any of its
+    ``swinv2_*`` names, every size argument in ``timm_kwargs``."""
+    size = (meta.get("encoder_arch") or {}).get("size")
+    name = f"swinv2_{size}_window8_256"
+    return {
+        "format": EXPORT_FORMAT,
+        "pretraining_model": meta.get("model_name"),
+        "checkpoint_kind": "pretraining",
+        "spatial_dims": 2,
+        "in_chans": encoder.in_chans,
+        "img_size": list(encoder.img_size),
+        "patch_size": list(encoder.patch_size),
+        "embed_dim": encoder.embed_dim,
+        "depth": encoder.depth,
+        "depths": list(encoder.depths),
+        "bands": list(meta.get("bands") or []),
+        "mean": list(meta.get("mean") or []),
+        "std": list(meta.get("std") or []),
+        "modality": meta.get("modality"),
+        "profile": meta.get("profile"),
+        "wavelengths_nm": meta.get("wavelengths_nm"),
+        "source_checkpoint": str(Path(checkpoint).resolve()),
+        "weights_keys": "timm",
+        "architecture": name if timm.is_model(name) else "swinv2_base_window8_256",
+        "timm_kwargs": dict(encoder.timm_kwargs),
+    }
+
+
 def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
     """Write ``model.safetensors`` + ``config.json`` for the encoder; return the config."""
     encoder, meta = load_checkpoint_encoder(checkpoint)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(encoder, SwinViT3DEncoder):
+        raise NoTimmTwinError("the 3-D Swin encoder (MONAI's, SimMIM 3-D) has no export yet")
+    if isinstance(encoder, SwinV2Encoder):  # SimMIM: timm's Swin V2, no mask token
+        state = {k: v.detach().contiguous() for k, v in encoder.timm_state_dict().items()}
+        config = swin_export_config(encoder, meta, checkpoint)
+        atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        atomic_write_json(out / CONFIG_NAME, config)
+        return config
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     config = export_config(encoder, meta, checkpoint)
     if encoder.spatial_dims == 2:
@@ -155,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(
             f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
         )
+    except NoTimmTwinError as e:
+        return usage_error(f"checkpoint: {e}")
     target = config["architecture"]
     print(
         f"exported the {config['spatial_dims']}-D encoder of a {config['checkpoint_kind']} "

@@ -121,7 +121,8 @@ class MIMModel(nn.Module):
             predict; an eps near the noise variance (1e-3 for CT windowed to [0, 1], about
             13 HU of noise in a 425 HU window) keeps their targets near zero.
         **encoder_kwargs: the encoder's arguments, the one place it is built
-            (:class:`~geomed_mim.models.vit.VisionTransformerEncoder`: ``img_size``,
+            (:meth:`build_encoder`; ``encoder="vit"``, the only family MAE-style methods take:
+            :class:`~geomed_mim.models.vit.VisionTransformerEncoder`: ``img_size``,
             ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
             ``spatial_dims``, ``drop_path_rate``).
     """
@@ -132,8 +133,19 @@ class MIMModel(nn.Module):
     def __init__(self, norm_pix_loss: bool = False, **encoder_kwargs: Any) -> None:
         super().__init__()
         self.norm_pix_eps = float(encoder_kwargs.pop("norm_pix_eps", 1e-6))
-        self.encoder = VisionTransformerEncoder(**encoder_kwargs)
+        self.encoder = self.build_encoder(**encoder_kwargs)
         self.norm_pix_loss = norm_pix_loss
+
+    def build_encoder(self, encoder: str = "vit", **encoder_kwargs: Any) -> nn.Module:
+        """The encoder; ``encoder`` names its family. The methods here drop masked tokens before
+        the encoder, which only a plain ViT can do (SimMIM overrides this)."""
+        if encoder != "vit":
+            raise ValueError(
+                f"{type(self).__name__} drops masked tokens, which needs a plain ViT; "
+                f"{encoder!r} is hierarchical (windows and patch merges need every position): "
+                "use SimMIM (simmim_swinv2_*) for it"
+            )
+        return VisionTransformerEncoder(**encoder_kwargs)
 
     @classmethod
     def from_size(

@@ -8,6 +8,7 @@ torchelastic: inside a SLURM allocation Lightning would otherwise pick up ``SLUR
 task per node in ``docker/slurm/pretrain.sbatch``) as the world size.
 
 Data sharding, global batch and resume position: :mod:`geomed_mim.data.sharding`.
+Giant encoders: :class:`BlockFSDPStrategy`, FSDP sharded per transformer block.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 from typing import Any
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, TorchElasticEnvironment
+from lightning.pytorch.strategies import FSDPStrategy
+from torch.nn import Module
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +53,23 @@ def torchrun_trainer_overrides(trainer_config: dict[str, Any]) -> dict[str, Any]
     if not any(isinstance(p, ClusterEnvironment) for p in plugins):
         overrides["plugins"] = [*plugins, TorchElasticEnvironment()]
     return overrides
+
+
+def transformer_block_classes() -> set[type[Module]]:
+    """The block classes of every encoder here: FSDP's unit of sharding, one block each."""
+    from timm.models.swin_transformer_v2 import SwinTransformerV2Block
+    from timm.models.vision_transformer import Block
+
+    return {Block, SwinTransformerV2Block}
+
+
+class BlockFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP with each transformer block (ViT, Swin V2) wrapped as its own unit, so
+    only one block's full parameters are gathered at a time. A class path a YAML config can
+    name: a set of module classes does not travel through a config file. Any FSDPStrategy
+    argument passes through (``sharding_strategy``, ``state_dict_type``, ...); activation
+    checkpointing is the model's (``grad_checkpointing``), not FSDP's."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_wrap_policy", transformer_block_classes())
+        super().__init__(**kwargs)

@@ -136,6 +136,9 @@ class MIMPretrainTask(LightningModule):
             per-sample seeds like the masks.
         preview_every_n_steps: write a PNG of inputs/masks/reconstructions every N optimizer steps,
             and one of the first validation batch at every validation (0 = never).
+        compile: ``torch.compile`` the encoder and decoder in place (parameter names and
+            checkpoints unchanged); token choice stays eager (its counts depend on the data).
+        compile_backend: the ``torch.compile`` backend (``inductor``; tests use ``aot_eager``).
     """
 
     def __init__(
@@ -157,6 +160,8 @@ class MIMPretrainTask(LightningModule):
         preview_every_n_steps: int = 500,
         preview_samples: int = 4,
         band_shift_std: float = 0.0,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -168,6 +173,9 @@ class MIMPretrainTask(LightningModule):
             "spatial_dims": spatial_dims,
         }
         self.model = create_model(model, **self.model_kwargs)
+        if compile:  # where the compute is
+            self.model.encoder.compile(backend=compile_backend)
+            self.model.decoder.compile(backend=compile_backend)
         depth = self.model.encoder.depth
         # a model whose decoder reads encoder levels (Hi-End-MAE) records those blocks by default,
         # so the segmentation decoder reads the depths that were trained to reconstruct
@@ -240,7 +248,8 @@ class MIMPretrainTask(LightningModule):
     @property
     def baseline_name(self) -> str:
         """What ``val/baseline_loss`` is (progress lines print it beside the loss)."""
-        return baseline_name(self.model.norm_pix_loss)
+        own = getattr(self.model, "baseline_name", None)  # a model with a loss of its own
+        return own or baseline_name(self.model.norm_pix_loss)
 
     def training_progress(self) -> float:
         """Fraction of the optimizer steps done, in [0, 1] (schedules of token choice read it)."""
@@ -290,13 +299,16 @@ class MIMPretrainTask(LightningModule):
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
         images = batch["image"]
         out = self.model(images, sample_seeds=self._seeds(batch, 0))
-        baseline = trivial_baseline_loss(
-            images,
-            out,
-            self.model.encoder.patch_size,
-            self.model.norm_pix_loss,
-            self.model.norm_pix_eps,
-        )
+        if hasattr(self.model, "trivial_baseline_loss"):  # its own loss (SimMIM's L1)
+            baseline = self.model.trivial_baseline_loss(images, out)
+        else:
+            baseline = trivial_baseline_loss(
+                images,
+                out,
+                self.model.encoder.patch_size,
+                self.model.norm_pix_loss,
+                self.model.norm_pix_eps,
+            )
         logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
         if not self.model.norm_pix_loss:  # raw targets: the stricter figure beside it
             logged["val/patch_mean_loss"] = trivial_baseline_loss(

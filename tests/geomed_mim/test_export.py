@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 from data_pipelines.rs.profiles import load_profile
 from geomed_mim.export import export_encoder, main
@@ -216,3 +217,51 @@ def test_every_file_of_a_build_a_checkpoint_and_an_export_is_readable_by_others(
         if m != (0o755 if tmp_path.joinpath(n).is_dir() else 0o644)
     }
     assert not wrong
+
+
+SWIN_TINY = {
+    "embed_dim": 24,
+    "depths": [2, 2],
+    "num_heads": [2, 2],
+    "window_size": 4,
+    "drop_path_rate": 0.0,
+}
+
+
+def test_swin_v2_export_loads_strictly_into_timm_and_gives_the_same_features(tmp_path):
+    """A SimMIM checkpoint's Swin V2 encoder: timm.create_model(architecture, **timm_kwargs)
+    takes its weights with strict keys (no mask token) and computes the encoder's features."""
+    ckpt, task = task_checkpoint(
+        tmp_path, model="simmim_swinv2_tiny_window8", model_kwargs=SWIN_TINY, in_chans=6,
+        img_size=32,
+    )  # fmt: skip
+    cfg = export_encoder(ckpt, tmp_path / "export")
+    assert cfg["architecture"] == "swinv2_tiny_window8_256"
+    model = timm.create_model(cfg["architecture"], **cfg["timm_kwargs"]).eval()
+    model.load_state_dict(load_file(str(tmp_path / "export" / "model.safetensors")), strict=True)
+    x = torch.randn(2, 6, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), task.model.encoder.eval()(x))
+    assert cfg["bands"] == [f"b{i}" for i in range(6)]
+
+
+def test_a_swin_encoder_with_extra_norms_is_refused_in_one_line(tmp_path, capsys):
+    ckpt, _ = task_checkpoint(
+        tmp_path, model="simmim_swinv2_tiny_window8", in_chans=3, img_size=32,
+        model_kwargs={**SWIN_TINY, "extra_norm_period": 2},
+    )  # fmt: skip
+    assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: checkpoint: timm's SwinTransformerV2 has no extra norms")
+    assert "\n" not in err
+
+
+def test_a_3d_swin_encoder_is_refused_in_one_line(tmp_path, capsys):
+    ckpt, _ = task_checkpoint(
+        tmp_path, model="simmim_swinvit3d_feat48", in_chans=1, img_size=32, spatial_dims=3,
+        model_kwargs={"embed_dim": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4],
+                      "window_size": 4, "mask_patch_size": 8},
+    )  # fmt: skip
+    assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: checkpoint: the 3-D Swin encoder (MONAI's, SimMIM 3-D) has no export yet"

@@ -2,7 +2,7 @@
 
 | module | what it holds |
 |---|---|
-| :mod:`~geomed_mim.models.masking.strategies` | the shared bookkeeping (:func:`masking_from_noise`), ``RandomMasking`` (MAE), ``BlockMasking`` (BEiT/SimMIM) |
+| :mod:`~geomed_mim.models.masking.strategies` | the shared bookkeeping (:func:`masking_from_noise`), ``RandomMasking`` (MAE), ``BlockMasking`` (BEiT), ``MaskUnitMasking`` (SimMIM) |
 | :mod:`~geomed_mim.models.masking.semantic_score` | the semantic-richness score per patch (HOG-style, any bands, 2-D/3-D) |
 | :mod:`~geomed_mim.models.masking.semantic` | SelectiveMAE's selection: semantic seeds, PSTS, score-drawn targets |
 | :mod:`~geomed_mim.models.masking.pruning` | InfoBatch-style easy-sample pruning (which samples take part in a step) |
@@ -20,8 +20,10 @@ from geomed_mim.models.masking.strategies import (
     BlockMasking,
     MaskingResult,
     MaskingStrategy,
+    MaskUnitMasking,
     RandomMasking,
     build_masking,
+    masking_from_mask,
     masking_from_noise,
     num_visible_patches,
     seeded_uniform,
@@ -31,6 +33,7 @@ __all__ = [
     "MASKING_STRATEGIES",
     "BlockMasking",
     "EasySamplePruner",
+    "MaskUnitMasking",
     "MaskingResult",
     "MaskingStrategy",
     "PSTSSchedule",
@@ -38,6 +41,7 @@ __all__ = [
     "SelectionResult",
     "SemanticTokenSelection",
     "build_masking",
+    "masking_from_mask",
     "masking_from_noise",
     "num_visible_patches",
     "seeded_uniform",

@@ -198,9 +198,81 @@ class BlockMasking(MaskingStrategy):
         return torch.stack(rows).to(device)
 
 
+def masking_from_mask(mask: torch.Tensor) -> MaskingResult:
+    """The bookkeeping for a given binary mask [B, L] (1 = masked, the same count per row):
+    visible patches first, each group in patch order."""
+    L = mask.shape[1]
+    counts = mask.sum(dim=1)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError(f"every sample needs the same number of masked patches, got {counts}")
+    order = torch.arange(L, device=mask.device) / L  # [L] in [0, 1): keeps patch order
+    return masking_from_noise(mask.float() * 2 + order, L - int(counts[0]))
+
+
+class MaskUnitMasking(MaskingStrategy):
+    """SimMIM's mask generator: random masking of *mask units*, squares of ``unit`` × ``unit``
+    patches (SatVision-TOA: 8-px units over 4-px patches, ``unit=2``).
+
+    Exactly ``ceil(units × mask_ratio)`` units are masked per sample (the reference rounds up,
+    MAE's count rounds the visible ones down); ``noise`` [B, units] fixes them outright (the
+    ``ceil(...)`` smallest are masked) and ``sample_seeds`` draw it per sample, as elsewhere.
+    """
+
+    def __init__(self, mask_ratio: float = 0.6, unit: int = 2) -> None:
+        super().__init__(mask_ratio)
+        if unit < 1:
+            raise ValueError(f"unit must be >= 1 patch, got {unit}")
+        self.unit = int(unit)
+
+    def unit_grid(self, grid_size: Sequence[int]) -> tuple[int, ...]:
+        if any(g % self.unit for g in grid_size):
+            raise ValueError(f"the patch grid {list(grid_size)} is not a multiple of {self.unit}")
+        return tuple(g // self.unit for g in grid_size)
+
+    def num_masked_units(self, grid_size: Sequence[int]) -> int:
+        return math.ceil(math.prod(self.unit_grid(grid_size)) * self.mask_ratio)
+
+    def noise(self, batch_size, grid_size, device, sample_seeds=None, images=None):
+        units = math.prod(self.unit_grid(grid_size))
+        if sample_seeds is not None:
+            return seeded_uniform(sample_seeds, units, device)
+        return torch.rand(batch_size, units, device=device)
+
+    def unit_mask(self, noise: torch.Tensor, grid_size: Sequence[int]) -> torch.Tensor:
+        """noise [B, units] → mask [B, L] over the patch grid (1 = masked)."""
+        coarse = self.unit_grid(grid_size)
+        B = noise.shape[0]
+        masked = torch.argsort(noise, dim=1)[:, : self.num_masked_units(grid_size)]  # [B, M]
+        mask = torch.zeros_like(noise).scatter_(1, masked, 1.0)  # [B, units]
+        mask = mask.reshape(B, *coarse)
+        for axis in range(1, len(coarse) + 1):  # each unit → unit^d patches
+            mask = mask.repeat_interleave(self.unit, dim=axis)
+        return mask.reshape(B, -1)  # [B, L]
+
+    def __call__(
+        self,
+        batch_size: int,
+        grid_size: Sequence[int],
+        device: torch.device,
+        sample_seeds: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> MaskingResult:
+        if noise is None:
+            noise = self.noise(batch_size, grid_size, device, sample_seeds, images)
+        units = math.prod(self.unit_grid(grid_size))
+        if noise.shape != (batch_size, units):
+            raise ValueError(f"noise must be [{batch_size}, {units}], got {list(noise.shape)}")
+        return masking_from_mask(self.unit_mask(noise, grid_size))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mask_ratio={self.mask_ratio}, unit={self.unit})"
+
+
 MASKING_STRATEGIES: dict[str, type[MaskingStrategy]] = {
     "random": RandomMasking,
     "block": BlockMasking,
+    "mask_unit": MaskUnitMasking,
 }
 
 

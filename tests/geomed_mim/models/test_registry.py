@@ -56,7 +56,7 @@ def test_duplicate_names_are_refused(scratch_registry):
 def test_list_models_by_pattern_and_patterns():
     everything = list_models()
     assert everything == sorted(everything)
-    assert len(everything) == 4 + 4 + 8  # MAE, SelectiveMAE, Hi-End-MAE
+    assert len(everything) == 4 + 4 + 8 + 4  # MAE, SelectiveMAE, Hi-End-MAE, SimMIM
     assert list_models("*_large_*") == [
         "hi_end_mae_vit_large_patch12",
         "hi_end_mae_vit_large_patch16",
@@ -81,6 +81,7 @@ def test_unknown_model_names_the_registered_ones():
         ("mae_vit_", "geomed_mim.models.mae"),
         ("selective_mae_vit_", "geomed_mim.models.selective"),
         ("hi_end_mae_vit_", "geomed_mim.models.hi_end"),
+        ("simmim_swin", "geomed_mim.models.simmim"),
     ],
 )
 def test_each_model_file_registers_its_own_names(prefix, module):
@@ -113,4 +114,4 @@ def test_importing_the_package_registers_every_model(child_env, tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env=child_env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["16", "HiEndMAE"]
+    assert proc.stdout.split() == ["20", "HiEndMAE"]
