@@ -299,21 +299,18 @@ class MIMPretrainTask(LightningModule):
         # fixed masks (epoch 0 seeds) so validation losses are comparable across epochs
         images = batch["image"]
         out = self.model(images, sample_seeds=self._seeds(batch, 0))
+        logged = {"val/loss": out.loss}
         if hasattr(self.model, "trivial_baseline_loss"):  # its own loss (SimMIM's L1)
-            baseline = self.model.trivial_baseline_loss(images, out)
+            logged["val/baseline_loss"] = self.model.trivial_baseline_loss(images, out)
         else:
-            baseline = trivial_baseline_loss(
-                images,
-                out,
-                self.model.encoder.patch_size,
-                self.model.norm_pix_loss,
-                self.model.norm_pix_eps,
+            patch_size, norm_pix = self.model.encoder.patch_size, self.model.norm_pix_loss
+            logged["val/baseline_loss"] = trivial_baseline_loss(
+                images, out, patch_size, norm_pix, self.model.norm_pix_eps
             )
-        logged = {"val/loss": out.loss, "val/baseline_loss": baseline}
-        if not self.model.norm_pix_loss:  # raw targets: the stricter figure beside it
-            logged["val/patch_mean_loss"] = trivial_baseline_loss(
-                images, out, self.model.encoder.patch_size, False, per_patch=True
-            )
+            if not norm_pix:  # raw targets: the stricter figure beside it
+                logged["val/patch_mean_loss"] = trivial_baseline_loss(
+                    images, out, patch_size, False, per_patch=True
+                )
         if batch_idx == 0 and self.hparams.preview_every_n_steps:
             self._val_preview = preview_samples(images, out, self.hparams.preview_samples)
         self.log_dict(

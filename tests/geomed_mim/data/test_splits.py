@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from geomed_mim.data.datamodules import CTDataModule
 from geomed_mim.data.segmentation import CTSegDataModule, RSSegDataModule
 from geomed_mim.data.splits import SlabSplit, spatial_holdout
 from tests.conftest import REPO_ROOT
@@ -170,3 +172,26 @@ def test_slab_bounds_leave_the_margin_between(side):
     assert gap == 4
     assert min(val[0], train[0]) == 0
     assert max(val[1], train[1]) == 59
+
+
+def test_ct_pretraining_validation_reads_the_same_crops_at_every_validation(ct_organs_store):
+    """The CT pretraining demo's data settings: its validation crops, inside the held-out slab,
+    are the same at every validation and in any worker (each item seeded by its index), and
+    every volume is visited ``val_visits_per_volume`` times; training crops keep being drawn."""
+    demo = REPO_ROOT / "configs/pretrain/hi_end_mae_demo_ct_cpu.yaml"
+    args = shipped_args(demo, stores=[str(ct_organs_store)])
+    dm = CTDataModule(**args)
+    dm.setup("fit")
+    val = dm.val_dataset
+    assert len(val) == args["val_visits_per_volume"] * len(val.dataset.cases)
+    first = [val[i]["origin"] for i in range(len(val))]
+    again = CTDataModule(**args)
+    again.setup("fit")
+    for i in reversed(range(len(val))):  # another order, another dataset object
+        torch.testing.assert_close(again.val_dataset[i]["origin"], first[i])
+        torch.testing.assert_close(again.val_dataset[i]["image"], val[i]["image"])
+    assert len({tuple(o.flatten().tolist()) for o in first}) == len(first)  # visits differ
+    size = round(val.dataset.cases[0].shape[args["slab_axis"]] * args["slab_fraction"])
+    assert all(int(o[:, args["slab_axis"]].max()) + args["crop_size"] <= size for o in first)
+    train = [dm.train_dataset[0]["origin"] for _ in range(2)]
+    assert not torch.equal(*train)  # training crops are drawn anew
