@@ -92,6 +92,8 @@ def export_config(
         "depth": encoder.depth,
         "num_heads": encoder.num_heads,
         "mlp_ratio": float(encoder.mlp_ratio),
+        # spacing of the positions its fixed sin-cos embedding was built with (1: MAE's)
+        "pos_embed_scale": float(getattr(encoder, "pos_embed_scale", 1.0)),
         "layer_norm_eps": 1e-6,
         "intermediate_blocks": blocks,
         "intermediate_blocks_indexing": "1-indexed block outputs, before the final norm",

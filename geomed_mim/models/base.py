@@ -71,6 +71,7 @@ class MIMDecoder(nn.Module):
         patch_dim = math.prod(encoder.patch_size) * encoder.in_chans
         self.num_patches = num_patches
         self.grid_size = tuple(encoder.grid_size)
+        self.pos_embed_scale = float(getattr(encoder, "pos_embed_scale", 1.0))  # the encoder's
         self.embed_dim = embed_dim
         self.decoder_embed = nn.Linear(encoder.embed_dim, embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -85,7 +86,9 @@ class MIMDecoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        pos = get_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=True)
+        pos = get_sincos_pos_embed(
+            self.embed_dim, self.grid_size, cls_token=True, scale=self.pos_embed_scale
+        )
         self.decoder_pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_linear_and_norm)
@@ -124,7 +127,8 @@ class MIMModel(nn.Module):
             (:meth:`build_encoder`; ``encoder="vit"``, the only family MAE-style methods take:
             :class:`~geomed_mim.models.vit.VisionTransformerEncoder`: ``img_size``,
             ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
-            ``spatial_dims``, ``drop_path_rate``).
+            ``spatial_dims``, ``drop_path_rate``, ``pos_embed_scale``: spacing of the patch
+            positions in the sin-cos embedding, the decoder's too).
     """
 
     decoder: nn.Module

@@ -26,12 +26,13 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.nda
 
 
 def get_2d_sincos_pos_embed(
-    embed_dim: int, grid_size: int | Sequence[int], cls_token: bool = False
+    embed_dim: int, grid_size: int | Sequence[int], cls_token: bool = False, scale: float = 1.0
 ) -> np.ndarray:
-    """[(1 +) gh*gw, D] embedding of a row-major 2-D grid; the class slot (if any) is zeros."""
+    """[(1 +) gh*gw, D] embedding of a row-major 2-D grid; the class slot (if any) is zeros.
+    ``scale`` multiplies the patch positions (1: the reference)."""
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-    grid_h = np.arange(gh, dtype=np.float32)
-    grid_w = np.arange(gw, dtype=np.float32)
+    grid_h = np.arange(gh, dtype=np.float32) * scale
+    grid_w = np.arange(gw, dtype=np.float32) * scale
     grid = np.meshgrid(grid_w, grid_h)  # here w goes first, as in the reference
     grid = np.stack(grid, axis=0).reshape(2, 1, gh, gw)
     if embed_dim % 4:
@@ -53,15 +54,16 @@ def split_dim_3d(embed_dim: int) -> tuple[int, int, int]:
 
 
 def get_3d_sincos_pos_embed(
-    embed_dim: int, grid_size: int | Sequence[int], cls_token: bool = False
+    embed_dim: int, grid_size: int | Sequence[int], cls_token: bool = False, scale: float = 1.0
 ) -> np.ndarray:
-    """[(1 +) gd*gh*gw, D] embedding of a row-major (d, h, w) grid; class slot zeros."""
+    """[(1 +) gd*gh*gw, D] embedding of a row-major (d, h, w) grid; class slot zeros.
+    ``scale`` multiplies the patch positions."""
     gd, gh, gw = (grid_size,) * 3 if isinstance(grid_size, int) else tuple(grid_size)
     dims = split_dim_3d(embed_dim)
     axes = np.meshgrid(
-        np.arange(gd, dtype=np.float32),
-        np.arange(gh, dtype=np.float32),
-        np.arange(gw, dtype=np.float32),
+        np.arange(gd, dtype=np.float32) * scale,
+        np.arange(gh, dtype=np.float32) * scale,
+        np.arange(gw, dtype=np.float32) * scale,
         indexing="ij",
     )  # each [gd, gh, gw], row-major like the patch sequence
     parts = [get_1d_sincos_pos_embed_from_grid(d, a) for d, a in zip(dims, axes, strict=True)]
@@ -72,11 +74,17 @@ def get_3d_sincos_pos_embed(
 
 
 def get_sincos_pos_embed(
-    embed_dim: int, grid_size: Sequence[int], cls_token: bool = False
+    embed_dim: int, grid_size: Sequence[int], cls_token: bool = False, scale: float = 1.0
 ) -> np.ndarray:
-    """Dispatch on the grid's rank: 2 → :func:`get_2d_sincos_pos_embed`, 3 → the 3-D one."""
+    """Dispatch on the grid's rank: 2 → :func:`get_2d_sincos_pos_embed`, 3 → the 3-D one.
+
+    ``scale`` multiplies the patch positions. The frequencies run from 1 to 1/10000 per
+    position; on a grid of a few patches (4³ in the CT demo) only the fastest few vary at all
+    and the rest add the same vector to every token, so neighbours are hard to tell apart.
+    Positions spaced ``scale`` apart spread the grid over the frequencies as a grid ``scale``
+    times wider would be."""
     if len(grid_size) == 2:
-        return get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token)
+        return get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token, scale)
     if len(grid_size) == 3:
-        return get_3d_sincos_pos_embed(embed_dim, grid_size, cls_token)
+        return get_3d_sincos_pos_embed(embed_dim, grid_size, cls_token, scale)
     raise ValueError(f"grid must be 2-D or 3-D, got {tuple(grid_size)}")

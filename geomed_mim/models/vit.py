@@ -86,9 +86,11 @@ class VisionTransformerEncoder(nn.Module):
         spatial_dims: int = 2,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
+        pos_embed_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
+        self.pos_embed_scale = float(pos_embed_scale)  # 1: MAE's positions; decoders read it
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
@@ -135,7 +137,9 @@ class VisionTransformerEncoder(nn.Module):
 
     def initialize_weights(self) -> None:
         """The MAE reference initialization (sin-cos pos, xavier on patch proj and linears)."""
-        pos = get_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=True)
+        pos = get_sincos_pos_embed(
+            self.embed_dim, self.grid_size, cls_token=True, scale=self.pos_embed_scale
+        )
         self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # like nn.Linear, not like a conv

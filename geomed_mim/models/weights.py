@@ -42,7 +42,8 @@ CHECKPOINT_METADATA_KEY = "geomed_mim"  # the checkpoint entry the pretraining t
 EXPORT_FORMAT = "geomed_mim.encoder/1"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")
+ARCH_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "pos_embed_scale")
+ARCH_DEFAULTS = {"pos_embed_scale": 1.0}  # keys that exports written before them lack
 
 # our (timm) key → MONAI ViT key; ``N`` is a block index. pos_embed drops its class slot.
 MONAI_KEY_MAP: dict[str, str] = {
@@ -215,7 +216,7 @@ def read_encoder_source(path: str | Path) -> EncoderSource:
         state, config = read_export(path)
         if config.get("weights_keys") == "monai":
             state = from_monai_state_dict(state)
-        arch = {k: config[k] for k in ARCH_KEYS}
+        arch = {k: config[k] if k in config else ARCH_DEFAULTS[k] for k in ARCH_KEYS}
         spatial_dims, img_size, in_chans = (
             config[k] for k in ("spatial_dims", "img_size", "in_chans")
         )

@@ -129,10 +129,11 @@ def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
 def test_ct_demo_trains_on_held_out_slabs_and_its_encoder_starts_the_ct_fine_tuning(
     tmp_path, child_env
 ):
-    """The shipped CT pretraining demo (shrunk to 20 epochs): trains on both demo scans outside
-    their held-out Z slabs, validates inside them beside its predict-zeros baseline, and its
-    checkpoint starts the shipped CT fine-tuning demo (same encoder), which then validates on
-    its own held-out slab."""
+    """The shipped CT pretraining demo (300 of its 400 epochs): trains on both demo scans outside
+    their held-out Z slabs and learns there: its validation loss on fixed crops inside the slabs
+    ends below 0.8x the crop-mean baseline printed beside it (a model predicting the mean
+    intensity scores 1.0x). Its checkpoint starts the shipped CT fine-tuning demo (same
+    encoder), which then validates on its own held-out slab."""
     stores = {"ct": tmp_path / "geomed_demo_ct", "organs": tmp_path / "geomed_demo_ct_organs"}
     build = ["-m", "geomed_mim.build_dataset", "--workers", "1", "--scheduler", "synchronous"]
     training.run_module([*build, "--modality", "ct", "--input", "demo:ct", "--output",
@@ -142,22 +143,27 @@ def test_ct_demo_trains_on_held_out_slabs_and_its_encoder_starts_the_ct_fine_tun
                         cwd=tmp_path, env=child_env)  # fmt: skip
     proc = training.run_module(
         ["-m", "geomed_mim.pretrain", "fit", "--config", str(CT_DEMO),
-         "--data.init_args.stores", f"[{stores['ct']}]", "--trainer.max_epochs", "20",
-         "--trainer.check_val_every_n_epoch", "20"],
+         "--data.init_args.stores", f"[{stores['ct']}]", "--trainer.max_epochs", "300",
+         "--trainer.check_val_every_n_epoch", "100"],
         cwd=tmp_path, env=child_env,
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "hi_end_demo_ct_cpu"
     losses = training.epoch_losses(run_dir)  # two steps of 8 crops per epoch (one per scan)
-    assert len(losses) == 20
-    assert sum(losses[-10:]) / 10 < 0.85 * losses[0], losses
+    assert len(losses) == 300
     val = [r for r in training.read_metrics(run_dir) if r.get("val/loss")]
-    assert float(val[-1]["val/baseline_loss"]) > 0.3  # noise-floored targets: flat patches ~0
-    assert "(predict-zeros " in proc.stdout
+    assert len(val) == 3
+    baselines = {float(r["val/baseline_loss"]) for r in val}
+    assert len(baselines) == 1  # the same fixed crops and masks at every validation
+    loss, baseline = float(val[-1]["val/loss"]), baselines.pop()
+    assert loss < 0.8 * baseline, (loss, baseline)
+    # the stricter figure is logged beside it: each masked patch's own mean
+    assert float(val[-1]["val/patch_mean_loss"]) < baseline
+    assert f"val/loss {loss:.3f} (crop-mean {baseline:.3f}" in proc.stdout
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     meta = torch.load(ckpt, weights_only=True)["geomed_mim"]
     assert meta["spatial_dims"] == 3
     assert meta["encoder_levels"] == [3, 2, 1]
-    assert meta["model_kwargs"]["norm_pix_eps"] == 1e-3
+    assert meta["model_kwargs"]["pos_embed_scale"] == 8.0
     pretrained = torch.load(ckpt, weights_only=True)["state_dict"]
     finetune = REPO_ROOT / "configs" / "finetune" / "ct_organs_demo_cpu.yaml"
     training.run_module(
