@@ -37,3 +37,24 @@ def test_3d_values_and_uniqueness(dim):
     row = emb[d * 12 + h * 4 + w]
     expected = closed_form_1d(d, part) + closed_form_1d(h, part) + closed_form_1d(w, dim - 2 * part)
     np.testing.assert_allclose(row, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_scaled_positions_are_every_nth_position_of_a_wider_grid(dims):
+    """``scale`` spaces the positions: a 4-patch grid at scale 8 is positions 0, 8, 16, 24 of
+    a 32-patch grid; the class slot stays zero. Encoders and their decoders share it."""
+    from geomed_mim.models import create_model
+
+    build = get_2d_sincos_pos_embed if dims == 2 else get_3d_sincos_pos_embed
+    scaled = build(96, 4, cls_token=True, scale=8.0)
+    wide = build(96, 32).reshape(*([32] * dims), 96)
+    every_8th = wide[(slice(None, None, 8),) * dims].reshape(-1, 96)
+    np.testing.assert_allclose(scaled[1:], every_8th, atol=1e-6)
+    assert not scaled[0].any()
+    model = create_model(
+        "mae_vit_tiny_patch16", img_size=32, patch_size=8, in_chans=1, spatial_dims=dims,
+        embed_dim=96, num_heads=3, depth=1, decoder_embed_dim=96, decoder_depth=1,
+        decoder_num_heads=3, pos_embed_scale=8.0,
+    )  # fmt: skip
+    np.testing.assert_allclose(model.encoder.pos_embed[0].numpy(), scaled, atol=1e-6)
+    np.testing.assert_allclose(model.decoder.decoder_pos_embed[0].numpy(), scaled, atol=1e-6)
