@@ -1,7 +1,7 @@
 """CPU pretraining study: does MAE / SelectiveMAE pretraining help a land-cover probe at the
 scale a 2-core machine allows?
 
-    PYTHONPATH=. python benchmarks/cpu_pretraining_study.py            # the study (~20-30 min)
+    PYTHONPATH=. python benchmarks/cpu_pretraining_study.py            # the study (~20-25 min)
     PYTHONPATH=. python benchmarks/cpu_pretraining_study.py --quick    # does it run? (minutes)
 
 Everything runs through the shipped commands, as a user would (``build_dataset``,
@@ -60,6 +60,7 @@ import csv
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,17 @@ def run_cli(args: list[str], log: Path) -> None:
     say(f"  {shlex.join(args[:1])} ... done in {time.perf_counter() - start:.0f} s (log: {log})")
 
 
+def must_run(path: Path, reuse: bool) -> bool:
+    """Whether a stage writing ``path`` runs: with ``reuse``, an existing output is kept (and
+    said so); without, it is removed first, so no result of an earlier run is mixed in."""
+    if path.exists() and reuse:
+        say(f"  reusing {path} (--reuse)")
+        return False
+    if path.exists():
+        shutil.rmtree(path)
+    return True
+
+
 def shared_data_dir(given: str | None) -> Path | None:
     for candidate in (given, os.environ.get("GEOMED_SHARED_DATA"), REPO.parent / "shared" / "data"):
         if candidate and Path(candidate).is_dir():
@@ -129,9 +141,9 @@ def shared_data_dir(given: str | None) -> Path | None:
 
 
 # -- stage 1: the stores and the evaluation's split ---------------------------------------------
-def build_labeled_store(out: Path) -> Path:
+def build_labeled_store(out: Path, reuse: bool) -> Path:
     store = out / "geomed_demo_lulc"
-    if not (store / "manifest.parquet").exists():
+    if must_run(store, reuse):
         run_cli(["geomed_mim.build_dataset", "--config", LABELED_CONFIG, "--output", str(store)],
                 out / "build_labeled.log")  # fmt: skip
     return store
@@ -209,9 +221,10 @@ def pretraining_scenes(shared: Path | None) -> tuple[list[Path], list[str]]:
         return demo, notes
     scenes = list(demo)
     for tif in sorted((shared / "rs_seg").glob("**/*l1c*.tif")):
-        twin = next((d for d in demo if d.name == tif.name), None)
-        if twin is not None and same_pixels(tif, twin):
-            notes.append(f"skipped: {tif.relative_to(shared)} (pixel-identical to the demo's)")
+        twin = next((d for d in demo if same_pixels(tif, d)), None)
+        if twin is not None:
+            notes.append(f"skipped: {tif.relative_to(shared)} (pixel-identical to the demo's "
+                         f"{twin.name})")  # fmt: skip
         else:
             scenes.append(tif)
             notes.append(f"used: {tif.relative_to(shared)}")
@@ -228,10 +241,11 @@ def pretraining_scenes(shared: Path | None) -> tuple[list[Path], list[str]]:
 
 
 def build_pretraining_store(
-    out: Path, scenes: list[Path], east_limit: float, tile_edge: float
+    out: Path, scenes: list[Path], east_limit: float, tile_edge: float, reuse: bool
 ) -> Path:
     store = out / "geomed_pretrain_west"
-    if not store.exists():
+    if must_run(store, reuse):
+        shutil.rmtree(out / "pretrain_scenes", ignore_errors=True)
         cut = cut_scenes(scenes, east_limit, out / "pretrain_scenes")
         # demo.yaml's 2 x 2-tile blocks would leave 2 blocks on this strip 2 tiles wide, one of
         # them (half the ground) for validation: blocks of one tile, one of them validates
@@ -260,10 +274,9 @@ def check_no_overlap(store: Path, val_boxes: np.ndarray) -> dict[str, int]:
 
 
 # -- stage 3: pretraining -----------------------------------------------------------------------
-def pretrain(out: Path, name: str, store: Path, s: Settings) -> Path:
+def pretrain(out: Path, name: str, store: Path, s: Settings, reuse: bool) -> Path:
     root = out / "pretrain" / name
-    ckpt = root / "checkpoints" / "last.ckpt"
-    if not ckpt.exists():
+    if must_run(root, reuse):
         run_cli(["geomed_mim.pretrain", "fit", "--config", PRETRAIN_CONFIGS[name],
                  "--data.init_args.store", str(store), "--trainer.max_epochs", str(s.epochs),
                  "--trainer.check_val_every_n_epoch", str(s.val_every),
@@ -292,9 +305,9 @@ def last_val_losses(root: Path) -> tuple[float, float, int]:
 
 
 # -- stage 4: evaluation ------------------------------------------------------------------------
-def evaluate(out: Path, labeled: Path, encoders: list[str], s: Settings) -> Path:
+def evaluate(out: Path, labeled: Path, encoders: list[str], s: Settings, reuse: bool) -> Path:
     result = out / "evaluate" / "results.csv"
-    if not result.exists():
+    if must_run(result.parent, reuse):
         run_cli(["geomed_mim.evaluate", "--config", EVAL_CONFIG,
                  "--data.init_args.store", str(labeled),
                  "--encoders", "[" + ", ".join(encoders) + "]",
@@ -354,7 +367,8 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
             cells.append(f"{mean / rmean:.2f}" if rmean else "—")
             gap = mean - rmean
             beyond = abs(gap) > std + rstd
-            cells.append(("yes, " if beyond else "no, ") + f"Δ {gap:+.3f} vs ± {std + rstd:.3f}")
+            verdict = ("yes (better), " if gap > 0 else "yes (worse), ") if beyond else "no, "
+            cells.append(verdict + f"Δ {gap:+.3f} vs ± {std + rstd:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -485,18 +499,21 @@ def kept_step_rows(rows: list[dict[str, Any]], s: Settings) -> list[str]:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--output",
-        default="runs/cpu_pretraining_study",
-        help="work folder (stores, runs, logs); an existing stage's output is reused",
+        "--output", default="runs/cpu_pretraining_study", help="work folder (stores, runs, logs)"
     )
     p.add_argument(
         "--shared",
         default=None,
         help="shared data folder (default: "
         "$GEOMED_SHARED_DATA, else ../shared/data beside the repository)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the stages' outputs already in --output (default: redo every stage)",
     )
     p.add_argument(
         "--quick",
@@ -506,28 +523,32 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="pretraining epochs")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds (>= 3)")
     p.add_argument("--probe-steps", type=int, default=None)
-    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None)  # fmt: skip
     args = p.parse_args()
     base = QUICK if args.quick else FULL
-    s = Settings(
-        epochs=args.epochs or base.epochs,
-        val_every=min(base.val_every, args.epochs or base.epochs),
+    epochs = args.epochs or base.epochs
+    return args, Settings(
+        epochs=epochs,
+        val_every=min(base.val_every, epochs),
         seeds=args.seeds or base.seeds,
         probe_steps=args.probe_steps or base.probe_steps,
         finetune_steps=args.finetune_steps or base.finetune_steps,
         check_every=base.check_every,
     )
-    out = (REPO / args.output) if not Path(args.output).is_absolute() else Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    start = time.perf_counter()
-    say("command: " + shlex.join([sys.executable, *sys.argv]))
-    say(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        f"({os.cpu_count()} cores)")  # fmt: skip
-    say(f"settings: {s}" + ("  [--quick: numbers are meaningless]" if args.quick else ""))
 
+
+@dataclass(frozen=True)
+class Stores:
+    labeled: Path
+    pretraining: Path
+    split: str  # the evaluation's split, in words
+    pretraining_tiles: dict[str, int]  # per split of the pretraining store
+
+
+def stage_stores(out: Path, args: argparse.Namespace) -> Stores:
+    """The labeled store, the evaluation's split, the pretraining store west of it."""
     say("\n## stores")
-    labeled = build_labeled_store(out)
+    labeled = build_labeled_store(out, args.reuse)
     train_boxes, val_boxes, description = evaluation_split(labeled)
     east_limit = float(train_boxes[:, 2].max())
     say(f"  evaluation split: {description}")
@@ -537,24 +558,21 @@ def main() -> None:
     for note in notes:
         say(f"  {note}")
     tile_edge = float(np.median(train_boxes[:, 2] - train_boxes[:, 0]))
-    pre_store = build_pretraining_store(out, scenes, east_limit, tile_edge)
+    pre_store = build_pretraining_store(out, scenes, east_limit, tile_edge, args.reuse)
     counts = check_no_overlap(pre_store, val_boxes)
-    tiles = sum(counts.values())
-    say(f"  pretraining store: {tiles} tiles ({', '.join(f'{n} {k}' for k, n in counts.items())}"
-        "), none reaching the evaluation's validation area")  # fmt: skip
+    say(f"  pretraining store: {sum(counts.values())} tiles "
+        f"({', '.join(f'{n} {k}' for k, n in counts.items())}), none reaching the "
+        "evaluation's validation area")  # fmt: skip
+    return Stores(labeled, pre_store, description, counts)
 
-    say("\n## pretraining")
-    ckpts = {name: pretrain(out, name, pre_store, s) for name in PRETRAIN_CONFIGS}
 
-    say("\n## evaluation")
-    results = evaluate(out, labeled, ["scratch", *map(str, ckpts.values())], s)
-    rows = read_results(results)
-
+def print_result(rows: list[dict[str, Any]], stores: Stores, s: Settings) -> None:
     say("\n## result")
     say(
-        f"Land cover, spatial hold-out ({description}); full label budget; seeds {s.seeds}; "
+        f"Land cover, {stores.split}; full label budget; seeds {s.seeds}; "
         f"probe {s.probe_steps} / fine-tune {s.finetune_steps} steps; pretraining "
-        f"{s.epochs} epochs on {counts.get('train', 0)} tiles west of the validation area."
+        f"{s.epochs} epochs on {stores.pretraining_tiles.get('train', 0)} tiles west of the "
+        "validation area."
     )
     say(
         "`scratch / probe` is the random-init probe (the reference of the ratios); beyond seed "
@@ -563,6 +581,10 @@ def main() -> None:
     for line in summary_table(rows):
         say(line)
 
+
+def print_diagnostics(
+    rows: list[dict[str, Any]], ckpts: dict[str, Path], stores: Stores, s: Settings
+) -> None:
     say("\n## diagnostics\n")
     say("| pretraining run | epochs | last val masked loss | trivial baseline | ratio |")
     say("|---|---|---|---|---|")
@@ -572,12 +594,31 @@ def main() -> None:
     say("")
     encoders: dict[str, str | None] = {"random init (seed 0)": None}
     encoders.update({name: str(c) for name, c in ckpts.items()})
-    for line in feature_rows(labeled, encoders):
+    for line in feature_rows(stores.labeled, encoders):
         say(line)
     say("")
     for line in kept_step_rows(rows, s):
         say(line)
 
+
+def main() -> None:
+    args, s = parse_args()
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    start = time.perf_counter()
+    say("command: " + shlex.join([sys.executable, *sys.argv]))
+    say(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"({os.cpu_count()} cores)")  # fmt: skip
+    say(f"settings: {s}" + ("  [--quick: numbers are meaningless]" if args.quick else ""))
+    stores = stage_stores(out, args)
+    say("\n## pretraining")
+    ckpts = {n: pretrain(out, n, stores.pretraining, s, args.reuse) for n in PRETRAIN_CONFIGS}
+    say("\n## evaluation")
+    encoders = ["scratch", *map(str, ckpts.values())]
+    rows = read_results(evaluate(out, stores.labeled, encoders, s, args.reuse))
+    print_result(rows, stores, s)
+    print_diagnostics(rows, ckpts, stores, s)
     say(f"\nwall time {time.perf_counter() - start:.0f} s; load average after: "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
 
