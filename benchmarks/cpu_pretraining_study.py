@@ -17,9 +17,11 @@ reads their outputs. Stages:
    would have fitted those very pixels). Instead, the evaluation's own split is computed from
    the labeled store (the same library function ``evaluate`` uses), the scenes are cut at the
    east edge of its *training* tiles (validation area and margin removed), and the pretraining
-   store is built from those cut scenes with ``demo.yaml``'s settings (its own location split
-   holds out a block of the west for the pretraining loss). The script then checks that no
-   pretraining tile's footprint reaches the evaluation's validation area, and stops if one does.
+   store is built from those cut scenes with ``demo.yaml``'s settings, except blocks of one
+   tile edge and a validation fraction of 1/8 (the 2 × 2-tile blocks would give this 2-tile-wide
+   strip two blocks, one of them, half the ground, validating): one block of the west validates
+   the pretraining loss. The script then checks that no pretraining tile's footprint reaches
+   the evaluation's validation area, and stops if one does.
 2. **other imagery.** ``../shared/data`` (or ``$GEOMED_SHARED_DATA``) is searched for imagery a
    13-band Sentinel-2 L1C encoder can read honestly. Its eo-learn L1C scenes are compared pixel
    by pixel with the embedded demo scenes and skipped when identical (they are the same data, so
@@ -44,9 +46,13 @@ reads their outputs. Stages:
    validation masked loss against its trivial baseline (from the run's ``metrics.csv``);
    statistics of each frozen encoder's patch features on the evaluation tiles (mean
    per-dimension std, effective rank = exp(entropy of the normalised singular values); collapsed
-   features have a tiny rank) beside the raw patches' own; and for every deep run the step the
-   kept state comes from (a kept state from the last step means the run was still improving:
-   undertrained).
+   features have a tiny rank) beside the raw patches' own, with a converged linear classifier
+   (logistic regression) from each patch's features to its majority class, fitted on the
+   evaluation's training tiles and scored on both (patch mIoU; only roughly comparable with the
+   probes' pixel mIoU: a probe far below it is undertrained, a large train/validation gap means
+   too little data, features no better than raw patches add nothing); and for every deep run
+   the step the kept state comes from (a kept state from the last step means the run was still
+   improving: undertrained).
 
 The command, the load average before and after and the wall time are printed so the table can
 be recorded in docs/benchmarks.md. ``--quick`` (few epochs and steps) only checks that
