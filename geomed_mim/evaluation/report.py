@@ -98,3 +98,10 @@ def write_plot(rows: list[dict[str, Any]], metrics: list[str], title: str, path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_config(config: dict[str, Any], path: Path) -> None:
+    """The protocol as run, as YAML (``--config`` reads it back)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
