@@ -147,7 +147,7 @@ def image_statistics(dataset: Dataset, data: SceneData) -> ImageStatistics:
     rows, labels = [], []
     for batch in loader(dataset, data):
         x = batch["image"].double() * data.scale  # [B, C, H, W]
-        rows.append(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
+        rows.append(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3), correction=0)], dim=1))
         labels.append(batch["label"].long())
     per_image = torch.cat(rows).numpy()
     c = per_image.shape[1] // 2
