@@ -8,6 +8,11 @@ the raw bands, a thresholded spectral index, a CT HU window), and writes ``resul
 ``results.md`` (mean ± std) and ``score_vs_budget.png`` into ``--output``. YAML and flags as in
 the training commands (``--config``, ``--data`` with ``class_path``/``init_args``, dotted
 overrides). A user mistake is one line naming the flag, exit status 2.
+
+Scene classification when ``--data.class_path`` (in the config) is a torchgeo dataset class, e.g.
+``--config configs/evaluate/eurosat_ms.yaml --data.root ROOT``: k-NN, linear and attentive
+probes on frozen features and fine-tuning, beside a band-statistics baseline, at every
+``--fractions`` fraction of the training split (see :mod:`geomed_mim.evaluation.scene_protocol`).
 """
 
 from __future__ import annotations
