@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,6 +323,7 @@ def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, A
             for fraction in p.fractions:
                 idx = sd.draw_fraction(splits.stats["train"].labels, fraction, seed)
                 for probe in p.probes:
+                    start = time.perf_counter()
                     scores, step = probe_once(p, probe, cached, splits, idx, seed, device)
                     rows.append({"method": f"{label} / {probe}", "kind": probe,
                                  "budget": fraction, "seed": seed, "train_units": len(idx),
@@ -329,7 +331,8 @@ def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, A
                                  len(splits.datasets["val"]), "step": step,
                                  **scores})  # fmt: skip
                     say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: "
-                        f"{headline(scores)}  step {step}")  # fmt: skip
+                        f"{headline(scores)}  step {step}  "
+                        f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
 
 
