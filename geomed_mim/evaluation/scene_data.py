@@ -81,15 +81,6 @@ def class_names(dataset: Dataset) -> list[str]:
     return [str(c) for c in getattr(dataset, "classes", [])]
 
 
-def labels_of(dataset: Dataset) -> np.ndarray:
-    """Each image's class id, without reading the images (torchgeo's ImageFolder-based
-    classification datasets keep them in ``targets``)."""
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [int(dataset[i]["label"]) for i in range(len(dataset))]
-    return np.asarray(targets, dtype=np.int64)
-
-
 def draw_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of ``fraction`` of the training images, drawn per class (stratified, seeded):
     ``round(fraction × n_c)`` of class c, at least one; all of them at fraction 1."""
