@@ -11,7 +11,9 @@
 * :func:`train_steps`: a fixed number of optimizer steps, the held-out split scored every
   ``check_every`` steps and the best state kept (the segmentation protocol's early stopping).
 
-Metrics are top-1 accuracy and macro-F1 (:func:`classification_scores`).
+Metrics are top-1 accuracy and macro-F1 for single-label datasets
+(:func:`classification_scores`), mean average precision for multi-label ones
+(:func:`multilabel_scores`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
 KNN_K = 20
@@ -37,6 +39,42 @@ def classification_scores(
     target, pred = np.asarray(target), np.asarray(pred)
     f1 = f1_score(target, pred, labels=list(range(num_classes)), average="macro", zero_division=0)
     return {"top1": float(np.mean(target == pred)), "macro_f1": float(f1)}
+
+
+def multilabel_scores(target: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """``map``: the mean over classes of their average precision (classes without a positive
+    in ``target`` [N, K] left out: their AP is undefined); ``micro_map``: AP of all (image,
+    class) pairs pooled. ``scores`` [N, K]: any monotone per-class score (logits, votes)."""
+    target, scores = np.asarray(target), np.asarray(scores, dtype=np.float64)
+    present = target.sum(axis=0) > 0
+    if not present.any():
+        return {"map": float("nan"), "micro_map": float("nan")}
+    macro = average_precision_score(target[:, present], scores[:, present], average="macro")
+    micro = average_precision_score(target, scores, average="micro")
+    return {"map": float(macro), "micro_map": float(micro)}
+
+
+def knn_votes(
+    train_features: torch.Tensor,
+    train_targets: torch.Tensor,
+    test_features: torch.Tensor,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Per test feature [M, D], the ``exp(similarity / temperature)``-weighted share of its
+    ``k`` nearest (cosine) training features [N, D] that carry each label of ``train_targets``
+    [N, K] (multi-hot): [M, K] scores in [0, 1] (DINO's vote, for multi-label data)."""
+    train = nn.functional.normalize(train_features.float(), dim=1)
+    targets = train_targets.float()
+    k = min(k, train.shape[0])
+    out = []
+    for start in range(0, test_features.shape[0], chunk):
+        test = nn.functional.normalize(test_features[start : start + chunk].float(), dim=1)
+        sim, idx = (test @ train.T).topk(k, dim=1)  # [m, k]
+        weights = (sim / temperature).exp()
+        out.append((weights.unsqueeze(2) * targets[idx]).sum(1) / weights.sum(1, keepdim=True))
+    return torch.cat(out)
 
 
 def knn_predict(
@@ -114,10 +152,12 @@ def train_steps(
     seed: int,
     select_score: Callable[[], float] | None,
     weight_decay: float = 0.0,
+    multilabel: bool = False,
 ) -> Trained:
-    """``steps`` AdamW steps (cosine-decayed lr) on cross-entropy over ``batch(generator)``
-    (inputs, labels); with ``select_score`` (held-out top-1 of the model as it is), score every
-    ``check_every`` steps and at the end and load the best state (the first of equals)."""
+    """``steps`` AdamW steps (cosine-decayed lr) on cross-entropy (``multilabel``: binary
+    cross-entropy per class) over ``batch(generator)`` (inputs, labels); with ``select_score``
+    (held-out score of the model as it is), score every ``check_every`` steps and at the end
+    and load the best state (the first of equals)."""
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -126,7 +166,11 @@ def train_steps(
     for step in range(1, steps + 1):
         model.train()
         inputs, labels = batch(generator)
-        loss = nn.functional.cross_entropy(model(inputs), labels.long())
+        logits = model(inputs)
+        if multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        else:
+            loss = nn.functional.cross_entropy(logits, labels.long())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

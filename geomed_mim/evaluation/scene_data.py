@@ -69,22 +69,46 @@ def open_split(data: SceneData, split: str) -> Dataset:
         raise UsageError(f"--data.bands {data.bands}: {e}") from None
 
 
+# datasets whose ``bands`` argument names a band set, not bands: the bands each set yields, in
+# the order the class stacks them (BigEarthNet sorts its band files with B8A as B08A)
+BAND_SETS = {
+    "BigEarthNet": {
+        "s2": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"),
+    },
+}
+
+
 def band_names(dataset: Dataset) -> list[str]:
     """The bands the dataset yields, in order."""
     bands = getattr(dataset, "bands", None) or getattr(dataset, "all_band_names", None)
+    if isinstance(bands, str):
+        sets = BAND_SETS.get(type(dataset).__name__, {})
+        if bands not in sets:
+            raise UsageError(f"--data.init_args.bands {bands}: not supported for "
+                             f"{type(dataset).__name__}; use one of {sorted(sets)}")  # fmt: skip
+        bands = sets[bands]
     if not bands:
         raise UsageError("--data.class_path: the dataset names no bands; use one that does")
     return [str(b) for b in bands]
 
 
 def class_names(dataset: Dataset) -> list[str]:
-    return [str(c) for c in getattr(dataset, "classes", [])]
+    """The class names in label order (BigEarthNet: its nomenclature of ``num_classes``)."""
+    names = getattr(dataset, "classes", None)
+    if names is None and hasattr(dataset, "class_sets"):
+        names = dataset.class_sets[dataset.num_classes]
+    return [str(c) for c in names or []]
 
 
 def draw_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of ``fraction`` of the training images, drawn per class (stratified, seeded):
-    ``round(fraction × n_c)`` of class c, at least one; all of them at fraction 1."""
+    ``round(fraction × n_c)`` of class c, at least one; all of them at fraction 1. Multi-label
+    ``labels`` [N, K]: ``round(fraction × N)`` images (at least one) drawn uniformly, since an
+    image belongs to several classes."""
     rng = np.random.default_rng(seed)
+    if labels.ndim == 2:
+        n = len(labels) if fraction >= 1 else max(1, round(fraction * len(labels)))
+        return np.sort(rng.choice(len(labels), n, replace=False))
     picked = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
@@ -128,7 +152,7 @@ class ImageStatistics:
     split's per-band mean and std (the normalisation of bands no encoder records)."""
 
     per_image: np.ndarray  # [N, 2C]: C means, then C stds, in the encoders' units
-    labels: np.ndarray  # [N]
+    labels: np.ndarray  # [N] class ids, or [N, K] multi-hot (multi-label datasets)
     band_mean: np.ndarray  # [C]
     band_std: np.ndarray  # [C]
 

@@ -34,6 +34,8 @@ from geomed_mim.evaluation.probes import (
     LinearProbe,
     classification_scores,
     knn_predict,
+    knn_votes,
+    multilabel_scores,
     train_steps,
 )
 from geomed_mim.evaluation.protocol import MIN_SEEDS, encoder_label
@@ -46,7 +48,8 @@ from geomed_mim.usage import UsageError
 PROBES = ("knn", "linear", "attentive", "finetune")
 TRAINED = ("linear", "attentive", "finetune")  # the probes that take optimizer steps
 SCENE_BASELINES = ("band_statistics",)
-METRICS = ["top1", "macro_f1"]
+SINGLE_LABEL_METRICS = ["top1", "macro_f1"]
+MULTILABEL_METRICS = ["map", "micro_map"]
 Say = Callable[[str], None]
 
 
@@ -142,6 +145,22 @@ class Splits:
     stats: dict[str, sd.ImageStatistics]
     image_size: tuple[int, int]
 
+    @property
+    def multilabel(self) -> bool:
+        return self.stats["train"].labels.ndim == 2
+
+    @property
+    def metrics(self) -> list[str]:
+        """The table's columns; the first one selects the trained probes' states."""
+        return MULTILABEL_METRICS if self.multilabel else SINGLE_LABEL_METRICS
+
+    def scores(self, split: str, outputs: np.ndarray) -> dict[str, float]:
+        """``outputs`` [N, K] (logits, votes) against ``split``'s labels."""
+        target = self.stats[split].labels
+        if self.multilabel:
+            return multilabel_scores(target, outputs)
+        return classification_scores(target, outputs.argmax(axis=1), len(self.classes))
+
 
 def open_splits(p: SceneProtocol) -> Splits:
     datasets = {s: sd.open_split(p.data, s) for s in sd.SPLITS}
@@ -157,32 +176,55 @@ def open_splits(p: SceneProtocol) -> Splits:
 # -- baselines ----------------------------------------------------------------------------------
 def baseline_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, Any]]:
     """Per-image band means and standard deviations, standardised, multinomial logistic
-    regression; fitted on each fraction's drawn images, scored on the test split."""
+    regression (multi-label: one per class); fitted on each fraction's drawn images, scored on
+    the test split."""
     rows: list[dict[str, Any]] = []
     if "band_statistics" not in p.baselines:
         return rows
     train, test = splits.stats["train"], splits.stats["test"]
+    method = "band mean/std + logistic regression"
     for fraction in p.fractions:
         for seed in p.seeds:
             idx = sd.draw_fraction(train.labels, fraction, seed)
-            model = make_pipeline(StandardScaler(),
-                                  LogisticRegression(max_iter=2000, random_state=seed))  # fmt: skip
-            if len(np.unique(train.labels[idx])) > 1:
-                model.fit(train.per_image[idx], train.labels[idx])
-                pred = model.predict(test.per_image)
-            else:  # one class drawn: it is the only answer
-                pred = np.full(len(test.labels), train.labels[idx][0])
-            scores = classification_scores(test.labels, pred, len(splits.classes))
-            method = "band mean/std + logistic regression"
+            outputs = fit_band_statistics(train.per_image[idx], train.labels[idx],
+                                          test.per_image, len(splits.classes), seed)  # fmt: skip
+            scores = splits.scores("test", outputs)
             rows.append({"method": method, "kind": "baseline", "budget": fraction, "seed": seed,
                          "train_units": len(idx), "select_units": 0, "step": 0,
                          **scores})  # fmt: skip
-            say(f"baseline {method}  fraction {fraction:g}  seed {seed}: {headline(scores)}")
+            say(f"baseline {method}  fraction {fraction:g}  seed {seed}: "
+                f"{headline(splits, scores)}")  # fmt: skip
     return rows
 
 
-def headline(scores: dict[str, float]) -> str:
-    return "  ".join(f"{k} {scores[k]:.3f}" for k in METRICS if k in scores)
+def fit_band_statistics(
+    x: np.ndarray, labels: np.ndarray, test: np.ndarray, num_classes: int, seed: int
+) -> np.ndarray:
+    """Test scores [M, K] of logistic regression on standardised features: class
+    probabilities (single label), or each class's own regression's probability (multi-label;
+    a class all or none of the drawn images carry gets that constant)."""
+
+    def regression(y: np.ndarray) -> Any:
+        model = make_pipeline(StandardScaler(),
+                              LogisticRegression(max_iter=2000, random_state=seed))  # fmt: skip
+        return model.fit(x, y)
+
+    out = np.zeros((len(test), num_classes))
+    if labels.ndim == 2:
+        for c in range(num_classes):
+            y = labels[:, c]
+            out[:, c] = regression(y).predict_proba(test)[:, 1] if 0 < y.sum() < len(y) else y[0]
+        return out
+    present = np.unique(labels)
+    if len(present) == 1:  # one class drawn: it is the only answer
+        out[:, present[0]] = 1.0
+    else:
+        out[:, present] = regression(labels).predict_proba(test)
+    return out
+
+
+def headline(splits: Splits, scores: dict[str, float]) -> str:
+    return "  ".join(f"{k} {scores[k]:.3f}" for k in splits.metrics if k in scores)
 
 
 # -- encoders -----------------------------------------------------------------------------------
@@ -206,6 +248,10 @@ def build_encoder(
     if source == SCRATCH:
         torch.manual_seed(seed)
         arch = {**ENCODER_DEFAULTS, **(p.task.get("encoder") or {})}
+        if any(side % int(arch["patch_size"]) for side in splits.image_size):
+            size = splits.image_size
+            raise UsageError(f"--task.encoder.patch_size {arch['patch_size']}: does not divide "
+                             f"the images' size {size}; use a divisor of it")  # fmt: skip
         enc = VisionTransformerEncoder(img_size=splits.image_size,
                                        in_chans=len(splits.bands), **arch)  # fmt: skip
         return enc, fallback[0], fallback[1]
@@ -215,7 +261,10 @@ def build_encoder(
     theirs = list(recorded.get("bands") or [])
     # the dataset's bands under the encoder's spelling, so the patch embedding matches them
     named = [next((e for e in theirs if sd.same_band(e, b)), b) for b in splits.bands]
-    enc, report, config = load_encoder(source, named, splits.image_size, spatial_dims=2)
+    try:
+        enc, report, config = load_encoder(source, named, splits.image_size, spatial_dims=2)
+    except ValueError as e:  # a patch size that does not divide the images
+        raise UsageError(f"--encoders {source}: {e}; it cannot read these images") from None
     if not report.shared:
         raise UsageError(f"--encoders {source}: it records bands {theirs}, none of the dataset's "
                          f"({', '.join(splits.bands)}); use an encoder of this sensor")  # fmt: skip
@@ -248,8 +297,9 @@ class FineTuned(nn.Module):
 
 @torch.no_grad()
 def predict(model: nn.Module, inputs: torch.Tensor, device, batch: int = 256) -> np.ndarray:
+    """The model's logits [N, K] for ``inputs``, in batches."""
     model.eval()
-    out = [model(inputs[i : i + batch].to(device)).argmax(1).cpu()
+    out = [model(inputs[i : i + batch].to(device)).float().cpu()
            for i in range(0, len(inputs), batch)]  # fmt: skip
     return torch.cat(out).numpy()
 
@@ -263,6 +313,10 @@ def probe_once(
     y_train = labels["train"][idx]
     if probe == "knn":
         pooled = {s: enc.tokens[s].float().mean(1) for s in ("train", "test")}
+        if splits.multilabel:
+            votes = knn_votes(pooled["train"][idx], y_train, pooled["test"], p.knn_k,
+                              p.knn_temperature).numpy()  # fmt: skip
+            return splits.scores("test", votes), 0
         pred = knn_predict(pooled["train"][idx], y_train, pooled["test"], k,
                            p.knn_k, p.knn_temperature).numpy()  # fmt: skip
         return classification_scores(labels["test"].numpy(), pred, k), 0
@@ -303,11 +357,13 @@ def probe_once(
         def score(split: str) -> np.ndarray:
             return predict(model, feats[split].float(), device)
 
+    first = splits.metrics[0]  # top-1, or mAP (multi-label)
     has_val = len(splits.datasets["val"]) > 0
-    select = (lambda: float(np.mean(score("val") == labels["val"].numpy()))) if has_val else None
+    select = (lambda: splits.scores("val", score("val"))[first]) if has_val else None
     trained = train_steps(model, batch, steps, p.check_every, lr, seed, select,
-                          weight_decay=0.05 if probe == "finetune" else 0.0)  # fmt: skip
-    return classification_scores(labels["test"].numpy(), score("test"), k), trained.step
+                          weight_decay=0.05 if probe == "finetune" else 0.0,
+                          multilabel=splits.multilabel)  # fmt: skip
+    return splits.scores("test", score("test")), trained.step
 
 
 def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, Any]]:
@@ -331,7 +387,7 @@ def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, A
                                  len(splits.datasets["val"]), "step": step,
                                  **scores})  # fmt: skip
                     say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: "
-                        f"{headline(scores)}  step {step}  "
+                        f"{headline(splits, scores)}  step {step}  "
                         f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
 
@@ -345,11 +401,17 @@ def scene_notes(p: SceneProtocol, splits: Splits) -> list[str]:
         f"Dataset: {p.data.class_path} at {p.data.root} ({len(splits.classes)} classes; images "
         f"{sizes}; bands {', '.join(splits.bands)}). Scores on the test split; mean ± sample "
         f"std over seeds {p.seeds}.",
-        "budget = fraction of the training split's images, drawn per class with each seed "
-        "(`train units`: images drawn).",
+        "budget = fraction of the training split's images, drawn with each seed "
+        + (
+            "uniformly (multi-label; `map`: mean over classes of the average precision, "
+            "`micro_map`: pooled)"
+            if splits.multilabel
+            else "per class"
+        )
+        + " (`train units`: images drawn).",
         f"k-NN: cosine, k = {p.knn_k}, temperature {p.knn_temperature:g} (DINO's weighted "
         f"vote). Trained probes: {trained or 'none'} optimizer steps, scored with the state "
-        f"of best validation-split top-1 (`select units`: its images), checked every "
+        f"of best validation-split {splits.metrics[0]} (`select units`: its images), checked every "
         f"{p.check_every} steps.",
     ]
 
@@ -361,9 +423,10 @@ def write_scene_report(p: SceneProtocol, rows: list[dict[str, Any]], splits: Spl
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "markdown": out / "results.md",
              "plot": out / "score_vs_budget.png", "config": out / "config.yaml"}  # fmt: skip
-    write_csv(rows, METRICS, files["csv"])
-    write_markdown(rows, METRICS, p.title, scene_notes(p, splits), files["markdown"])
-    write_plot(rows, METRICS, p.title, files["plot"])
+    metrics = splits.metrics
+    write_csv(rows, metrics, files["csv"])
+    write_markdown(rows, metrics, p.title, scene_notes(p, splits), files["markdown"])
+    write_plot(rows, metrics, p.title, files["plot"])
     write_config(dataclasses.asdict(p), files["config"])
     return files
 

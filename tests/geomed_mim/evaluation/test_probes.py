@@ -1,6 +1,7 @@
 """The scene-classification probes against independent computations: k-NN equal to a brute-force
-NumPy k-NN, the linear probe as accurate as scikit-learn's logistic regression on the same
-features, and an attentive probe that reads the one region a mean-pooled probe cannot."""
+NumPy k-NN (single- and multi-label), mAP as scikit-learn computes it, the linear probe as
+accurate as scikit-learn's logistic regression on the same features, and an attentive probe
+that reads the one region a mean-pooled probe cannot."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import math
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, f1_score
 
 from geomed_mim.evaluation.probes import (
     AttentiveProbe,
     LinearProbe,
     classification_scores,
     knn_predict,
+    knn_votes,
+    multilabel_scores,
     train_steps,
 )
 
@@ -134,3 +137,26 @@ def test_train_steps_keeps_the_best_held_out_state():
     assert (trained.step, trained.select_score) == (4, 0.9)  # the first of equals
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, kept[k])
+
+
+def test_knn_votes_equal_brute_force_numpy_for_multilabel_targets():
+    rng = np.random.default_rng(2)
+    train, test = rng.normal(size=(80, 12)), rng.normal(size=(30, 12))
+    targets = (rng.random((80, 5)) < 0.3).astype(np.float64)
+    got = knn_votes(torch.tensor(train), torch.tensor(targets), torch.tensor(test), 20, 0.07,
+                    chunk=7).numpy()  # fmt: skip
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    b = test / np.linalg.norm(test, axis=1, keepdims=True)
+    for row, votes in zip(b @ a.T, got, strict=True):
+        nearest = np.argsort(-row, kind="stable")[:20]
+        weights = np.exp(row[nearest] / 0.07)
+        np.testing.assert_allclose(votes, weights @ targets[nearest] / weights.sum(), rtol=1e-4)
+
+
+def test_map_leaves_out_classes_without_a_positive():
+    target = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.1], [0.3, 0.4, 0.9], [0.1, 0.9, 0.2]])
+    got = multilabel_scores(target, scores)
+    per_class = [average_precision_score(target[:, c], scores[:, c]) for c in (0, 1)]
+    assert math.isclose(got["map"], float(np.mean(per_class)))
+    assert math.isclose(got["micro_map"], average_precision_score(target.ravel(), scores.ravel()))
