@@ -426,7 +426,7 @@ def write_scene_report(p: SceneProtocol, rows: list[dict[str, Any]], splits: Spl
     metrics = splits.metrics
     write_csv(rows, metrics, files["csv"])
     write_markdown(rows, metrics, p.title, scene_notes(p, splits), files["markdown"])
-    write_plot(rows, metrics, p.title, files["plot"])
+    write_plot(rows, metrics, p.title, files["plot"], "label fraction (of the training images)")
     write_config(dataclasses.asdict(p), files["config"])
     return files
 
