@@ -49,6 +49,7 @@ PROBES = ("knn", "linear", "attentive", "finetune")
 TRAINED = ("linear", "attentive", "finetune")  # the probes that take optimizer steps
 SCENE_BASELINES = ("band_statistics",)
 SINGLE_LABEL_METRICS = ["top1", "macro_f1"]
+SCRATCH_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
 MULTILABEL_METRICS = ["map", "micro_map"]
 Say = Callable[[str], None]
 
@@ -248,6 +249,10 @@ def build_encoder(
     if source == SCRATCH:
         torch.manual_seed(seed)
         arch = {**ENCODER_DEFAULTS, **(p.task.get("encoder") or {})}
+        unknown = sorted(set(arch) - set(SCRATCH_ARCH_KEYS))
+        if unknown:
+            raise UsageError(f"--task.encoder.{unknown[0]}: not an encoder setting; use any of "
+                             f"{list(SCRATCH_ARCH_KEYS)}")  # fmt: skip
         if any(side % int(arch["patch_size"]) for side in splits.image_size):
             size = splits.image_size
             raise UsageError(f"--task.encoder.patch_size {arch['patch_size']}: does not divide "
@@ -257,7 +262,11 @@ def build_encoder(
         return enc, fallback[0], fallback[1]
     from geomed_mim.models.weights import read_encoder_source
 
-    recorded = read_encoder_source(source).config
+    read = read_encoder_source(source)
+    if read.spatial_dims != 2:
+        raise UsageError(f"--encoders {source}: a {read.spatial_dims}-D encoder; scene "
+                         "classification takes 2-D (remote sensing) encoders")  # fmt: skip
+    recorded = read.config
     theirs = list(recorded.get("bands") or [])
     # the dataset's bands under the encoder's spelling, so the patch embedding matches them
     named = [next((e for e in theirs if sd.same_band(e, b)), b) for b in splits.bands]
@@ -299,7 +308,7 @@ class FineTuned(nn.Module):
 def predict(model: nn.Module, inputs: torch.Tensor, device, batch: int = 256) -> np.ndarray:
     """The model's logits [N, K] for ``inputs``, in batches."""
     model.eval()
-    out = [model(inputs[i : i + batch].to(device)).float().cpu()
+    out = [model(inputs[i : i + batch].to(device).float()).float().cpu()
            for i in range(0, len(inputs), batch)]  # fmt: skip
     return torch.cat(out).numpy()
 
@@ -355,7 +364,7 @@ def probe_once(
             return x_train[pick].float().to(device), y_train[pick].to(device)
 
         def score(split: str) -> np.ndarray:
-            return predict(model, feats[split].float(), device)
+            return predict(model, feats[split], device)  # float16 tokens, cast per batch
 
     first = splits.metrics[0]  # top-1, or mAP (multi-label)
     has_val = len(splits.datasets["val"]) > 0

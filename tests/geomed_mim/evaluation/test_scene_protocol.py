@@ -114,6 +114,7 @@ def test_the_dispatch_reads_the_data_class():
         (["--baselines", "[pixels]"], "--baselines: unknown baseline 'pixels'"),
         (["--stepz", "3"], "--stepz"),
         (["--task.encoder", "{patch_size: 24}"], "--task.encoder.patch_size 24: does not divide"),
+        (["--task.encoder", "{width: 8}"], "--task.encoder.width: not an encoder setting"),
     ],
 )
 def test_user_mistakes_are_one_line_exit_2(eurosat, tmp_path, capsys, flags, expected):
