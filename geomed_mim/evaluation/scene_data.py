@@ -67,6 +67,12 @@ def open_split(data: SceneData, split: str) -> Dataset:
         ) from None
     except ValueError as e:  # torchgeo's refusal of a band name
         raise UsageError(f"--data.bands {data.bands}: {e}") from None
+    except (TypeError, AssertionError) as e:  # an argument the class does not take
+        flag = "--data.bands" if data.bands is not None else "--data.init_args"
+        value = data.bands if data.bands is not None else data.init_args
+        why = str(e) or "an invalid value"
+        raise UsageError(f"{flag} {value}: {cls.__name__} refuses it ({why}); give the "
+                         "arguments its torchgeo documentation lists") from None  # fmt: skip
 
 
 # datasets whose ``bands`` argument names a band set, not bands: the bands each set yields, in

@@ -115,6 +115,7 @@ def test_the_dispatch_reads_the_data_class():
         (["--stepz", "3"], "--stepz"),
         (["--task.encoder", "{patch_size: 24}"], "--task.encoder.patch_size 24: does not divide"),
         (["--task.encoder", "{width: 8}"], "--task.encoder.width: not an encoder setting"),
+        (["--data.init_args", "{bandz: s2}"], "--data.init_args {'bandz': 's2'}: EuroSAT refuses"),
     ],
 )
 def test_user_mistakes_are_one_line_exit_2(eurosat, tmp_path, capsys, flags, expected):
