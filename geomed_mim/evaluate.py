@@ -8,6 +8,11 @@ the raw bands, a thresholded spectral index, a CT HU window), and writes ``resul
 ``results.md`` (mean ± std) and ``score_vs_budget.png`` into ``--output``. YAML and flags as in
 the training commands (``--config``, ``--data`` with ``class_path``/``init_args``, dotted
 overrides). A user mistake is one line naming the flag, exit status 2.
+
+Scene classification when ``--data.class_path`` (in the config) is a torchgeo dataset class, e.g.
+``--config configs/evaluate/eurosat_ms.yaml --data.root ROOT``: k-NN, linear and attentive
+probes on frozen features and fine-tuning, beside a band-statistics baseline, at every
+``--fractions`` fraction of the training split (see :mod:`geomed_mim.evaluation.scene_protocol`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
@@ -29,6 +36,8 @@ from geomed_mim.evaluation.protocol import (
     first_datamodule,
     write_report,
 )
+from geomed_mim.evaluation.scene_data import SceneData
+from geomed_mim.evaluation.scene_protocol import SceneProtocol, evaluate_scenes
 from geomed_mim.usage import UsageError, one_line, usage_errors_exit
 
 
@@ -55,6 +64,36 @@ def parser() -> ArgumentParser:
     return p
 
 
+def scene_parser() -> ArgumentParser:
+    """Scene classification: ``--data`` names a torchgeo dataset class and its ``root``."""
+    p = _Parser(
+        prog="python -m geomed_mim.evaluate",
+        description=__doc__.split("\n\n")[1],
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
+    p.add_class_arguments(SceneProtocol, None, fail_untyped=False)
+    return p
+
+
+def is_scene_task(args: list[str]) -> bool:
+    """True when the data is a torchgeo dataset class (``torchgeo.datasets.EuroSAT``), in a
+    ``--config`` file or a ``--data.class_path`` flag; the segmentation protocol otherwise."""
+    class_paths = []
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        value = value or (args[i + 1] if i + 1 < len(args) else "")
+        if flag == "--data.class_path":
+            class_paths.append(value)
+        elif flag == "--config" and Path(value).is_file():
+            try:
+                data = (yaml.safe_load(Path(value).read_text()) or {}).get("data") or {}
+            except (yaml.YAMLError, AttributeError):
+                continue  # the parser reports it
+            class_paths.append(str(data.get("class_path", "")) if isinstance(data, dict) else "")
+    return bool(class_paths) and class_paths[-1].startswith("torchgeo.")
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -74,7 +113,15 @@ def evaluate(protocol: Protocol) -> dict[str, Any]:
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
+    args = sys.argv[1:] if args is None else list(args)
     with usage_errors_exit():
+        if is_scene_task(args):
+            cfg = scene_parser().parse_args(args).as_dict()
+            cfg.pop("config", None)
+            data = SceneData(**cfg.pop("data"))
+            files = evaluate_scenes(SceneProtocol(data=data, **cfg), say)
+            say("wrote " + ", ".join(str(f) for f in files.values()))
+            return
         p = parser()
         cfg = p.parse_args(args).as_dict()
         cfg.pop("config", None)

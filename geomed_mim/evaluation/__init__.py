@@ -1,5 +1,6 @@
 """Downstream evaluation: encoders probed and fine-tuned at several label budgets and seeds,
-beside non-deep baselines, on a labeled store (``python -m geomed_mim.evaluate``).
+beside non-deep baselines, on a labeled store (segmentation) or a torchgeo classification
+dataset (scene classification) (``python -m geomed_mim.evaluate``).
 
 | module | what it holds |
 |---|---|
@@ -7,6 +8,9 @@ beside non-deep baselines, on a labeled store (``python -m geomed_mim.evaluate``
 | :mod:`~geomed_mim.evaluation.deep` | one probe / fine-tuning run through the segmentation task |
 | :mod:`~geomed_mim.evaluation.baselines` | logistic regression on pixels, spectral index, HU window |
 | :mod:`~geomed_mim.evaluation.pixels` | labeled pixels in physical units from a data module |
+| :mod:`~geomed_mim.evaluation.scene_protocol` | scene classification: flags (:class:`SceneProtocol`), checks, stages |
+| :mod:`~geomed_mim.evaluation.scene_data` | a torchgeo dataset's splits, bands matched by name, normalisation, draws |
+| :mod:`~geomed_mim.evaluation.probes` | k-NN, linear and attentive probes; the step loop with early stopping |
 | :mod:`~geomed_mim.evaluation.report` | CSV, markdown table (mean ± std) and plot |
 """  # noqa: E501
 

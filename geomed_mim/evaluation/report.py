@@ -69,7 +69,13 @@ def write_markdown(
     return text
 
 
-def write_plot(rows: list[dict[str, Any]], metrics: list[str], title: str, path: Path) -> None:
+def write_plot(
+    rows: list[dict[str, Any]],
+    metrics: list[str],
+    title: str,
+    path: Path,
+    budget_label: str = "label budget (fraction of training scenes / cases)",
+) -> None:
     """Each metric (mean ± std) against the label budget, one panel per metric and one line per
     method that has it (an index baseline appears in its class's panel only)."""
     import matplotlib
@@ -90,7 +96,7 @@ def write_plot(rows: list[dict[str, Any]], metrics: list[str], title: str, path:
             b, m, s = (np.array(v) for v in zip(*sorted(points), strict=True))
             ax.errorbar(b, m, yerr=s, marker="o", capsize=3, label=method, color=colour[method])
         ax.set_xscale("log")
-        ax.set_xlabel("label budget (fraction of training scenes / cases)")
+        ax.set_xlabel(budget_label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -98,3 +104,10 @@ def write_plot(rows: list[dict[str, Any]], metrics: list[str], title: str, path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_config(config: dict[str, Any], path: Path) -> None:
+    """The protocol as run, as YAML (``--config`` reads it back)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
