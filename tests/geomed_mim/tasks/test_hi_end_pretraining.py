@@ -13,7 +13,6 @@ from geomed_mim.models.weights import build_monai_vit, load_encoder
 from tests.geomed_mim import training
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-RS_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_cpu.yaml"
 CT_DEMO = REPO_ROOT / "configs" / "pretrain" / "hi_end_mae_demo_ct_cpu.yaml"
 TINY = {
     "embed_dim": 48,
@@ -84,45 +83,6 @@ def test_3d_hi_end_trains_on_the_ct_datamodule(tmp_path, ct_demo_store):
     assert meta["encoder_levels"] == [5, 3, 1]
     assert meta["window_hu"] == [-175.0, 250.0]
     assert list((tmp_path / "previews").glob("step_*.png"))
-
-
-@pytest.mark.slow
-def test_rs_demo_config_trains_through_the_cli_and_exports_the_levels(
-    demo_store, tmp_path, child_env
-):
-    training.run_module(
-        [
-            "-m",
-            "geomed_mim.pretrain",
-            "fit",
-            "--config",
-            str(RS_DEMO),
-            "--data.init_args.store",
-            str(demo_store),
-            "--trainer.max_epochs",
-            "10",
-            "--trainer.check_val_every_n_epoch",
-            "10",
-        ],
-        cwd=tmp_path,
-        env=child_env,
-    )
-    run_dir = tmp_path / "runs" / "hi_end_demo_cpu"
-    losses = training.epoch_losses(run_dir)
-    assert len(losses) == 10
-    assert losses[-1] < 0.75 * losses[0], losses
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    meta = torch.load(ckpt, map_location="cpu", weights_only=True)["geomed_mim"]
-    assert meta["model_name"] == "hi_end_mae_vit_tiny_patch16"
-    assert meta["encoder_levels"] == [3, 2, 1]
-    training.run_module(
-        ["-m", "geomed_mim.export", str(ckpt), "--output", str(tmp_path / "export")],
-        cwd=tmp_path,
-        env=child_env,
-    )
-    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert cfg["intermediate_blocks"] == [1, 2, 3]
-    assert cfg["encoder_levels"] == [3, 2, 1]
 
 
 @pytest.mark.slow

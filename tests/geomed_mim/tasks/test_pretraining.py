@@ -3,6 +3,7 @@ a 3-D run on a real CT store."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,13 @@ def test_the_shipped_2d_demos_learn_and_say_so(config, demo_store, tmp_path, chi
     (log_dir,) = run_dir.glob("logs/version_*")
     assert (log_dir / "previews" / f"val_step_{epochs * 4:07d}.png").is_file()  # the last one
     assert list(log_dir.glob("previews/step_*.png"))
+    if config.startswith("hi_end"):  # its export records the levels its decoder read
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        export = ["-m", "geomed_mim.export", str(ckpt), "--output", str(tmp_path / "export")]
+        run_module(export, tmp_path, child_env, timeout=300)
+        cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+        assert cfg["intermediate_blocks"] == [1, 2, 3]
+        assert cfg["encoder_levels"] == [3, 2, 1]
 
 
 @pytest.mark.slow
