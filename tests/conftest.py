@@ -15,6 +15,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GEOMED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, each worker (and the CLIs it starts) takes its share of the cores
+    instead of all of them: two workers on two cores each running two-thread torch would
+    contend for every core. A thread count the user set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cores_between_workers()
+
+
 def subprocess_env() -> dict[str, str]:
     """The environment of a child process that imports this checkout first."""
     env = dict(os.environ)
