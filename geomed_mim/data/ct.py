@@ -320,6 +320,7 @@ class CTCropDataset(Dataset):
             origin = self.crop_origin(ref, rng)
             hu = vol.read(origin, self.crop_size, cache, out=self._hu_buffer(vol.dtype))
             seg = lab.read(origin, self.crop_size, label_cache) if lab is not None else None
+            self._blank_outside_extent(ref, origin, hu, seg, vol.fill_value)
             if self.augment:
                 hu, seg = self._flip_rotate(hu, seg, rng)  # views: copied once, below
             img = self.to_intensity(hu, out=images[c, 0])  # [D, H, W], written in place
@@ -336,6 +337,28 @@ class CTCropDataset(Dataset):
         if self.return_labels:
             item["label"] = torch.from_numpy(labels)  # [crops, 1, D, H, W]
         return item
+
+    def _blank_outside_extent(
+        self,
+        ref: CTCaseRef,
+        origin: Sequence[int],
+        hu: np.ndarray,
+        seg: np.ndarray | None,
+        fill: Any,
+    ) -> None:
+        """Voxels of the crop outside this dataset's extent become padding (the volume's fill
+        value, label 0), as voxels outside the volume are: a slab shorter than the crop is
+        read whole, never together with the margin or the other part behind it."""
+        for axis, ((lo, hi), start, size) in enumerate(
+            zip(self.extent(ref), origin, self.crop_size, strict=True)
+        ):
+            before, after = max(0, lo - start), max(0, start + size - hi)  # voxels to blank
+            for cut in (slice(0, before), slice(size - after, size)):
+                if cut.stop > cut.start:
+                    box = (slice(None),) * axis + (cut,)
+                    hu[box] = fill
+                    if seg is not None:
+                        seg[box] = 0
 
     def _hu_buffer(self, dtype: np.dtype) -> np.ndarray:
         """One reusable crop-sized HU buffer per process (fresh pages cost more than decoding)."""

@@ -191,7 +191,23 @@ def test_ct_pretraining_validation_reads_the_same_crops_at_every_validation(ct_o
         torch.testing.assert_close(again.val_dataset[i]["origin"], first[i])
         torch.testing.assert_close(again.val_dataset[i]["image"], val[i]["image"])
     assert len({tuple(o.flatten().tolist()) for o in first}) == len(first)  # visits differ
-    size = round(val.dataset.cases[0].shape[args["slab_axis"]] * args["slab_fraction"])
-    assert all(int(o[:, args["slab_axis"]].max()) + args["crop_size"] <= size for o in first)
+    # the case's slab (30 % of 59 Z slices) is shorter than a crop: each crop holds the whole
+    # slab and padding beyond it, never the margin or the training slices behind it
+    axis, crop = args["slab_axis"], args["crop_size"]
+    size = round(val.dataset.cases[0].shape[axis] * args["slab_fraction"])
+    assert size < crop
+    pad = float(val.dataset.to_intensity(np.array(val.dataset._array(
+        str(ct_organs_store), val.dataset.cases[0].array).fill_value)))  # fmt: skip
+    blanked = 0
+    for i, origins in enumerate(first):
+        images = val[i]["image"]  # [crops, 1, D, H, W]
+        for image, start in zip(images, origins[:, axis].tolist(), strict=True):
+            inside = torch.movedim(image[0], axis, 0)  # the slab axis first
+            assert start <= 0 < start + crop  # the crop begins at or before the slab
+            beyond = inside[size - start :]
+            assert bool((beyond == pad).all())
+            blanked += beyond.shape[0]
+            assert not bool((inside[-start : size - start] == pad).all())  # the slab is read
+    assert blanked > 0  # crops that would have reached past the slab
     train = [dm.train_dataset[0]["origin"] for _ in range(2)]
     assert not torch.equal(*train)  # training crops are drawn anew
