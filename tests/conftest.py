@@ -33,13 +33,6 @@ def share_the_cores_between_workers() -> None:
 share_the_cores_between_workers()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked slow go first (the order is otherwise kept): spread over xdist workers, the
-    long CLI runs start together and the short tests fill the gaps, instead of one long run
-    starting last and holding the suite open."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def subprocess_env() -> dict[str, str]:
     """The environment of a child process that imports this checkout first."""
     env = dict(os.environ)
