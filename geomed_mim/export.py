@@ -102,13 +102,21 @@ def export_config(
         # Hi-End-MAE: the blocks its decoder cross-attended to, deep to shallow, numbered from 1
         # like intermediate_blocks (null for the other methods)
         "encoder_levels": meta.get("encoder_levels"),
+        **data_fields(meta, checkpoint),
+        "window_hu": meta.get("window_hu"),
+    }
+
+
+def data_fields(meta: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """What every export's ``config.json`` says of the data: bands, statistics, modality,
+    profile, wavelengths and the checkpoint it came from."""
+    return {
         "bands": list(meta.get("bands") or []),
         "mean": list(meta.get("mean") or []),
         "std": list(meta.get("std") or []),
         "modality": meta.get("modality"),
         "profile": meta.get("profile"),
         "wavelengths_nm": meta.get("wavelengths_nm"),
-        "window_hu": meta.get("window_hu"),
         "source_checkpoint": str(Path(checkpoint).resolve()),
     }
 
@@ -131,13 +139,7 @@ def swin_export_config(
         "embed_dim": encoder.embed_dim,
         "depth": encoder.depth,
         "depths": list(encoder.depths),
-        "bands": list(meta.get("bands") or []),
-        "mean": list(meta.get("mean") or []),
-        "std": list(meta.get("std") or []),
-        "modality": meta.get("modality"),
-        "profile": meta.get("profile"),
-        "wavelengths_nm": meta.get("wavelengths_nm"),
-        "source_checkpoint": str(Path(checkpoint).resolve()),
+        **data_fields(meta, checkpoint),
         "weights_keys": "timm",
         "architecture": name if timm.is_model(name) else "swinv2_base_window8_256",
         "timm_kwargs": dict(encoder.timm_kwargs),
