@@ -130,6 +130,11 @@ class CTCropDataset(Dataset):
         fixed_crops: item ``i`` is the same crops every time it is read, in any process (its
             generator is seeded by ``seed`` and ``i``): validation losses then compare across
             epochs instead of moving with the crops drawn.
+        overhang: share of the crop edge a crop may reach past its extent (the volume, or its
+            slab part), read as padding. Sliding-window inference pads a volume's ends (and a
+            held-out slab shorter than a crop) the same way; crops that never overhang leave
+            the model unprepared for it (nnU-Net samples patches over the border for this
+            reason). 0 keeps every crop inside.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class CTCropDataset(Dataset):
         slab: SlabSplit | None = None,
         slab_part: str = "train",
         fixed_crops: bool = False,
+        overhang: float = 0.0,
     ):
         if isinstance(crop_size, int):
             crop_size = (crop_size,) * 3
@@ -160,6 +166,8 @@ class CTCropDataset(Dataset):
             raise ValueError(f"foreground_fraction: {foreground_fraction} is not in [0, 1]")
         if window is not None and not window[1] > window[0]:
             raise ValueError(f"window: {window} needs lo < hi (HU)")
+        if not 0.0 <= overhang <= 0.5:
+            raise ValueError(f"overhang: {overhang} is not in [0, 0.5] (a share of the crop edge)")
         if split not in ("train", "val", None):
             raise ValueError(f"split: {split!r} is not 'train', 'val' or None")
         self.crop_size = tuple(int(c) for c in crop_size)
@@ -182,6 +190,7 @@ class CTCropDataset(Dataset):
         self.samples_per_epoch = (samples_per_epoch or len(self.cases)) if len(self.cases) else 0
         self.slab, self.slab_part = slab, slab_part
         self.fixed_crops = fixed_crops
+        self.overhang = float(overhang)
         self._check_slab()
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
@@ -271,11 +280,13 @@ class CTCropDataset(Dataset):
     def crop_origin(self, ref: CTCaseRef, rng: np.random.Generator) -> tuple[int, int, int]:
         """A crop start: centred on a foreground point with ``foreground_fraction``, else uniform.
 
-        Along an axis shorter than the crop the start is <= 0 and the rest is padding.
+        Along an axis shorter than the crop the start is <= 0 and the rest is padding; with
+        ``overhang`` the start may also move that share of the crop past either end.
         """
-        extent = self.extent(ref)
-        lo = [a + min(0, b - a - c) for (a, b), c in zip(extent, self.crop_size, strict=True)]
-        hi = [a + max(0, b - a - c) for (a, b), c in zip(extent, self.crop_size, strict=True)]
+        extent, size = self.extent(ref), self.crop_size
+        reach = [int(self.overhang * c) for c in size]  # voxels a crop may overhang
+        lo = [a + min(0, b - a - c) - r for (a, b), c, r in zip(extent, size, reach, strict=True)]
+        hi = [a + max(0, b - a - c) + r for (a, b), c, r in zip(extent, size, reach, strict=True)]
         if self.foreground_fraction > 0 and rng.random() < self.foreground_fraction:
             pts = self._foreground(ref)
             if len(pts):

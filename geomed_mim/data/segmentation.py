@@ -378,6 +378,10 @@ class CTSegDataModule(CTDataModule):
             ``slab_fraction`` of the volume at ``slab_side`` of ``slab_axis``, crops kept
             ``slab_margin`` voxels clear of it). For stores with one labeled case, as the
             embedded demo.
+        crop_overhang: share of the crop edge a training crop may reach past its volume (or
+            its slab part), read as padding: validation and prediction pad a volume's ends,
+            and a held-out slab shorter than a crop, the same way
+            (:class:`~geomed_mim.data.ct.CTCropDataset`'s ``overhang``).
     """
 
     def __init__(
@@ -398,6 +402,7 @@ class CTSegDataModule(CTDataModule):
         slab_fraction: float = 0.25,
         slab_margin: int = 4,
         slab_side: str = "start",
+        crop_overhang: float = 0.5,
     ) -> None:
         super().__init__(
             stores,
@@ -411,6 +416,7 @@ class CTSegDataModule(CTDataModule):
             seed=seed,
         )
         self.samples_per_epoch = samples_per_epoch
+        self.crop_overhang = crop_overhang
         self.predict_inputs = list(predict_inputs or [])
         self.predict_output = predict_output
         self.classes = store_classes(self.stores[0])
@@ -437,7 +443,7 @@ class CTSegDataModule(CTDataModule):
     def _crops(self, split: str | None, augment: bool, part: str = "train") -> CTCropDataset:
         return self.crops(
             split, augment, return_labels=True, samples_per_epoch=self.samples_per_epoch,
-            slab=self.slab, slab_part=part,
+            slab=self.slab, slab_part=part, overhang=self.crop_overhang,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:

@@ -187,3 +187,19 @@ def test_crops_from_a_store_on_s3_equal_the_local_crops(ct_demo_store: Path) -> 
         assert got.keys() == want.keys()
         for key in got:
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+
+
+def test_overhang_is_a_share_of_the_crop_up_to_half(ct_demo_store: Path) -> None:
+    with pytest.raises(ValueError, match=r"^overhang: 0\.6 is not in \[0, 0\.5\]"):
+        CTCropDataset(ct_demo_store, crop_size=32, overhang=0.6)
+    # half a crop at most: every crop keeps at least half of itself inside the volume
+    ds = CTCropDataset(ct_demo_store, crop_size=32, split=None, augment=False,
+                       foreground_fraction=0.0, overhang=0.5, samples_per_epoch=20)  # fmt: skip
+    shapes = {c.case: np.array(c.shape) for c in ds.cases}
+    reached = False
+    for i in range(len(ds)):
+        item = ds[i]
+        origins = item["origin"].numpy()
+        assert (origins >= -16).all() and (origins + 32 <= shapes[item["case"]] + 16).all()
+        reached |= bool((origins < 0).any())
+    assert reached  # crops do reach past the volume's start

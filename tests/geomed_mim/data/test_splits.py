@@ -121,9 +121,45 @@ def test_slab_split_training_crops_never_touch_the_validation_slab(ct_organs_sto
     np.testing.assert_array_equal(val, np.take(full, range(size), axis=axis))
     assert all((val == c).any() for c in (1, 2, 3))  # every organ is in the slab
     origins = np.concatenate([dm.train_dataset[i]["origin"].numpy() for i in range(100)])
-    assert origins[:, axis].min() >= size + margin  # clear of the slab and its margin
-    assert (origins[:, axis] + crop <= full.shape[axis]).all()
+    reach = int(args["crop_overhang"] * crop)  # crops may overhang the part; that is padding
+    assert origins[:, axis].min() >= size + margin - reach
+    assert (origins[:, axis] + crop <= full.shape[axis] + reach).all()
     assert len(np.unique(origins[:, axis])) > 1  # drawn, not pinned to one place
+
+
+def test_crops_overhanging_the_training_part_read_padding_there(ct_organs_store):
+    """With the shipped overhang, crops reach past the training part's end at the slab (as
+    sliding-window inference pads the slab): what lies past it is padding and background,
+    never the margin's or the slab's voxels; the rest of the crop is the volume."""
+    args = shipped_args(CT, stores=[str(ct_organs_store)])
+    assert args["crop_overhang"] > 0 and args["slab_axis"] == 2  # Z, the last axis
+    dm = CTSegDataModule(**args)
+    crops = dm.crops(
+        "train", False, return_labels=True, slab=dm.slab, slab_part="train",
+        overhang=args["crop_overhang"], samples_per_epoch=40,
+    )  # fmt: skip
+    crop, case = args["crop_size"], crops.cases[0]
+    volume = crops._array(str(ct_organs_store), case.array)
+    labels = crops._array(str(ct_organs_store), case.label_array).read_all()
+    first = crops.extent(case)[2][0]  # the first training slice
+    # the volume padded by a crop on every side, as the loader reads past its edges
+    padded = np.pad(volume.read_all(), crop, constant_values=volume.fill_value)
+    padded_labels = np.pad(labels, crop)
+    pad = float(crops.to_intensity(np.array(volume.fill_value)))
+    overhanging = 0
+    for i in range(len(crops)):
+        item = crops[i]
+        for image, label, origin in zip(item["image"], item["label"], item["origin"], strict=True):
+            x, y, z = (int(v) + crop for v in origin)  # into the padded volume
+            outside = max(0, first - int(origin[2]))  # slices before the training part
+            assert bool((image[0, :, :, :outside] == pad).all())
+            assert not label[0, :, :, :outside].any()
+            box = (slice(x, x + crop), slice(y, y + crop), slice(z + outside, z + crop))
+            expected = crops.to_intensity(np.ascontiguousarray(padded[box]))
+            np.testing.assert_array_equal(image[0, :, :, outside:].numpy(), expected)
+            np.testing.assert_array_equal(label[0, :, :, outside:].numpy(), padded_labels[box])
+            overhanging += outside > 0
+    assert overhanging > 0  # some crops did reach past the training part
 
 
 def grid_boxes(n: int, size: float = 10.0, dates: int = 2) -> np.ndarray:
