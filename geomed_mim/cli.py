@@ -225,6 +225,12 @@ class PretrainCLI(TrainingCLI):
     task_class = MIMPretrainTask
     wrong_checkpoint_hint = "give a checkpoint a pretraining run wrote"
 
+    def check_init_from(self, init_args: Any) -> None:
+        """``init_from`` (continuing from an export or a converted published model) exists."""
+        init_from = init_args.get("init_from")
+        if init_from:
+            check_encoder_source(init_from, "--model.init_args.init_from", self.checkpoint_example)
+
 
 class FinetuneSegCLI(TrainingCLI):
     linked_fields = SEGMENTATION_DATA_FIELDS
