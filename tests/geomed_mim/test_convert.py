@@ -6,6 +6,7 @@ every user mistake is one line with exit status 2."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from geomed_mim.convert import main
 from geomed_mim.models.masking import MaskUnitMasking
-from geomed_mim.models.weights import DECODER_WEIGHTS_NAME, load_encoder  # noqa: F401
+from geomed_mim.models.weights import DECODER_WEIGHTS_NAME, load_encoder
 from geomed_mim.tasks.pretraining import MIMPretrainTask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -187,3 +188,169 @@ def test_user_mistakes_are_one_line_naming_the_flag(satvision, tmp_path, capsys)
     nothing = ["--from", "satvision", "--checkpoint", str(ckpt), "--config", str(config)]
     err = run_error(capsys, [*nothing, "--target-bands", "X1,X2", *out])
     assert "matches the source's bands" in err
+
+
+# -- MAE (facebookresearch/mae keys) -------------------------------------------------------------
+class ReferenceMAE(torch.nn.Module):
+    """The published ``MaskedAutoencoderViT``'s modules and forward, written from its formulas:
+    timm blocks, random masking by argsort of noise, the decoder over [visible, mask tokens],
+    the MSE on masked patches against (p, p, c)-ordered, per-patch normalized pixels."""
+
+    def __init__(self, in_chans: int = 6, img: int = 32, patch: int = 8, dim: int = 32) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block, PatchEmbed
+
+        norm = partial(torch.nn.LayerNorm, eps=1e-6)
+        self.patch = patch
+        self.patch_embed = PatchEmbed(img, patch, in_chans, dim)
+        n = self.patch_embed.num_patches
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, n + 1, dim) * 0.1)
+        self.blocks = torch.nn.ModuleList(
+            Block(dim, 2, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(2)
+        )
+        self.norm = norm(dim)
+        self.decoder_embed = torch.nn.Linear(dim, 16)
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, 16))
+        self.decoder_pos_embed = torch.nn.Parameter(torch.randn(1, n + 1, 16) * 0.1)
+        self.decoder_blocks = torch.nn.ModuleList(
+            [Block(16, 2, 4.0, qkv_bias=True, norm_layer=norm)]
+        )
+        self.decoder_norm = norm(16)
+        self.decoder_pred = torch.nn.Linear(16, patch * patch * in_chans)
+
+    def encode(self, x: torch.Tensor, noise: torch.Tensor, ratio: float) -> tuple:
+        x = self.patch_embed(x) + self.pos_embed[:, 1:, :]
+        B, L, D = x.shape
+        keep = int(L * (1 - ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        x = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, D))
+        mask = torch.ones(B, L)
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(B, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def decode(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(x)
+        B, L = ids_restore.shape
+        tokens = self.mask_token.repeat(B, L + 1 - x.shape[1], 1)
+        x_ = torch.cat([x[:, 1:, :], tokens], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+
+    def loss(self, imgs: torch.Tensor, noise: torch.Tensor, ratio: float = 0.75) -> torch.Tensor:
+        latent, mask, ids_restore = self.encode(imgs, noise, ratio)
+        pred = self.decode(latent, ids_restore)
+        B, C, H, W = imgs.shape
+        p = self.patch
+        target = imgs.reshape(B, C, H // p, p, W // p, p)
+        target = torch.einsum("nchpwq->nhwpqc", target).reshape(B, -1, p * p * C)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5  # norm_pix_loss
+        per_patch = ((pred - target) ** 2).mean(-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+
+HLS = "B02,B03,B04,B8A,B11,B12"  # Prithvi's six HLS bands
+
+
+@pytest.fixture
+def mae_checkpoint(tmp_path):
+    ref = perturbed(ReferenceMAE())
+    path = tmp_path / "mae.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 3}, path)
+    return ref, path
+
+
+def convert_mae(path: Path, out: Path, *extra: str) -> dict:
+    argv = ["--from", "mae", "--checkpoint", str(path), "--output", str(out), "--num-heads", "2"]
+    assert main([*argv, "--decoder-num-heads", "2", "--norm-pix-loss", *extra]) == 0
+    return json.loads((out / "config.json").read_text())
+
+
+def test_mae_encoder_gives_the_source_features_in_timm_and_here(mae_checkpoint, tmp_path):
+    ref, path = mae_checkpoint
+    cfg = convert_mae(path, tmp_path / "out", "--source-bands", HLS)
+    x = torch.randn(2, 6, 32, 32)
+    with torch.no_grad():
+        theirs = ref.encode(x, torch.arange(16.0).expand(2, -1), 0.0)[0]  # nothing masked
+        timm_vit = timm.create_model(
+            cfg["architecture"], in_chans=6, img_size=32, num_classes=0, **cfg["timm_kwargs"]
+        ).eval()
+        timm_vit.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")))
+        torch.testing.assert_close(timm_vit.forward_features(x), theirs, rtol=1e-5, atol=1e-5)
+        encoder, report, _ = load_encoder(tmp_path / "out")
+        torch.testing.assert_close(encoder.eval().forward_features(x), theirs)
+    assert report.shared == HLS.split(",")
+
+
+def test_mae_continues_with_the_published_decoder_at_the_source_loss(mae_checkpoint, tmp_path):
+    """Step 0 of the continued pretraining: the same batch and mask (noise) give the source's
+    loss, norm_pix_loss included."""
+    ref, path = mae_checkpoint
+    cfg = convert_mae(path, tmp_path / "out", "--source-bands", HLS)
+    spec = cfg["continue_pretraining"]
+    kwargs = dict(spec["model_kwargs"])
+    in_chans, img_size = kwargs.pop("in_chans"), kwargs.pop("img_size")
+    task = MIMPretrainTask(
+        spec["model"], kwargs, in_chans=in_chans, img_size=img_size,
+        init_from=str(tmp_path / "out"),
+    )  # fmt: skip
+    x, noise = torch.randn(3, 6, 32, 32), torch.rand(3, 16)
+    with torch.no_grad():
+        ours = task.model.eval()(x, noise=noise).loss
+        torch.testing.assert_close(ours, ref.loss(x, noise), rtol=1e-5, atol=1e-6)
+
+
+def test_mae_at_another_size_and_band_list(mae_checkpoint, tmp_path, capsys):
+    """Aliases match (nir08 = B8A, red = B04); position embeddings resampled to 48 px."""
+    ref, path = mae_checkpoint
+    argv = ["--source-bands", HLS, "--target-bands", "red,nir08,B01", "--img-size", "48"]
+    cfg = convert_mae(path, tmp_path / "out", *argv)
+    state = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert state["pos_embed"].shape == (1, 37, 32)
+    source = ref.patch_embed.proj.weight
+    torch.testing.assert_close(state["patch_embed.proj.weight"][:, 0], source[:, 2])
+    torch.testing.assert_close(state["patch_embed.proj.weight"][:, 1], source[:, 3])
+    assert cfg["converted_from"]["bands_initialized_as_mean"] == ["B01"]
+    assert cfg["continue_pretraining"]["model_kwargs"]["in_chans"] == 3
+    encoder, _, _ = load_encoder(tmp_path / "out")
+    assert encoder(torch.randn(1, 3, 48, 48)).shape == (1, 37, 32)
+
+
+def test_prithvi_temporal_patch_embedding_summed_is_a_still_scene(mae_checkpoint, tmp_path):
+    """A Conv3d patch embedding over 2-frame tubelets, summed over time: the 2-D encoder's
+    features on an image are the 3-D model's on that image repeated as both frames."""
+    ref, _ = mae_checkpoint
+    state = ref.state_dict()
+    w2d = state["patch_embed.proj.weight"]
+    w3d = torch.stack([w2d, torch.randn_like(w2d) * 0.05], dim=2)  # [D, C, T=2, p, p]
+    state["patch_embed.proj.weight"] = w3d
+    torch.save(state, tmp_path / "prithvi.pt")  # Prithvi's files are bare state dicts
+    out = tmp_path / "out"
+    argv = ["--from", "mae", "--checkpoint", str(tmp_path / "prithvi.pt"), "--output", str(out)]
+    assert main([*argv, "--num-heads", "2", "--frames-to-2d", "sum", "--source-bands", HLS]) == 0
+    assert not (out / DECODER_WEIGHTS_NAME).exists()  # it predicts 2-frame tubelets
+    x = torch.randn(2, 6, 32, 32)
+    with torch.no_grad():
+        frames = x.unsqueeze(2).expand(-1, -1, 2, -1, -1)  # [B, C, T, H, W]
+        tokens = torch.nn.functional.conv3d(
+            frames, w3d, ref.patch_embed.proj.bias, stride=(2, 8, 8)
+        )
+        ref.patch_embed.proj.weight.copy_(w3d.sum(2))  # what the 3-D embedding computes here
+        torch.testing.assert_close(
+            ref.patch_embed(x), tokens.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5
+        )
+        theirs = ref.encode(x, torch.arange(16.0).expand(2, -1), 0.0)[0]
+        encoder, _, _ = load_encoder(out)
+        torch.testing.assert_close(encoder.eval().forward_features(x), theirs)
+    missing = ["--from", "mae", "--checkpoint", str(tmp_path / "prithvi.pt"), "--output", str(out)]
+    assert main(missing) == 2  # no --frames-to-2d
