@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-bands", help="the bands to convert to, comma-separated")
     p.add_argument("--profile", help="convert to a sensor profile's bands, e.g. sentinel2_l1c")
     p.add_argument("--img-size", type=int, help="resample position embeddings to this size")
-    p.add_argument("--num-heads", type=int, help="mae: encoder heads (default: 64-wide heads)")
+    p.add_argument("--num-heads", type=int, help="mae, timm: encoder heads")
     p.add_argument("--decoder-num-heads", type=int, help="mae: decoder heads (default 16)")
     p.add_argument("--norm-pix-loss", action="store_true", help="mae: trained on normed pixels")
     p.add_argument("--frames-to-2d", choices=("sum", "first", "mean"), help="Prithvi: Conv3d→2-D")
@@ -91,7 +91,7 @@ def read_source(args: argparse.Namespace) -> Converted:
 
         if not args.architecture:
             raise UsageError("--architecture: required for --from timm, e.g. vit_small_patch16_224")
-        return read_timm(checkpoint, args.architecture, f"timm {args.architecture}")
+        return read_timm(checkpoint, args.architecture, f"timm {args.architecture}", args.num_heads)
     from geomed_mim.convert.mae import read_mae
 
     return read_mae(checkpoint, vars(args))

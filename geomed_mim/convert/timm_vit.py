@@ -18,8 +18,10 @@ from typing import Any
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
 
 from geomed_mim.convert.common import PATCH_KEY, Converted, load_state
+from geomed_mim.convert.mae import grid_side, vit_arch
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.usage import UsageError
 
@@ -35,29 +37,24 @@ def read_file_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
 
 
-def timm_arch(architecture: str, state: dict[str, torch.Tensor]) -> tuple[dict, int, int]:
-    """(our encoder's sizes, patch, image size) of timm's ``architecture`` for ``state``'s
-    band count; a usage error when it is not a plain ViT with the state's keys."""
+def timm_arch(architecture: str, state: dict[str, torch.Tensor], heads: int | None) -> dict:
+    """Our encoder's sizes for ``state`` (read from its shapes; the head count, which shapes do
+    not tell, is ``heads`` or the architecture's); a usage error unless ``architecture`` is a
+    plain timm ViT with the state's keys."""
     if not timm.is_model(architecture):
         raise UsageError(
             f"--architecture {architecture}: not a timm model; give its timm name, e.g. "
             "vit_small_patch16_224"
         )
-    if PATCH_KEY not in state:
-        raise UsageError("--checkpoint: no patch_embed.proj.weight; not a timm ViT state dict")
-    in_chans = int(state[PATCH_KEY].shape[1])
+    if PATCH_KEY not in state or "pos_embed" not in state:
+        raise UsageError("--checkpoint: no patch_embed.proj/pos_embed; not a timm ViT state dict")
     with torch.device("meta"):
-        ref = timm.create_model(architecture, num_classes=0, in_chans=in_chans)
-    img = int(ref.patch_embed.img_size[0])
-    patch = int(ref.patch_embed.patch_size[0])
-    arch = {
-        "embed_dim": int(ref.embed_dim),
-        "depth": len(ref.blocks),
-        "num_heads": int(ref.blocks[0].attn.num_heads),
-        "mlp_ratio": ref.blocks[0].mlp.fc1.out_features / ref.embed_dim,
-    }
-    with torch.device("meta"):
-        ours = VisionTransformerEncoder(img_size=img, patch_size=patch, in_chans=in_chans, **arch)
+        ref = timm.create_model(architecture, num_classes=0)
+    if not isinstance(ref, VisionTransformer):
+        raise UsageError(f"--architecture {architecture}: not the plain ViT this project's is")
+    arch = vit_arch(state, "blocks.", heads or int(ref.blocks[0].attn.num_heads))
+    # the key names depend on the depth only: a narrow twin tells them
+    ours = VisionTransformerEncoder(16, 16, 1, embed_dim=8, depth=arch["depth"], num_heads=1)
     own, theirs = set(ours.state_dict()), set(state)
     if own != theirs:
         raise UsageError(
@@ -65,23 +62,22 @@ def timm_arch(architecture: str, state: dict[str, torch.Tensor]) -> tuple[dict, 
             f"only in the file {sorted(theirs - own)[:3]}, only in the encoder "
             f"{sorted(own - theirs)[:3]}"
         )
-    return arch, patch, img
+    return arch
 
 
-def read_timm(checkpoint: Path, architecture: str, source_format: str) -> Converted:
+def read_timm(
+    checkpoint: Path, architecture: str, source_format: str, heads: int | None = None
+) -> Converted:
     """A timm ViT state dict → our layout (the keys are the same)."""
     state = read_file_state(checkpoint)
-    arch, patch, img = timm_arch(architecture, state)
-    grid = img // patch
-    if state["pos_embed"].shape[1] != grid * grid + 1:  # trained at another size
-        side = int((state["pos_embed"].shape[1] - 1) ** 0.5)
-        img = side * patch
+    arch = timm_arch(architecture, state, heads)
+    patch = int(state[PATCH_KEY].shape[-1])
     return Converted(
         family="vit",
         encoder=dict(state),
         arch=arch,
         patch_size=patch,
-        img_size=img,
+        img_size=grid_side(state) * patch,
         bands=[],
         source_format=source_format,
         checkpoint=str(checkpoint),

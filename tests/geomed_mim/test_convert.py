@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from geomed_mim.convert import main
 from geomed_mim.models.masking import MaskUnitMasking
@@ -354,3 +354,64 @@ def test_prithvi_temporal_patch_embedding_summed_is_a_still_scene(mae_checkpoint
         torch.testing.assert_close(encoder.eval().forward_features(x), theirs)
     missing = ["--from", "mae", "--checkpoint", str(tmp_path / "prithvi.pt"), "--output", str(out)]
     assert main(missing) == 2  # no --frames-to-2d
+
+
+# -- timm / torchgeo ViTs ------------------------------------------------------------------------
+def test_torchgeo_weight_from_the_hub_cache_gives_the_builders_features(tmp_path, monkeypatch):
+    """torchgeo's builder (random weights, the weight's 13 bands) saved where torchgeo's download
+    would put it; converted offline, the export gives its features, bands from the weight."""
+    models = pytest.importorskip("torchgeo.models")
+    from geomed_mim.convert.timm_vit import hub_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weight = models.ViTSmall16_Weights.SENTINEL2_ALL_DINO
+    torch.manual_seed(0)
+    source = models.vit_small_patch16_224(in_chans=13, num_classes=0).eval()
+    cached = hub_cache_file(weight.url)
+    assert cached.is_relative_to(tmp_path / "torch")
+    cached.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), cached)
+    out = tmp_path / "out"
+    assert (
+        main(["--from", "torchgeo:ViTSmall16_Weights.SENTINEL2_ALL_DINO", "--output", str(out)])
+        == 0
+    )
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["bands"] == weight.meta["bands"]
+    assert cfg["architecture"] == "vit_small_patch16_224"
+    x = torch.randn(1, 13, 224, 224)
+    encoder, _, _ = load_encoder(out)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval().forward_features(x), source.forward_features(x))
+
+
+def test_torchgeo_weight_absent_offline_says_where_to_put_it(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torchgeo.models")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = "torchgeo:ViTSmall16_Weights.SENTINEL2_ALL_DINO"
+    err = run_error(capsys, ["--from", spec, "--output", str(tmp_path / "o")])
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert "place the file of https://" in err
+    assert "no such torchgeo weight" in run_error(capsys, ["--from", "torchgeo:Nope.X", "-o", "o"])
+
+
+def test_timm_file_with_architecture(tmp_path, capsys):
+    """A plain timm state dict (a tiny ViT, safetensors) with its architecture: sizes from the
+    shapes, heads given; the export gives timm's features; a non-ViT is one line."""
+    torch.manual_seed(0)
+    kwargs = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32, "in_chans": 4}
+    source = perturbed(timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs))
+    path = tmp_path / "vit.safetensors"
+    save_file(source.state_dict(), str(path))
+    out = tmp_path / "out"
+    argv = ["--from", "timm", "--checkpoint", str(path), "--output", str(out)]
+    assert "not the plain ViT" in run_error(capsys, [*argv, "--architecture", "resnet18"])
+    assert "--architecture" in run_error(capsys, argv)
+    bands = ["--source-bands", "blue,green,red,nir", "--profile", "sentinel2_l2a"]
+    assert main([*argv, "--architecture", "vit_tiny_patch16_224", "--num-heads", "2", *bands]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["converted_from"]["bands_shared"] == ["B02", "B03", "B04", "B08"]
+    encoder, _, _ = load_encoder(out, bands=["blue", "green", "red", "nir"])
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.eval().forward_features(x), source.forward_features(x))
