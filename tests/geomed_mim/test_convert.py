@@ -415,3 +415,40 @@ def test_timm_file_with_architecture(tmp_path, capsys):
     x = torch.randn(2, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(encoder.eval().forward_features(x), source.forward_features(x))
+
+
+@pytest.mark.slow
+def test_pretrain_fit_continues_from_a_converted_satvision(satvision, demo_store, tmp_path):
+    """The pretraining command on the demo config, its model sized as the converted folder says,
+    ``--model.init_args.init_from`` the folder (SatVision-TOA to the demo's 13 Sentinel-2 bands,
+    32 px): two optimizer steps run from the converted weights."""
+    from lightning.pytorch import LightningDataModule
+
+    from geomed_mim.cli import PretrainCLI
+
+    _, ckpt, config = satvision
+    out = tmp_path / "out"
+    cfg = convert_satvision(ckpt, config, out, "--profile", "sentinel2_l1c", "--img-size", "32")
+    kwargs = {k: v for k, v in cfg["continue_pretraining"]["model_kwargs"].items()
+              if k not in ("in_chans", "img_size")}  # fmt: skip
+    built = PretrainCLI(
+        MIMPretrainTask, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, auto_configure_optimizers=False,
+        args=[
+            "--config", str(CONFIGS / "pretrain" / "simmim_swinv2_demo_cpu.yaml"),
+            "--data.init_args.store", str(demo_store),
+            "--model.init_args.model_kwargs", json.dumps(kwargs),
+            "--model.init_args.init_from", str(out),
+            "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.enable_checkpointing", "false",
+        ],
+    )  # fmt: skip
+    converted = load_file(str(out / "model.safetensors"))
+    encoder = built.model.model.encoder
+    for key, value in converted.items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    built.trainer.fit(built.model, datamodule=built.datamodule)
+    assert built.trainer.global_step == 2
+    moved = encoder.state_dict()["layers.0.blocks.0.attn.qkv.weight"]
+    assert not torch.equal(moved, converted["layers.0.blocks.0.attn.qkv.weight"])
