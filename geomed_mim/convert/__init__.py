@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source-bands", help="the source's bands, comma-separated, in its order")
     p.add_argument("--target-bands", help="the bands to convert to, comma-separated")
     p.add_argument("--profile", help="convert to a sensor profile's bands, e.g. sentinel2_l1c")
+    p.add_argument(
+        "--band-map", help="TARGET=SOURCE pairs, e.g. B04=B1,B08=B2: match only these (sensors)"
+    )
     p.add_argument("--img-size", type=int, help="resample position embeddings to this size")
     p.add_argument("--num-heads", type=int, help="mae, timm: encoder heads")
     p.add_argument("--decoder-num-heads", type=int, help="mae: decoder heads (default 16)")
@@ -54,6 +57,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-to-2d", choices=("sum", "first", "mean"), help="Prithvi: Conv3d→2-D")
     p.add_argument("--num-frames", type=int, default=1, help="Prithvi: frames in pos_embed")
     return p
+
+
+def parse_band_map(text: str | None) -> dict[str, str] | None:
+    """``B04=B1,B08=B2`` → {"B04": "B1", "B08": "B2"} (target band → source band)."""
+    if not text:
+        return None
+    pairs = [part.split("=") for part in text.split(",") if part.strip()]
+    if any(len(pair) != 2 or not all(x.strip() for x in pair) for pair in pairs):
+        raise UsageError(f"--band-map {text}: write TARGET=SOURCE pairs, e.g. B04=B1,B08=B2")
+    return {t.strip(): s.strip() for t, s in pairs}
 
 
 def split_bands(text: str | None) -> list[str] | None:
@@ -135,7 +148,9 @@ def convert(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Read, match bands, resample, write; return (config, band report or None)."""
     model = read_source(args)
     target = settle_bands(model, args)
-    report = match_bands(model, target) if target else None
+    if args.band_map and not target:
+        raise UsageError("--band-map: give the target's bands too (--target-bands or --profile)")
+    report = match_bands(model, target, parse_band_map(args.band_map)) if target else None
     if target and not args.profile:
         model.wavelengths_nm = None  # the source's no longer line up with the bands
     if args.img_size:

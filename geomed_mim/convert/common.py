@@ -29,6 +29,7 @@ from geomed_mim.models.weights import (
     EXPORT_FORMAT,
     WEIGHTS_NAME,
     BandMatchReport,
+    canonical_band,
     match_band_channels,
 )
 from geomed_mim.usage import UsageError
@@ -95,21 +96,42 @@ def take_bands(t: torch.Tensor, axis: int, sources: Sequence[int | None]) -> tor
     return torch.cat(parts, dim=axis).contiguous()
 
 
-def match_bands(model: Converted, target: Sequence[str]) -> BandMatchReport:
+def mapped_names(
+    source: Sequence[str], target: Sequence[str], band_map: dict[str, str]
+) -> list[str]:
+    """The source's bands renamed for matching by ``band_map`` (target band → source band):
+    a mapped band takes its target's name, an unmapped one a name nothing matches."""
+    by_source = {canonical_band(s): t for t, s in band_map.items()}
+    unknown = [s for s in band_map.values() if canonical_band(s) not in map(canonical_band, source)]
+    unknown += [t for t in band_map if canonical_band(t) not in map(canonical_band, target)]
+    if unknown:
+        raise UsageError(
+            f"--band-map: {unknown} not among the source's bands {list(source)} / the target's "
+            f"{list(target)}; write TARGET=SOURCE pairs of their names"
+        )
+    return [by_source.get(canonical_band(b), f"{b} (unmapped)") for b in source]
+
+
+def match_bands(
+    model: Converted, target: Sequence[str], band_map: dict[str, str] | None = None
+) -> BandMatchReport:
     """Patch-embedding kernels for ``target`` bands in place: matched bands copied, new ones the
-    mean of the source's kernels; the decoder's outputs follow (``model.adapt_decoder``)."""
+    mean of the source's kernels; a decoder's outputs follow. With ``band_map`` (target band →
+    source band, for sensors whose names differ or collide) only its pairs match."""
+    names = mapped_names(model.bands, target, band_map) if band_map else list(model.bands)
     weight = model.encoder[PATCH_KEY]
     shape = (weight.shape[0], len(target), *weight.shape[2:])
-    new, report = match_band_channels(
-        weight.new_zeros(shape), weight, model.bands, target, new_bands="mean"
-    )
+    new, report = match_band_channels(weight.new_zeros(shape), weight, names, target, "mean")
     if not report.shared:
         raise UsageError(
             f"--target-bands/--profile: none of {list(target)} matches the source's bands "
-            f"{model.bands}; give band names as B01..B12, B8A, red, nir08, ... or "
-            "--source-bands for a source that does not record them"
+            f"{model.bands}; give band names as B01..B12, B8A, red, nir08, ..., --band-map "
+            "TARGET=SOURCE pairs, or --source-bands for a source that does not record them"
         )
-    sources = band_sources(report, model.bands, target)
+    sources = band_sources(report, names, target)
+    original = dict(zip(names, model.bands, strict=True))
+    report.source_of = {t: original[s] for t, s in report.source_of.items()}
+    report.dropped = [original[s] for s in report.dropped]
     model.encoder[PATCH_KEY] = new.contiguous()
     if model.decoder is not None:
         adapt_decoder_bands(model, sources)

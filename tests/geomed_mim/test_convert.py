@@ -452,3 +452,32 @@ def test_pretrain_fit_continues_from_a_converted_satvision(satvision, demo_store
     assert built.trainer.global_step == 2
     moved = encoder.state_dict()["layers.0.blocks.0.attn.qkv.weight"]
     assert not torch.equal(moved, converted["layers.0.blocks.0.attn.qkv.weight"])
+
+
+def test_band_map_carries_modis_bands_to_sentinel2_by_meaning(satvision, tmp_path, capsys):
+    """MODIS B1 is red (645 nm) and S2 B01 coastal aerosol: with --band-map only the given pairs
+    match, so S2 B04 takes MODIS B1, B08 MODIS B2, and S2 B01 the mean kernel."""
+    ref, ckpt, config = satvision
+    out = tmp_path / "out"
+    argv = ["--profile", "sentinel2_l1c", "--band-map", "B04=B1,B08=B2,B02=B3"]
+    cfg = convert_satvision(ckpt, config, out, *argv)
+    weight = load_file(str(out / "model.safetensors"))["patch_embed.proj.weight"]
+    source = ref.encoder.patch_embed.proj.weight
+    torch.testing.assert_close(weight[:, 3], source[:, 0])  # B04 ← B1
+    torch.testing.assert_close(weight[:, 7], source[:, 1])  # B08 ← B2
+    torch.testing.assert_close(weight[:, 0], source.mean(1))  # B01: no MODIS twin
+    assert cfg["converted_from"]["bands_shared"] == ["B02", "B04", "B08"]
+    assert len(cfg["converted_from"]["bands_dropped"]) == 11
+    assert "B6" in cfg["converted_from"]["bands_dropped"]  # not matched to S2 B06 by name
+    source_args = ["--from", "satvision", "--checkpoint", str(ckpt), "--config", str(config)]
+    err = run_error(capsys, [*source_args, *argv[:2], "--band-map", "B04=B99", "-o", str(out)])
+    assert "--band-map" in err
+
+
+def test_band_names_users_write_are_one_band():
+    from geomed_mim.models.weights import canonical_band
+
+    assert {canonical_band(b) for b in ("B8A", "B08A", "b8a", "nir08", "NIR08")} == {"B8A"}
+    assert {canonical_band(b) for b in ("B04", "B4", "red", "Red")} == {"B4"}
+    assert canonical_band("swir_16") == "B11"
+    assert canonical_band("VV") == "VV"
