@@ -11,9 +11,11 @@ default the reference's (64-wide encoder heads, 1280-wide: 16; 16 decoder heads)
 
 Prithvi's temporal patch embedding (Conv3d, weight [D, C, T, p, p], positions over frames × grid)
 becomes a 2-D one with ``--frames-to-2d``: ``sum`` adds the T kernel slices (one image stands for
-T identical frames: the features of a still scene), ``mean`` averages them (the same up to a
-scale of 1/T), ``first`` keeps slice 0. Position embeddings keep the first frame's positions;
-the decoder is kept only for a 1-frame tubelet (its head predicts one frame then).
+T identical frames: the features of a still scene), ``mean`` averages them (that kernel over T:
+smaller patch embeddings, not the same features), ``first`` keeps slice 0. Position embeddings
+keep the first frame's positions; the decoder is kept only for a 1-frame tubelet (its head
+predicts one frame then). Models that wrap MAE's halves as ``encoder``/``decoder`` modules
+(Prithvi 2.0) read too; weights a plain MAE has no place for are left out and listed.
 """
 
 from __future__ import annotations
@@ -34,8 +36,13 @@ FRAMES_TO_2D = ("sum", "first", "mean")
 
 
 def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's state dict, a ``module.`` prefix (DDP) dropped."""
-    return {re.sub(r"^module\.", "", k): v for k, v in load_state(checkpoint).items()}
+    """The checkpoint's state dict in MAE's keys: a ``module.`` prefix (DDP) dropped, and the
+    ``encoder.``/``decoder.`` module prefixes of models that wrap MAE's two halves (Prithvi
+    2.0's layout)."""
+    state = {re.sub(r"^module\.", "", k): v for k, v in load_state(checkpoint).items()}
+    if "cls_token" not in state and "encoder.cls_token" in state:
+        state = {re.sub(r"^(encoder|decoder)\.", "", k): v for k, v in state.items()}
+    return state
 
 
 def default_heads(dim: int) -> int:
@@ -98,6 +105,9 @@ def read_mae(checkpoint: Path, options: dict[str, Any]) -> Converted:
     notes = collapse_frames(state, options.get("frames_to_2d"), int(options.get("num_frames", 1)))
     encoder = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
     decoder = {f"decoder.{k}": v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
+    left = sorted(k for k in state if not k.startswith(ENCODER_PREFIXES + DECODER_PREFIXES))
+    if left:  # e.g. Prithvi 2.0's temporal and location encodings: no place in a plain ViT
+        notes.append(f"left out (no place in a plain MAE): {', '.join(left[:6])}")
     if tubelet > 1 and decoder:
         notes.append(f"decoder dropped: it predicts {tubelet}-frame tubelets")
         decoder = {}

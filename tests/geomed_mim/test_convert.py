@@ -481,3 +481,24 @@ def test_band_names_users_write_are_one_band():
     assert {canonical_band(b) for b in ("B04", "B4", "red", "Red")} == {"B4"}
     assert canonical_band("swir_16") == "B11"
     assert canonical_band("VV") == "VV"
+
+
+def test_mae_halves_wrapped_as_encoder_and_decoder_modules(mae_checkpoint, tmp_path):
+    """Prithvi 2.0's layout: MAE's keys under ``encoder.``/``decoder.``, plus encodings a plain
+    MAE has no place for (left out, said in the notes); the published loss still comes out."""
+    ref, _ = mae_checkpoint
+    state = {f"{'decoder' if k.startswith(('decoder_', 'mask_token')) else 'encoder'}.{k}": v
+             for k, v in ref.state_dict().items()}  # fmt: skip
+    state["encoder.temporal_embed_enc.w"] = torch.zeros(4)
+    torch.save({"model": state}, tmp_path / "wrapped.pt")
+    cfg = convert_mae(tmp_path / "wrapped.pt", tmp_path / "out", "--source-bands", HLS)
+    assert "temporal_embed_enc.w" in cfg["converted_from"]["notes"][0]
+    kwargs = dict(cfg["continue_pretraining"]["model_kwargs"])
+    in_chans, img_size = kwargs.pop("in_chans"), kwargs.pop("img_size")
+    task = MIMPretrainTask(
+        cfg["continue_pretraining"]["model"], kwargs, in_chans=in_chans, img_size=img_size,
+        init_from=str(tmp_path / "out"),
+    )  # fmt: skip
+    x, noise = torch.randn(2, 6, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(task.model.eval()(x, noise=noise).loss, ref.loss(x, noise))
