@@ -58,6 +58,9 @@ class Converted:
     wavelengths_nm: list[float | None] | None = None
     profile: str | None = None
     notes: list[str] = field(default_factory=list)  # said in the summary and the model card
+    # Swin V2 at giant scale: a LayerNorm after every N-th block of a stage (0: none), kept as
+    # ``extra_norms.{stage}_{block}``: timm's Swin V2 has no place for them
+    extra_norm_period: int = 0
 
     @property
     def in_chans(self) -> int:
@@ -233,6 +236,20 @@ def swin_config(model: Converted) -> dict[str, Any]:
         "depths": list(kwargs["depths"]),
         "architecture": "swinv2_base_window8_256",
         "timm_kwargs": kwargs,
+        **extra_norm_fields(model),
+    }
+
+
+def extra_norm_fields(model: Converted) -> dict[str, Any]:
+    """What a Swin V2 with extra norms says of them: timm cannot load it, our encoder can."""
+    if not model.extra_norm_period:
+        return {}
+    return {
+        "extra_norm_period": model.extra_norm_period,
+        "timm_loadable": False,
+        "loads_into": "geomed_mim.models.swin.SwinV2Encoder(**timm_kwargs less num_classes, "
+        "extra_norm_period=extra_norm_period): the extra_norms.* keys are LayerNorms after "
+        "every extra_norm_period-th block of each stage, which timm's SwinTransformerV2 lacks",
     }
 
 

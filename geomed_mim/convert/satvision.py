@@ -6,10 +6,15 @@ token), ``decoder.0.*`` SimMIM's 1×1 convolution. timm's own checkpoint filter 
 merging to the start of the next stage (timm's layout, our encoder's); the decoder's keys are
 already ours. The config gives the sizes (``MODEL.SWINV2.*``, ``DATA.IMG_SIZE``, the mask unit
 ``DATA.MASK_PATCH_SIZE``); the bands are the ``modis_toa14`` profile's, SatVision-TOA's order.
+
+The giant's extra norms (``NORM_PERIOD``: pytorch-caney's ``norm3`` at the end of every N-th
+block of a stage) become our encoder's ``extra_norms``; such an export loads into
+:class:`~geomed_mim.models.swin.SwinV2Encoder` (``extra_norm_period``), not into timm's model.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +72,14 @@ def read_satvision(checkpoint: Path, config: Path) -> Converted:
         raise UsageError(
             f"--config {config}: APE (absolute positions) has no place in timm's Swin V2"
         )
-    if int(swin["NORM_PERIOD"]) or swin["NORM_STAGE"]:
+    if swin["NORM_STAGE"]:  # pytorch-caney's also normalizes the last stage's end; ours not
         raise UsageError(
-            f"--config {config}: NORM_PERIOD/NORM_STAGE add norms timm's Swin V2 has no place "
-            "for (the giant); convert a model without them, or pretrain the giant from scratch"
+            f"--config {config}: NORM_STAGE norms have no twin here; convert a model without "
+            "them (NORM_PERIOD, the giant's, is supported)"
         )
     img_size = int(data.get("IMG_SIZE", 192))
     kwargs = encoder_kwargs(swin, img_size)
+    period = int(swin["NORM_PERIOD"])
     state = load_state(checkpoint)
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     # the MIM parts: SimMIM's decoder and the encoder's mask token, keyed as in our SimMIM
@@ -88,7 +94,11 @@ def read_satvision(checkpoint: Path, config: Path) -> Converted:
     with torch.device("meta"):  # the filter reads the patch embedding's shape only
         shell = SwinV2Encoder(**kwargs)
     mapped = checkpoint_filter_fn(encoder, shell)
-    mapped = {k: v for k, v in mapped.items() if k != "mask_token" and not k.startswith("head")}
+    mapped = {
+        extra_norm_key(k): v
+        for k, v in mapped.items()
+        if k != "mask_token" and not k.startswith("head")
+    }
     return Converted(
         family="swinv2",
         encoder=mapped,
@@ -99,14 +109,27 @@ def read_satvision(checkpoint: Path, config: Path) -> Converted:
         source_format="satvision (pytorch-caney SimMIM, Swin V2)",
         checkpoint=str(checkpoint),
         decoder=decoder or None,
-        pretraining=simmim_kwargs(kwargs, data) if decoder else None,
+        pretraining=simmim_kwargs(kwargs, data, period) if decoder else None,
         profile=PROFILE,
+        extra_norm_period=period,
+        notes=[f"extra norms after every {period}th block: load with extra_norm_period"]
+        if period
+        else [],
     )
 
 
-def simmim_kwargs(kwargs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def extra_norm_key(key: str) -> str:
+    """pytorch-caney's extra norm inside a block (``layers.S.blocks.B.norm3``, the giant's) →
+    our encoder's ``extra_norms.S_B`` (a LayerNorm after that block: the same computation)."""
+    m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.norm3\.(weight|bias)$", key)
+    return f"extra_norms.{m.group(1)}_{m.group(2)}.{m.group(3)}" if m else key
+
+
+def simmim_kwargs(kwargs: dict[str, Any], data: dict[str, Any], period: int) -> dict[str, Any]:
     """The registry model and ``model_kwargs`` that continue SatVision-TOA's SimMIM."""
     sizes = {k: v for k, v in kwargs.items() if k not in ("img_size", "in_chans")}
+    if period:
+        sizes["extra_norm_period"] = period
     return {
         "model": "simmim_swinv2_tiny_window8",  # every size argument is given below
         "model_kwargs": {

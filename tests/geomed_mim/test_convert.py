@@ -502,3 +502,41 @@ def test_mae_halves_wrapped_as_encoder_and_decoder_modules(mae_checkpoint, tmp_p
     x, noise = torch.randn(2, 6, 32, 32), torch.rand(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(task.model.eval()(x, noise=noise).loss, ref.loss(x, noise))
+
+
+def test_satvision_giant_extra_norms_continue_at_the_sources_loss(caney, tmp_path):
+    """The giant's ``NORM_PERIOD``: pytorch-caney's newer blocks end with ``norm3`` (a LayerNorm
+    of the block's output, every N-th block of a stage). The installed pytorch-caney predates
+    it, so the reference runs its blocks with that LayerNorm as a forward hook, and the
+    checkpoint holds the ``layers.S.blocks.B.norm3`` keys it writes."""
+    cfg = yaml.safe_load(yaml.safe_dump(SATVISION_YAML))
+    cfg["MODEL"]["SWINV2"].update(DEPTHS=[2, 2, 1, 1], NORM_PERIOD=2)
+    path = tmp_path / "giant.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ref = perturbed(build_caney_simmim(caney, cfg))
+    state = dict(ref.state_dict())
+    for s in (0, 1):  # the 2nd block of the two 2-block stages
+        norm = torch.nn.LayerNorm(16 * 2**s)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.1)
+        block = ref.encoder.layers[s].blocks[1]
+        block.register_forward_hook(lambda m, i, out, norm=norm: norm(out))
+        state[f"encoder.layers.{s}.blocks.1.norm3.weight"] = norm.weight.detach()
+        state[f"encoder.layers.{s}.blocks.1.norm3.bias"] = norm.bias.detach()
+    torch.save({"module": state}, tmp_path / "giant.pt")
+    out = tmp_path / "out"
+    exported = convert_satvision(tmp_path / "giant.pt", path, out)
+    assert exported["extra_norm_period"] == 2
+    assert not exported["timm_loadable"]
+    spec = dict(exported["continue_pretraining"]["model_kwargs"])
+    in_chans, img_size = spec.pop("in_chans"), spec.pop("img_size")
+    task = MIMPretrainTask(
+        "simmim_swinv2_giant_window8", spec, in_chans=in_chans, img_size=img_size,
+        init_from=str(out),
+    )  # fmt: skip
+    assert sorted(task.model.encoder.extra_norms) == ["0_1", "1_1"]
+    x = torch.randn(2, 14, 64, 64)
+    mask = MaskUnitMasking(0.6, unit=2).unit_mask(torch.rand(2, 64), (16, 16)).reshape(2, 16, 16)
+    with torch.no_grad():
+        ours = task.model.eval()(x, mask=mask).loss
+        torch.testing.assert_close(ours, ref(x, mask), rtol=1e-5, atol=1e-6)
