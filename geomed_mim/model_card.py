@@ -73,6 +73,14 @@ def loading_lines(config: dict[str, Any]) -> list[str]:
         return ["```python", "from geomed_mim.models.weights import build_monai_vit",
                 "vit = build_monai_vit('.')  # MONAI ViT, strict keys", "```"]  # fmt: skip
     kwargs = dict(config.get("timm_kwargs") or {})
+    if config.get("timm_loadable") is False:  # a Swin V2 with extra norms: our encoder only
+        kwargs.pop("num_classes", None)
+        return ["```python", "from safetensors.torch import load_file",
+                "from geomed_mim.models.swin import SwinV2Encoder",
+                f"encoder = SwinV2Encoder(**{kwargs!r}, "
+                f"extra_norm_period={config['extra_norm_period']})",
+                "encoder.load_state_dict(load_file('model.safetensors'), strict=False)  "
+                "# all but the mask token", "```"]  # fmt: skip
     if "depths" not in kwargs:  # ViT exports: the band count and size travel separately
         kwargs = {"in_chans": config["in_chans"], "img_size": config["img_size"][0],
                   "num_classes": 0, **kwargs}  # fmt: skip
@@ -89,8 +97,14 @@ def loading_lines(config: dict[str, Any]) -> list[str]:
 
 def model_card(config: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
     meta = meta or {}
+    converted = config.get("converted_from")
+    title = (
+        f"{config.get('architecture')} converted from {converted['format']}"
+        if converted
+        else f"{config.get('pretraining_model') or config.get('architecture')} encoder"
+    )
     body = [
-        f"# {config.get('pretraining_model') or config.get('architecture')} encoder",
+        f"# {title}",
         "",
         "## Data",
         f"- modality: {config.get('modality')}; profile: {config.get('profile')}",
