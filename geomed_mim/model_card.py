@@ -69,6 +69,12 @@ def method_lines(config: dict[str, Any], meta: dict[str, Any]) -> list[str]:
 
 
 def loading_lines(config: dict[str, Any]) -> list[str]:
+    if config.get("architecture", "").startswith("monai.networks.nets.swin_unetr"):
+        return ["```python", "from monai.networks.nets.swin_unetr import SwinTransformer",
+                "from safetensors.torch import load_file",
+                f"swin = SwinTransformer(**{config['monai_kwargs']!r})",
+                "swin.load_state_dict(load_file('model.safetensors'))  # SwinUNETR's swinViT",
+                "```"]  # fmt: skip
     if config.get("weights_keys") == "monai":
         return ["```python", "from geomed_mim.models.weights import build_monai_vit",
                 "vit = build_monai_vit('.')  # MONAI ViT, strict keys", "```"]  # fmt: skip

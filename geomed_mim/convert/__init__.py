@@ -9,7 +9,8 @@ SimMIM, MAE) also gets ``decoder.safetensors``, and ``config.json`` names the mo
 
 Formats (``--from``): ``satvision`` (pytorch-caney SimMIM on Swin V2, ``--config`` its YAML),
 ``mae`` (facebookresearch/mae keys; SatMAE, Prithvi with ``--frames-to-2d``), ``timm``
-(``--architecture``) and ``torchgeo:<Weights>.<MEMBER>`` (offline, from torch hub's cache).
+(``--architecture``), ``torchgeo:<Weights>.<MEMBER>`` (offline, from torch hub's cache) and
+``swinunetr`` (MONAI SwinUNETR's self-supervised ``model_swinvit.pt``, 3-D CT).
 
 Bands: the source's (its metadata, or ``--source-bands``) are matched by name to the target's
 (``--target-bands`` or ``--profile``): matched kernels copied, the target's other bands
@@ -31,7 +32,7 @@ from geomed_mim.convert.common import write_export as write_folder
 from geomed_mim.model_card import write_model_card
 from geomed_mim.usage import EXIT_USAGE, UsageError, print_usage_error
 
-FORMATS = ("satvision", "mae", "timm", "torchgeo:<Weights>.<MEMBER>")
+FORMATS = ("satvision", "mae", "timm", "swinunetr", "torchgeo:<Weights>.<MEMBER>")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -105,6 +106,10 @@ def read_source(args: argparse.Namespace) -> Converted:
         if not args.architecture:
             raise UsageError("--architecture: required for --from timm, e.g. vit_small_patch16_224")
         return read_timm(checkpoint, args.architecture, f"timm {args.architecture}", args.num_heads)
+    if args.source == "swinunetr":
+        from geomed_mim.convert.swinunetr import read_swinunetr
+
+        return read_swinunetr(checkpoint, args.img_size)
     from geomed_mim.convert.mae import read_mae
 
     return read_mae(checkpoint, vars(args))

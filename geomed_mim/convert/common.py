@@ -138,6 +138,8 @@ def match_bands(
     model.encoder[PATCH_KEY] = new.contiguous()
     if model.decoder is not None:
         adapt_decoder_bands(model, sources)
+    if model.pretraining:
+        model.pretraining["model_kwargs"]["in_chans"] = len(sources)
     model.bands = list(target)
     return report
 
@@ -159,8 +161,6 @@ def adapt_decoder_bands(model: Converted, sources: Sequence[int | None]) -> None
         w = take_bands(w.reshape(c, ss, *w.shape[1:]), 0, sources).flatten(0, 1)
         b = take_bands(b.reshape(c, ss), 0, sources).reshape(-1)
         dec["decoder.decoder.0.weight"], dec["decoder.decoder.0.bias"] = w, b
-    if model.pretraining:
-        model.pretraining["model_kwargs"]["in_chans"] = len(sources)
 
 
 # -- image size -------------------------------------------------------------------------------
@@ -170,8 +170,9 @@ def resample_positions(model: Converted, img_size: int) -> None:
     the class slot kept. Swin V2 has none (relative positions inside windows)."""
     if img_size == model.img_size:
         return
-    if img_size % model.patch_size:
-        raise UsageError(f"--img-size {img_size} is not a multiple of the patch {model.patch_size}")
+    stride = model.patch_size * (16 if model.family == "swin3d" else 1)  # 4 merges in 3-D
+    if img_size % stride:
+        raise UsageError(f"--img-size {img_size} is not a multiple of {stride}")
     old, new = model.img_size // model.patch_size, img_size // model.patch_size
     if model.family == "vit":
         for state, key in ((model.encoder, "pos_embed"), (model.decoder, DECODER_POS)):
@@ -179,7 +180,7 @@ def resample_positions(model: Converted, img_size: int) -> None:
                 state[key] = resample_abs_pos_embed(
                     state[key], [new, new], [old, old], num_prefix_tokens=1
                 ).contiguous()
-    else:
+    elif model.family == "swinv2":  # timm's Swin V2 builds its attention masks for a size
         model.arch["img_size"] = [img_size, img_size]
     model.img_size = img_size
     if model.pretraining:
@@ -253,9 +254,35 @@ def extra_norm_fields(model: Converted) -> dict[str, Any]:
     }
 
 
+def swin3d_config(model: Converted) -> dict[str, Any]:
+    """The fields of a 3-D Swin export: MONAI's ``SwinTransformer`` and its arguments."""
+    a = model.arch
+    return {
+        "spatial_dims": 3,
+        "img_size": [model.img_size] * 3,
+        "patch_size": [model.patch_size] * 3,
+        "embed_dim": a["embed_dim"],
+        "depth": sum(a["depths"]),
+        "depths": list(a["depths"]),
+        "architecture": "monai.networks.nets.swin_unetr.SwinTransformer",
+        "monai_kwargs": {
+            "in_chans": model.in_chans,
+            "embed_dim": a["embed_dim"],
+            "window_size": [a["window_size"]] * 3,
+            "patch_size": [model.patch_size] * 3,
+            "depths": list(a["depths"]),
+            "num_heads": list(a["num_heads"]),
+            "spatial_dims": 3,
+        },
+    }
+
+
+LAYOUTS = {"vit": vit_config, "swinv2": swin_config, "swin3d": swin3d_config}
+
+
 def export_config(model: Converted, report: BandMatchReport | None) -> dict[str, Any]:
     """``config.json``: the export's fields, what it was converted from and how bands matched."""
-    layout = vit_config(model) if model.family == "vit" else swin_config(model)
+    layout = LAYOUTS[model.family](model)
     return {
         "format": EXPORT_FORMAT,
         "pretraining_model": (model.pretraining or {}).get("model"),
@@ -265,11 +292,11 @@ def export_config(model: Converted, report: BandMatchReport | None) -> dict[str,
         "bands": list(model.bands),
         "mean": [],  # published statistics are the source's; this project's data module
         "std": [],  # normalizes with the store's own
-        "modality": "rs",
+        "modality": "ct" if model.family == "swin3d" else "rs",
         "profile": model.profile,
         "wavelengths_nm": model.wavelengths_nm,
         "source_checkpoint": str(Path(model.checkpoint).resolve()),
-        "weights_keys": "timm",
+        "weights_keys": "monai" if model.family == "swin3d" else "timm",
         "converted_from": {
             "format": model.source_format,
             "bands_shared": report.shared if report else list(model.bands),

@@ -422,8 +422,9 @@ class InitFromMismatchError(ValueError):
 
 
 def load_swin_export(encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """timm Swin V2 weights into our :class:`~geomed_mim.models.swin.SwinV2Encoder`; only the
-    mask token (not part of timm's model) keeps its initialization."""
+    """timm Swin V2 weights into our :class:`~geomed_mim.models.swin.SwinV2Encoder` (MONAI
+    ``SwinTransformer`` weights into the 3-D one); only the mask token (not part of timm's or
+    MONAI's model) keeps its initialization."""
     result = encoder.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != "mask_token"]
     if missing or result.unexpected_keys:
@@ -439,7 +440,7 @@ def init_mim_model(model: nn.Module, source: str | Path) -> str:
     source = Path(source)
     config = json.loads((source / CONFIG_NAME).read_text()) if source.is_dir() else {}
     encoder = model.encoder
-    if str(config.get("architecture", "")).startswith("swinv2"):
+    if str(config.get("architecture", "")).startswith(("swinv2", "monai.networks.nets.swin")):
         state = load_file(str(source / WEIGHTS_NAME))
         check_shapes(encoder.state_dict(), state, "encoder")
         load_swin_export(encoder, state)

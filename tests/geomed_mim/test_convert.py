@@ -540,3 +540,45 @@ def test_satvision_giant_extra_norms_continue_at_the_sources_loss(caney, tmp_pat
     with torch.no_grad():
         ours = task.model.eval()(x, mask=mask).loss
         torch.testing.assert_close(ours, ref(x, mask), rtol=1e-5, atol=1e-6)
+
+
+# -- MONAI SwinUNETR self-supervised Swin ViT ----------------------------------------------------
+def test_swinunetr_swinvit_gives_monais_features_and_continues_simmim_3d(tmp_path):
+    """``model_swinvit.pt``'s layout is what MONAI's own ``SwinUNETR.load_from`` reads (checked
+    first: MONAI loads the file into a fresh SwinUNETR with the source's features); the
+    converted folder gives those features in the 3-D SimMIM encoder."""
+    from monai.networks.nets import SwinUNETR
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    def tiny_unetr() -> SwinUNETR:
+        return SwinUNETR(in_channels=1, out_channels=2, feature_size=12, depths=(1, 1, 1, 1),
+                         num_heads=(1, 1, 2, 2), window_size=4)  # fmt: skip
+
+    source = perturbed(tiny_unetr()).swinViT
+    state = {f"module.{k}".replace(".linear1.", ".fc1.").replace(".linear2.", ".fc2."): v
+             for k, v in source.state_dict().items()}  # fmt: skip
+    state["module.rotation_head.weight"] = torch.zeros(4, 96)  # a self-supervised head
+    torch.save({"state_dict": state, "epoch": 100}, tmp_path / "model_swinvit.pt")
+    x = torch.randn(1, 1, 32, 32, 32)
+    monai_loaded = tiny_unetr().eval()
+    monai_loaded.load_from(torch.load(tmp_path / "model_swinvit.pt", weights_only=True))
+    with torch.no_grad():
+        expected = source(x, normalize=True)[4]
+        torch.testing.assert_close(monai_loaded.swinViT(x, normalize=True)[4], expected)
+    out = tmp_path / "out"
+    argv = ["--from", "swinunetr", "--checkpoint", str(tmp_path / "model_swinvit.pt")]
+    assert main([*argv, "--img-size", "32", "--output", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["monai_kwargs"]["window_size"] == [4, 4, 4]
+    assert cfg["monai_kwargs"]["num_heads"] == [1, 1, 2, 2]
+    swin = SwinTransformer(**cfg["monai_kwargs"]).eval()
+    swin.load_state_dict(load_file(str(out / "model.safetensors")))
+    spec = dict(cfg["continue_pretraining"]["model_kwargs"])
+    in_chans, img_size = spec.pop("in_chans"), spec.pop("img_size")
+    task = MIMPretrainTask(
+        cfg["continue_pretraining"]["model"], {**spec, "mask_patch_size": 8},
+        in_chans=in_chans, img_size=img_size, spatial_dims=3, init_from=str(out),
+    )  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(swin(x, normalize=True)[4], expected)
+        torch.testing.assert_close(task.model.encoder.eval().forward_features(x), expected)
