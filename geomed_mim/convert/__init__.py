@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if report is not None:
         print(band_table(report))
+    else:
+        print(f"  bands: the source's {len(config['bands'])}, unchanged: {config['bands']}")
     decoder = " + decoder.safetensors" if config.get("continue_pretraining") else ""
     print(
         f"converted {config['converted_from']['format']} ({config['depth']} blocks, dim "

@@ -86,7 +86,9 @@ def load_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 # -- bands ------------------------------------------------------------------------------------
-def band_sources(report: BandMatchReport, source: Sequence[str], target: Sequence[str]) -> list:
+def band_sources(
+    report: BandMatchReport, source: Sequence[str], target: Sequence[str]
+) -> list[int | None]:
     """For each target band, the source channel it comes from (None: the mean of all)."""
     index = {b: i for i, b in enumerate(source)}
     return [index[report.source_of[b]] if b in report.source_of else None for b in target]
