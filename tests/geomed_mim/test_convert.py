@@ -359,14 +359,15 @@ def test_prithvi_temporal_patch_embedding_summed_is_a_still_scene(mae_checkpoint
 # -- timm / torchgeo ViTs ------------------------------------------------------------------------
 def test_torchgeo_weight_from_the_hub_cache_gives_the_builders_features(tmp_path, monkeypatch):
     """torchgeo's builder (random weights, the weight's 13 bands) saved where torchgeo's download
-    would put it; converted offline, the export gives its features, bands from the weight."""
+    would put it; converted offline, the export gives its features, bands from the weight.
+    Built at 32 px (2 × 2 positions) to stay fast: the size is read from the file's positions."""
     models = pytest.importorskip("torchgeo.models")
     from geomed_mim.convert.timm_vit import hub_cache_file
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weight = models.ViTSmall16_Weights.SENTINEL2_ALL_DINO
     torch.manual_seed(0)
-    source = models.vit_small_patch16_224(in_chans=13, num_classes=0).eval()
+    source = models.vit_small_patch16_224(in_chans=13, num_classes=0, img_size=32).eval()
     cached = hub_cache_file(weight.url)
     assert cached.is_relative_to(tmp_path / "torch")
     cached.parent.mkdir(parents=True)
@@ -379,7 +380,7 @@ def test_torchgeo_weight_from_the_hub_cache_gives_the_builders_features(tmp_path
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["bands"] == weight.meta["bands"]
     assert cfg["architecture"] == "vit_small_patch16_224"
-    x = torch.randn(1, 13, 224, 224)
+    x = torch.randn(2, 13, 32, 32)
     encoder, _, _ = load_encoder(out)
     with torch.no_grad():
         torch.testing.assert_close(encoder.eval().forward_features(x), source.forward_features(x))
