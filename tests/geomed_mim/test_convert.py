@@ -167,6 +167,17 @@ def test_satvision_to_sentinel2_bands_matches_by_name(satvision, tmp_path, capsy
     torch.testing.assert_close(decoder.reshape(3, 32 * 32, -1, 1, 1)[2], src[0])
 
 
+def test_fine_tuning_from_a_swin_folder_is_one_line(satvision, tmp_path):
+    """Fine-tuning builds a ViT: a converted Swin V2 folder is refused before anything runs."""
+    from geomed_mim.cli import check_vit_export
+    from geomed_mim.usage import UsageError
+
+    _, ckpt, config = satvision
+    convert_satvision(ckpt, config, tmp_path / "out")
+    with pytest.raises(UsageError, match=r"a Swin encoder .* continue pretraining"):
+        check_vit_export(str(tmp_path / "out"), "--model.init_args.init_from")
+
+
 # -- user mistakes -------------------------------------------------------------------------------
 def run_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
