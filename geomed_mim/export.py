@@ -25,6 +25,11 @@ recorded intermediate blocks).
   (``timm_kwargs`` holds every size argument, ``num_classes=0``). An encoder with extra norms
   (the giant) has no timm twin and is not exported.
 
+Every export also gets a model card, ``DIR/README.md`` (Hugging Face's format: YAML front matter
+with license, tags and library_name; the data, bands with wavelengths, normalization statistics,
+method, steps and how to load it: :mod:`geomed_mim.model_card`). ``--push-to-hub REPO`` uploads
+the folder with ``huggingface_hub`` (installed with timm) when the network and a login allow.
+
 Reading exports and checkpoints back (fine-tuning, band matching) is
 :mod:`geomed_mim.models.weights`.
 """
@@ -40,6 +45,7 @@ import timm
 from safetensors.torch import save
 
 from data_pipelines.store import atomic_write_bytes, atomic_write_json
+from geomed_mim.model_card import write_model_card
 from geomed_mim.models.swin import NoTimmTwinError, SwinV2Encoder
 from geomed_mim.models.swin3d import SwinViT3DEncoder
 from geomed_mim.models.vit import ENCODER_ARCHS, VisionTransformerEncoder, timm_encoder_name
@@ -52,9 +58,10 @@ from geomed_mim.models.weights import (
     is_finetuning_metadata,
     load_checkpoint_encoder,
     monai_vit_kwargs,
+    read_checkpoint_entries,
     to_monai_state_dict,
 )
-from geomed_mim.usage import EXIT_USAGE  # a user mistake: one line on stderr, no traceback
+from geomed_mim.usage import EXIT_USAGE, UsageError  # a user mistake: one line, no traceback
 
 
 def timm_spec(encoder: VisionTransformerEncoder, meta: dict[str, Any]) -> tuple[str, dict]:
@@ -158,6 +165,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
         config = swin_export_config(encoder, meta, checkpoint)
         atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
         atomic_write_json(out / CONFIG_NAME, config)
+        write_model_card(out, config, card_metadata(checkpoint, meta))
         return config
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     config = export_config(encoder, meta, checkpoint)
@@ -176,7 +184,38 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     # 0600 whatever the umask, unreadable for a cluster's or container's other users
     atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
     atomic_write_json(out / CONFIG_NAME, config)
+    write_model_card(out, config, card_metadata(checkpoint, meta))
     return config
+
+
+def card_metadata(checkpoint: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint metadata with the optimizer steps it was written at (Lightning's)."""
+    ckpt, _ = read_checkpoint_entries(checkpoint)
+    return {**meta, "global_step": ckpt.get("global_step", "not recorded")}
+
+
+def push_to_hub(folder: str | Path, repo: str) -> str:
+    """Upload the export folder to the Hugging Face Hub repository ``repo``; returns its URL.
+    A missing package, no network or no login is a :class:`UsageError` (one line)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise UsageError(
+            "--push-to-hub: huggingface_hub is not installed; pip install huggingface_hub, or "
+            f"upload {folder} yourself"
+        ) from None
+    try:
+        api = HfApi()
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo)
+    except Exception as e:  # network, login, permissions: all the same one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UsageError(
+            f"--push-to-hub {repo}: the upload failed ({type(e).__name__}: {first}); the export "
+            f"is in {folder}: log in (huggingface-cli login) where the Hub is reachable, or "
+            "upload the folder yourself"
+        ) from None
+    return f"https://huggingface.co/{repo}"
 
 
 def usage_error(message: str) -> int:
@@ -194,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a pretraining or fine-tuning checkpoint (.ckpt): its encoder is exported",
     )
     parser.add_argument("--output", "-o", required=True, help="output folder")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repository")
     args = parser.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         return usage_error(
@@ -215,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         f"dim {config['embed_dim']}, {config['in_chans']} bands) → {args.output}\n"
         f"  loads into: {target} {config.get('timm_kwargs') or ''}"
     )
+    if args.push_to_hub:
+        try:
+            print(f"uploaded to {push_to_hub(args.output, args.push_to_hub)}")
+        except UsageError as e:
+            return usage_error(str(e))
     return 0
 
 

@@ -281,13 +281,47 @@ def build_monai_vit(export_dir: str | Path, classification: bool = True) -> nn.M
 
 
 # -- loading with band matching -------------------------------------------------------------------
+# names users write for Sentinel-2 bands (STAC ``eo:common_name`` / asset keys, torchgeo's
+# names) → the band token; ``B01``/``B1`` and ``B08A``/``B8A`` are equal anyway (the profiles'
+# token rule). These are Sentinel-2's: Landsat's "nir08" is its B5, so a Landsat model's
+# bands are best written as band tokens of its own profile.
+BAND_ALIASES: dict[str, str] = {
+    "coastal": "B1",
+    "blue": "B2",
+    "green": "B3",
+    "red": "B4",
+    "rededge1": "B5",
+    "rededge2": "B6",
+    "rededge3": "B7",
+    "nir": "B8",
+    "nir08": "B8A",
+    "nir09": "B9",
+    "watervapour": "B9",
+    "cirrus": "B10",
+    "swir16": "B11",
+    "swir22": "B12",
+}
+_BAND_TOKEN = re.compile(r"^B0*(\d+)([A-Z]?)$", re.IGNORECASE)
+
+
+def canonical_band(name: str) -> str:
+    """The key bands are matched by: ``B01`` → ``B1``, ``b08a`` → ``B8A``, ``red`` → ``B4``,
+    ``nir08`` → ``B8A`` (:data:`BAND_ALIASES`); other names upper-cased."""
+    token = name.strip()
+    token = BAND_ALIASES.get(token.casefold().replace("_", "").replace("-", ""), token)
+    m = _BAND_TOKEN.match(token)
+    return f"B{int(m.group(1))}{m.group(2).upper()}" if m else token.upper()
+
+
 @dataclass
 class BandMatchReport:
     """How the patch embedding's input channels were matched by band name."""
 
     shared: list[str] = field(default_factory=list)  # copied from the pretrained weights
-    added: list[str] = field(default_factory=list)  # not pretrained: fresh initialization
+    added: list[str] = field(default_factory=list)  # not pretrained: initialized
     dropped: list[str] = field(default_factory=list)  # pretrained but not in the new band list
+    # target band → the source band it was copied from (differs when matched by an alias)
+    source_of: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (
@@ -301,26 +335,33 @@ def match_band_channels(
     source_weight: torch.Tensor,
     source_bands: Sequence[str],
     target_bands: Sequence[str],
+    new_bands: str = "keep",
 ) -> tuple[torch.Tensor, BandMatchReport]:
-    """Patch-embedding weight for ``target_bands``: channels of shared bands (matched by name,
-    case-insensitive) come from ``source_weight``; the others keep ``target_weight``'s values."""
+    """Patch-embedding weight for ``target_bands``: channels of shared bands (matched by
+    :func:`canonical_band`: case, zero padding and aliases ignored) come from ``source_weight``;
+    the others keep ``target_weight``'s values (``new_bands="keep"``) or take the mean of the
+    source's kernels (``"mean"``: a new band whose normalized values resemble the others' adds
+    what an average pretrained band adds)."""
     if source_weight.shape[1] != len(source_bands):
         raise ValueError(
             f"pretrained patch embedding has {source_weight.shape[1]} channels but "
             f"{len(source_bands)} band names"
         )
-    src_index = {b.casefold(): i for i, b in enumerate(source_bands)}
+    src_index = {canonical_band(b): i for i, b in enumerate(source_bands)}
     weight = target_weight.detach().clone()
     report = BandMatchReport()
     for j, band in enumerate(target_bands):
-        i = src_index.get(band.casefold())
+        i = src_index.get(canonical_band(band))
         if i is None:
             report.added.append(band)
+            if new_bands == "mean":
+                weight[:, j] = source_weight.mean(dim=1)
         else:
             weight[:, j] = source_weight[:, i]
             report.shared.append(band)
-    target_keys = {b.casefold() for b in target_bands}
-    report.dropped = [b for b in source_bands if b.casefold() not in target_keys]
+            report.source_of[band] = source_bands[i]
+    target_keys = {canonical_band(b) for b in target_bands}
+    report.dropped = [b for b in source_bands if canonical_band(b) not in target_keys]
     return weight, report
 
 
@@ -368,3 +409,76 @@ def load_encoder(
     )
     report = load_encoder_weights(encoder, src.state, src.bands, target_bands)
     return encoder, report, src.config
+
+
+# -- continuing pretraining from an export ---------------------------------------------------------
+# a converted model's MIM parts outside the encoder export, keyed as in the MIM model: the
+# decoder's weights (``decoder.*``) and SimMIM's mask token (``encoder.mask_token``)
+DECODER_WEIGHTS_NAME = "decoder.safetensors"
+
+
+class InitFromMismatchError(ValueError):
+    """An ``init_from`` source whose weights do not fit the model being pretrained."""
+
+
+def load_swin_export(encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """timm Swin V2 weights into our :class:`~geomed_mim.models.swin.SwinV2Encoder` (MONAI
+    ``SwinTransformer`` weights into the 3-D one); only the mask token (not part of timm's or
+    MONAI's model) keeps its initialization."""
+    result = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k != "mask_token"]
+    if missing or result.unexpected_keys:
+        raise InitFromMismatchError(
+            f"Swin V2 keys differ: missing {missing[:4]}, unexpected {result.unexpected_keys[:4]}"
+        )
+
+
+def init_mim_model(model: nn.Module, source: str | Path) -> str:
+    """Load an export folder (or a checkpoint) into a MIM model before pretraining continues:
+    the encoder always, the decoder too when the export holds one of the model's shape.
+    Returns one line saying what was loaded."""
+    source = Path(source)
+    config = json.loads((source / CONFIG_NAME).read_text()) if source.is_dir() else {}
+    encoder = model.encoder
+    if str(config.get("architecture", "")).startswith(("swinv2", "monai.networks.nets.swin")):
+        state = load_file(str(source / WEIGHTS_NAME))
+        check_shapes(encoder.state_dict(), state, "encoder")
+        load_swin_export(encoder, state)
+    else:
+        src = read_encoder_source(source)
+        if len(src.bands) != encoder.in_chans:
+            raise InitFromMismatchError(
+                f"{len(src.bands)} bands in the source, {encoder.in_chans} in the data"
+            )
+        check_shapes(encoder.state_dict(), src.state, "encoder", skip=("pos_embed",))
+        load_encoder_weights(encoder, src.state, src.bands)
+    decoder_file = source / DECODER_WEIGHTS_NAME
+    if not decoder_file.is_file():
+        return f"encoder initialized from {source}; the decoder starts fresh"
+    parts = load_file(str(decoder_file))
+    own = model.state_dict()
+    unknown = [k for k in parts if k not in own]
+    missing = [k for k in own if k.startswith("decoder.") and k not in parts]
+    if unknown or missing:
+        raise InitFromMismatchError(
+            f"the source's decoder is not this model's: keys {unknown[:3]} unknown, "
+            f"{missing[:3]} missing (model and model_kwargs must be continue_pretraining's)"
+        )
+    check_shapes(own, parts, "decoder")
+    model.load_state_dict({**own, **parts}, strict=True)
+    return f"encoder and decoder initialized from {source}"
+
+
+def check_shapes(
+    own: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    what: str,
+    skip: Sequence[str] = (),
+) -> None:
+    """:class:`InitFromMismatchError` naming the first weight whose shape differs."""
+    for key, value in state.items():
+        if key in own and key not in skip and own[key].shape != value.shape:
+            raise InitFromMismatchError(
+                f"{what} weight {key} is {list(value.shape)} in the source, "
+                f"{list(own[key].shape)} in the model (model_kwargs must match the source's)"
+            )

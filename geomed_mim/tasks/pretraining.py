@@ -28,9 +28,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from geomed_mim.models import create_model
 from geomed_mim.models.base import normalized_patch_targets
 from geomed_mim.models.patches import patchify
-from geomed_mim.models.weights import CHECKPOINT_METADATA_KEY
+from geomed_mim.models.weights import (
+    CHECKPOINT_METADATA_KEY,
+    InitFromMismatchError,
+    init_mim_model,
+)
 from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
 from geomed_mim.tasks.preview import render_preview, save_png
+from geomed_mim.usage import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,10 @@ class MIMPretrainTask(LightningModule):
         compile: ``torch.compile`` the encoder and decoder in place (parameter names and
             checkpoints unchanged); token choice stays eager (its counts depend on the data).
         compile_backend: the ``torch.compile`` backend (``inductor``; tests use ``aot_eager``).
+        init_from: an export folder (``geomed_mim.export``, or a published model converted by
+            ``geomed_mim.convert``) or a pretraining checkpoint to start from: the encoder's
+            weights, and the decoder's when the folder holds ``decoder.safetensors`` (converted
+            MAE and SimMIM models). Sizes and band count must be the source's.
     """
 
     def __init__(
@@ -162,6 +171,7 @@ class MIMPretrainTask(LightningModule):
         band_shift_std: float = 0.0,
         compile: bool = False,
         compile_backend: str = "inductor",
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -173,6 +183,14 @@ class MIMPretrainTask(LightningModule):
             "spatial_dims": spatial_dims,
         }
         self.model = create_model(model, **self.model_kwargs)
+        if init_from:  # an export (python -m geomed_mim.export / .convert): continue pretraining
+            try:
+                log.info(init_mim_model(self.model, init_from))
+            except InitFromMismatchError as e:
+                raise UsageError(
+                    f"--model.init_args.init_from {init_from}: {e}; convert or export it for "
+                    "this model and band list (python -m geomed_mim.convert --profile ...)"
+                ) from None
         if compile:  # where the compute is
             self.model.encoder.compile(backend=compile_backend)
             self.model.decoder.compile(backend=compile_backend)

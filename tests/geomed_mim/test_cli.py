@@ -308,6 +308,7 @@ def test_every_cli_has_a_console_script():
         "geomed-pretrain": "geomed_mim.pretrain:main",
         "geomed-finetune-seg": "geomed_mim.finetune_seg:main",
         "geomed-export": "geomed_mim.export:main",
+        "geomed-convert": "geomed_mim.convert:main",
         "geomed-evaluate": "geomed_mim.evaluate:main",
     }
     for target in scripts.values():

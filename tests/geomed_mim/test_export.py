@@ -265,3 +265,50 @@ def test_a_3d_swin_encoder_is_refused_in_one_line(tmp_path, capsys):
     assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: checkpoint: the 3-D Swin encoder (MONAI's, SimMIM 3-D) has no export yet"
+
+
+def test_export_writes_a_model_card(tmp_path):
+    """README.md next to config.json: Hugging Face front matter, the bands with wavelengths and
+    statistics, the method and steps, and the timm call that loads the folder."""
+    import yaml
+
+    ckpt, _ = s2_checkpoint(tmp_path)
+    assert main([str(ckpt), "--output", str(tmp_path / "export")]) == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "timm"
+    assert {"remote-sensing", "timm"} <= set(front["tags"])
+    assert "license" in front
+    cfg = json.loads((tmp_path / "export" / "config.json").read_text())
+    wave = (cfg["wavelengths_nm"] or [None] * 13)[8] or "-"  # as the checkpoint recorded them
+    assert f"| 9 | B8A | {wave} | {cfg['mean'][8]:.6g} | {cfg['std'][8]:.6g} |" in card
+    assert "mae_vit_tiny_patch16" in card
+    assert "- steps: " in card
+    assert "timm.create_model('vit_tiny_patch16_224', checkpoint_path='model.safetensors'" in card
+
+
+def test_push_to_hub_without_the_package_or_the_network_is_one_line(tmp_path, capsys, monkeypatch):
+    """The upload is the last step: its failure leaves the export written and says so in one
+    line (no network here: the Hub client is replaced by one that fails as offline would)."""
+    import sys
+
+    ckpt, _ = s2_checkpoint(tmp_path)
+    argv = [str(ckpt), "--output", str(tmp_path / "export"), "--push-to-hub", "me/encoder"]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --push-to-hub: huggingface_hub is not installed")
+    assert "\n" not in err
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+
+    class OfflineApi:
+        def create_repo(self, repo: str, exist_ok: bool) -> None:
+            raise ConnectionError("Failed to resolve 'huggingface.co'\nmore detail")
+
+    hub = type(sys)("huggingface_hub")
+    hub.HfApi = OfflineApi
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "--push-to-hub me/encoder: the upload failed (ConnectionError: Failed to resolve" in err
