@@ -25,23 +25,23 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildReport, describe_counts, ignored_by_reason
+from data_pipelines.build import BuildReport, PartCommitted, describe_counts, ignored_by_reason
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.stats import recompute_ct_stats
 from data_pipelines.errors import (
-    EXIT_OUTPUT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     BuildConfigError,
-    BuildLockedError,
     InputError,
-    OutputWriteError,
+    NothingWrittenError,
     output_writes,
 )
 from data_pipelines.resources import configs_dir
 from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
-from data_pipelines.rs.profiles import ProfileError, available_profiles
+from data_pipelines.rs.profiles import available_profiles
 from data_pipelines.stats import recompute_store_stats
 from data_pipelines.store.layout import ATTR_MODALITY, COL_DUP_OF, MANIFEST_NAME, manifest_path
 from data_pipelines.store.object_store import (
@@ -53,10 +53,9 @@ from data_pipelines.store.object_store import (
 )
 from data_pipelines.store.read import read_manifest, read_store_attrs
 from geomed_mim.resources import demo_data_dir
+from geomed_mim.usage import UserErrors
 
 DEMO_PREFIX = "demo:"
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_QUARANTINED_STRICT = EXIT_FAILED
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
 
@@ -577,37 +576,30 @@ def stats_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     out = Path(args.output)
     if not manifest_path(out).is_file():
-        print(
-            f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
-        )
-        return EXIT_CONFIG
+        raise BuildConfigError(f"--output: {out} holds no built dataset (no {MANIFEST_NAME})")
     is_ct = read_store_attrs(out).get(ATTR_MODALITY) == "ct"
-    try:
-        with output_writes():  # the statistics are written into the store
-            attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
-    except OutputWriteError as e:
-        print(f"error: {e.describe(out)}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
+    with UserErrors(output=out, exit=False) as errors, output_writes():
+        # the statistics are written into the store
+        attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
+    if errors.status is not None:
+        return errors.status
     (print_hu_stats if is_ct else print_band_stats)(out, attrs)
     return EXIT_OK
 
 
-def build_outcome(report: BuildReport, strict: bool) -> int:
-    """The exit status of a finished build, with one line on stderr when it is not 0."""
+def build_failure(report: BuildReport, strict: bool) -> NothingWrittenError | None:
+    """Why a finished build failed (nothing written; with ``strict``, inputs set aside)."""
     why = report.why_nothing_written()
     if why is not None:
-        print(f"error: nothing was written to {report.out_dir}: {why}", file=sys.stderr)
-        return EXIT_FAILED
+        return NothingWrittenError(f"nothing was written to {report.out_dir}: {why}")
     # localizers, scouts and derived copies are part of an ordinary DICOM export, not a fault
     ignored = [why for _, why in report.ignored if not is_export_extra(why)]
     if strict and (report.quarantined or ignored):
-        print(
-            f"error: --strict: {len(report.quarantined)} input(s) quarantined, "
-            f"{len(ignored)} file(s) ignored (see build.json)",
-            file=sys.stderr,
+        return NothingWrittenError(
+            f"--strict: {len(report.quarantined)} input(s) quarantined, "
+            f"{len(ignored)} file(s) ignored (see build.json)"
         )
-        return EXIT_FAILED
-    return EXIT_OK
+    return None
 
 
 def staged_output(cfg: RSBuildConfig | CTBuildConfig) -> tuple[Any, str | None]:
@@ -626,57 +618,56 @@ def staged_output(cfg: RSBuildConfig | CTBuildConfig) -> tuple[Any, str | None]:
     return replace(cfg, output=str(staging_dir(url))), url
 
 
-def publish_build(out_dir: Path, url: str) -> int:
-    """Upload a finished build to ``url``; one line either way."""
+def publish_build(out_dir: Path, url: str) -> None:
+    """Upload a finished build to ``url`` and say so in one line."""
     try:
         published = publish(out_dir, url)
     except ObjectStoreError as e:  # the object store refused or failed the upload
-        print(f"error: {e}; re-run the same command to retry", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
+        raise ObjectStoreError(f"{e}; re-run the same command to retry") from None
     print(
         f"  published: {url} ({published.uploaded} files, "
         f"{_human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
         f"{published.deleted} stale removed)"
     )
-    return EXIT_OK
 
 
-def build_main(argv: list[str]) -> int:
+def build_main(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
     """A build; the dask settings its flags make (--tls-*) hold for this build only."""
     import dask
 
     saved = copy.deepcopy(dask.config.config)
     try:
-        return run_build_command(argv)
+        return run_build_command(argv, on_part_committed)
     finally:  # in place: dask's functions hold the dict itself as a default argument
         dask.config.config.clear()
         dask.config.config.update(saved)
 
 
-def run_build_command(argv: list[str]) -> int:
-    try:
+def run_build_command(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
+    with UserErrors(exit=False) as settings_errors:
         cfg, is_demo = parse_config(argv)
         cfg, publish_url = staged_output(cfg)
+    if settings_errors.status is not None:
+        return settings_errors.status
+    # an output error names the folder being written; no build.json: committed parts stay
+    with UserErrors(output=cfg.output, exit=False) as errors:
         if is_demo:
             print(
                 f"No --input given: building the embedded demo archive into "
                 f"{display_path(cfg.output)}/"
             )
-        report = build_ct(cfg) if isinstance(cfg, CTBuildConfig) else build_rs(cfg)
-    except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutputWriteError as e:  # no build.json: the build did not finish; committed parts stay
-        print(f"error: {e.describe(cfg.output)}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    if isinstance(cfg, CTBuildConfig):
-        print(format_ct_summary(report, cfg))
-    else:
-        print(format_summary(report, cfg))
-    outcome = build_outcome(report, cfg.strict)
-    if publish_url is not None and report.samples_written > 0:
-        return publish_build(report.out_dir, publish_url) or outcome
-    return outcome
+        build = build_ct if isinstance(cfg, CTBuildConfig) else build_rs
+        report = build(cfg, on_part_committed)
+        if isinstance(cfg, CTBuildConfig):
+            print(format_ct_summary(report, cfg))
+        else:
+            print(format_summary(report, cfg))
+        failure = build_failure(report, cfg.strict)
+        if publish_url is not None and report.samples_written > 0:
+            publish_build(report.out_dir, publish_url)
+        if failure is not None:
+            raise failure
+    return EXIT_OK if errors.status is None else errors.status
 
 
 def kebab_negations(argv: list[str]) -> list[str]:
@@ -708,13 +699,16 @@ def gather_list_values(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_part_committed: PartCommitted | None = None) -> int:
+    """The command; ``on_part_committed(n)`` is called after the n-th part a build commits."""
     argv = kebab_negations(list(sys.argv[1:] if argv is None else argv))
     argv = gather_list_values(argv)
     try:
-        if argv and argv[0] == "stats":
-            return stats_main(argv[1:])
-        return build_main(argv)
+        with UserErrors(exit=False) as errors:
+            if argv and argv[0] == "stats":
+                return stats_main(argv[1:])
+            return build_main(argv, on_part_committed)
+        return errors.status if errors.status is not None else EXIT_OK
     except KeyboardInterrupt:
         # finished parts are committed; a re-run skips them and builds the rest
         print(INTERRUPTED, file=sys.stderr)

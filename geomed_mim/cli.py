@@ -46,6 +46,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from data_pipelines.errors import EXIT_USAGE
 from geomed_mim import tasks as task_package
 from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
 from geomed_mim.tasks import run_dir
@@ -58,7 +59,7 @@ from geomed_mim.tasks.resume import read_checkpoint, require_file, resolve_resum
 from geomed_mim.tasks.segmentation import DATA_FIELDS as SEGMENTATION_DATA_FIELDS
 from geomed_mim.tasks.segmentation import SegmentationTask
 from geomed_mim.tasks.store_checks import check_data_config
-from geomed_mim.usage import EXIT_USAGE, UsageError, is_rank_zero, usage_errors_exit
+from geomed_mim.usage import UsageError, is_rank_zero, usage_errors_exit
 
 log = logging.getLogger(__name__)
 

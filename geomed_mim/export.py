@@ -54,7 +54,7 @@ from geomed_mim.models.weights import (
     monai_vit_kwargs,
     to_monai_state_dict,
 )
-from geomed_mim.usage import EXIT_USAGE  # a user mistake: one line on stderr, no traceback
+from geomed_mim.usage import UsageError, UserErrors
 
 
 def timm_spec(encoder: VisionTransformerEncoder, meta: dict[str, Any]) -> tuple[str, dict]:
@@ -179,11 +179,6 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     return config
 
 
-def usage_error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m geomed_mim.export",
@@ -195,19 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", "-o", required=True, help="output folder")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        return usage_error(
-            f"checkpoint: {args.checkpoint} is not a file; give the .ckpt a "
-            "pretraining run wrote (or a fine-tuning run), e.g. runs/<run>/checkpoints/last.ckpt"
-        )
-    try:
-        config = export_encoder(args.checkpoint, args.output)
-    except NotAPretrainingCheckpointError as e:
-        return usage_error(
-            f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
-        )
-    except NoTimmTwinError as e:
-        return usage_error(f"checkpoint: {e}")
+    with UserErrors(output=args.output, exit=False) as errors:
+        config = export_checked(args.checkpoint, args.output)
+    if errors.status is not None:
+        return errors.status
     target = config["architecture"]
     print(
         f"exported the {config['spatial_dims']}-D encoder of a {config['checkpoint_kind']} "
@@ -216,6 +202,24 @@ def main(argv: list[str] | None = None) -> int:
         f"  loads into: {target} {config.get('timm_kwargs') or ''}"
     )
     return 0
+
+
+def export_checked(checkpoint: str, output: str) -> dict[str, Any]:
+    """:func:`export_encoder`, with a checkpoint that cannot be exported a usage error naming
+    the ``checkpoint`` argument."""
+    if not Path(checkpoint).is_file():
+        raise UsageError(
+            f"checkpoint: {checkpoint} is not a file; give the .ckpt a "
+            "pretraining run wrote (or a fine-tuning run), e.g. runs/<run>/checkpoints/last.ckpt"
+        )
+    try:
+        return export_encoder(checkpoint, output)
+    except NotAPretrainingCheckpointError as e:
+        raise UsageError(
+            f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
+        ) from None
+    except NoTimmTwinError as e:
+        raise UsageError(f"checkpoint: {e}") from None
 
 
 if __name__ == "__main__":

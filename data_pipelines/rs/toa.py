@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.errors import UserError
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.registry import product_entry
 from data_pipelines.rs.profiles import SensorProfile
@@ -77,7 +78,7 @@ LANDSAT_C2_SR_SCALE, LANDSAT_C2_SR_OFFSET = 2.75e-5, -0.2
 LANDSAT_C2_ST_SCALE, LANDSAT_C2_ST_OFFSET = 0.00341802, 149.0
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(UserError, RuntimeError):
     """A scene lacks what its calibration needs (e.g. the Landsat MTL file)."""
 
 
