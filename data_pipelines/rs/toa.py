@@ -174,15 +174,6 @@ def _json_groups(node: Any, name: str, out: dict[str, dict[str, str]]) -> None:
             out.setdefault(name, {})[key] = str(value)
 
 
-def parse_mtl(path: str | Path) -> dict[str, str]:
-    """``KEY = VALUE`` pairs of a Landsat MTL file, groups flattened (first occurrence wins)."""
-    flat: dict[str, str] = {}
-    for values in read_mtl(path).values():
-        for k, v in values.items():
-            flat.setdefault(k, v)
-    return flat
-
-
 def level1_values(groups: dict[str, dict[str, str]]) -> dict[str, str]:
     """The Level-1 view of an MTL: every group but the Level-2 ones, flattened."""
     flat: dict[str, str] = {}

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torch.utils.data._utils.collate import default_collate
 
 from data_pipelines.store.calibration import NO_INVALID, identity_table
 from data_pipelines.store.index import SampleIndex, build_sample_index
@@ -251,7 +250,3 @@ class RSTileDataset(StoreTiles):
         batch["rot90"] = torch.from_numpy(aug[:, 6])
         batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return batch
-
-    def image(self, i: int) -> torch.Tensor:
-        """Sample ``i`` as training sees it (``[C, S, S]``, this process's torch RNG)."""
-        return self.transform(default_collate([self[i]]))["image"][0]
