@@ -182,7 +182,8 @@ class TrainingCLI(LightningCLI):
 
     # -- building the trainer ----------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={}) or {}
+        # the instantiated config of the subcommand (or the whole one without subcommands)
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         root = run_dir.run_root(config)
         kwargs = {**torchrun_trainer_overrides(config), **kwargs}
         if self.subcommand == "predict":
