@@ -20,12 +20,13 @@ import copy
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildReport, PartCommitted, describe_counts, ignored_by_reason
+from data_pipelines.config import BuildConfig
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
@@ -39,7 +40,7 @@ from data_pipelines.errors import (
     output_writes,
 )
 from data_pipelines.resources import configs_dir
-from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
+from data_pipelines.rs.config import RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.rs.profiles import available_profiles
 from data_pipelines.stats import recompute_store_stats
@@ -91,14 +92,35 @@ def resolve_repo_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
+FROM_CONFIG: Any = object()  # a Flag's type or default that its config field gives
+
+
 @dataclass(frozen=True)
 class Flag:
-    """One command-line option: ``--name`` with its type, default and help."""
+    """One command-line option: ``--name`` with its type, default and help. A flag of a config
+    field (:func:`config_flag`) takes the type and default the field declares, so each default
+    is written once, in the config class."""
 
     name: str
     type: Any
     default: Any
     help: str
+
+    @property
+    def field_name(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+    def of_config(self, config_class: type) -> Flag:
+        """This flag with the type and default it leaves to ``config_class``'s field."""
+        if self.type is not FROM_CONFIG and self.default is not FROM_CONFIG:
+            return self
+        field = next(f for f in fields(config_class) if f.name == self.field_name)
+        field_type = get_type_hints(config_class)[self.field_name]
+        return replace(
+            self,
+            type=field_type if self.type is FROM_CONFIG else self.type,
+            default=field.default if self.default is FROM_CONFIG else self.default,
+        )
 
     def add_to(self, parser: ArgumentParser | Any) -> None:
         if self.type is bool:  # --flag / --no-flag
@@ -108,9 +130,19 @@ class Flag:
             parser.add_argument(self.name, type=self.type, default=self.default, help=self.help)
 
 
+def config_flag(name: str, help: str) -> Flag:
+    """The flag of a config field (``--tile-size`` sets ``tile_size``), typed and defaulted as
+    the field is (see :meth:`Flag.of_config`)."""
+    return Flag(name, FROM_CONFIG, FROM_CONFIG, help)
+
+
+def of_config(config_class: type, flags: list[Flag]) -> list[Flag]:
+    return [flag.of_config(config_class) for flag in flags]
+
+
 def input_output_flags() -> list[Flag]:
     """What to read and where to write (every modality)."""
-    return [
+    return of_config(BuildConfig, [
         Flag("--input", str | list[str] | None, None,
              "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
              ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
@@ -124,12 +156,12 @@ def input_output_flags() -> list[Flag]:
              "into. Re-running into the same folder resumes. An object-store URL "
              "(s3://bucket/prefix) builds in a local staging folder ($GEOMED_STAGING_DIR) and "
              "publishes the finished build there, build.json last."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def label_flags() -> list[Flag]:
     """Label maps and their class table (RS and CT, each with its own pairing rule)."""
-    return [
+    return of_config(BuildConfig, [
         Flag("--labels", str | None, None,
              "RS: label raster(s) for a segmentation store: one GeoTIFF covering every scene, "
              "or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
@@ -137,24 +169,24 @@ def label_flags() -> list[Flag]:
              "(labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. CT: "
              "default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
              "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels."),
-        Flag("--classes", str | None, None,
+        config_flag("--classes",
              "Class table for --labels: YAML with ignore_index and classes: [{id, name, "
              "color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in the table "
              "become ignore_index. CT: a class may list source_ids (the label map's ids that "
              "become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is done "
              "at build time and recorded as the store's 'classes' attribute."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def run_flags() -> list[Flag]:
     """How to split, compress and run (every modality)."""
-    return [
-        Flag("--val-fraction", float, 0.05,
+    return of_config(BuildConfig, [
+        config_flag("--val-fraction",
              "Fraction of scenes (not tiles) assigned to the 'val' split; RS with "
              "--split-by location: of location blocks."),
         Flag("--workers", int, parallel.default_workers(),
              "Worker processes of the local dask cluster (1 = run in this process)."),
-        Flag("--scheduler", str, parallel.LOCAL,
+        config_flag("--scheduler",
              "'local' (a LocalCluster of --workers processes on 127.0.0.1), 'synchronous' (this "
              "process, for debugging) or the address of a running dask scheduler "
              "(tls://HOST:PORT with --tls-*, or tcp://HOST:PORT on an isolated network; see "
@@ -168,130 +200,130 @@ def run_flags() -> list[Flag]:
         Flag("--tls-key", str | None, None,
              "--scheduler tls://...: this client's private key (PEM; dask config: "
              "distributed.comm.tls.client.key)."),
-        Flag("--compression-level", int, 5, "zstd level 0-9."),
-        Flag("--strict", bool, False,
+        config_flag("--compression-level", "zstd level 0-9."),
+        config_flag("--strict",
              "Exit with status 1 when any input had to be quarantined or any file was ignored, "
              "localizers, scouts and derived DICOM copies aside (an ordinary export has them); "
              "a build that writes nothing exits 1 in any case."),
-        Flag("--overwrite", bool, False,
+        config_flag("--overwrite",
              "Delete a previous build in --output instead of resuming it."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def rs_split_flags() -> list[Flag]:
     """How an RS build splits train and val (beside the shared --val-fraction)."""
-    return [
-        Flag("--split-by", str, "scene",
+    return of_config(RSBuildConfig, [
+        config_flag("--split-by",
              "'scene': each scene (date) wholly in train or val; 'location': every date of "
              "a place on the same side, validation on held-out blocks of ground (for "
              "archives that revisit the same area)."),
-        Flag("--split-block", float | None, None,
+        config_flag("--split-block",
              "--split-by location: edge of the square blocks in CRS units (metres for UTM). "
              "Default: two tile edges."),
-        Flag("--split-margin", float, 0.0,
+        config_flag("--split-margin",
              "--split-by location: training tiles closer than this to a validation tile (CRS "
              "units) are set aside as split 'margin'; 0 keeps every tile that shares no "
              "pixel with a validation tile."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def rs_flags() -> list[Flag]:
     """Flags of the RS build (--modality rs)."""
-    return [
-        Flag("--profile", str, "sentinel2_l1c",
+    return of_config(RSBuildConfig, [
+        config_flag("--profile",
              f"Sensor profile name ({', '.join(available_profiles())}) or a path to a profile "
              "YAML. Names the bands and their order."),
-        Flag("--tile-size", int | list[int], 64,
+        config_flag("--tile-size",
              "Tile edge in pixels of the scene's finest grid; several sizes cut a grid each "
              "(--tile-size 64 128 256 512 1024); with --slicing random, MIN MAX of the drawn "
              "sizes."),
-        Flag("--stride", int | None, None,
+        config_flag("--stride",
              "Step between tiles in pixels (one tile size); smaller than --tile-size gives "
              "overlap. Default: the tile size (no overlap)."),
-        Flag("--overlap", float, 0.0,
+        config_flag("--overlap",
              "Several tile sizes: fraction by which neighbouring tiles of a size overlap "
              "(stride = size x (1 - overlap))."),
-        Flag("--slicing", str, "grid",
+        config_flag("--slicing",
              "'grid' (every position of a grid per tile size) or 'random' (--crops-per-scene "
              "or --crops-per-km2 crops at random positions, sizes drawn log-uniformly between "
              "the two --tile-size values, seeded by --seed and the scene: a re-run or a "
              "resumed run cuts the same crops)."),
-        Flag("--crops-per-scene", int | None, None, "Random slicing: crops per scene."),
-        Flag("--crops-per-km2", float | None, None,
+        config_flag("--crops-per-scene", "Random slicing: crops per scene."),
+        config_flag("--crops-per-km2",
              "Random slicing: crops per km² of scene (needs a CRS in metres)."),
-        Flag("--seed", int, 0, "Random slicing: the seed crops are drawn from."),
-        Flag("--store-size", int | None, None,
+        config_flag("--seed", "Random slicing: the seed crops are drawn from."),
+        config_flag("--store-size",
              "Store every crop at this edge, e.g. 224 (area averaging for values, nearest for "
              "labels); the manifest keeps each crop's native size, window and scale. Default: "
              "crops are stored as cut."),
-        Flag("--cover-edges", bool, True,
+        config_flag("--cover-edges",
              "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
              "(--no-cover-edges drops partial edge tiles instead)."),
-        Flag("--resampling", str, "bilinear",
+        config_flag("--resampling",
              f"How coarser bands are brought to the finest grid: "
              f"{', '.join(RESAMPLING_CHOICES)}."),
-        Flag("--max-nodata-fraction", float, 0.5,
+        config_flag("--max-nodata-fraction",
              "Exclude a tile when more than this fraction of its pixels is nodata/NaN."),
-        Flag("--calibrate", str, "toa",
+        config_flag("--calibrate",
              "'toa': training reads physical top-of-atmosphere values as the profile defines "
              "them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature "
              "from the MTL file, MODIS scaling); 'none': raw values."),
-        Flag("--store-dtype", str, "compact",
+        config_flag("--store-dtype",
              "How calibrated tiles are stored: 'compact' keeps the raw integers and records "
              "each scene's calibration (CF scale_factor/add_offset) for the loader to apply "
              "(about half the bytes, the same values); 'float32' stores the calibrated values."),
-        Flag("--max-out-of-range-fraction", float, 0.05,
+        config_flag("--max-out-of-range-fraction",
              "Exclude a tile when more than this fraction of its valid pixels lies outside the "
              "profile's valid_range."),
-        Flag("--max-saturated-fraction", float, 0.05,
+        config_flag("--max-saturated-fraction",
              "Exclude a tile when more than this fraction of pixels is saturated."),
-        Flag("--max-cloud-fraction", float, 0.5,
+        config_flag("--max-cloud-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged cloud by the QA "
              "band or cloud mask (Landsat BQA/QA_PIXEL, Sentinel-2 MSK_CLASSI/SCL)."),
-        Flag("--max-cloud-shadow-fraction", float, 0.5,
+        config_flag("--max-cloud-shadow-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged cloud shadow "
              "(Landsat QA_PIXEL/BQA, Sentinel-2 SCL)."),
-        Flag("--max-snow-fraction", float, 1.0,
+        config_flag("--max-snow-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged snow/ice "
              "(default 1.0: snowy tiles are kept, the fraction is recorded)."),
-        Flag("--grid", str | None, None,
+        config_flag("--grid",
              "Swath products (MODIS L1B): resample each granule to this CRS, e.g. EPSG:32632 "
              "or EPSG:4326 (nearest neighbour); default: tiles cut from the swath itself."),
-        Flag("--resolution", float | None, None,
+        config_flag("--resolution",
              "Pixel size for --grid, in the CRS's units (metres for UTM, degrees for "
              "EPSG:4326)."),
-        Flag("--min-band-std", float | None, None,
+        config_flag("--min-band-std",
              "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
              "Default: the profile's min_band_std."),
-        Flag("--dedup", bool, True,
+        config_flag("--dedup",
              "Mark exact and near duplicates across the whole archive (--no-dedup to skip)."),
-        Flag("--near-dup-radius", int, DEFAULT_NEAR_DUP_RADIUS,
+        config_flag("--near-dup-radius",
              "Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are "
              "near duplicates."),
-        Flag("--preview", bool, True,
+        config_flag("--preview",
              "Write preview.png, a mosaic of sample tiles with excluded and duplicate tiles "
              "outlined."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def ct_flags() -> list[Flag]:
     """Flags that only the CT build reads (--modality ct)."""
-    return [
+    return of_config(CTBuildConfig, [
         Flag("--spacing", float | list[float], 1.5,
              "Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes)."),
-        Flag("--labels-csv", str | None, None,
+        config_flag("--labels-csv",
              "CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
              "wins over the naming rule. image may be a DICOM series folder."),
-        Flag("--crop-foreground", bool, False,
+        config_flag("--crop-foreground",
              "Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm."),
-        Flag("--foreground-hu", float, -500.0, "Body threshold in HU."),
-        Flag("--crop-margin-mm", float, 10.0, "Margin of the crop in mm."),
-        Flag("--foreground-points", int, 1024,
+        config_flag("--foreground-hu", "Body threshold in HU."),
+        config_flag("--crop-margin-mm", "Margin of the crop in mm."),
+        config_flag("--foreground-points",
              "Crop centres stored per case for foreground-biased sampling (label or body "
              "voxels)."),
-        Flag("--chunk-size", int, 64, "Edge of the cubic zarr chunks."),
-        Flag("--codec", str, "lz4", "Volume codec: lz4 (fast), zstd (small), none."),
-    ]  # fmt: skip
+        config_flag("--chunk-size", "Edge of the cubic zarr chunks."),
+        config_flag("--codec", "Volume codec: lz4 (fast), zstd (small), none."),
+    ])  # fmt: skip
 
 
 def build_parser() -> ArgumentParser:
