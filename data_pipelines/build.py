@@ -37,6 +37,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_pipelines import parallel
+from data_pipelines.counts import EXCLUDED, by_reason
 from data_pipelines.errors import (
     BuildConfigError,
     BuildLockedError,
@@ -145,11 +146,7 @@ class BuildReport:
                 f"all {self.total_parts} input(s) were quarantined (e.g. {first.source}: "
                 f"{first.reason}); see quarantine.jsonl"
             )
-        excluded = {
-            k.split(":", 1)[1]: v
-            for k, v in sorted(self.counts.items())
-            if k.startswith("excluded:")
-        }
+        excluded = by_reason(self.counts, EXCLUDED)
         parts = []
         if excluded:
             parts.append(

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
+from data_pipelines.counts import DUPLICATES, reason_key
 from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.discover import CTDiscovery, discover_ct
@@ -68,7 +69,7 @@ def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
 
 def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     dups = sum(1 for d in manifest.column("dup_of").to_pylist() if d)
-    return manifest, {"duplicates:exact": dups}
+    return manifest, {reason_key(DUPLICATES, "exact"): dups}
 
 
 def finalize_ct(out_dir: str, table: pa.Table, cfg: CTBuildConfig) -> tuple[pa.Table, dict]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
+from data_pipelines.counts import DUPLICATES, reason_key
 from data_pipelines.dedup import mark_duplicates
 from data_pipelines.errors import BuildConfigError
 from data_pipelines.rs.config import RSBuildConfig
@@ -90,8 +91,8 @@ def mark_tile_duplicates(
     table = replace_column(table, "dup_kind", dup_kind)
     unique = kept & (dup_idx < 0)
     counts = {
-        "duplicates:exact": int(sum(k == "exact" for k in dup_kind)),
-        "duplicates:near": int(sum(k == "near" for k in dup_kind)),
+        reason_key(DUPLICATES, "exact"): int(sum(k == "exact" for k in dup_kind)),
+        reason_key(DUPLICATES, "near"): int(sum(k == "near" for k in dup_kind)),
         "samples_unique": int(unique.sum()),
     }
     return table, unique, counts
