@@ -452,7 +452,7 @@ def stats_main(argv: list[str]) -> int:
     if not manifest_path(out).is_file():
         raise BuildConfigError(f"--output: {out} holds no built dataset (no {MANIFEST_NAME})")
     is_ct = read_store_attrs(out).get(ATTR_MODALITY) == "ct"
-    with UserErrors(output=out, exit=False) as errors, output_writes():
+    with UserErrors(output=out, system_exit=False) as errors, output_writes():
         # the statistics are written into the store
         attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
     if errors.status is not None:
@@ -518,13 +518,13 @@ def build_main(argv: list[str], on_part_committed: PartCommitted | None = None) 
 
 
 def run_build_command(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
-    with UserErrors(exit=False) as settings_errors:
+    with UserErrors(system_exit=False) as settings_errors:
         cfg, is_demo = parse_config(argv)
         cfg, publish_url = staged_output(cfg)
     if settings_errors.status is not None:
         return settings_errors.status
     # an output error names the folder being written; no build.json: committed parts stay
-    with UserErrors(output=cfg.output, exit=False) as errors:
+    with UserErrors(output=cfg.output, system_exit=False) as errors:
         if is_demo:
             print(
                 f"No --input given: building the embedded demo archive into "
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None, on_part_committed: PartCommitted | None 
     argv = kebab_negations(list(sys.argv[1:] if argv is None else argv))
     argv = gather_list_values(argv)
     try:
-        with UserErrors(exit=False) as errors:
+        with UserErrors(system_exit=False) as errors:
             if argv and argv[0] == "stats":
                 return stats_main(argv[1:])
             return build_main(argv, on_part_committed)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", "-o", required=True, help="output folder")
     args = parser.parse_args(argv)
-    with UserErrors(output=args.output, exit=False) as errors:
+    with UserErrors(output=args.output, system_exit=False) as errors:
         config = export_checked(args.checkpoint, args.output)
     if errors.status is not None:
         return errors.status

@@ -45,8 +45,8 @@ class UserErrors:
     ``error: <message>`` on stderr and the error's exit status.
 
     ``output`` and ``output_flag`` name where the command writes (an output error says which
-    flag to change). With ``exit=True`` the status ends the process (``SystemExit``); with
-    ``exit=False`` (a ``main`` that returns its status) the error is swallowed and the status
+    flag to change). With ``system_exit=True`` the status ends the process (``SystemExit``); with
+    ``system_exit=False`` (a ``main`` that returns its status) the error is swallowed and the status
     kept in :attr:`status`.
     """
 
@@ -55,9 +55,10 @@ class UserErrors:
         *,
         output: str | Path | None = None,
         output_flag: str = "--output",
-        exit: bool = True,
+        system_exit: bool = True,
     ) -> None:
-        self.output, self.output_flag, self.exit = output, output_flag, exit
+        self.output, self.output_flag = output, output_flag
+        self.system_exit = system_exit
         self.status: int | None = None
 
     def __enter__(self) -> UserErrors:
@@ -73,7 +74,7 @@ class UserErrors:
             return False
         print_usage_error(error.describe(self.output, flag=self.output_flag))
         self.status = error.exit_status
-        if self.exit:
+        if self.system_exit:
             raise SystemExit(error.exit_status) from None
         return True
 
