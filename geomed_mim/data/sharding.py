@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from geomed_mim.data.seeds import augment_seed, batch_order_seed, group_order_seed
+from geomed_mim.data.seeds import augment_seed, batch_order_seed, group_order_seed, group_pass
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def grouped_global_batches(
     members = {g: np.flatnonzero(groups == g) for g in names}
 
     def cut(g: int, cycle: int) -> list[np.ndarray]:
-        n, pass_epoch = len(members[g]), epoch * 1009 + cycle  # a new permutation per pass
-        cuts = global_batches(n, global_batch_size, pass_epoch, seed + g, shuffle, drop_last,
-                              min_batch)  # fmt: skip
+        pass_seed, pass_epoch = group_pass(seed, g, epoch, cycle)
+        cuts = global_batches(len(members[g]), global_batch_size, pass_epoch, pass_seed, shuffle,
+                              drop_last, min_batch)  # fmt: skip
         return [members[g][b] for b in cuts]
 
     batches = {g: cut(g, 0) for g in names}
