@@ -39,6 +39,7 @@ from typing import Any
 import timm
 from safetensors.torch import save
 
+from data_pipelines.errors import EXIT_OK
 from data_pipelines.store import atomic_write_bytes, atomic_write_json
 from geomed_mim.models.swin import NoTimmTwinError, SwinV2Encoder
 from geomed_mim.models.swin3d import SwinViT3DEncoder
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         f"dim {config['embed_dim']}, {config['in_chans']} bands) → {args.output}\n"
         f"  loads into: {target} {config.get('timm_kwargs') or ''}"
     )
-    return 0
+    return EXIT_OK
 
 
 def export_checked(checkpoint: str, output: str) -> dict[str, Any]:
