@@ -11,11 +11,9 @@ The stages of :func:`run_build`: :func:`prepare_output` (settings check, store g
 of every finished part) → ``finalize`` (the modality's archive-wide steps) →
 :func:`write_records` (manifest, quarantine list, build record).
 
-Crash tests set ``GEOMED_BUILD_STOP_AFTER_PARTS=N``: the runner then ends its process at once
-(``os._exit``, no cleanup, like a kill) right after the N-th part of this run was committed.
-Interrupt tests set ``GEOMED_BUILD_PAUSE_AFTER_PARTS=N``: the runner then waits (as if the
-next part took minutes) right after the N-th committed part, so that a test can send a real
-Ctrl-C (SIGINT) while the build is known to be mid-way.
+A caller may pass ``on_part_committed``, called with the number of parts this run has committed
+so far right after each commit (progress reporting; the crash and interrupt tests end or pause
+the process there, while the build is known to be mid-way).
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_pipelines import parallel
+from data_pipelines.counts import EXCLUDED, by_reason
 from data_pipelines.errors import (
     BuildConfigError,
     BuildLockedError,
@@ -67,10 +66,8 @@ from data_pipelines.store.write import (
     write_manifest,
 )
 
-STOP_AFTER_PARTS_ENV = "GEOMED_BUILD_STOP_AFTER_PARTS"
-STOPPED_EXIT_CODE = 75  # the exit status of a build stopped by STOP_AFTER_PARTS_ENV
-PAUSE_AFTER_PARTS_ENV = "GEOMED_BUILD_PAUSE_AFTER_PARTS"
-PAUSE_SECONDS = 300.0  # how long PAUSE_AFTER_PARTS_ENV waits for the test's signal
+# called with the count of parts this run has committed, right after each commit
+PartCommitted = Callable[[int], None]
 
 
 def assign_split(key: str, val_fraction: float) -> str:
@@ -149,11 +146,7 @@ class BuildReport:
                 f"all {self.total_parts} input(s) were quarantined (e.g. {first.source}: "
                 f"{first.reason}); see quarantine.jsonl"
             )
-        excluded = {
-            k.split(":", 1)[1]: v
-            for k, v in sorted(self.counts.items())
-            if k.startswith("excluded:")
-        }
+        excluded = by_reason(self.counts, EXCLUDED)
         parts = []
         if excluded:
             parts.append(
@@ -249,28 +242,6 @@ def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
     atomic_write_json(path, settings)
 
 
-def part_count_from_env(name: str) -> int | None:
-    """The part count an environment hook names (crash and interrupt tests), or None."""
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise BuildConfigError(f"{name}: {value!r} is not a positive part count")
-    return n
-
-
-def after_commit(committed: int, stop_after: int | None, pause_after: int | None) -> None:
-    """The test hooks: stop hard, or wait for a signal, after the N-th committed part."""
-    if stop_after is not None and committed >= stop_after:
-        os._exit(STOPPED_EXIT_CODE)  # as abrupt as a kill: nothing is cleaned up
-    if pause_after is not None and committed == pause_after:
-        time.sleep(PAUSE_SECONDS)
-
-
 # -- the stages of a build ----------------------------------------------------------------------
 
 
@@ -296,6 +267,7 @@ def run_pending(
     scheduler: str,
     workers: int,
     unit: str,
+    on_part_committed: PartCommitted | None = None,
 ) -> list[Quarantined]:
     """Run the tasks not finished yet; a failed task's arrays are removed and it is quarantined.
 
@@ -303,8 +275,6 @@ def run_pending(
     it is raised at once, which shuts the workers down; committed parts stay for a re-run.
     Returns the quarantined tasks sorted by source (completion order is not deterministic).
     """
-    stop_after = part_count_from_env(STOP_AFTER_PARTS_ENV)
-    pause_after = part_count_from_env(PAUSE_AFTER_PARTS_ENV)
     quarantined: list[Quarantined] = []
     counts: Counter = Counter()
     committed = 0
@@ -336,7 +306,8 @@ def run_pending(
                 counts.update(result.get("counts", {}))
                 bar.set_postfix(samples=counts.get("samples_written", 0), refresh=False)
                 committed += 1
-                after_commit(committed, stop_after, pause_after)
+                if on_part_committed is not None:
+                    on_part_committed(committed)
             bar.update(1)
     return sorted(quarantined, key=lambda q: q.source)
 
@@ -417,6 +388,7 @@ def run_build(
     ignored: list[tuple[str, str]] | None = None,
     unit: str = "input",
     extra_groups: tuple[str, ...] = (),
+    on_part_committed: PartCommitted | None = None,
 ) -> BuildReport:
     """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
 
@@ -425,7 +397,8 @@ def run_build(
     turns the concatenated fragments into the manifest and archive-wide counts (dedup, splits,
     statistics, preview), still under the output lock.
     ``extra_groups`` are further groups a task writes its part into (labels), created up front
-    and cleaned like ``group`` when the task fails.
+    and cleaned like ``group`` when the task fails. ``on_part_committed(n)`` is called right
+    after the n-th part of this run was committed.
     """
     out_dir = Path(out_dir)
     groups = (group, *extra_groups)
@@ -438,7 +411,15 @@ def run_build(
             prepare_output(out_dir, settings, overwrite, groups, store_attrs)
             pending = [t for t in tasks if not fragment_path(out_dir, t.part).is_file()]
         quarantined = run_pending(
-            out_dir, pending, len(tasks), task_fn, groups, scheduler, workers, unit
+            out_dir,
+            pending,
+            len(tasks),
+            task_fn,
+            groups,
+            scheduler,
+            workers,
+            unit,
+            on_part_committed,
         )
         run_seconds = time.perf_counter() - started
         with output_writes():

@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
+from data_pipelines.errors import UserError
+
 REMOTE_SCHEMES = ("http", "https", "s3", "gs", "az")
 
 # Defaults for remote reads; each can be overridden by the environment variable of that name.
@@ -59,7 +61,7 @@ HTTP_RETRIES = 3  # catalog (JSON) fetches: attempts before the input is reporte
 HTTP_TIMEOUT_S = 30
 
 
-class RemoteError(OSError):
+class RemoteError(UserError, OSError):
     """A remote catalog or object that could not be fetched; the message is one line."""
 
 

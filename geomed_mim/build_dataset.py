@@ -20,30 +20,31 @@ import copy
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildReport, describe_counts, ignored_by_reason
+from data_pipelines.build import BuildReport, PartCommitted
+from data_pipelines.config import BuildConfig
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.stats import recompute_ct_stats
 from data_pipelines.errors import (
-    EXIT_OUTPUT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     BuildConfigError,
-    BuildLockedError,
     InputError,
-    OutputWriteError,
+    NothingWrittenError,
     output_writes,
 )
 from data_pipelines.resources import configs_dir
-from data_pipelines.rs.config import DEFAULT_NEAR_DUP_RADIUS, RESAMPLING_CHOICES, RSBuildConfig
+from data_pipelines.rs.config import RESAMPLING_CHOICES, RSBuildConfig
 from data_pipelines.rs.pipeline import build_rs
-from data_pipelines.rs.profiles import ProfileError, available_profiles
+from data_pipelines.rs.profiles import available_profiles
 from data_pipelines.stats import recompute_store_stats
-from data_pipelines.store.layout import ATTR_MODALITY, COL_DUP_OF, MANIFEST_NAME, manifest_path
+from data_pipelines.store.layout import ATTR_MODALITY, MANIFEST_NAME, manifest_path
 from data_pipelines.store.object_store import (
     ObjectStoreError,
     is_object_url,
@@ -51,12 +52,19 @@ from data_pipelines.store.object_store import (
     publish,
     staging_dir,
 )
-from data_pipelines.store.read import read_manifest, read_store_attrs
+from data_pipelines.store.read import read_store_attrs
+from geomed_mim.build_summary import (
+    display_path,
+    format_ct_summary,
+    format_summary,
+    human_bytes,
+    print_band_stats,
+    print_hu_stats,
+)
 from geomed_mim.resources import demo_data_dir
+from geomed_mim.usage import UserErrors
 
 DEMO_PREFIX = "demo:"
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_QUARANTINED_STRICT = EXIT_FAILED
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
 
@@ -92,14 +100,35 @@ def resolve_repo_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
+FROM_CONFIG: Any = object()  # a Flag's type or default that its config field gives
+
+
 @dataclass(frozen=True)
 class Flag:
-    """One command-line option: ``--name`` with its type, default and help."""
+    """One command-line option: ``--name`` with its type, default and help. A flag of a config
+    field (:func:`config_flag`) takes the type and default the field declares, so each default
+    is written once, in the config class."""
 
     name: str
     type: Any
     default: Any
     help: str
+
+    @property
+    def field_name(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+    def of_config(self, config_class: type) -> Flag:
+        """This flag with the type and default it leaves to ``config_class``'s field."""
+        if self.type is not FROM_CONFIG and self.default is not FROM_CONFIG:
+            return self
+        field = next(f for f in fields(config_class) if f.name == self.field_name)
+        field_type = get_type_hints(config_class)[self.field_name]
+        return replace(
+            self,
+            type=field_type if self.type is FROM_CONFIG else self.type,
+            default=field.default if self.default is FROM_CONFIG else self.default,
+        )
 
     def add_to(self, parser: ArgumentParser | Any) -> None:
         if self.type is bool:  # --flag / --no-flag
@@ -109,9 +138,19 @@ class Flag:
             parser.add_argument(self.name, type=self.type, default=self.default, help=self.help)
 
 
+def config_flag(name: str, help: str) -> Flag:
+    """The flag of a config field (``--tile-size`` sets ``tile_size``), typed and defaulted as
+    the field is (see :meth:`Flag.of_config`)."""
+    return Flag(name, FROM_CONFIG, FROM_CONFIG, help)
+
+
+def of_config(config_class: type, flags: list[Flag]) -> list[Flag]:
+    return [flag.of_config(config_class) for flag in flags]
+
+
 def input_output_flags() -> list[Flag]:
     """What to read and where to write (every modality)."""
-    return [
+    return of_config(BuildConfig, [
         Flag("--input", str | list[str] | None, None,
              "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
              ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
@@ -125,12 +164,12 @@ def input_output_flags() -> list[Flag]:
              "into. Re-running into the same folder resumes. An object-store URL "
              "(s3://bucket/prefix) builds in a local staging folder ($GEOMED_STAGING_DIR) and "
              "publishes the finished build there, build.json last."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def label_flags() -> list[Flag]:
     """Label maps and their class table (RS and CT, each with its own pairing rule)."""
-    return [
+    return of_config(BuildConfig, [
         Flag("--labels", str | None, None,
              "RS: label raster(s) for a segmentation store: one GeoTIFF covering every scene, "
              "or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
@@ -138,24 +177,24 @@ def label_flags() -> list[Flag]:
              "(labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. CT: "
              "default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
              "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels."),
-        Flag("--classes", str | None, None,
+        config_flag("--classes",
              "Class table for --labels: YAML with ignore_index and classes: [{id, name, "
              "color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in the table "
              "become ignore_index. CT: a class may list source_ids (the label map's ids that "
              "become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is done "
              "at build time and recorded as the store's 'classes' attribute."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def run_flags() -> list[Flag]:
     """How to split, compress and run (every modality)."""
-    return [
-        Flag("--val-fraction", float, 0.05,
+    return of_config(BuildConfig, [
+        config_flag("--val-fraction",
              "Fraction of scenes (not tiles) assigned to the 'val' split; RS with "
              "--split-by location: of location blocks."),
         Flag("--workers", int, parallel.default_workers(),
              "Worker processes of the local dask cluster (1 = run in this process)."),
-        Flag("--scheduler", str, parallel.LOCAL,
+        config_flag("--scheduler",
              "'local' (a LocalCluster of --workers processes on 127.0.0.1), 'synchronous' (this "
              "process, for debugging) or the address of a running dask scheduler "
              "(tls://HOST:PORT with --tls-*, or tcp://HOST:PORT on an isolated network; see "
@@ -169,130 +208,130 @@ def run_flags() -> list[Flag]:
         Flag("--tls-key", str | None, None,
              "--scheduler tls://...: this client's private key (PEM; dask config: "
              "distributed.comm.tls.client.key)."),
-        Flag("--compression-level", int, 5, "zstd level 0-9."),
-        Flag("--strict", bool, False,
+        config_flag("--compression-level", "zstd level 0-9."),
+        config_flag("--strict",
              "Exit with status 1 when any input had to be quarantined or any file was ignored, "
              "localizers, scouts and derived DICOM copies aside (an ordinary export has them); "
              "a build that writes nothing exits 1 in any case."),
-        Flag("--overwrite", bool, False,
+        config_flag("--overwrite",
              "Delete a previous build in --output instead of resuming it."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def rs_split_flags() -> list[Flag]:
     """How an RS build splits train and val (beside the shared --val-fraction)."""
-    return [
-        Flag("--split-by", str, "scene",
+    return of_config(RSBuildConfig, [
+        config_flag("--split-by",
              "'scene': each scene (date) wholly in train or val; 'location': every date of "
              "a place on the same side, validation on held-out blocks of ground (for "
              "archives that revisit the same area)."),
-        Flag("--split-block", float | None, None,
+        config_flag("--split-block",
              "--split-by location: edge of the square blocks in CRS units (metres for UTM). "
              "Default: two tile edges."),
-        Flag("--split-margin", float, 0.0,
+        config_flag("--split-margin",
              "--split-by location: training tiles closer than this to a validation tile (CRS "
              "units) are set aside as split 'margin'; 0 keeps every tile that shares no "
              "pixel with a validation tile."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def rs_flags() -> list[Flag]:
     """Flags of the RS build (--modality rs)."""
-    return [
-        Flag("--profile", str, "sentinel2_l1c",
+    return of_config(RSBuildConfig, [
+        config_flag("--profile",
              f"Sensor profile name ({', '.join(available_profiles())}) or a path to a profile "
              "YAML. Names the bands and their order."),
-        Flag("--tile-size", int | list[int], 64,
+        config_flag("--tile-size",
              "Tile edge in pixels of the scene's finest grid; several sizes cut a grid each "
              "(--tile-size 64 128 256 512 1024); with --slicing random, MIN MAX of the drawn "
              "sizes."),
-        Flag("--stride", int | None, None,
+        config_flag("--stride",
              "Step between tiles in pixels (one tile size); smaller than --tile-size gives "
              "overlap. Default: the tile size (no overlap)."),
-        Flag("--overlap", float, 0.0,
+        config_flag("--overlap",
              "Several tile sizes: fraction by which neighbouring tiles of a size overlap "
              "(stride = size x (1 - overlap))."),
-        Flag("--slicing", str, "grid",
+        config_flag("--slicing",
              "'grid' (every position of a grid per tile size) or 'random' (--crops-per-scene "
              "or --crops-per-km2 crops at random positions, sizes drawn log-uniformly between "
              "the two --tile-size values, seeded by --seed and the scene: a re-run or a "
              "resumed run cuts the same crops)."),
-        Flag("--crops-per-scene", int | None, None, "Random slicing: crops per scene."),
-        Flag("--crops-per-km2", float | None, None,
+        config_flag("--crops-per-scene", "Random slicing: crops per scene."),
+        config_flag("--crops-per-km2",
              "Random slicing: crops per km² of scene (needs a CRS in metres)."),
-        Flag("--seed", int, 0, "Random slicing: the seed crops are drawn from."),
-        Flag("--store-size", int | None, None,
+        config_flag("--seed", "Random slicing: the seed crops are drawn from."),
+        config_flag("--store-size",
              "Store every crop at this edge, e.g. 224 (area averaging for values, nearest for "
              "labels); the manifest keeps each crop's native size, window and scale. Default: "
              "crops are stored as cut."),
-        Flag("--cover-edges", bool, True,
+        config_flag("--cover-edges",
              "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
              "(--no-cover-edges drops partial edge tiles instead)."),
-        Flag("--resampling", str, "bilinear",
+        config_flag("--resampling",
              f"How coarser bands are brought to the finest grid: "
              f"{', '.join(RESAMPLING_CHOICES)}."),
-        Flag("--max-nodata-fraction", float, 0.5,
+        config_flag("--max-nodata-fraction",
              "Exclude a tile when more than this fraction of its pixels is nodata/NaN."),
-        Flag("--calibrate", str, "toa",
+        config_flag("--calibrate",
              "'toa': training reads physical top-of-atmosphere values as the profile defines "
              "them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature "
              "from the MTL file, MODIS scaling); 'none': raw values."),
-        Flag("--store-dtype", str, "compact",
+        config_flag("--store-dtype",
              "How calibrated tiles are stored: 'compact' keeps the raw integers and records "
              "each scene's calibration (CF scale_factor/add_offset) for the loader to apply "
              "(about half the bytes, the same values); 'float32' stores the calibrated values."),
-        Flag("--max-out-of-range-fraction", float, 0.05,
+        config_flag("--max-out-of-range-fraction",
              "Exclude a tile when more than this fraction of its valid pixels lies outside the "
              "profile's valid_range."),
-        Flag("--max-saturated-fraction", float, 0.05,
+        config_flag("--max-saturated-fraction",
              "Exclude a tile when more than this fraction of pixels is saturated."),
-        Flag("--max-cloud-fraction", float, 0.5,
+        config_flag("--max-cloud-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged cloud by the QA "
              "band or cloud mask (Landsat BQA/QA_PIXEL, Sentinel-2 MSK_CLASSI/SCL)."),
-        Flag("--max-cloud-shadow-fraction", float, 0.5,
+        config_flag("--max-cloud-shadow-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged cloud shadow "
              "(Landsat QA_PIXEL/BQA, Sentinel-2 SCL)."),
-        Flag("--max-snow-fraction", float, 1.0,
+        config_flag("--max-snow-fraction",
              "Exclude a tile when more than this fraction of pixels is flagged snow/ice "
              "(default 1.0: snowy tiles are kept, the fraction is recorded)."),
-        Flag("--grid", str | None, None,
+        config_flag("--grid",
              "Swath products (MODIS L1B): resample each granule to this CRS, e.g. EPSG:32632 "
              "or EPSG:4326 (nearest neighbour); default: tiles cut from the swath itself."),
-        Flag("--resolution", float | None, None,
+        config_flag("--resolution",
              "Pixel size for --grid, in the CRS's units (metres for UTM, degrees for "
              "EPSG:4326)."),
-        Flag("--min-band-std", float | None, None,
+        config_flag("--min-band-std",
              "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
              "Default: the profile's min_band_std."),
-        Flag("--dedup", bool, True,
+        config_flag("--dedup",
              "Mark exact and near duplicates across the whole archive (--no-dedup to skip)."),
-        Flag("--near-dup-radius", int, DEFAULT_NEAR_DUP_RADIUS,
+        config_flag("--near-dup-radius",
              "Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are "
              "near duplicates."),
-        Flag("--preview", bool, True,
+        config_flag("--preview",
              "Write preview.png, a mosaic of sample tiles with excluded and duplicate tiles "
              "outlined."),
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def ct_flags() -> list[Flag]:
     """Flags that only the CT build reads (--modality ct)."""
-    return [
+    return of_config(CTBuildConfig, [
         Flag("--spacing", float | list[float], 1.5,
              "Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes)."),
-        Flag("--labels-csv", str | None, None,
+        config_flag("--labels-csv",
              "CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
              "wins over the naming rule. image may be a DICOM series folder."),
-        Flag("--crop-foreground", bool, False,
+        config_flag("--crop-foreground",
              "Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm."),
-        Flag("--foreground-hu", float, -500.0, "Body threshold in HU."),
-        Flag("--crop-margin-mm", float, 10.0, "Margin of the crop in mm."),
-        Flag("--foreground-points", int, 1024,
+        config_flag("--foreground-hu", "Body threshold in HU."),
+        config_flag("--crop-margin-mm", "Margin of the crop in mm."),
+        config_flag("--foreground-points",
              "Crop centres stored per case for foreground-biased sampling (label or body "
              "voxels)."),
-        Flag("--chunk-size", int, 64, "Edge of the cubic zarr chunks."),
-        Flag("--codec", str, "lz4", "Volume codec: lz4 (fast), zstd (small), none."),
-    ]  # fmt: skip
+        config_flag("--chunk-size", "Edge of the cubic zarr chunks."),
+        config_flag("--codec", "Volume codec: lz4 (fast), zstd (small), none."),
+    ])  # fmt: skip
 
 
 def build_parser() -> ArgumentParser:
@@ -395,173 +434,7 @@ def apply_tls_flags(args: Any) -> None:
     dask.config.set({key: path for key, (_, path) in given.items() if path is not None})
 
 
-# -- the summary printed at the end ----------------------------------------------------------------
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def ignored_row(report: BuildReport) -> str:
-    """``N`` and, when any, how many per reason: ``5  (localizer/scout image: 2, ...)``."""
-    if not report.ignored:
-        return "0"
-    return f"{len(report.ignored)}  ({describe_counts(ignored_by_reason(report.ignored))})"
-
-
-def display_path(path: str | Path) -> str:
-    """A path as a user reads it: absolute as is, relative with a leading ``./``."""
-    text = str(path).rstrip("/")
-    return text if Path(text).is_absolute() or text.startswith(".") else f"./{text}"
-
-
-def _resumed(report: BuildReport) -> str:
-    if not report.resumed_parts:
-        return ""
-    return f"  ({report.resumed_parts} resumed from an earlier run)"
-
-
-def summary_table(title: str, rows: list[tuple[str, str]], report: BuildReport) -> str:
-    """``title``, the aligned ``rows``, then quarantined and ignored inputs and the manifest."""
-    width = max(len(k) for k, _ in rows)
-    lines = [title]
-    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-    lines += [f"  quarantined: {q.source}: {q.reason}" for q in report.quarantined]
-    lines += [f"  ignored: {path}: {why}" for path, why in report.ignored[:10]]
-    if len(report.ignored) > 10:
-        lines.append(f"  ... and {len(report.ignored) - 10} more ignored files (see build.json)")
-    manifest = manifest_path(report.out_dir)
-    lines.append(f"  manifest: {manifest} ({report.manifest_rows} rows)")
-    return "\n".join(lines)
-
-
-def slicing_text(cfg: RSBuildConfig) -> str:
-    """How tiles were cut, in a few words: ``224x224, stride 56`` or ``grid 64, 128 px, ...``."""
-    sizes = cfg.tile_sizes
-    stored = f"; stored at {cfg.store_size} px" if cfg.store_size else ""
-    if cfg.slicing == "random":
-        count = (
-            f"{cfg.crops_per_scene} per scene"
-            if cfg.crops_per_scene is not None
-            else f"{cfg.crops_per_km2:g} per km²"
-        )
-        return f"random {sizes[0]}-{sizes[-1]} px, {count}, seed {cfg.seed}{stored}"
-    if len(sizes) == 1:
-        return f"{sizes[0]}x{sizes[0]}, stride {cfg.stride or sizes[0]}{stored}"
-    return f"grid {', '.join(map(str, sizes))} px, overlap {cfg.overlap:g}{stored}"
-
-
-def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
-    """``64 px: 120 of 144, 128 px: 30 of 36`` (written of cut, per native size; a grid size
-    larger than every scene shows ``0 of 0``); random crops per octave: ``64-127 px: ...``."""
-    cut = {int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("tiles_total@")}
-    written = {
-        int(k.split("@")[1]): v for k, v in counts.items() if k.startswith("samples_written@")
-    }
-    if cfg.slicing == "grid":
-        bins = [(s, s, f"{s} px") for s in sorted(set(cfg.tile_sizes) | set(cut))]
-    else:
-        low, high, bins = cfg.tile_sizes[0], cfg.tile_sizes[-1], []
-        while low <= high:
-            top = min(2 * low - 1, high)
-            bins.append((low, top, f"{low}-{top} px" if top > low else f"{low} px"))
-            low *= 2
-    return ", ".join(
-        f"{label}: {sum(v for s, v in written.items() if lo <= s <= hi)} of "
-        f"{sum(v for s, v in cut.items() if lo <= s <= hi)}"
-        for lo, hi, label in bins
-    )
-
-
-def cloud_mask_row(counts: dict[str, int]) -> list[tuple[str, str]]:
-    """A row when some scenes had no cloud mask: their cloudy tiles cannot have been excluded."""
-    n = counts.get("scenes_without_cloud_mask", 0)
-    if not n:
-        return []
-    return [("clouds not checked", f"{n} of {counts.get('scenes_read', 0)} scene(s): no cloud "
-             f"mask in the input (see the manifest's cloud_mask column)")]  # fmt: skip
-
-
-def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
-    c = report.counts
-    excluded = {k.split(":", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("excluded:")}
-    reasons = ", ".join(f"{k}: {v}" for k, v in excluded.items())
-    tiles_per_s = c.get("samples_written", 0) / max(report.seconds, 1e-9)
-    rows = [
-        ("scenes read", f"{c.get('scenes_read', 0)}{_resumed(report)}"),
-        ("scenes quarantined", f"{len(report.quarantined)}"),
-        ("files ignored", ignored_row(report)),
-        ("tiles cut", f"{c.get('tiles_total', 0)}  ({slicing_text(cfg)})"),
-        ("tiles written", f"{c.get('samples_written', 0)}"),
-        *([("per size", per_size_text(c, cfg))] if cfg.multi_size else []),
-        ("tiles excluded", f"{sum(excluded.values())}" + (f"  ({reasons})" if excluded else "")),
-        *cloud_mask_row(c),
-        ("duplicates", f"{c.get('duplicates:exact', 0)} exact, {c.get('duplicates:near', 0)} "
-                       f"near" + ("" if cfg.dedup else "  (dedup off)")),
-        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr)"),
-        ("time", f"{report.seconds:.1f} s  ({tiles_per_s:.0f} tiles/s, {report.scheduler})"),
-    ]  # fmt: skip
-    return summary_table(f"build_dataset: {cfg.profile} -> {report.out_dir}", rows, report)
-
-
-def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
-    c = report.counts
-    fmt = ", ".join(
-        f"{k.split(':', 1)[1]}: {v}" for k, v in sorted(c.items()) if k.startswith("format:")
-    )
-    volumes = c.get("volumes_read", 0)
-    rows = [
-        ("volumes built", f"{volumes}{_resumed(report)}" + (f"  ({fmt})" if fmt else "")),
-        ("volumes quarantined", f"{len(report.quarantined)}"),
-        ("files ignored", ignored_row(report)),
-        ("with label maps", f"{c.get('labels_written', 0)}"),
-        ("exact duplicates", f"{_ct_duplicates(report)}  (marked dup_of in the manifest, kept "
-                             f"in the store)"),
-        ("spacing", " x ".join(f"{s:g}" for s in cfg.spacing) + " mm, int16 HU, RAS"),
-        ("voxels written", f"{c.get('voxels_written', 0) / 1e6:.1f} M"),
-        ("output size", f"{_human_bytes(report.output_bytes)}  (store.zarr, {cfg.codec})"),
-        ("time", f"{report.seconds:.1f} s  ({volumes / max(report.seconds, 1e-9):.2f} "
-                 f"volumes/s, {report.scheduler})"),
-    ]  # fmt: skip
-    return summary_table(f"build_dataset: ct -> {report.out_dir}", rows, report)
-
-
-def _ct_duplicates(report: BuildReport) -> str:
-    """Duplicates marked in the manifest (all of them, resumed parts included)."""
-    try:
-        dup_of = read_manifest(report.out_dir, columns=[COL_DUP_OF]).column(COL_DUP_OF)
-        return str(sum(1 for d in dup_of.to_pylist() if d))
-    except Exception:  # the summary never fails a finished build
-        return "?"
-
-
 # -- entry points ----------------------------------------------------------------------------------
-
-
-def print_band_stats(out: Path, attrs: dict[str, Any]) -> None:
-    width = max(len(b) for b in attrs["bands"])
-    print(f"band statistics of {out} ({attrs['values']}):")
-    print(f"  {'band':<{width}}  {'mean':>12} {'std':>12} {'min':>12} {'max':>12}")
-    for i, b in enumerate(attrs["bands"]):
-        vals = [attrs[k][i] for k in ("mean", "std", "min", "max")]
-        print(
-            f"  {b:<{width}}  "
-            + " ".join(f"{v:>12.5g}" if v is not None else f"{'-':>12}" for v in vals)
-        )
-
-
-def print_hu_stats(out: Path, attrs: dict[str, Any]) -> None:
-    print(f"HU statistics of {out} ({attrs['computed_over']}):")
-    if not attrs["voxels"]:
-        print("  no voxels")
-        return
-    print(f"  voxels {attrs['voxels']}  mean {attrs['mean']:.2f}  std {attrs['std']:.2f}  "
-          f"min {attrs['min']:g}  max {attrs['max']:g}")  # fmt: skip
-    print("  percentiles " + "  ".join(f"{k} {v:g}" for k, v in attrs["percentiles"].items()))
 
 
 def stats_main(argv: list[str]) -> int:
@@ -577,37 +450,30 @@ def stats_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     out = Path(args.output)
     if not manifest_path(out).is_file():
-        print(
-            f"error: --output: {out} holds no built dataset (no {MANIFEST_NAME})", file=sys.stderr
-        )
-        return EXIT_CONFIG
+        raise BuildConfigError(f"--output: {out} holds no built dataset (no {MANIFEST_NAME})")
     is_ct = read_store_attrs(out).get(ATTR_MODALITY) == "ct"
-    try:
-        with output_writes():  # the statistics are written into the store
-            attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
-    except OutputWriteError as e:
-        print(f"error: {e.describe(out)}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
+    with UserErrors(output=out, system_exit=False) as errors, output_writes():
+        # the statistics are written into the store
+        attrs = recompute_ct_stats(out) if is_ct else recompute_store_stats(out)
+    if errors.status is not None:
+        return errors.status
     (print_hu_stats if is_ct else print_band_stats)(out, attrs)
     return EXIT_OK
 
 
-def build_outcome(report: BuildReport, strict: bool) -> int:
-    """The exit status of a finished build, with one line on stderr when it is not 0."""
+def build_failure(report: BuildReport, strict: bool) -> NothingWrittenError | None:
+    """Why a finished build failed (nothing written; with ``strict``, inputs set aside)."""
     why = report.why_nothing_written()
     if why is not None:
-        print(f"error: nothing was written to {report.out_dir}: {why}", file=sys.stderr)
-        return EXIT_FAILED
+        return NothingWrittenError(f"nothing was written to {report.out_dir}: {why}")
     # localizers, scouts and derived copies are part of an ordinary DICOM export, not a fault
     ignored = [why for _, why in report.ignored if not is_export_extra(why)]
     if strict and (report.quarantined or ignored):
-        print(
-            f"error: --strict: {len(report.quarantined)} input(s) quarantined, "
-            f"{len(ignored)} file(s) ignored (see build.json)",
-            file=sys.stderr,
+        return NothingWrittenError(
+            f"--strict: {len(report.quarantined)} input(s) quarantined, "
+            f"{len(ignored)} file(s) ignored (see build.json)"
         )
-        return EXIT_FAILED
-    return EXIT_OK
+    return None
 
 
 def staged_output(cfg: RSBuildConfig | CTBuildConfig) -> tuple[Any, str | None]:
@@ -626,57 +492,56 @@ def staged_output(cfg: RSBuildConfig | CTBuildConfig) -> tuple[Any, str | None]:
     return replace(cfg, output=str(staging_dir(url))), url
 
 
-def publish_build(out_dir: Path, url: str) -> int:
-    """Upload a finished build to ``url``; one line either way."""
+def publish_build(out_dir: Path, url: str) -> None:
+    """Upload a finished build to ``url`` and say so in one line."""
     try:
         published = publish(out_dir, url)
     except ObjectStoreError as e:  # the object store refused or failed the upload
-        print(f"error: {e}; re-run the same command to retry", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
+        raise ObjectStoreError(f"{e}; re-run the same command to retry") from None
     print(
         f"  published: {url} ({published.uploaded} files, "
-        f"{_human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
+        f"{human_bytes(published.bytes_uploaded)} uploaded; {published.skipped} unchanged, "
         f"{published.deleted} stale removed)"
     )
-    return EXIT_OK
 
 
-def build_main(argv: list[str]) -> int:
+def build_main(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
     """A build; the dask settings its flags make (--tls-*) hold for this build only."""
     import dask
 
     saved = copy.deepcopy(dask.config.config)
     try:
-        return run_build_command(argv)
+        return run_build_command(argv, on_part_committed)
     finally:  # in place: dask's functions hold the dict itself as a default argument
         dask.config.config.clear()
         dask.config.config.update(saved)
 
 
-def run_build_command(argv: list[str]) -> int:
-    try:
+def run_build_command(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
+    with UserErrors(system_exit=False) as settings_errors:
         cfg, is_demo = parse_config(argv)
         cfg, publish_url = staged_output(cfg)
+    if settings_errors.status is not None:
+        return settings_errors.status
+    # an output error names the folder being written; no build.json: committed parts stay
+    with UserErrors(output=cfg.output, system_exit=False) as errors:
         if is_demo:
             print(
                 f"No --input given: building the embedded demo archive into "
                 f"{display_path(cfg.output)}/"
             )
-        report = build_ct(cfg) if isinstance(cfg, CTBuildConfig) else build_rs(cfg)
-    except (BuildConfigError, ProfileError, InputError, BuildLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutputWriteError as e:  # no build.json: the build did not finish; committed parts stay
-        print(f"error: {e.describe(cfg.output)}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    if isinstance(cfg, CTBuildConfig):
-        print(format_ct_summary(report, cfg))
-    else:
-        print(format_summary(report, cfg))
-    outcome = build_outcome(report, cfg.strict)
-    if publish_url is not None and report.samples_written > 0:
-        return publish_build(report.out_dir, publish_url) or outcome
-    return outcome
+        build = build_ct if isinstance(cfg, CTBuildConfig) else build_rs
+        report = build(cfg, on_part_committed)
+        if isinstance(cfg, CTBuildConfig):
+            print(format_ct_summary(report, cfg))
+        else:
+            print(format_summary(report, cfg))
+        failure = build_failure(report, cfg.strict)
+        if publish_url is not None and report.samples_written > 0:
+            publish_build(report.out_dir, publish_url)
+        if failure is not None:
+            raise failure
+    return EXIT_OK if errors.status is None else errors.status
 
 
 def kebab_negations(argv: list[str]) -> list[str]:
@@ -708,13 +573,16 @@ def gather_list_values(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_part_committed: PartCommitted | None = None) -> int:
+    """The command; ``on_part_committed(n)`` is called after the n-th part a build commits."""
     argv = kebab_negations(list(sys.argv[1:] if argv is None else argv))
     argv = gather_list_values(argv)
     try:
-        if argv and argv[0] == "stats":
-            return stats_main(argv[1:])
-        return build_main(argv)
+        with UserErrors(system_exit=False) as errors:
+            if argv and argv[0] == "stats":
+                return stats_main(argv[1:])
+            return build_main(argv, on_part_committed)
+        return errors.status if errors.status is not None else EXIT_OK
     except KeyboardInterrupt:
         # finished parts are committed; a re-run skips them and builds the rest
         print(INTERRUPTED, file=sys.stderr)

@@ -47,6 +47,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from data_pipelines.errors import EXIT_USAGE
 from geomed_mim import tasks as task_package
 from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
 from geomed_mim.tasks import run_dir
@@ -59,7 +60,7 @@ from geomed_mim.tasks.resume import read_checkpoint, require_file, resolve_resum
 from geomed_mim.tasks.segmentation import DATA_FIELDS as SEGMENTATION_DATA_FIELDS
 from geomed_mim.tasks.segmentation import SegmentationTask
 from geomed_mim.tasks.store_checks import check_data_config
-from geomed_mim.usage import EXIT_USAGE, UsageError, is_rank_zero, usage_errors_exit
+from geomed_mim.usage import UsageError, is_rank_zero, usage_errors_exit
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,18 @@ class TrainingCLI(LightningCLI):
                 f"data.{field}", f"model.init_args.{field}", apply_on="instantiate"
             )
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "fit":
-            parser.set_defaults(ckpt_path="last")  # the same command resumes
-        return parser
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self.parser.set_defaults({"fit.ckpt_path": "last"})  # the same command resumes
 
     # -- before anything is built ----------------------------------------------------------
-    def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before Lightning reads the task's arguments from it."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` before Lightning reads the task's arguments from it
+        (which it does right after this)."""
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if subcommand and subcommand != "fit" and not ckpt_path:
@@ -142,9 +146,6 @@ class TrainingCLI(LightningCLI):
             )
         if ckpt_path and ckpt_path != "last":
             self.check_own_checkpoint(require_file(ckpt_path, "--ckpt_path"))
-        super()._parse_ckpt_path()
-        if subcommand and subcommand != "fit" and ckpt_path:
-            self.adopt_checkpoint_architecture(ckpt_path)
 
     def check_own_checkpoint(self, path: Path) -> None:
         """``path`` is a checkpoint of this command's task (Lightning would otherwise rebuild
@@ -181,6 +182,8 @@ class TrainingCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand or "fit"  # no subcommand: built to be run by the caller
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if subcommand != "fit" and config.get("ckpt_path"):
+            self.adopt_checkpoint_architecture(config["ckpt_path"])
         check_data_config(config["data"], subcommand, self.labeled_data)
         self.check_init_from(config["model"].get("init_args") or {})
         if subcommand == "predict":
@@ -195,7 +198,8 @@ class TrainingCLI(LightningCLI):
 
     # -- building the trainer ----------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={}) or {}
+        # the instantiated config of the subcommand (or the whole one without subcommands)
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         root = run_dir.run_root(config)
         kwargs = {**torchrun_trainer_overrides(config), **kwargs}
         if self.subcommand == "predict":

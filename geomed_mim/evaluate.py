@@ -38,7 +38,7 @@ from geomed_mim.evaluation.protocol import (
 )
 from geomed_mim.evaluation.scene_data import SceneData
 from geomed_mim.evaluation.scene_protocol import SceneProtocol, evaluate_scenes
-from geomed_mim.usage import UsageError, one_line, usage_errors_exit
+from geomed_mim.usage import UsageError, UserErrors, one_line
 
 
 class _Parser(ArgumentParser):
@@ -114,7 +114,7 @@ def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
     args = sys.argv[1:] if args is None else list(args)
-    with usage_errors_exit():
+    with UserErrors():  # an output error names --output, where the report is written
         if is_scene_task(args):
             cfg = scene_parser().parse_args(args).as_dict()
             cfg.pop("config", None)

@@ -44,6 +44,7 @@ from typing import Any
 import timm
 from safetensors.torch import save
 
+from data_pipelines.errors import EXIT_OK
 from data_pipelines.store import atomic_write_bytes, atomic_write_json
 from geomed_mim.model_card import write_model_card
 from geomed_mim.models.swin import NoTimmTwinError, SwinV2Encoder
@@ -61,7 +62,7 @@ from geomed_mim.models.weights import (
     read_checkpoint_entries,
     to_monai_state_dict,
 )
-from geomed_mim.usage import EXIT_USAGE, UsageError  # a user mistake: one line, no traceback
+from geomed_mim.usage import UsageError, UserErrors  # a user mistake: one line, no traceback
 
 
 def timm_spec(encoder: VisionTransformerEncoder, meta: dict[str, Any]) -> tuple[str, dict]:
@@ -218,11 +219,6 @@ def push_to_hub(folder: str | Path, repo: str) -> str:
     return f"https://huggingface.co/{repo}"
 
 
-def usage_error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m geomed_mim.export",
@@ -235,19 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", "-o", required=True, help="output folder")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload to this Hub repository")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        return usage_error(
-            f"checkpoint: {args.checkpoint} is not a file; give the .ckpt a "
-            "pretraining run wrote (or a fine-tuning run), e.g. runs/<run>/checkpoints/last.ckpt"
-        )
-    try:
-        config = export_encoder(args.checkpoint, args.output)
-    except NotAPretrainingCheckpointError as e:
-        return usage_error(
-            f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
-        )
-    except NoTimmTwinError as e:
-        return usage_error(f"checkpoint: {e}")
+    with UserErrors(output=args.output, system_exit=False) as errors:
+        config = export_checked(args.checkpoint, args.output)
+    if errors.status is not None:
+        return errors.status
     target = config["architecture"]
     print(
         f"exported the {config['spatial_dims']}-D encoder of a {config['checkpoint_kind']} "
@@ -256,11 +243,29 @@ def main(argv: list[str] | None = None) -> int:
         f"  loads into: {target} {config.get('timm_kwargs') or ''}"
     )
     if args.push_to_hub:
-        try:
+        with UserErrors(system_exit=False) as errors:
             print(f"uploaded to {push_to_hub(args.output, args.push_to_hub)}")
-        except UsageError as e:
-            return usage_error(str(e))
-    return 0
+        if errors.status is not None:
+            return errors.status
+    return EXIT_OK
+
+
+def export_checked(checkpoint: str, output: str) -> dict[str, Any]:
+    """:func:`export_encoder`, with a checkpoint that cannot be exported a usage error naming
+    the ``checkpoint`` argument."""
+    if not Path(checkpoint).is_file():
+        raise UsageError(
+            f"checkpoint: {checkpoint} is not a file; give the .ckpt a "
+            "pretraining run wrote (or a fine-tuning run), e.g. runs/<run>/checkpoints/last.ckpt"
+        )
+    try:
+        return export_encoder(checkpoint, output)
+    except NotAPretrainingCheckpointError as e:
+        raise UsageError(
+            f"checkpoint: {e}; give the .ckpt a pretraining run wrote (or a fine-tuning run)"
+        ) from None
+    except NoTimmTwinError as e:
+        raise UsageError(f"checkpoint: {e}") from None
 
 
 if __name__ == "__main__":

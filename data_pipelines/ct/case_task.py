@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.counts import FORMAT, reason_key
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom import read_series
 from data_pipelines.ct.discover import CTCase
@@ -231,7 +232,7 @@ def case_counts(case: CTCase, src: SourceVolume, stored: StoredCase) -> dict[str
         "volumes_read": 1,
         "samples_written": 1,
         "voxels_written": int(stored.hu.size),
-        f"format:{case.kind}": 1,
+        reason_key(FORMAT, case.kind): 1,
     }
     if stored.labels is not None:
         counts["labels_written"] = 1

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.errors import first_line
+from data_pipelines.errors import UserError, first_line
 
 # a neighbour gap above this multiple of the usual step is a candidate lost slice
 MISSING_SLICE_FACTOR = 1.5
@@ -40,7 +40,7 @@ MAX_GANTRY_TILT_DEG = 30.0
 MIN_TILT_SHIFT_PIXELS = 0.01
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(UserError, ValueError):
     """A DICOM series that cannot be stacked into a volume (the reason says why)."""
 
 

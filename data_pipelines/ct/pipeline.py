@@ -22,7 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from data_pipelines import parallel
-from data_pipelines.build import BuildReport, BuildTask, assign_split, run_build
+from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
+from data_pipelines.counts import DUPLICATES, reason_key
 from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.discover import CTDiscovery, discover_ct
@@ -68,7 +69,7 @@ def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
 
 def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     dups = sum(1 for d in manifest.column("dup_of").to_pylist() if d)
-    return manifest, {"duplicates:exact": dups}
+    return manifest, {reason_key(DUPLICATES, "exact"): dups}
 
 
 def finalize_ct(out_dir: str, table: pa.Table, cfg: CTBuildConfig) -> tuple[pa.Table, dict]:
@@ -99,18 +100,21 @@ def store_attributes(cfg: CTBuildConfig) -> dict[str, Any]:
     return attrs
 
 
-def build_ct(cfg: CTBuildConfig) -> BuildReport:
-    """Validate, discover, and run the build; config errors are raised before any work."""
+def build_ct(cfg: CTBuildConfig, on_part_committed: PartCommitted | None = None) -> BuildReport:
+    """Validate, discover, and run the build; config errors are raised before any work.
+    ``on_part_committed`` as in :func:`~data_pipelines.build.run_build`."""
     cfg.validate()
     # one cluster for both: DICOM headers are read on the workers that then build the volumes
     with parallel.session(cfg.scheduler, cfg.workers):
         discovery = discover_ct(
             cfg.input, cfg.labels, cfg.labels_csv, scheduler=cfg.scheduler, workers=cfg.workers
         )
-        return run_ct_tasks(cfg, discovery)
+        return run_ct_tasks(cfg, discovery, on_part_committed)
 
 
-def run_ct_tasks(cfg: CTBuildConfig, discovery: CTDiscovery) -> BuildReport:
+def run_ct_tasks(
+    cfg: CTBuildConfig, discovery: CTDiscovery, on_part_committed: PartCommitted | None = None
+) -> BuildReport:
     out_dir = str(Path(cfg.output).resolve())
     parts = unique_part_names([c.case_id for c in discovery.cases])
     tasks = [
@@ -132,4 +136,5 @@ def run_ct_tasks(cfg: CTBuildConfig, discovery: CTDiscovery) -> BuildReport:
         overwrite=cfg.overwrite,
         ignored=discovery.ignored,
         unit="volume",
+        on_part_committed=on_part_committed,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.errors import first_line
+from data_pipelines.errors import UserError, first_line
 from data_pipelines.store.layout import HU_PERCENTILES, hu_percentile_column
 
 INT16_MIN, INT16_MAX = -32768, 32767
@@ -30,7 +30,7 @@ AIR_HU = -1024
 MAX_ROUNDING_SHEAR_VOXELS = 0.01
 
 
-class VolumeError(ValueError):
+class VolumeError(UserError, ValueError):
     """An input that is not a usable CT volume; the message says what is wrong."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,14 @@ class RSBuildConfig(BuildConfig):
     resampling: str = "bilinear"
     calibrate: str = "toa"
     store_dtype: str = STORE_DTYPE_COMPACT
-    max_nodata_fraction: float = 0.5
-    max_out_of_range_fraction: float = 0.05
-    max_saturated_fraction: float = 0.05
-    max_cloud_fraction: float = 0.5
-    max_cloud_shadow_fraction: float = 0.5
-    max_snow_fraction: float = 1.0
-    min_band_std: float | None = None
+    # the exclusion thresholds, defaulting as the rules themselves do
+    max_nodata_fraction: float = ExclusionRules.max_nodata_fraction
+    max_out_of_range_fraction: float = ExclusionRules.max_out_of_range_fraction
+    max_saturated_fraction: float = ExclusionRules.max_saturated_fraction
+    max_cloud_fraction: float = ExclusionRules.max_cloud_fraction
+    max_cloud_shadow_fraction: float = ExclusionRules.max_cloud_shadow_fraction
+    max_snow_fraction: float = ExclusionRules.max_snow_fraction
+    min_band_std: float | None = ExclusionRules.min_band_std
     grid: str | None = None  # swath products: resample to this CRS ("EPSG:32632")
     resolution: float | None = None  # ...at this pixel size, in the CRS's units
     labels: str | None = None
@@ -225,15 +226,7 @@ class RSBuildConfig(BuildConfig):
         return load_class_table(self.classes) if self.labels and self.classes else None
 
     def rules(self) -> ExclusionRules:
-        return ExclusionRules(
-            max_nodata_fraction=self.max_nodata_fraction,
-            max_out_of_range_fraction=self.max_out_of_range_fraction,
-            max_saturated_fraction=self.max_saturated_fraction,
-            max_cloud_fraction=self.max_cloud_fraction,
-            max_cloud_shadow_fraction=self.max_cloud_shadow_fraction,
-            max_snow_fraction=self.max_snow_fraction,
-            min_band_std=self.min_band_std,
-        )
+        return ExclusionRules(**{f.name: getattr(self, f.name) for f in fields(ExclusionRules)})
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape the parts; a resume must use the same ones."""

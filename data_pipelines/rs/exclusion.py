@@ -77,10 +77,6 @@ def flag_group_mask(qa: np.ndarray, profile: SensorProfile, group: str) -> np.nd
     return mask
 
 
-def cloud_mask(qa: np.ndarray, profile: SensorProfile) -> np.ndarray:
-    return flag_group_mask(qa, profile, "cloud_flags")
-
-
 def invalid_pixels(raw: np.ndarray, profile: SensorProfile, qa: np.ndarray | None) -> np.ndarray:
     """``[n, h, w]``: pixels that are nodata in any band of ``raw`` ``[n, C, h, w]``."""
     invalid = np.zeros((raw.shape[0], *raw.shape[2:]), dtype=bool)

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_pipelines.build import BuildReport, BuildTask, assign_split, run_build
+from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
+from data_pipelines.counts import DUPLICATES, reason_key
 from data_pipelines.dedup import mark_duplicates
 from data_pipelines.errors import BuildConfigError
 from data_pipelines.rs.config import RSBuildConfig
@@ -90,8 +91,8 @@ def mark_tile_duplicates(
     table = replace_column(table, "dup_kind", dup_kind)
     unique = kept & (dup_idx < 0)
     counts = {
-        "duplicates:exact": int(sum(k == "exact" for k in dup_kind)),
-        "duplicates:near": int(sum(k == "near" for k in dup_kind)),
+        reason_key(DUPLICATES, "exact"): int(sum(k == "exact" for k in dup_kind)),
+        reason_key(DUPLICATES, "near"): int(sum(k == "near" for k in dup_kind)),
         "samples_unique": int(unique.sum()),
     }
     return table, unique, counts
@@ -233,8 +234,9 @@ def check_tile_fits(scenes: list[Scene], profile: SensorProfile, cfg: RSBuildCon
         )
 
 
-def build_rs(cfg: RSBuildConfig) -> BuildReport:
-    """Validate, discover, and run the build; config errors are raised before any work."""
+def build_rs(cfg: RSBuildConfig, on_part_committed: PartCommitted | None = None) -> BuildReport:
+    """Validate, discover, and run the build; config errors are raised before any work.
+    ``on_part_committed`` as in :func:`~data_pipelines.build.run_build`."""
     cfg.validate()
     profile = load_profile(cfg.profile)
     discovery = discover_scenes(cfg.input, profile)
@@ -256,4 +258,5 @@ def build_rs(cfg: RSBuildConfig) -> BuildReport:
         ignored=discovery.ignored,
         unit="scene",
         extra_groups=(LABELS_GROUP,) if cfg.labels else (),
+        on_part_committed=on_part_committed,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from data_pipelines.errors import UserError
 from data_pipelines.resources import configs_dir
 
 BAND_KINDS = ("reflectance", "emissive", "other")
@@ -46,7 +47,7 @@ PRODUCT_OVERRIDES = (
 QA_FLAG_GROUPS = ("cloud_flags", "shadow_flags", "snow_flags")
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile name, file or field that cannot be used."""
 
 

@@ -32,7 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
-from data_pipelines.errors import first_line
+from data_pipelines.errors import UserError, first_line
 from data_pipelines.remote import is_remote, worker_gdal_options
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
 from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS
@@ -106,7 +106,7 @@ def not_read(kind: str, profile: SensorProfile) -> str:
 GDAL_CACHE_MB = 64
 
 
-class SceneError(RuntimeError):
+class SceneError(UserError, RuntimeError):
     """A scene that cannot be used; the message is the one-line quarantine reason."""
 
 

@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from data_pipelines.classes import ClassTable
+from data_pipelines.counts import EXCLUDED, SAMPLES_WRITTEN, TILES_TOTAL, reason_key, size_key
 from data_pipelines.dedup import exact_hash, perceptual_hashes
 from data_pipelines.rs.config import SLICING_RANDOM, STORE_DTYPE_COMPACT, RSBuildConfig
 from data_pipelines.rs.discover import Scene
@@ -314,12 +315,12 @@ def measure_and_exclude(
     profile, rules = part.profile, part.job.config.rules()
     qualities = measure_batch(raw, profile, qa)
     reasons = [exclusion_reason(q, rules, profile) for q in qualities]
-    part.counts["tiles_total"] += len(reasons)
-    per_size = f"tiles_total@{raw.shape[-1]}"
+    part.counts[TILES_TOTAL] += len(reasons)
+    per_size = size_key(TILES_TOTAL, raw.shape[-1])
     part.counts[per_size] = part.counts.get(per_size, 0) + len(reasons)
     for reason in reasons:
         if reason is not None:
-            key = f"excluded:{reason}"
+            key = reason_key(EXCLUDED, reason)
             part.counts[key] = part.counts.get(key, 0) + 1
     return qualities, reasons
 
@@ -414,8 +415,8 @@ def write_kept(
         part.label_writers[size].append(np.ascontiguousarray(label_tile))
         row["label_array"] = part.label_writers[size].path
         row["labeled_fraction"] = float((label_tile != part.table.stored_ignore_index).mean())
-    part.counts["samples_written"] += 1
-    per_size = f"samples_written@{native}"
+    part.counts[SAMPLES_WRITTEN] += 1
+    per_size = size_key(SAMPLES_WRITTEN, native)
     part.counts[per_size] = part.counts.get(per_size, 0) + 1
 
 

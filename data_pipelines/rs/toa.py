@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.errors import UserError
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.registry import product_entry
 from data_pipelines.rs.profiles import SensorProfile
@@ -77,7 +78,7 @@ LANDSAT_C2_SR_SCALE, LANDSAT_C2_SR_OFFSET = 2.75e-5, -0.2
 LANDSAT_C2_ST_SCALE, LANDSAT_C2_ST_OFFSET = 0.00341802, 149.0
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(UserError, RuntimeError):
     """A scene lacks what its calibration needs (e.g. the Landsat MTL file)."""
 
 
@@ -171,15 +172,6 @@ def _json_groups(node: Any, name: str, out: dict[str, dict[str, str]]) -> None:
             _json_groups(value, key, out)
         else:
             out.setdefault(name, {})[key] = str(value)
-
-
-def parse_mtl(path: str | Path) -> dict[str, str]:
-    """``KEY = VALUE`` pairs of a Landsat MTL file, groups flattened (first occurrence wins)."""
-    flat: dict[str, str] = {}
-    for values in read_mtl(path).values():
-        for k, v in values.items():
-            flat.setdefault(k, v)
-    return flat
 
 
 def level1_values(groups: dict[str, dict[str, str]]) -> dict[str, str]:

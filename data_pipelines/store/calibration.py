@@ -44,6 +44,17 @@ STORED_RAW = "raw"
 # columns of StoredCalibration.table(): one row per band; NaN in a column = that step is skipped
 # (bt_span = hi - lo, taken in float64 as the NumPy formula does, then rounded to float32)
 TABLE_COLUMNS = ("scale", "offset", "k1", "k2", "tci", "tcs", "bt_lo", "bt_span")
+# their numbers, for code that reads the table (the loader's batched calibration)
+CAL_SCALE, CAL_OFFSET, CAL_K1, CAL_K2, CAL_TCI, CAL_TCS, CAL_BT_LO, CAL_BT_SPAN = range(
+    len(TABLE_COLUMNS)
+)
+# the steps after the affine one, each a pair of columns: Planck inversion (k1, k2),
+# temperature correction (tci, tcs), min-max scaling (bt_lo, bt_span)
+THERMAL_COLUMNS = (CAL_K1, CAL_K2)
+BT_CORRECTION_COLUMNS = (CAL_TCI, CAL_TCS)
+BT_RANGE_COLUMNS = (CAL_BT_LO, CAL_BT_SPAN)
+# the entries of StoredCalibration.invalid_values(): raw nodata, flag threshold (NaN: none)
+INVALID_NODATA, INVALID_ABOVE = 0, 1
 
 Pair = tuple[float, float] | None
 
@@ -101,13 +112,18 @@ class StoredCalibration:
     def table(self) -> np.ndarray:
         """``[C, 8]`` float32 coefficients in :data:`TABLE_COLUMNS` order (NaN: step skipped)."""
         out = np.full((self.bands, len(TABLE_COLUMNS)), np.nan, dtype=np.float32)
-        out[:, 0] = self.scale.astype(np.float32)
-        out[:, 1] = self.offset.astype(np.float32)
+        out[:, CAL_SCALE] = self.scale.astype(np.float32)
+        out[:, CAL_OFFSET] = self.offset.astype(np.float32)
         spans = tuple(None if r is None else (r[0], r[1] - r[0]) for r in self.bt_range)
-        for col, pairs in ((2, self.thermal), (4, self.bt_correction), (6, spans)):
+        steps = (
+            (THERMAL_COLUMNS, self.thermal),
+            (BT_CORRECTION_COLUMNS, self.bt_correction),
+            (BT_RANGE_COLUMNS, spans),
+        )
+        for columns, pairs in steps:
             for c, pair in enumerate(pairs):
                 if pair is not None:
-                    out[c, col : col + 2] = np.asarray(pair, dtype=np.float64).astype(np.float32)
+                    out[c, list(columns)] = np.asarray(pair, dtype=np.float64).astype(np.float32)
         return out
 
     def invalid_values(self) -> np.ndarray:
@@ -154,7 +170,7 @@ class StoredCalibration:
 def identity_table(bands: int) -> np.ndarray:
     """The :meth:`StoredCalibration.table` of values that are already final (x * 1 + 0)."""
     out = np.full((bands, len(TABLE_COLUMNS)), np.nan, dtype=np.float32)
-    out[:, 0], out[:, 1] = 1.0, 0.0
+    out[:, CAL_SCALE], out[:, CAL_OFFSET] = 1.0, 0.0
     return out
 
 

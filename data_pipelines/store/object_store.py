@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from data_pipelines.errors import EXIT_OUTPUT_ERROR, UserError
 from data_pipelines.store.layout import (
     BUILD_RECORD_NAME,
     LOCK_NAME,
@@ -43,8 +44,10 @@ STAGING_ENV = "GEOMED_STAGING_DIR"  # where --output URLs are built before publi
 STORE_CACHE_ENV = "GEOMED_STORE_CACHE"  # where stores on object storage are staged in
 
 
-class ObjectStoreError(RuntimeError):
+class ObjectStoreError(UserError, RuntimeError):
     """An object-store URL that cannot be written or read; the message is one line."""
+
+    exit_status = EXIT_OUTPUT_ERROR  # the object store refused or failed a transfer
 
 
 @dataclass

@@ -141,7 +141,6 @@ class LazyZarrArrays:
     def __init__(self, store_dir: str | Path) -> None:
         self.store_dir = str(store_dir)
         self.location = store_location(store_dir)  # store.zarr: a local Path or a URL
-        self.store_path = str(self.location)
         self.source = source_for(self.location)  # opens its connection per process
         self._pid: int | None = None
         self._layouts: dict[str, ArrayLayout] = {}
@@ -150,7 +149,7 @@ class LazyZarrArrays:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store_dir": self.store_dir, "location": self.location,
-                "store_path": self.store_path, "source": self.source, "_pid": None,
+                "source": self.source, "_pid": None,
                 "_layouts": {}, "_calibrations": {}, "_zarr": {}}  # fmt: skip
 
     @property

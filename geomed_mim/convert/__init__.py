@@ -26,11 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.errors import EXIT_OK
 from data_pipelines.rs.profiles import ProfileError, load_profile
 from geomed_mim.convert.common import Converted, band_table, match_bands, resample_positions
 from geomed_mim.convert.common import write_export as write_folder
 from geomed_mim.model_card import write_model_card
-from geomed_mim.usage import EXIT_USAGE, UsageError, print_usage_error
+from geomed_mim.usage import UsageError, UserErrors
 
 FORMATS = ("satvision", "mae", "timm", "swinunetr", "torchgeo:<Weights>.<MEMBER>")
 
@@ -168,11 +169,10 @@ def convert(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+    with UserErrors(output=args.output, system_exit=False) as errors:
         config, report = convert(args)
-    except UsageError as e:
-        print_usage_error(str(e))
-        return EXIT_USAGE
+    if errors.status is not None:
+        return errors.status
     if report is not None:
         print(band_table(report))
     else:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.output}: model.safetensors{decoder} + config.json + README.md; loads into "
         f"{config['architecture']} {config.get('timm_kwargs') or ''}"
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

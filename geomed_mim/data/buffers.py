@@ -40,11 +40,8 @@ def torch_dtype(dtype: np.dtype) -> torch.dtype:
 def fresh_buffer(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
     """An uninitialized tensor; ``shared``: in shared memory from the start (as
     ``default_collate`` does in workers), so sending it to the main process moves a handle."""
-    if not shared:
-        return torch.empty(tuple(shape), dtype=dtype)
-    elem = torch.empty(0, dtype=dtype)
-    storage = elem._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
-    return elem.new(storage).resize_(tuple(shape))
+    buffer = torch.empty(tuple(shape), dtype=dtype)
+    return buffer.share_memory_() if shared else buffer
 
 
 class BatchBuffers:

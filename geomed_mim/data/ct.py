@@ -49,6 +49,7 @@ from data_pipelines.store.source import (
     store_location,
 )
 from geomed_mim.data.chunked_volume import ChunkedVolume
+from geomed_mim.data.seeds import crop_rng, fixed_crop_rng
 from geomed_mim.data.splits import SlabSplit
 
 DEFAULT_WINDOW = (-175.0, 250.0)
@@ -247,7 +248,7 @@ class CTCropDataset(Dataset):
         if self._pid != pid:  # first use in this process (a fresh worker after fork/spawn)
             self._pid = pid
             self._arrays, self._points, self._buffers, self._sources = {}, {}, {}, {}
-            self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**63])
+            self._rng = crop_rng(self.seed)
 
     def _array(self, store: str, path: str) -> ChunkedVolume:
         key = f"{store}|{path}"
@@ -312,7 +313,7 @@ class CTCropDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._ensure_process_state()
-        rng = np.random.default_rng([self.seed, index]) if self.fixed_crops else self._rng
+        rng = fixed_crop_rng(self.seed, index) if self.fixed_crops else self._rng
         assert rng is not None
         ref = self.cases[index % len(self.cases)]
         vol = self._array(ref.store, ref.array)

@@ -194,7 +194,6 @@ class RSDataModule(StoreDataModule):
             batch_size, num_workers, val_split, seed, pin_memory, persistent_workers,
             global_batch_size, drop_last, prefetch_factor,
         )  # fmt: skip
-        self.store_source = str(store)  # as given: a folder or an object-store URL
         self.store = str(store)  # an s3:// store is read in place, by range, like a local one
         self.size_weights = {int(k): float(v) for k, v in (size_weights or {}).items()} or None
         self.crop_scale = tuple(crop_scale)
@@ -270,7 +269,7 @@ class RSDataModule(StoreDataModule):
             "preview_bands": [
                 self.bands.index(b) for b in profile.get("preview_rgb", []) if b in self.bands
             ],
-            "store": _store_record(self.store_source),
+            "store": _store_record(self.store),
         }
 
     # -- Lightning hooks -----------------------------------------------------------------------
@@ -410,7 +409,6 @@ class CTDataModule(StoreDataModule):
         self.slab = None
         if val_split == "slab":
             self.slab = SlabSplit(slab_axis, slab_fraction, slab_margin, slab_side)
-        self.store_sources = [str(s) for s in stores]
         self.stores = [str(s) for s in stores]  # folders or object-store URLs, read in place
         self.crops_per_volume = crops_per_volume
         self.img_size = int(crop_size)
@@ -431,7 +429,7 @@ class CTDataModule(StoreDataModule):
             "stats_source": f"HU window {list(self.window)} mapped to [0, 1] by the loader",
             "window_hu": list(self.window),
             "preview_bands": [0],
-            "store": [_store_record(s) for s in self.store_sources],
+            "store": [_store_record(s) for s in self.stores],
         }
 
     def crops(self, split: str | None, augment: bool, **options: Any) -> Any:

@@ -16,14 +16,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torch.utils.data._utils.collate import default_collate
 
-from data_pipelines.store.calibration import NO_INVALID, identity_table
+from data_pipelines.store.calibration import NO_INVALID, TABLE_COLUMNS, identity_table
 from data_pipelines.store.index import SampleIndex, build_sample_index
 from data_pipelines.store.read import LazyZarrArrays
 from data_pipelines.store.source import join
@@ -31,6 +30,26 @@ from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torc
 from geomed_mim.data.transforms import TileBatchTransform
 
 log = logging.getLogger(__name__)
+
+# one sample's augmentation row (RSTileDataset.augmentation): the crop box (top, left, h, w),
+# the flips (left-right, up-down), the quarter turns
+AUGMENT_CROP, AUGMENT_FLIPS, AUGMENT_TURNS = slice(0, 4), slice(4, 6), 6
+AUGMENT_WIDTH = 7
+
+
+class CompactTileBatch(TypedDict, total=False):
+    """What a worker delivers: stored integers plus what turns them into training images,
+    kept as tensors so that a batch crosses processes as a few shared buffers. Keys, shapes and
+    dtypes: the compact batch of :mod:`geomed_mim.data.transforms`."""
+
+    tile: torch.Tensor
+    calibration: torch.Tensor
+    invalid: torch.Tensor
+    crop: torch.Tensor
+    flip: torch.Tensor
+    rot90: torch.Tensor
+    index: torch.Tensor
+    buffer: torch.Tensor
 
 
 def compute_band_stats(
@@ -138,7 +157,7 @@ class StoreTiles(Dataset):
         path_ids = np.unique(self.index.array[np.asarray(rows, dtype=np.int64)])
         return np.result_type(*[self.reader.layout(self.index.paths[k]).dtype for k in path_ids])
 
-    def read_tiles(self, rows: Sequence[int], pooled: bool = True) -> dict[str, torch.Tensor]:
+    def read_tiles(self, rows: Sequence[int], pooled: bool = True) -> CompactTileBatch:
         """``tile`` [n, C, H, W] (as stored), ``calibration`` [n, C, 8], ``invalid`` [n, 2] and,
         with ``pooled``, the ``buffer`` ticket [1, 4] of a reusable buffer."""
         first = self.index.paths[int(self.index.array[rows[0]])]
@@ -149,8 +168,8 @@ class StoreTiles(Dataset):
         else:
             tiles, ticket = fresh_buffer(shape, torch_dtype(dtype), False), None
         out = tiles.numpy()
-        table = np.empty((len(rows), shape[1], 8), dtype=np.float32)
-        invalid = np.empty((len(rows), 2), dtype=np.float32)
+        table = np.empty((len(rows), shape[1], len(TABLE_COLUMNS)), dtype=np.float32)
+        invalid = np.empty((len(rows), len(NO_INVALID)), dtype=np.float32)
         for k, i in enumerate(rows):
             path_id = int(self.index.array[i])
             path = self.index.paths[path_id]
@@ -159,7 +178,7 @@ class StoreTiles(Dataset):
             else:  # a part of another dtype in a mixed batch
                 out[k] = self.reader.read(path, int(self.index.tile[i]))
             table[k], invalid[k] = self.calibration_of(path_id)
-        batch = {
+        batch: CompactTileBatch = {
             "tile": tiles,
             "calibration": torch.from_numpy(table),
             "invalid": torch.from_numpy(invalid),
@@ -215,7 +234,7 @@ class RSTileDataset(StoreTiles):
         without augmentation); draws from ``gen`` (None: torch's global generator). The turns
         are drawn last, so turning them on leaves every sample's box and flips as they were."""
         if not self.augment:
-            return np.array([0, 0, height, width, 0, 0, 0], dtype=np.int64)
+            return np.array([0, 0, height, width, 0, 0, 0], dtype=np.int64)  # whole, unturned
         box = random_resized_crop_params(height, width, self.crop_scale, self.crop_ratio, gen)
         flips = [0, 0]
         if self.flips:
@@ -230,28 +249,24 @@ class RSTileDataset(StoreTiles):
             "tile": batch["tile"][0],
             "calibration": batch["calibration"][0],
             "invalid": batch["invalid"][0],
-            "crop": torch.from_numpy(aug[:4]),
-            "flip": torch.from_numpy(aug[4:6] > 0),
-            "rot90": torch.tensor(aug[6]),
+            "crop": torch.from_numpy(aug[AUGMENT_CROP]),
+            "flip": torch.from_numpy(aug[AUGMENT_FLIPS] > 0),
+            "rot90": torch.tensor(aug[AUGMENT_TURNS]),
             "index": i,
         }
 
-    def load_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> dict[str, Any]:
+    def load_batch(self, indices: Sequence[int], seeds: Sequence[int]) -> CompactTileBatch:
         """The compact batch of ``indices``; sample ``indices[k]`` draws its crop and flips
         from a generator seeded with ``seeds[k]`` (so it gets the same ones in any batch)."""
         batch = self.read_tiles(indices)
         if self._gen is None:
             self._gen = torch.Generator()
-        aug = np.empty((len(indices), 7), dtype=np.int64)
+        aug = np.empty((len(indices), AUGMENT_WIDTH), dtype=np.int64)
         for k, seed in enumerate(seeds):
             self._gen.manual_seed(int(seed))
             aug[k] = self.augmentation(*batch["tile"].shape[-2:], self._gen)
-        batch["crop"] = torch.from_numpy(aug[:, :4])
-        batch["flip"] = torch.from_numpy(aug[:, 4:6] > 0)
-        batch["rot90"] = torch.from_numpy(aug[:, 6])
+        batch["crop"] = torch.from_numpy(aug[:, AUGMENT_CROP])
+        batch["flip"] = torch.from_numpy(aug[:, AUGMENT_FLIPS] > 0)
+        batch["rot90"] = torch.from_numpy(aug[:, AUGMENT_TURNS])
         batch["index"] = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return batch
-
-    def image(self, i: int) -> torch.Tensor:
-        """Sample ``i`` as training sees it (``[C, S, S]``, this process's torch RNG)."""
-        return self.transform(default_collate([self[i]]))["image"][0]

@@ -30,11 +30,8 @@ from data_pipelines.store.layout import (
     ATTR_CALIBRATION,
     ATTR_CLASSES,
     ATTR_SPACING,
-    COL_ARRAY,
-    COL_INDEX,
-    COL_LABEL_ARRAY,
 )
-from data_pipelines.store.read import read_manifest, read_store_attrs, usable_rows
+from data_pipelines.store.read import read_store_attrs
 from geomed_mim.data.buffers import TICKET_KEY, BatchBuffers, fresh_buffer, torch_dtype
 from geomed_mim.data.ct import CTCropDataset
 from geomed_mim.data.datamodules import CTDataModule, RSDataModule
@@ -60,18 +57,6 @@ def store_classes(store: str | Path) -> dict[str, Any]:
             f"(e.g. configs/data/demo_lulc.yaml or configs/data/demo_ct_organs.yaml)"
         )
     return dict(classes)
-
-
-def labeled_rs_samples(
-    store: str | Path, split: str | None, include_duplicates: bool = False
-) -> list[tuple[str, str, int]]:
-    """(tile array, label array, index) of usable labeled samples in ``split``, as a list
-    (the loaders use the columnar ``build_sample_index(..., labels=True)`` of the same rows)."""
-    rows = usable_rows(
-        read_manifest(store), split, include_duplicates, require=(COL_ARRAY, COL_LABEL_ARRAY)
-    )
-    columns = (rows.column(c).to_pylist() for c in (COL_ARRAY, COL_LABEL_ARRAY, COL_INDEX))
-    return [(a, lab, int(i)) for a, lab, i in zip(*columns, strict=True)]
 
 
 class RSSegDataset(StoreTiles):
@@ -482,7 +467,6 @@ __all__ = [
     "CTVolumeDataset",
     "RSSegDataModule",
     "RSSegDataset",
-    "labeled_rs_samples",
     "predict_loader",
     "store_classes",
 ]

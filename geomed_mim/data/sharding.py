@@ -31,14 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from geomed_mim.data.seeds import augment_seed, batch_order_seed, group_order_seed, group_pass
 
 log = logging.getLogger(__name__)
-
-# entropy tag that keeps augmentation streams apart from the mask-noise streams, which are
-# seeded from (mask_seed, epoch, index) without a tag (geomed_mim.tasks.pretraining.mask_seeds_for)
-_AUGMENT_STREAM = 0xA06
 
 
 def global_batches(
@@ -58,8 +55,7 @@ def global_batches(
     if global_batch_size < 1:
         raise ValueError(f"global batch size must be >= 1, got {global_batch_size}")
     if shuffle:
-        state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
-        gen = torch.Generator().manual_seed(int(state & (2**63 - 1)))
+        gen = torch.Generator().manual_seed(batch_order_seed(seed, epoch))
         order = torch.randperm(num_samples, generator=gen).numpy()
     else:
         order = np.arange(num_samples)
@@ -97,17 +93,16 @@ def grouped_global_batches(
     members = {g: np.flatnonzero(groups == g) for g in names}
 
     def cut(g: int, cycle: int) -> list[np.ndarray]:
-        n, pass_epoch = len(members[g]), epoch * 1009 + cycle  # a new permutation per pass
-        cuts = global_batches(n, global_batch_size, pass_epoch, seed + g, shuffle, drop_last,
-                              min_batch)  # fmt: skip
+        pass_seed, pass_epoch = group_pass(seed, g, epoch, cycle)
+        cuts = global_batches(len(members[g]), global_batch_size, pass_epoch, pass_seed, shuffle,
+                              drop_last, min_batch)  # fmt: skip
         return [members[g][b] for b in cuts]
 
     batches = {g: cut(g, 0) for g in names}
     total = sum(len(b) for b in batches.values())
     if not shuffle:
         return [b for g in names for b in batches[g]]
-    state = np.random.SeedSequence([int(seed), int(epoch), 0x5125]).generate_state(1)[0]
-    rng = np.random.default_rng(int(state))
+    rng = np.random.default_rng(group_order_seed(seed, epoch))
     if weights is None:
         order = rng.permutation(np.repeat(names, [len(batches[g]) for g in names]))
     else:
@@ -207,12 +202,6 @@ class ShardedBatchSampler(DistributedSampler):
             for b in self.batches(epoch)[start:]
         ]
         return iter(shares)
-
-
-def augment_seed(seed: int, epoch: int, index: int) -> int:
-    """The torch RNG seed for one sample's augmentation in one epoch."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index), _AUGMENT_STREAM])
-    return int(state.generate_state(1, np.uint64)[0] & (2**63 - 1))
 
 
 class SeededBatchDataset(Dataset):

@@ -10,7 +10,9 @@ Compact batch (keys)::
 
     tile         [B, C, H, W]  as stored: uint16 DN in compact stores, float32 in float stores
     calibration  [B, C, 8]     float32 StoredCalibration.table() of the sample's part
-    invalid      [B, 2]        float32 raw nodata value and flag threshold (NaN: none)
+                               (columns CAL_* of data_pipelines.store.calibration)
+    invalid      [B, 2]        float32 raw nodata value and flag threshold (NaN: none;
+                               INVALID_NODATA, INVALID_ABOVE)
     crop         [B, 4]        int64 box (top, left, height, width) in the tile
     flip         [B, 2]        bool: left-right, up-down
     rot90        [B]           int64 quarter turns (after flips and the crop)
@@ -33,6 +35,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from data_pipelines.store.calibration import (
+    BT_CORRECTION_COLUMNS,
+    BT_RANGE_COLUMNS,
+    CAL_OFFSET,
+    CAL_SCALE,
+    INVALID_ABOVE,
+    INVALID_NODATA,
+    THERMAL_COLUMNS,
+)
+
 TILE_KEY = "tile"  # marks a compact batch
 
 
@@ -44,11 +56,15 @@ def is_compact_batch(batch: Any) -> bool:
 
 
 def _on_channels(
-    x: torch.Tensor, coef: torch.Tensor, step: Callable[..., torch.Tensor], first: int
+    x: torch.Tensor,
+    coef: torch.Tensor,
+    step: Callable[..., torch.Tensor],
+    columns: tuple[int, int],
 ) -> None:
-    """Apply ``step(values, a, b)`` in place on the bands whose coefficients ``first`` and
-    ``first + 1`` are set (finite) for some sample; samples without them keep their values."""
-    a, b = coef[:, :, first], coef[:, :, first + 1]  # [B, C]
+    """Apply ``step(values, a, b)`` in place on the bands whose coefficients in the table's
+    ``columns`` are set (finite) for some sample; samples without them keep their values."""
+    first, second = columns
+    a, b = coef[:, :, first], coef[:, :, second]  # [B, C]
     channels = torch.isfinite(a).any(0).nonzero().flatten().tolist()
     if not channels:
         return
@@ -86,15 +102,16 @@ def calibrate(tile: torch.Tensor, table: torch.Tensor, invalid: torch.Tensor) ->
     x = as_float32(tile)
     B = x.shape[0]
     bad = None
-    for value, op in ((invalid[:, 0], torch.eq), (invalid[:, 1], torch.gt)):
+    thresholds = ((invalid[:, INVALID_NODATA], torch.eq), (invalid[:, INVALID_ABOVE], torch.gt))
+    for value, op in thresholds:
         if bool(torch.isfinite(value).any()):  # NaN thresholds compare False: no mask
             hit = op(x, value.to(torch.float32).view(B, 1, 1, 1))
             bad = hit if bad is None else bad.logical_or_(hit)
     coef = table.to(torch.float32)  # [B, C, 8]
-    x.mul_(coef[:, :, 0, None, None]).add_(coef[:, :, 1, None, None])
-    _on_channels(x, coef, lambda v, k1, k2: k2 / torch.log(k1 / v + 1.0), 2)
-    _on_channels(x, coef, lambda v, tci, tcs: (v - tci) / tcs, 4)
-    _on_channels(x, coef, lambda v, lo, span: (v - lo) / span, 6)
+    x.mul_(coef[:, :, CAL_SCALE, None, None]).add_(coef[:, :, CAL_OFFSET, None, None])
+    _on_channels(x, coef, lambda v, k1, k2: k2 / torch.log(k1 / v + 1.0), THERMAL_COLUMNS)
+    _on_channels(x, coef, lambda v, tci, tcs: (v - tci) / tcs, BT_CORRECTION_COLUMNS)
+    _on_channels(x, coef, lambda v, lo, span: (v - lo) / span, BT_RANGE_COLUMNS)
     return x.masked_fill_(bad, float("nan")) if bad is not None else x
 
 

@@ -26,6 +26,8 @@ from timm.layers import trunc_normal_
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch import nn
 
+from data_pipelines.errors import UserError
+
 # sizes: (embed_dim, depths, num_heads) and, at giant scale, the extra norms
 SWINV2_ARCHS: dict[str, dict[str, Any]] = {
     "tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},
@@ -42,7 +44,7 @@ SWINV2_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-class NoTimmTwinError(ValueError):
+class NoTimmTwinError(UserError, ValueError):
     """The encoder has parts timm's ``SwinTransformerV2`` lacks (the extra norms)."""
 
 

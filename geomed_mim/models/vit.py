@@ -151,10 +151,6 @@ class VisionTransformerEncoder(nn.Module):
         return {"cls_token", "pos_embed"}
 
     # -- the MIM interface ----------------------------------------------------------------------
-    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with their position embedding, no class token: [B, L, D]."""
-        return self.patch_embed(x) + self.pos_embed[:, 1:, :]  # [B, L, D]
-
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
         cls = self.cls_token + self.pos_embed[:, :1, :]  # [1, 1, D]
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1+K, D]

@@ -33,6 +33,7 @@ from monai.networks.nets import ViT
 from safetensors.torch import load_file
 from torch import nn
 
+from data_pipelines.errors import UserError
 from geomed_mim.models.registry import create_model
 from geomed_mim.models.vit import VisionTransformerEncoder
 
@@ -108,7 +109,7 @@ def from_monai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 # -- reading checkpoints and exports --------------------------------------------------------------
-class NotAPretrainingCheckpointError(ValueError):
+class NotAPretrainingCheckpointError(UserError, ValueError):
     """The file is not a checkpoint the pretraining (or fine-tuning) task wrote."""
 
 

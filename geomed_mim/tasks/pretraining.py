@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from geomed_mim.data.seeds import band_shift_seed, mask_noise_seed
 from geomed_mim.models import create_model
 from geomed_mim.models.base import normalized_patch_targets
 from geomed_mim.models.patches import patchify
@@ -104,17 +104,10 @@ def preview_samples(images: torch.Tensor, out: Any, k: int) -> PreviewSamples:
     )
 
 
-BAND_SHIFT_SALT = 0x5EED_BA4D  # band shifts: a stream of their own, not the masks' noise
-
-
 def mask_seeds_for(indices: torch.Tensor, base_seed: int, epoch: int) -> torch.Tensor:
     """One 63-bit seed per sample from (base seed, epoch, sample index): the same whatever the
     batch composition or world size, different each epoch."""
-    seeds = [
-        int(np.random.SeedSequence([base_seed, epoch, int(i)]).generate_state(2, np.uint64)[0])
-        & (2**63 - 1)
-        for i in indices.tolist()
-    ]
+    seeds = [mask_noise_seed(base_seed, epoch, i) for i in indices.tolist()]
     return torch.tensor(seeds, dtype=torch.long)
 
 
@@ -286,7 +279,7 @@ class MIMPretrainTask(LightningModule):
         if seeds is None:
             shift = torch.randn(shape, device=images.device)
         else:  # one generator per sample: the same shift whatever batch or rank it lands in
-            gens = [torch.Generator().manual_seed(int(s) ^ BAND_SHIFT_SALT) for s in seeds]
+            gens = [torch.Generator().manual_seed(band_shift_seed(s)) for s in seeds]
             shift = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
         return images + std * shift.to(images.device, images.dtype)
 

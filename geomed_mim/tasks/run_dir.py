@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 LOGS_DIRNAME = "logs"
@@ -77,14 +77,6 @@ def place_checkpoints(callbacks: list[Any], root: Path, checkpointing: bool | No
     if not checkpoints and checkpointing is not False:
         callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0))
     return callbacks
-
-
-def log_folder(loggers: Any, root: Path) -> Path | None:
-    """The version folder the first CSV/TensorBoard logger writes (None without one)."""
-    for each in loggers if isinstance(loggers, list) else []:
-        if isinstance(each, Logger) and isinstance(each, CSVLogger | TensorBoardLogger):
-            return Path(each.log_dir)
-    return None
 
 
 def shown(path: str | Path) -> str:

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.windows import Window
 
 from data_pipelines.ct.volume import load_nifti, resample_label, stored_grid, to_int16_hu
-from data_pipelines.errors import InputError, first_line
+from data_pipelines.errors import InputError, UserError, first_line
 from data_pipelines.rs.discover import Scene, discover_scenes
 from data_pipelines.rs.profiles import SensorProfile, load_profile
 from data_pipelines.rs.reader import SceneError, SceneReader, open_scene_reader
@@ -45,7 +45,7 @@ from geomed_mim.tasks.preview import title_strip
 PredictFn = Callable[[torch.Tensor], torch.Tensor]  # [B, C, *S] → logits [B, K, *S]
 
 
-class PredictInputError(ValueError):
+class PredictInputError(UserError, ValueError):
     """An input file that cannot be predicted (missing, not one scene, wrong band count)."""
 
 

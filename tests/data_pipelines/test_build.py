@@ -16,16 +16,15 @@ import pytest
 import zarr
 
 from data_pipelines import parallel
-from data_pipelines.build import (
-    STOP_AFTER_PARTS_ENV,
-    STOPPED_EXIT_CODE,
-    BuildTask,
-    OutputLock,
-    assign_split,
-    run_build,
-)
+from data_pipelines.build import BuildTask, OutputLock, assign_split, run_build
 from data_pipelines.errors import BuildConfigError, BuildLockedError
 from data_pipelines.store.write import PartWriter, write_fragment
+from tests.build_hooks import (
+    STOP_AFTER_PARTS_ENV,
+    STOPPED_EXIT_CODE,
+    hooks_from_env,
+    stop_after_parts,
+)
 
 PARTS = ["p0", "p1", "p2", "p3", "p4"]
 
@@ -170,8 +169,7 @@ def test_a_store_of_unknown_origin_is_not_mixed_into(tmp_path: Path) -> None:
 
 
 def _build_with_stop(out: Path, stop_after: str) -> None:
-    os.environ[STOP_AFTER_PARTS_ENV] = stop_after
-    _build(out)
+    _build(out, on_part_committed=stop_after_parts(int(stop_after)))
 
 
 def test_stop_after_parts_exits_hard_and_the_rerun_equals_an_uninterrupted_build(
@@ -199,7 +197,7 @@ def test_stop_after_parts_exits_hard_and_the_rerun_equals_an_uninterrupted_build
 def test_stop_after_parts_must_be_a_positive_count(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(STOP_AFTER_PARTS_ENV, "two")
     with pytest.raises(BuildConfigError, match=STOP_AFTER_PARTS_ENV):
-        _build(tmp_path / "out")
+        _build(tmp_path / "out", on_part_committed=hooks_from_env())
 
 
 def test_split_is_a_stable_hash_of_the_key() -> None:

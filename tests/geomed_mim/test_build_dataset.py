@@ -20,7 +20,6 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
-from data_pipelines.build import PAUSE_AFTER_PARTS_ENV
 from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import (
     INTERRUPTED,
@@ -29,6 +28,7 @@ from geomed_mim.build_dataset import (
     main,
     parse_config,
 )
+from tests.build_hooks import PAUSE_AFTER_PARTS_ENV
 from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -408,7 +408,7 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(demo_build: Path, tmp_p
     traceback from any process; the same command then resumes and equals an uninterrupted
     build."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", "--output", str(out)]
+    cmd = [sys.executable, "-m", "tests.build_hooks", "--output", str(out)]
     cmd += ["--workers", "2"]
     env = {**subprocess_env(), PAUSE_AFTER_PARTS_ENV: "1"}  # the runner waits after 1 part
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from data_pipelines.build import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.pipeline import build_ct
 from data_pipelines.ct.volume import to_int16_hu
+from tests.build_hooks import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE
 
 pytestmark = pytest.mark.shared_data
 
@@ -215,7 +215,7 @@ def test_resume_after_hard_stop_gives_identical_manifest(
     ref_cfg = CTBuildConfig(input=str(ct_good_archive), output=str(tmp_path / "ref"))
     build_ct(ref_cfg)
     cfg = CTBuildConfig(input=str(ct_good_archive), output=str(tmp_path / "killed"))
-    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", "--modality", "ct"]
+    cmd = [sys.executable, "-m", "tests.build_hooks", "--modality", "ct"]
     cmd += ["--input", cfg.input, "--output", cfg.output, "--workers", "1"]
     env = {**child_env, STOP_AFTER_PARTS_ENV: "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -14,11 +14,11 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from data_pipelines.build import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE
 from data_pipelines.rs.resample import area_average, nearest
 from data_pipelines.rs.tiling import multi_size_grid, random_crops, scene_seed
 from data_pipelines.store.read import LazyZarrArrays
 from geomed_mim.build_dataset import main
+from tests.build_hooks import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[3]
 MULTISCALE = REPO / "configs" / "data" / "demo_multiscale.yaml"
@@ -242,7 +242,7 @@ def test_random_crops_after_a_stop_and_resume_equal_an_uninterrupted_build(
     reference = tmp_path / "reference"
     assert main([*flags, "--output", str(reference)]) == 0
     out = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", *flags, "--output", str(out)]
+    cmd = [sys.executable, "-m", "tests.build_hooks", *flags, "--output", str(out)]
     proc = subprocess.run(cmd, env={**child_env, STOP_AFTER_PARTS_ENV: "2"},
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr

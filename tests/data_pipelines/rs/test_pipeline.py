@@ -16,10 +16,11 @@ import rasterio
 import zarr
 from PIL import Image
 
-from data_pipelines.build import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE, OutputLock
+from data_pipelines.build import OutputLock
 from data_pipelines.rs.preview import LEGEND_HEIGHT, OUTLINE
 from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import main
+from tests.build_hooks import STOP_AFTER_PARTS_ENV, STOPPED_EXIT_CODE
 
 NO_EDGES = ["--no_cover-edges", "--tile-size", "32", "--workers", "1"]
 
@@ -180,7 +181,7 @@ def test_resume_after_hard_stop_gives_identical_manifest(
     assert main([*flags, "--output", str(reference)]) == 0
 
     out = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "geomed_mim.build_dataset", *flags, "--output", str(out)]
+    cmd = [sys.executable, "-m", "tests.build_hooks", *flags, "--output", str(out)]
     env = {**child_env, STOP_AFTER_PARTS_ENV: "5"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == STOPPED_EXIT_CODE, proc.stderr

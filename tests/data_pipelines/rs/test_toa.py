@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from data_pipelines.rs.discover import discover_scenes
 from data_pipelines.rs.profiles import load_profile
 from data_pipelines.rs.reader import SceneReader
-from data_pipelines.rs.toa import CalibrationError, make_calibrator, parse_mtl
+from data_pipelines.rs.toa import CalibrationError, make_calibrator, read_mtl
 
 
 def test_landsat8_toa_reflectance_and_brightness_temperature(demo_data: Path) -> None:
@@ -52,6 +52,15 @@ def test_landsat8_toa_reflectance_and_brightness_temperature(demo_data: Path) ->
 def test_landsat_without_mtl_is_a_clear_error(demo_data: Path) -> None:
     with pytest.raises(CalibrationError, match="MTL"):
         make_calibrator(load_profile("landsat8_l1"), "toa", {}, ())
+
+
+def parse_mtl(path: Path) -> dict[str, str]:
+    """``KEY = VALUE`` pairs of a Landsat MTL file, groups flattened (first occurrence wins)."""
+    flat: dict[str, str] = {}
+    for values in read_mtl(path).values():
+        for k, v in values.items():
+            flat.setdefault(k, v)
+    return flat
 
 
 def test_parse_mtl_reads_groups_and_quotes(demo_data: Path) -> None:

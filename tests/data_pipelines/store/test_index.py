@@ -70,7 +70,7 @@ def test_rs_index_lists_what_select_samples_lists(rs_store, split, duplicates) -
 
 
 def test_labeled_index_lists_the_labeled_samples(labeled_store) -> None:
-    from geomed_mim.data.segmentation import labeled_rs_samples
+    from tests.geomed_mim.samples import labeled_rs_samples
 
     for split in ("train", "val", None):
         index = build_sample_index(labeled_store, split, labels=True)

@@ -14,6 +14,7 @@ from data_pipelines.store.read import read_calibrated
 from geomed_mim.data.datamodules import RSDataModule, concat_crops
 from geomed_mim.data.rs import RSTileDataset, random_resized_crop_params
 from tests.geomed_mim.conftest import build_store
+from tests.geomed_mim.samples import training_image
 
 
 def test_datamodule_uses_the_stores_band_stats(demo_store):
@@ -52,7 +53,7 @@ def test_datamodule_metadata_and_on_the_fly_stats(demo_store, tmp_path, caplog):
     assert len(dm.val_dataset) == (kept.split == "val").sum()
     # without augmentation, normalized training tiles have ~zero mean and unit std per band
     plain = RSTileDataset(demo_store, meta["mean"], meta["std"], split="train", augment=False)
-    stack = torch.stack([plain.image(i) for i in range(len(plain))])  # [N, C, H, W]
+    stack = torch.stack([training_image(plain, i) for i in range(len(plain))])  # [N, C, H, W]
     per_band = stack.transpose(0, 1).reshape(13, -1)
     torch.testing.assert_close(per_band.mean(1), torch.zeros(13), atol=0.05, rtol=0)
     torch.testing.assert_close(per_band.std(1), torch.ones(13), atol=0.05, rtol=0)
@@ -71,8 +72,8 @@ def test_store_band_stats_are_used_when_present(demo_store, tmp_path):
     dm.setup("fit")
     values = read_calibrated(store, *dm.train_dataset.index.sample(0))  # TOA reflectance
     plain = RSTileDataset(store, [1000.0] * 13, [500.0] * 13, augment=False)
-    torch.testing.assert_close(plain.image(0), (torch.from_numpy(values) - 1000) / 500)
-    assert dm.train_dataset.image(0).shape == (13, 16, 16)
+    torch.testing.assert_close(training_image(plain, 0), (torch.from_numpy(values) - 1000) / 500)
+    assert training_image(dm.train_dataset, 0).shape == (13, 16, 16)
 
 
 def test_loader_with_workers_opens_store_lazily(demo_store):
@@ -132,7 +133,7 @@ def test_nodata_pixels_become_zero_after_normalization(demo_store, tmp_path):
     ds = RSTileDataset(store, [0.1] * 13, [0.05] * 13, split="train", augment=False)
     k = [ds.index.sample(i) for i in range(len(ds))].index((row["array"], int(row["index"])))
     assert torch.isnan(torch.from_numpy(read_calibrated(store, row["array"], row["index"]))).any()
-    image = ds.image(k)
+    image = training_image(ds, k)
     assert torch.isfinite(image).all()
     assert (image[:, :4, :4] == 0).all()
     assert (image[:, 4:, 4:] != 0).any()
@@ -152,7 +153,7 @@ def test_float32_store_nan_pixels_become_zero_after_normalization(tmp_path):
     arr[row["index"]] = tile
     ds = RSTileDataset(out, [0.1] * 13, [0.05] * 13, split="train", augment=False)
     k = [ds.index.sample(i) for i in range(len(ds))].index((row["array"], int(row["index"])))
-    image = ds.image(k)
+    image = training_image(ds, k)
     assert torch.isfinite(image).all()
     assert (image[:, :4, :4] == 0).all()
 

@@ -8,6 +8,7 @@ import timm
 import torch
 
 from geomed_mim.models.vit import VisionTransformerEncoder, take_indices
+from tests.geomed_mim.samples import embed_patches
 
 
 def encoder(**kwargs) -> VisionTransformerEncoder:
@@ -46,7 +47,7 @@ def test_token_shapes_2d_and_3d(spatial_dims, img, patch):
     L = (img // patch) ** spatial_dims
     assert enc.num_patches == L
     assert enc.grid_size == (img // patch,) * spatial_dims
-    assert enc.embed_patches(x).shape == (2, L, 48)
+    assert embed_patches(enc, x).shape == (2, L, 48)
     assert enc.forward_features(x).shape == (2, 1 + L, 48)
     assert enc(x).shape == (2, 1 + L, 48)
     keep = torch.stack([torch.randperm(L)[:5] for _ in range(2)])
@@ -68,7 +69,7 @@ def test_encoder_keep_idx_and_intermediates():
     assert len(inter) == 3
     torch.testing.assert_close(enc.norm(inter[0]), normed)  # block 4 is the last, pre-norm
     # block 1's output computed by hand from the kept tokens
-    tokens = enc.prepend_cls(torch.stack([enc.embed_patches(x)[i, keep[i]] for i in range(2)]))
+    tokens = enc.prepend_cls(torch.stack([embed_patches(enc, x)[i, keep[i]] for i in range(2)]))
     torch.testing.assert_close(inter[1], enc.blocks[0](tokens))
     with pytest.raises(ValueError, match="1-indexed"):
         enc.forward_with_block_outputs(x, block_numbers=(0,))

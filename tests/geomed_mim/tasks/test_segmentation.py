@@ -23,12 +23,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from data_pipelines.classes import ClassTable, load_class_table
 from data_pipelines.errors import LabelError
 from data_pipelines.store.read import read_calibrated, read_store_attrs
-from geomed_mim.data.segmentation import RSSegDataModule, labeled_rs_samples
+from geomed_mim.data.segmentation import RSSegDataModule
 from geomed_mim.models.segmentation import ViTUNETR, skip_blocks_for
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.tasks.seg_predict import predict_ct_volume, predict_rs_scene
 from geomed_mim.tasks.segmentation import masked_soft_dice_loss, scores_from_confusion
 from tests.geomed_mim.conftest import REPO_ROOT, build_store, subprocess_env
+from tests.geomed_mim.samples import labeled_rs_samples
 from tests.geomed_mim.training import TINY_DECODER, model_checkpoint, read_metrics
 
 CONFIGS = REPO_ROOT / "configs"
