@@ -508,6 +508,8 @@ def publish_build(out_dir: Path, url: str) -> None:
 def build_main(argv: list[str], on_part_committed: PartCommitted | None = None) -> int:
     """A build; the dask settings its flags make (--tls-*) hold for this build only."""
     import dask
+    import distributed  # noqa: F401  (its config defaults must be in the snapshot restored below:
+    # imported first inside the build, they would be dropped again with the build's own settings)
 
     saved = copy.deepcopy(dask.config.config)
     try:
