@@ -70,6 +70,16 @@ def restore_loader_position(trainer: Trainer) -> bool:
     return True
 
 
+def claim_as_last(trainer: Trainer, path: Path) -> None:
+    """Tell the ModelCheckpoint that saves ``last.ckpt`` in ``path``'s folder that ``path`` is
+    its newest last checkpoint. Its state is saved inside the checkpoint: a run resumed from it
+    then overwrites ``last.ckpt`` instead of leaving it stale beside a new ``last-v1.ckpt``."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
+            if Path(cb.dirpath).resolve() == path.parent.resolve():
+                cb.last_model_path = str(path)
+
+
 class PreemptionCheckpoint(Callback):
     """Save ``last.ckpt`` and exit when the job receives one of ``signals``.
 
@@ -173,6 +183,7 @@ class PreemptionCheckpoint(Callback):
                 path,
                 trainer.global_step,
             )
+        claim_as_last(trainer, path)
         trainer.save_checkpoint(path)  # atomic (AtomicCheckpointIO); barrier inside
         code = self.exit_code if self.exit_code is not None else 128 + signum
         if trainer.is_global_zero:

@@ -98,5 +98,8 @@ def test_resume_after_signal_matches_uninterrupted_run(tmp_path):
     ckpt = tmp_path / "run" / "ckpt" / "last.ckpt"
     trainer, resumed = fit(tmp_path / "run", [], ckpt_path=str(ckpt))
     assert trainer.global_step == 16
+    # the resumed run's own last checkpoint replaced the signal's, not a last-v1.ckpt beside it
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 16
     for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
