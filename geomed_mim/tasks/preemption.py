@@ -74,10 +74,16 @@ def claim_as_last(trainer: Trainer, path: Path) -> None:
     """Tell the ModelCheckpoint that saves ``last.ckpt`` in ``path``'s folder that ``path`` is
     its newest last checkpoint. Its state is saved inside the checkpoint: a run resumed from it
     then overwrites ``last.ckpt`` instead of leaving it stale beside a new ``last-v1.ckpt``."""
+    folder = path.parent.resolve()
     for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath:
-            if Path(cb.dirpath).resolve() == path.parent.resolve():
-                cb.last_model_path = str(path)
+        saves_last_here = (
+            isinstance(cb, ModelCheckpoint)
+            and cb.save_last
+            and cb.dirpath is not None
+            and Path(cb.dirpath).resolve() == folder
+        )
+        if saves_last_here:
+            cb.last_model_path = str(path)
 
 
 class PreemptionCheckpoint(Callback):
