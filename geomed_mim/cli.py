@@ -34,7 +34,6 @@ reported with its name, the others go on, and the exit status is 2 if any failed
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import pkgutil
 import sys
@@ -92,21 +91,6 @@ def check_encoder_source(init_from: str, flag: str, checkpoint_example: str) -> 
         read_checkpoint_entries(source)
     except NotAPretrainingCheckpointError as e:
         raise UsageError(f"{flag}: {e}; give a pretraining checkpoint or an export") from None
-
-
-def check_vit_export(init_from: str, flag: str) -> None:
-    """An export folder whose encoder is a Swin (Swin V2, MONAI's 3-D Swin) cannot start a
-    fine-tuning, whose network is built on a ViT: a usage error naming ``flag``."""
-    config_file = Path(init_from) / "config.json"
-    if not config_file.is_file():
-        return
-    architecture = str(json.loads(config_file.read_text()).get("architecture", ""))
-    if architecture.startswith(("swinv2", "monai.networks.nets.swin")):
-        raise UsageError(
-            f"{flag} {init_from}: a Swin encoder ({architecture}); fine-tuning here builds on a "
-            "ViT: give a ViT export, or continue pretraining with this one "
-            "(python -m geomed_mim.pretrain ... --model.init_args.init_from)"
-        )
 
 
 class TrainingCLI(LightningCLI):
@@ -258,12 +242,11 @@ class FinetuneSegCLI(TrainingCLI):
     )
 
     def check_init_from(self, init_args: Any) -> None:
-        """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder of a
-        ViT (the segmentation network's encoder)."""
+        """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder (a ViT,
+        a Swin V2 or a 3-D Swin: the family chooses the network)."""
         init_from = init_args.get("init_from")
         if init_from:
             check_encoder_source(init_from, "--model.init_args.init_from", self.checkpoint_example)
-            check_vit_export(init_from, "--model.init_args.init_from")
 
     def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
         """Build the network the checkpoint records (encoder sizes, decoder blocks) rather than
