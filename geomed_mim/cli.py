@@ -171,6 +171,18 @@ class TrainingCLI(LightningCLI):
             self.save_config_callback = None  # a prediction is no new run: no config.yaml
             self.prepare_predict(config)
 
+    def instantiate_classes(self) -> None:
+        """Build the task and data; a :class:`UsageError` a class raised while being built
+        (jsonargparse wraps it in its own error about Union subtypes) is raised as itself: one
+        line naming the flag."""
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            cause = usage_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+
     def check_init_from(self, init_args: Any) -> None:
         """Fine-tuning's ``init_from`` (see :class:`FinetuneSegCLI`)."""
 
@@ -283,6 +295,18 @@ class FinetuneSegCLI(TrainingCLI):
         if failed:
             say(f"{failed} input(s) could not be predicted (listed above)")
             raise SystemExit(EXIT_USAGE)
+
+
+def usage_cause(error: BaseException) -> UsageError | None:
+    """The :class:`UsageError` ``error`` was raised from (itself included), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UsageError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def project_task_modules() -> set[str]:

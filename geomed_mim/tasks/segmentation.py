@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 ENCODER_DEFAULTS = {"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4}
 # what the task takes from its data module (the CLI links these; ``for_data`` copies them)
-SEGMENTATION_HEADS = ("unetr", "linear", "fpn")
 ENCODER_FAMILIES = ("vit", *SWIN_FAMILIES)
 DATA_FIELDS = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
 
