@@ -261,7 +261,8 @@ class FinetuneSegCLI(TrainingCLI):
             check_encoder_source(init_from, "--model.init_args.init_from", self.checkpoint_example)
 
     def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
-        """Build the network the checkpoint records (encoder sizes, decoder blocks) rather than
+        """Build the network the checkpoint records (encoder family and sizes, decoder blocks and
+        width) rather than
         read its ``init_from`` again: the weights come from the checkpoint anyway, and the
         pretraining file may be gone or elsewhere."""
         try:
@@ -273,6 +274,8 @@ class FinetuneSegCLI(TrainingCLI):
         init_args["encoder"] = dict(meta["encoder"])
         init_args["skip_blocks"] = list(meta["skip_blocks"]) or None
         init_args["head"] = meta.get("head", "unetr")
+        if meta.get("feature_size"):  # the decoder's (FPN's) width is the trained one too
+            init_args["feature_size"] = int(meta["feature_size"])
 
     def prepare_predict(self, config: Any) -> None:
         init_args = config["data"]["init_args"]

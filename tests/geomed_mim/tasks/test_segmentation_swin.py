@@ -251,6 +251,10 @@ def fit_and_predict(args: list[str], predict_inputs: list[str], root: Path) -> d
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses
     assert all(math.isfinite(v) for v in losses)
+    # predict rebuilds the network from the checkpoint: the size overrides are not needed
+    if "--model.init_args.feature_size" in args:
+        i = args.index("--model.init_args.feature_size")
+        args = args[:i] + args[i + 2 :]
     finetune_main(["predict", *args, "--ckpt_path", str(ckpt),
                    "--data.init_args.predict_inputs", json.dumps(predict_inputs)])  # fmt: skip
     return torch.load(ckpt, map_location="cpu", weights_only=True)
