@@ -13,6 +13,7 @@ an export lacks; it is never used by a segmentation.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -170,6 +171,13 @@ def fresh_swin_sizes(family: str, arch: dict[str, Any]) -> dict[str, Any]:
             f"{ENCODER_FLAG}: a {family} encoder needs depths and num_heads, e.g. "
             "{family: swinv2, embed_dim: 96, depths: [2, 2], num_heads: [3, 6], window_size: 8, "
             "patch_size: 4}"
+        )
+    builder = SwinV2Encoder if family == "swinv2" else SwinUNETRSegmenter
+    known = set(inspect.signature(builder).parameters) - {"img_size", "in_chans", "num_classes"}
+    unknown = sorted(set(sizes) - known)
+    if unknown:
+        raise UsageError(
+            f"{ENCODER_FLAG}: {unknown} are not {family} sizes; use any of {sorted(known)}"
         )
     return sizes
 

@@ -206,6 +206,8 @@ def test_layer_decay_and_probing_on_swin_encoders():
          "--model.init_args.encoder.embed_dim 16: SwinUNETR needs a multiple of 12"),
         ({"encoder": {"family": "resnet"}}, "--model.init_args.encoder.family resnet: use one"),
         ({"encoder": {"family": "swinv2"}}, "--model.init_args.encoder: a swinv2 encoder needs"),
+        ({"encoder": {"family": "swinv2", **SWIN2, "depth": 4}},
+         r"--model.init_args.encoder: \['depth'\] are not swinv2 sizes"),
     ],
 )  # fmt: skip
 def test_swin_mistakes_are_one_line_naming_the_flag(kwargs, message):
@@ -214,12 +216,19 @@ def test_swin_mistakes_are_one_line_naming_the_flag(kwargs, message):
     assert "\n" not in str(e.value)
 
 
-def test_evaluate_refuses_a_swin_encoder_in_one_line(tmp_path):
-    from geomed_mim.evaluation.protocol import check_vit_encoder
+def test_evaluate_refuses_a_swin_encoder_in_one_line(lulc_store, tmp_path, capsys, monkeypatch):
+    from geomed_mim.evaluate import main as evaluate_main
 
+    monkeypatch.setattr(sys, "argv", ["geomed_mim.evaluate"])
     out, _ = converted_swinv2(tmp_path)
-    with pytest.raises(UsageError, match=r"--encoders .*: a swinv2 \(Swin\) encoder; this"):
-        check_vit_encoder(str(out))
+    args = ["--config", str(REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"),
+            "--data.init_args.store", str(lulc_store), "--output", str(tmp_path / "eval"),
+            "--encoders", f"[scratch, {out}]"]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(args)
+    assert e.value.code == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert line.startswith(f"error: --encoders {out}: a swinv2 (Swin) encoder; this protocol")
 
 
 # -- the shipped configs through the command line ----------------------------------------------
