@@ -158,11 +158,10 @@ def load_pretrained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, 
     return model.eval(), meta
 
 
-def load_checkpoint_encoder(
-    checkpoint: str | Path,
-) -> tuple[VisionTransformerEncoder, dict[str, Any]]:
+def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(encoder, metadata) of a pretraining checkpoint or of a fine-tuning one (its fine-tuned
-    encoder, rebuilt from the architecture the checkpoint records)."""
+    encoder, rebuilt from the architecture the checkpoint records: a ViT, or a Swin as SimMIM
+    builds it)."""
     ckpt, meta = read_checkpoint_entries(checkpoint)
     if not is_finetuning_metadata(meta):
         model, meta = load_pretrained_model(checkpoint)
