@@ -34,7 +34,6 @@ reported with its name, the others go on, and the exit status is 2 if any failed
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import pkgutil
 import sys
@@ -93,21 +92,6 @@ def check_encoder_source(init_from: str, flag: str, checkpoint_example: str) -> 
         read_checkpoint_entries(source)
     except NotAPretrainingCheckpointError as e:
         raise UsageError(f"{flag}: {e}; give a pretraining checkpoint or an export") from None
-
-
-def check_vit_export(init_from: str, flag: str) -> None:
-    """An export folder whose encoder is a Swin (Swin V2, MONAI's 3-D Swin) cannot start a
-    fine-tuning, whose network is built on a ViT: a usage error naming ``flag``."""
-    config_file = Path(init_from) / "config.json"
-    if not config_file.is_file():
-        return
-    architecture = str(json.loads(config_file.read_text()).get("architecture", ""))
-    if architecture.startswith(("swinv2", "monai.networks.nets.swin")):
-        raise UsageError(
-            f"{flag} {init_from}: a Swin encoder ({architecture}); fine-tuning here builds on a "
-            "ViT: give a ViT export, or continue pretraining with this one "
-            "(python -m geomed_mim.pretrain ... --model.init_args.init_from)"
-        )
 
 
 class TrainingCLI(LightningCLI):
@@ -190,6 +174,18 @@ class TrainingCLI(LightningCLI):
             self.save_config_callback = None  # a prediction is no new run: no config.yaml
             self.prepare_predict(config)
 
+    def instantiate_classes(self) -> None:
+        """Build the task and data; a :class:`UsageError` a class raised while being built
+        (jsonargparse wraps it in its own error about Union subtypes) is raised as itself: one
+        line naming the flag."""
+        try:
+            super().instantiate_classes()
+        except ValueError as e:
+            cause = usage_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+
     def check_init_from(self, init_args: Any) -> None:
         """Fine-tuning's ``init_from`` (see :class:`FinetuneSegCLI`)."""
 
@@ -262,15 +258,15 @@ class FinetuneSegCLI(TrainingCLI):
     )
 
     def check_init_from(self, init_args: Any) -> None:
-        """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder of a
-        ViT (the segmentation network's encoder)."""
+        """``init_from`` is a pretraining or fine-tuning checkpoint, or an export folder (a ViT,
+        a Swin V2 or a 3-D Swin: the family chooses the network)."""
         init_from = init_args.get("init_from")
         if init_from:
             check_encoder_source(init_from, "--model.init_args.init_from", self.checkpoint_example)
-            check_vit_export(init_from, "--model.init_args.init_from")
 
     def adopt_checkpoint_architecture(self, ckpt_path: str) -> None:
-        """Build the network the checkpoint records (encoder sizes, decoder blocks) rather than
+        """Build the network the checkpoint records (encoder family and sizes, decoder blocks and
+        width) rather than
         read its ``init_from`` again: the weights come from the checkpoint anyway, and the
         pretraining file may be gone or elsewhere."""
         try:
@@ -282,6 +278,8 @@ class FinetuneSegCLI(TrainingCLI):
         init_args["encoder"] = dict(meta["encoder"])
         init_args["skip_blocks"] = list(meta["skip_blocks"]) or None
         init_args["head"] = meta.get("head", "unetr")
+        if meta.get("feature_size"):  # the decoder's (FPN's) width is the trained one too
+            init_args["feature_size"] = int(meta["feature_size"])
 
     def prepare_predict(self, config: Any) -> None:
         init_args = config["data"]["init_args"]
@@ -304,6 +302,18 @@ class FinetuneSegCLI(TrainingCLI):
         if failed:
             say(f"{failed} input(s) could not be predicted (listed above)")
             raise SystemExit(EXIT_USAGE)
+
+
+def usage_cause(error: BaseException) -> UsageError | None:
+    """The :class:`UsageError` ``error`` was raised from (itself included), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UsageError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def project_task_modules() -> set[str]:

@@ -139,7 +139,7 @@ def swin_export_config(
     return {
         "format": EXPORT_FORMAT,
         "pretraining_model": meta.get("model_name"),
-        "checkpoint_kind": "pretraining",
+        "checkpoint_kind": "segmentation" if is_finetuning_metadata(meta) else "pretraining",
         "spatial_dims": 2,
         "in_chans": encoder.in_chans,
         "img_size": list(encoder.img_size),

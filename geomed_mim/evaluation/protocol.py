@@ -20,6 +20,7 @@ from geomed_mim.evaluation import baselines as bl
 from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, run_deep
 from geomed_mim.evaluation.pixels import pixels, subsample
 from geomed_mim.evaluation.report import mean_std, write_csv, write_markdown, write_plot
+from geomed_mim.models.swin_sources import source_family
 from geomed_mim.tasks.store_checks import check_data_config
 from geomed_mim.usage import UsageError
 
@@ -75,8 +76,21 @@ def check_protocol(p: Protocol) -> None:
     for enc in p.encoders:
         if enc != SCRATCH:
             check_encoder_source(enc, "--encoders", "runs/<run>/checkpoints/last.ckpt")
+            check_vit_encoder(enc)
     if not p.encoders and not p.baselines:
         raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
+
+
+def check_vit_encoder(source: str) -> None:
+    """The protocol's probe (linear head on patch tokens) and fine-tuning (UNETR) are a ViT's:
+    a Swin encoder is refused in one line naming the flag."""
+    family = source_family(source)
+    if family != "vit":
+        raise UsageError(
+            f"--encoders {source}: a {family} (Swin) encoder; this protocol probes and "
+            "fine-tunes ViTs: drop it here and fine-tune it with python -m geomed_mim.finetune_seg "
+            "(docs/finetuning.md, Swin encoders)"
+        )
 
 
 def check_baselines(p: Protocol, dm: Any) -> None:

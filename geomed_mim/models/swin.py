@@ -126,6 +126,13 @@ class SwinV2Encoder(SwinTransformerV2):
             "mlp_ratio": float(mlp_ratio),
             "num_classes": 0,
         }
+        # every size argument (no img_size / in_chans): what rebuilds it at another size
+        self.size_kwargs: dict[str, Any] = {
+            **{k: v for k, v in self.timm_kwargs.items()
+               if k not in ("img_size", "in_chans", "num_classes")},
+            "extra_norm_period": int(extra_norm_period),
+            "extra_norm_stage": bool(extra_norm_stage),
+        }  # fmt: skip
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"mask_token"}
@@ -143,16 +150,35 @@ class SwinV2Encoder(SwinTransformerV2):
             B, H, W, _ = x.shape
             w = mask.reshape(B, H, W, 1).type_as(x)  # [B, H, W, 1]
             x = x * (1.0 - w) + self.mask_token.type_as(x) * w  # masked → mask token
-        for s, stage in enumerate(self.layers):
-            x = stage.downsample(x)  # [B, H/2^s, W/2^s, C_s]
-            for b, blk in enumerate(stage.blocks):
-                if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-                else:
-                    x = blk(x)
-                if f"{s}_{b}" in self.extra_norms:
-                    x = self.extra_norms[f"{s}_{b}"](x)
+        for s in range(len(self.layers)):
+            x = self.run_stage(s, x)
         return self.norm(x)  # [B, H', W', C']
+
+    def run_stage(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``s`` (its patch merge, its blocks and their extra norms): [B, H, W, C] →
+        [B, H/2, W/2, 2C] (stage 0 keeps the size)."""
+        stage = self.layers[s]
+        x = stage.downsample(x)  # [B, H/2^s, W/2^s, C_s]
+        for b, blk in enumerate(stage.blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if f"{s}_{b}" in self.extra_norms:
+                x = self.extra_norms[f"{s}_{b}"](x)
+        return x
+
+    def forward_stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """imgs [B, C, H, W] → every stage's output as a map [B, C_s, H/(p·2^s), W/(p·2^s)],
+        the last one normed: timm's ``forward_intermediates(x, norm=True)`` (a segmentation
+        head's input)."""
+        x = self.patch_embed(x)  # [B, H/p, W/p, D]
+        maps = []
+        for s in range(len(self.layers)):
+            x = self.run_stage(s, x)
+            out = self.norm(x) if s == len(self.layers) - 1 else x  # the norm is the last's
+            maps.append(out.permute(0, 3, 1, 2).contiguous())  # NHWC → NCHW
+        return maps
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """imgs [B, C, H, W] → normed features [B, H', W', C'] (timm's layout)."""

@@ -73,6 +73,15 @@ class SwinViT3DEncoder(SwinTransformer):
         self.mlp_ratio = mlp_ratio
         self.encoder_stride = stride  # every stage merges at its end, the last one too
         self.out_channels = embed_dim * 2 ** len(depths)
+        # every size argument (no img_size / in_chans): what rebuilds it, or SwinUNETR's swinViT
+        self.size_kwargs = {
+            "embed_dim": int(embed_dim),
+            "depths": [int(d) for d in depths],
+            "num_heads": [int(h) for h in num_heads],
+            "window_size": int(window_size),
+            "patch_size": int(patch_size),
+            "mlp_ratio": float(mlp_ratio),
+        }
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim, 1, 1, 1))
         trunc_normal_(self.mask_token, mean=0.0, std=0.02)
 

@@ -115,6 +115,7 @@ class NotAPretrainingCheckpointError(UserError, ValueError):
 
 FINETUNING_KIND = "segmentation"  # ``kind`` in the metadata of a fine-tuning checkpoint
 FINETUNED_ENCODER_PREFIX = "net.encoder."  # the encoder's keys in a fine-tuning state_dict
+SWIN3D_FINETUNED_PREFIX = "net.swinViT."  # those of a SwinUNETR fine-tuning
 
 
 def read_checkpoint_entries(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -158,19 +159,19 @@ def load_pretrained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, 
     return model.eval(), meta
 
 
-def load_checkpoint_encoder(
-    checkpoint: str | Path,
-) -> tuple[VisionTransformerEncoder, dict[str, Any]]:
+def load_checkpoint_encoder(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(encoder, metadata) of a pretraining checkpoint or of a fine-tuning one (its fine-tuned
-    encoder, rebuilt from the architecture the checkpoint records)."""
+    encoder, rebuilt from the architecture the checkpoint records: a ViT, or a Swin as SimMIM
+    builds it)."""
     ckpt, meta = read_checkpoint_entries(checkpoint)
     if not is_finetuning_metadata(meta):
         model, meta = load_pretrained_model(checkpoint)
         return model.encoder, meta
-    n = len(FINETUNED_ENCODER_PREFIX)
-    state = {
-        k[n:]: v for k, v in ckpt["state_dict"].items() if k.startswith(FINETUNED_ENCODER_PREFIX)
-    }
+    family = (meta.get("encoder") or {}).get("family", "vit")
+    prefix = SWIN3D_FINETUNED_PREFIX if family == "swin3d" else FINETUNED_ENCODER_PREFIX
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if family != "vit":
+        return finetuned_swin_encoder(meta, state), meta
     encoder = VisionTransformerEncoder(
         img_size=meta["img_size"],
         in_chans=int(meta["in_chans"]),
@@ -179,6 +180,20 @@ def load_checkpoint_encoder(
     )
     encoder.load_state_dict(state, strict=True)
     return encoder.eval(), meta
+
+
+def finetuned_swin_encoder(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The Swin encoder of a fine-tuning checkpoint, as SimMIM builds it (Swin V2 or MONAI's
+    3-D Swin), its fine-tuned weights loaded (the mask token may be absent: SwinUNETR's has
+    none)."""
+    from geomed_mim.models.swin import SwinV2Encoder
+    from geomed_mim.models.swin3d import SwinViT3DEncoder
+
+    sizes = {k: v for k, v in meta["encoder"].items() if k != "family"}
+    kind = SwinViT3DEncoder if meta["encoder"]["family"] == "swin3d" else SwinV2Encoder
+    encoder = kind(img_size=meta["img_size"], in_chans=int(meta["in_chans"]), **sizes)
+    load_swin_export(encoder, state)
+    return encoder.eval()
 
 
 def read_export(export_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""Segmentation fine-tuning task (2-D RS tiles, 3-D CT crops) on the pretrained ViT encoder.
+"""Segmentation fine-tuning task (2-D RS tiles, 3-D CT crops) on a pretrained encoder: this
+project's ViT (UNETR-style decoder or linear probe), Swin V2 (FPN head) or MONAI's 3-D Swin
+(SwinUNETR), the family chosen by ``init_from`` or by ``encoder.family``.
 
 Class ids are the output channels (``num_classes = max class id + 1``), so a prediction is a
 class id map directly: the argmax runs over the class channels only, so the ignore index (the
@@ -18,9 +20,16 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from monai.inferers import sliding_window_inference
+from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from geomed_mim.models.segmentation import LinearPatchHead, ViTUNETR, skip_blocks_for
+from geomed_mim.models.swin_sources import (
+    SWIN_FAMILIES,
+    build_swin_network,
+    check_head,
+    source_family,
+)
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.models.weights import (
     ARCH_KEYS,
@@ -31,12 +40,13 @@ from geomed_mim.models.weights import (
 )
 from geomed_mim.tasks import seg_predict
 from geomed_mim.tasks.optim import adamw_warmup_cosine, param_groups
+from geomed_mim.usage import UsageError
 
 log = logging.getLogger(__name__)
 
 ENCODER_DEFAULTS = {"embed_dim": 192, "depth": 4, "num_heads": 3, "patch_size": 4}
 # what the task takes from its data module (the CLI links these; ``for_data`` copies them)
-SEGMENTATION_HEADS = ("unetr", "linear")
+ENCODER_FAMILIES = ("vit", *SWIN_FAMILIES)
 DATA_FIELDS = ("in_chans", "img_size", "spatial_dims", "bands", "classes", "mean", "std")
 
 
@@ -82,20 +92,38 @@ def masked_soft_dice_loss(
     return 1 - dice[present].mean() if present.any() else logits.sum() * 0
 
 
+def encoder_family(init_from: str | None, arch: dict[str, Any] | None) -> str:
+    """``vit``, ``swinv2`` or ``swin3d``: the ``init_from`` source's, else ``arch["family"]``
+    (default ``vit``)."""
+    if init_from:
+        return source_family(init_from)
+    family = str((arch or {}).get("family", "vit"))
+    if family not in ENCODER_FAMILIES:
+        raise UsageError(
+            f"--model.init_args.encoder.family {family}: use one of {list(ENCODER_FAMILIES)}"
+        )
+    return family
+
+
 class SegmentationTask(LightningModule):
-    """Fine-tune (or probe) a ViT encoder with a UNETR-style decoder.
+    """Fine-tune (or probe) a ViT encoder with a UNETR-style decoder, or a Swin encoder with its
+    head (Swin V2: FPN; 3-D Swin: SwinUNETR).
 
     Args:
-        init_from: a pretraining checkpoint (``.ckpt``) or an export folder; None = scratch.
-            The encoder architecture then comes from it; input bands are matched by name.
-        encoder: architecture for scratch runs (``embed_dim``, ``depth``, ``num_heads``,
-            ``patch_size``, ``mlp_ratio``); ignored when ``init_from`` is given.
+        init_from: a pretraining checkpoint (``.ckpt``) or an export folder (a converted one
+            too); None = scratch. The encoder family and architecture then come from it; input
+            bands are matched by name.
+        encoder: architecture for scratch runs; ignored when ``init_from`` is given. ViT:
+            ``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``mlp_ratio``. Swin:
+            ``family`` (``swinv2`` 2-D, ``swin3d`` 3-D), ``embed_dim``, ``depths``,
+            ``num_heads``, ``window_size``, ``patch_size``.
         skip_blocks: encoder blocks feeding the decoder, numbered from 1 (block 1 is
             ``encoder.blocks[0]``; the numbering of the export's ``intermediate_blocks``); None =
             those recorded in the checkpoint/export (see :func:`skip_blocks_for`).
         freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
-        head: ``"unetr"`` (the UNETR-style decoder) or ``"linear"`` (a linear layer on the final
-            patch tokens, upsampled: the standard linear probe).
+        head: ViT: ``"unetr"`` (the UNETR-style decoder) or ``"linear"`` (a linear layer on the
+            final patch tokens, upsampled: the standard linear probe); Swin V2: ``"fpn"``;
+            3-D Swin: ``"unetr"`` (SwinUNETR's decoder).
         layer_decay: layer-wise lr decay for full fine-tuning: ``encoder.blocks[i]`` gets
             ``lr * layer_decay ** (depth - i)``, the embeddings ``lr * layer_decay ** (depth + 1)``,
             the final norm and the decoder ``lr``; 1.0 turns it off.
@@ -110,7 +138,7 @@ class SegmentationTask(LightningModule):
         init_from: str | None = None,
         encoder: dict[str, Any] | None = None,
         skip_blocks: list[int] | None = None,
-        feature_size: int = 16,
+        feature_size: int = 16,  # UNETR: full-resolution channels; Swin V2 FPN: its width
         freeze_encoder: bool = False,
         head: str = "unetr",
         lr: float = 1e-3,
@@ -139,14 +167,15 @@ class SegmentationTask(LightningModule):
         self.num_classes = max(self.class_ids) + 1
         self.bands = list(bands or [f"band{i}" for i in range(in_chans)])
         self.source_metadata: dict[str, Any] = {}  # the init_from checkpoint's or export's
-        enc, recorded = self._build_encoder(init_from, encoder, in_chans, img_size, spatial_dims)
-        if head not in SEGMENTATION_HEADS:
-            raise ValueError(f"head must be one of {SEGMENTATION_HEADS}, got {head!r}")
-        if head == "linear":
-            self.net: ViTUNETR | LinearPatchHead = LinearPatchHead(enc, self.num_classes)
+        self.family = encoder_family(init_from, encoder)
+        check_head(self.family, head)
+        if self.family == "vit":
+            self.net = self._build_vit_net(init_from, encoder, skip_blocks)
         else:
-            blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
-            self.net = ViTUNETR(enc, self.num_classes, blocks, feature_size=feature_size)
+            self.net, self.source_metadata = build_swin_network(
+                self.family, init_from, encoder, self.bands, img_size, spatial_dims,
+                self.num_classes, feature_size,
+            )  # fmt: skip
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.net.encoder.requires_grad_(False)
@@ -163,6 +192,19 @@ class SegmentationTask(LightningModule):
         command line links them; ``kwargs`` are the task's other arguments."""
         return cls(**{f: getattr(datamodule, f) for f in DATA_FIELDS}, **kwargs)
 
+    def _build_vit_net(
+        self, init_from: str | None, arch: dict[str, Any] | None, skip_blocks: list[int] | None
+    ) -> nn.Module:
+        """The ViT network: the encoder (fresh or pretrained) under the chosen head."""
+        hp = self.hparams
+        enc, recorded = self._build_encoder(
+            init_from, arch, hp.in_chans, hp.img_size, hp.spatial_dims
+        )
+        if hp.head == "linear":
+            return LinearPatchHead(enc, self.num_classes)
+        blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
+        return ViTUNETR(enc, self.num_classes, blocks, feature_size=hp.feature_size)
+
     def _build_encoder(
         self,
         init_from: str | None,
@@ -174,7 +216,7 @@ class SegmentationTask(LightningModule):
         """(encoder, recorded block numbers): fresh from ``arch``, or the pretrained one of a
         checkpoint/export with the input bands matched by name."""
         if init_from is None:
-            kw = {**ENCODER_DEFAULTS, **(arch or {})}
+            kw = {**ENCODER_DEFAULTS, **{k: v for k, v in (arch or {}).items() if k != "family"}}
             enc = VisionTransformerEncoder(
                 img_size=img_size, in_chans=in_chans, spatial_dims=spatial_dims, **kw
             )
@@ -188,20 +230,17 @@ class SegmentationTask(LightningModule):
         """Plain-data description stored in every checkpoint: the encoder's architecture (so
         ``predict`` and ``export`` rebuild it without the ``init_from`` file), the decoder's
         blocks, the bands and their statistics, the class table."""
-        enc = self.net.encoder
         source = self.source_metadata
         hp = self.hparams
         return {
             "format": 1,
             "kind": FINETUNING_KIND,
-            "encoder": {**{k: getattr(enc, k) for k in ARCH_KEYS}, "patch_size": enc.patch_size[0]},
+            **self.encoder_metadata(),
             "encoder_arch": dict(source.get("encoder_arch") or {}),
             "model_name": source.get("model_name") or source.get("pretraining_model"),
             "init_from": hp.init_from,
-            "spatial_dims": enc.spatial_dims,
-            "in_chans": enc.in_chans,
-            "img_size": list(enc.img_size),
-            "patch_size": list(enc.patch_size),
+            "spatial_dims": hp.spatial_dims,
+            "in_chans": hp.in_chans,
             "head": hp.head,
             "skip_blocks": list(self.net.skip_blocks),
             "intermediate_blocks": list(self.net.skip_blocks),
@@ -210,9 +249,24 @@ class SegmentationTask(LightningModule):
             "mean": list(hp.mean or []),
             "std": list(hp.std or []),
             "classes": dict(hp.classes),
-            "modality": "ct" if enc.spatial_dims == 3 else "rs",
+            "modality": "ct" if hp.spatial_dims == 3 else "rs",
             "profile": source.get("profile"),
             "window_hu": source.get("window_hu"),
+        }
+
+    def encoder_metadata(self) -> dict[str, Any]:
+        """The encoder's architecture (``family`` and sizes for a Swin), image and patch size."""
+        hp = self.hparams
+        if self.family == "vit":
+            enc = self.net.encoder
+            arch = {**{k: getattr(enc, k) for k in ARCH_KEYS}, "patch_size": enc.patch_size[0]}
+        else:
+            arch = self.net.encoder_record()
+        patch = int(arch["patch_size"])
+        return {
+            "encoder": arch,
+            "img_size": [int(hp.img_size)] * int(hp.spatial_dims),
+            "patch_size": [patch] * int(hp.spatial_dims),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -220,11 +274,13 @@ class SegmentationTask(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with layer-wise lr decay on the encoder; no weight decay on norms/biases/tokens."""
+        prefix = getattr(self.net, "encoder_prefix", "encoder.")
+        own = getattr(self.net.encoder, "no_weight_decay", set)()  # MONAI's Swin has none
         groups = param_groups(
             self.net,
             self.hparams.lr,
             self.hparams.weight_decay,
-            no_weight_decay=[f"encoder.{n}" for n in self.net.encoder.no_weight_decay()],
+            no_weight_decay=[f"{prefix}{n}" for n in own],
             layer_decay=self.hparams.layer_decay,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))

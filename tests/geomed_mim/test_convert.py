@@ -167,15 +167,22 @@ def test_satvision_to_sentinel2_bands_matches_by_name(satvision, tmp_path, capsy
     torch.testing.assert_close(decoder.reshape(3, 32 * 32, -1, 1, 1)[2], src[0])
 
 
-def test_fine_tuning_from_a_swin_folder_is_one_line(satvision, tmp_path):
-    """Fine-tuning builds a ViT: a converted Swin V2 folder is refused before anything runs."""
-    from geomed_mim.cli import check_vit_export
-    from geomed_mim.usage import UsageError
+def test_fine_tuning_starts_from_a_converted_satvision_folder(satvision, tmp_path):
+    """A converted Swin V2 folder starts a fine-tuning: the Swin V2 + FPN network, its encoder
+    holding the converted weights."""
+    from geomed_mim.tasks.segmentation import SegmentationTask
 
     _, ckpt, config = satvision
-    convert_satvision(ckpt, config, tmp_path / "out")
-    with pytest.raises(UsageError, match=r"a Swin encoder .* continue pretraining"):
-        check_vit_export(str(tmp_path / "out"), "--model.init_args.init_from")
+    out = tmp_path / "out"
+    cfg = convert_satvision(ckpt, config, out)
+    classes = {"ids": [0, 1], "names": ["a", "b"], "ignore_index": 255}
+    task = SegmentationTask(
+        init_from=str(out), head="fpn", in_chans=len(cfg["bands"]), img_size=64,
+        spatial_dims=2, bands=cfg["bands"], classes=classes,
+    )  # fmt: skip
+    own = task.net.encoder.state_dict()
+    for key, value in load_file(str(out / "model.safetensors")).items():
+        torch.testing.assert_close(own[key], value, msg=key)
 
 
 # -- user mistakes -------------------------------------------------------------------------------

@@ -544,5 +544,5 @@ def test_linear_probe_head_trains_only_the_head(spatial_dims):
     trained = {n for n, p in task.named_parameters() if p.grad is not None}
     assert trained == {"net.head.weight", "net.head.bias"}
     assert task.checkpoint_metadata()["head"] == "linear"
-    with pytest.raises(ValueError, match="head must be one of"):
+    with pytest.raises(ValueError, match="a ViT encoder takes head unetr or linear"):
         SegmentationTask(head="mlp", in_chans=2, img_size=16, classes=classes)
