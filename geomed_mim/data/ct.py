@@ -119,7 +119,7 @@ class CTCropDataset(Dataset):
         split: "train", "val", or None for every case.
         foreground_fraction: share of crops centred on a foreground point (a label voxel, or a
             body voxel for unlabelled cases, recorded at build time); the rest are uniform.
-        augment: random flips, axial rot90 and intensity jitter.
+        augment: random flips (``flip_axes``), axial rot90 (``rotate90``) and intensity jitter.
         seed: combined with ``torch.initial_seed()`` per process.
         return_labels: also return label crops; keeps only cases that have a label map.
         include_duplicates: keep volumes the manifest marks as exact duplicates.
@@ -136,6 +136,10 @@ class CTCropDataset(Dataset):
             held-out slab shorter than a crop) the same way; crops that never overhang leave
             the model unprepared for it (nnU-Net samples patches over the border for this
             reason). 0 keeps every crop inside.
+        flip_axes, rotate90: the axes ``augment`` flips (each with p=0.5) and whether it turns
+            crops by k×90° in the axial plane. Every orientation suits pretraining; a
+            segmentation of organs that lie on one side (liver right, spleen left) loses that
+            cue when crops are mirrored left-right.
     """
 
     def __init__(
@@ -156,6 +160,8 @@ class CTCropDataset(Dataset):
         slab_part: str = "train",
         fixed_crops: bool = False,
         overhang: float = 0.0,
+        flip_axes: Sequence[int] = (0, 1, 2),
+        rotate90: bool = True,
     ):
         if isinstance(crop_size, int):
             crop_size = (crop_size,) * 3
@@ -192,6 +198,9 @@ class CTCropDataset(Dataset):
         self.slab, self.slab_part = slab, slab_part
         self.fixed_crops = fixed_crops
         self.overhang = float(overhang)
+        if not set(flip_axes) <= {0, 1, 2}:
+            raise ValueError(f"flip_axes: {list(flip_axes)} must be axes among 0, 1, 2")
+        self.flip_axes, self.rotate90 = tuple(int(a) for a in flip_axes), bool(rotate90)
         self._check_slab()
         self._pid: int | None = None  # process that owns the opened arrays and the generator
         self._arrays: dict[str, ChunkedVolume] = {}
@@ -382,9 +391,12 @@ class CTCropDataset(Dataset):
     def _flip_rotate(
         self, img: np.ndarray, seg: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Random flips (each axis, p=0.5) and axial rot90, the same for image and label; views."""
-        axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
+        """Random flips (each of ``flip_axes``, p=0.5) and axial rot90 (with ``rotate90``), the
+        same for image and label; views."""
+        # the same draws whatever is switched off: the rest of the stream stays put
+        axes = tuple(ax for ax in range(3) if rng.random() < 0.5 and ax in self.flip_axes)
         k = int(rng.integers(4)) if self.crop_size[0] == self.crop_size[1] else 0
+        k = k if self.rotate90 else 0
         if axes:
             img = np.flip(img, axes)
             seg = np.flip(seg, axes) if seg is not None else None

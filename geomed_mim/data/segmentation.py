@@ -370,6 +370,9 @@ class CTSegDataModule(CTDataModule):
         intensity_jitter: training crops' windowed intensities × U(1-j, 1+j) + U(-j, j). Kept
             small: in a (-175, 250) HU window, 0.1 is ±42 HU, more than liver, spleen and
             kidney differ by on a scan without contrast.
+        flip_axes, rotate90: the orientation augmentation of training crops
+            (:class:`~geomed_mim.data.ct.CTCropDataset`'s). By default none: a crop's
+            orientation tells which side of the body it is on (liver right, spleen left).
     """
 
     def __init__(
@@ -392,6 +395,8 @@ class CTSegDataModule(CTDataModule):
         slab_side: str = "start",
         crop_overhang: float = 0.5,
         intensity_jitter: float = 0.02,
+        flip_axes: list[int] | None = None,
+        rotate90: bool = False,
     ) -> None:
         super().__init__(
             stores,
@@ -407,6 +412,7 @@ class CTSegDataModule(CTDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.crop_overhang = crop_overhang
         self.intensity_jitter = intensity_jitter
+        self.flip_axes, self.rotate90 = list(flip_axes or []), rotate90
         self.predict_inputs = list(predict_inputs or [])
         self.predict_output = predict_output
         self.classes = store_classes(self.stores[0])
@@ -434,7 +440,8 @@ class CTSegDataModule(CTDataModule):
         return self.crops(
             split, augment, return_labels=True, samples_per_epoch=self.samples_per_epoch,
             slab=self.slab, slab_part=part, overhang=self.crop_overhang,
-            intensity_jitter=self.intensity_jitter,
+            intensity_jitter=self.intensity_jitter, flip_axes=self.flip_axes,
+            rotate90=self.rotate90,
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:

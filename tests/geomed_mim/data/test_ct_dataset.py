@@ -204,3 +204,29 @@ def test_overhang_is_a_share_of_the_crop_up_to_half(ct_demo_store: Path) -> None
         assert (origins + 32 <= shapes[item["case"]] + 16).all()
         reached |= bool((origins < 0).any())
     assert reached  # crops do reach past the volume's start
+
+
+@pytest.mark.parametrize(
+    ("flip_axes", "rotate90", "kept"), [([], False, True), ([0, 1, 2], True, False)]
+)
+def test_orientation_augmentation_can_keep_crops_as_stored(
+    ct_demo_store: Path, flip_axes: list[int], rotate90: bool, kept: bool
+) -> None:
+    """Augmented crops with no flip axes, no rot90 and no jitter are the stored voxels; with
+    every axis and rot90 some of them are turned (so the comparison can fail)."""
+    size = (32, 32, 32)
+    ds = CTCropDataset(ct_demo_store, crop_size=size, crops_per_volume=4, split=None, augment=True,
+                       flip_axes=flip_axes, rotate90=rotate90, intensity_jitter=0.0,
+                       window=(-1000, 1000), samples_per_epoch=4)  # fmt: skip
+    same = []
+    for i in range(len(ds)):
+        item = ds[i]
+        ref = next(c for c in ds.cases if c.case == item["case"])
+        for crop, origin in zip(item["image"], item["origin"].tolist(), strict=True):
+            hu = _stored_crop(ct_demo_store, ref.array, origin, size, -1024).astype(np.float32)
+            same.append(
+                torch.allclose(crop[0], torch.from_numpy(np.clip((hu + 1000) / 2000, 0, 1)))
+            )
+    assert all(same) if kept else not all(same)
+    with pytest.raises(ValueError, match=r"^flip_axes: \[3\] must be axes among 0, 1, 2"):
+        CTCropDataset(ct_demo_store, flip_axes=[3])
