@@ -404,6 +404,52 @@ def test_torchgeo_weight_from_the_hub_cache_gives_the_builders_features(tmp_path
         torch.testing.assert_close(encoder.eval().forward_features(x), source.forward_features(x))
 
 
+@pytest.mark.slow
+def test_torchgeo_dino_vit_s16_fine_tunes_on_the_demo_land_cover_store(
+    lulc_store, tmp_path, monkeypatch
+):
+    """The 13-band ViT-S/16 as published (224 px, learned positions) from the hub cache, converted
+    at the demo's 32 px tiles, fine-tunes through ``finetune_seg`` (one step, encoder frozen):
+    the checkpoint's encoder is the converted one, all 13 bands matched by name."""
+    models = pytest.importorskip("torchgeo.models")
+    from geomed_mim.convert.timm_vit import hub_cache_file
+    from tests.geomed_mim.tasks.test_segmentation import run_cli
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(0)
+    source = models.vit_small_patch16_224(in_chans=13, num_classes=0)
+    cached = hub_cache_file(models.ViTSmall16_Weights.SENTINEL2_ALL_DINO.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(perturbed(source).state_dict(), cached)
+    out = tmp_path / "ssl4eo_dino"
+    spec = "torchgeo:ViTSmall16_Weights.SENTINEL2_ALL_DINO"
+    assert main(["--from", spec, "--img-size", "32", "--output", str(out)]) == 0
+    run_cli(
+        ["fit", "--config", str(CONFIGS / "finetune/lulc_demo_cpu.yaml"),
+         "--data.init_args.store", str(lulc_store), "--data.init_args.batch_size", "2",
+         "--model.init_args.init_from", str(out), "--model.init_args.freeze_encoder", "true",
+         "--trainer.max_epochs", "1", "--trainer.max_steps", "1",
+         "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.logger", "false"],
+        tmp_path,
+    )  # fmt: skip
+    ckpt = torch.load(
+        tmp_path / "runs/lulc_demo_cpu/checkpoints/last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert ckpt["global_step"] == 1
+    state, hp = ckpt["state_dict"], ckpt["hyper_parameters"]
+    converted = load_file(str(out / "model.safetensors"))
+    assert len(hp["bands"]) == 13
+    matched = json.loads((out / "config.json").read_text())["bands"]
+    for key, value in converted.items():
+        if key != "patch_embed.proj.weight":
+            assert torch.equal(state[f"net.encoder.{key}"], value), key
+    tuned = state["net.encoder.patch_embed.proj.weight"]
+    for i, band in enumerate(hp["bands"]):  # the store's B01..B12 are the weight's B1..B12
+        j = [b.upper().replace("B0", "B") for b in matched].index(band.upper().replace("B0", "B"))
+        assert torch.equal(tuned[:, i], converted["patch_embed.proj.weight"][:, j]), band
+
+
 def test_torchgeo_weight_absent_offline_says_where_to_put_it(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torchgeo.models")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
