@@ -31,9 +31,11 @@ from typing import Any
 import torch
 from monai.networks.nets import ViT
 from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from data_pipelines.errors import UserError
+from geomed_mim.models.pos_embed import get_sincos_pos_embed
 from geomed_mim.models.registry import create_model
 from geomed_mim.models.vit import VisionTransformerEncoder
 
@@ -381,6 +383,30 @@ def match_band_channels(
     return weight, report
 
 
+def positions_on_grid(encoder: VisionTransformerEncoder, source: torch.Tensor) -> torch.Tensor:
+    """A source's ``pos_embed`` [1, 1 + L, D] (class slot first) on ``encoder``'s patch grid.
+
+    The fixed sin-cos table (this project's, MAE's) is recomputed for the new grid; learned
+    positions (timm's and torchgeo's published ViTs) are resampled as timm does
+    (``resample_abs_pos_embed``, bicubic), which a recomputed table would silently replace.
+    """
+    grid = tuple(encoder.grid_size)
+    side = round((source.shape[1] - 1) ** (1 / len(grid)))
+    source_grid = (side,) * len(grid)
+    if side ** len(grid) != source.shape[1] - 1:
+        raise ValueError(f"pos_embed: {source.shape[1] - 1} positions are not a square/cube grid")
+    table = get_sincos_pos_embed(source.shape[-1], source_grid, True, encoder.pos_embed_scale)
+    if torch.allclose(source[0].float(), torch.from_numpy(table).float(), atol=1e-5):
+        return encoder.state_dict()["pos_embed"]  # the same recipe on this grid
+    if len(grid) != 2:
+        raise ValueError(
+            f"pos_embed: learned 3-D positions for a {source_grid} grid cannot be resampled to "
+            f"{grid}; give the source's image size"
+        )
+    log.info("resampling learned positions from a %s to a %s patch grid", source_grid, grid)
+    return resample_abs_pos_embed(source, list(grid), list(source_grid), num_prefix_tokens=1)
+
+
 def load_encoder_weights(
     encoder: VisionTransformerEncoder,
     state: dict[str, torch.Tensor],
@@ -389,7 +415,7 @@ def load_encoder_weights(
 ) -> BandMatchReport:
     """Load our-key encoder weights into ``encoder``, matching input bands by name.
 
-    The fixed sin-cos ``pos_embed`` is kept from ``encoder`` when the grid differs.
+    On another patch grid the positions come from :func:`positions_on_grid`.
     """
     target_bands = list(target_bands or source_bands)
     if len(target_bands) != encoder.in_chans:
@@ -399,7 +425,7 @@ def load_encoder_weights(
     key = "patch_embed.proj.weight"
     state[key], report = match_band_channels(own[key], state[key], source_bands, target_bands)
     if state["pos_embed"].shape != own["pos_embed"].shape:
-        state["pos_embed"] = own["pos_embed"]
+        state["pos_embed"] = positions_on_grid(encoder, state["pos_embed"])
     encoder.load_state_dict(state, strict=True)
     if report.added or report.dropped:
         log.warning("loading pretrained encoder: %s", report)

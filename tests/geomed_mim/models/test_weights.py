@@ -87,3 +87,27 @@ def test_monai_keys_round_trip(checkpoint):
     assert set(back) == set(state)
     for key in state:
         assert torch.equal(back[key], state[key]), key
+
+
+def test_positions_on_another_grid_are_recomputed_or_resampled():
+    """Sin-cos positions are the target grid's own table; learned ones (a timm ViT's) are
+    resampled as timm resamples them, never swapped for the table; 3-D learned ones refused."""
+    from timm.layers import resample_abs_pos_embed
+
+    from geomed_mim.models.pos_embed import get_sincos_pos_embed
+    from geomed_mim.models.vit import VisionTransformerEncoder
+    from geomed_mim.models.weights import positions_on_grid
+
+    arch = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4, "in_chans": 3}
+    source = VisionTransformerEncoder(img_size=32, **arch)  # an 8 x 8 grid
+    target = VisionTransformerEncoder(img_size=16, **arch)  # a 4 x 4 grid
+    own = torch.from_numpy(get_sincos_pos_embed(32, (4, 4), cls_token=True)).float()[None]
+    torch.testing.assert_close(positions_on_grid(target, source.pos_embed.data), own)
+    learned = torch.randn(1, 1 + 64, 32, generator=torch.Generator().manual_seed(0))
+    expected = resample_abs_pos_embed(learned, [4, 4], [8, 8], num_prefix_tokens=1)
+    moved = positions_on_grid(target, learned)
+    torch.testing.assert_close(moved, expected)
+    assert not torch.allclose(moved, own)
+    cube = VisionTransformerEncoder(img_size=16, spatial_dims=3, **arch)
+    with pytest.raises(ValueError, match=r"^pos_embed: learned 3-D positions"):
+        positions_on_grid(cube, torch.randn(1, 1 + 512, 32))
