@@ -388,7 +388,7 @@ def test_ct_config_validates_on_the_held_out_slab(ct_organs_store, tmp_path, cap
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 3  # HU window, probe, finetune × 3 seeds
     table = (out / "results.md").read_text()
-    assert "Validation: slab hold-out: the start 25% of each volume along Z" in table
+    assert "Validation: slab hold-out: the start 30% of each volume along Z" in table
     assert "4 voxel margin" in table
     expected = independent_hu_window_dice(ct_organs_store)
     for r in rows:
