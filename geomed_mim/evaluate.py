@@ -13,6 +13,11 @@ Scene classification when ``--data.class_path`` (in the config) is a torchgeo da
 ``--config configs/evaluate/eurosat_ms.yaml --data.root ROOT``: k-NN, linear and attentive
 probes on frozen features and fine-tuning, beside a band-statistics baseline, at every
 ``--fractions`` fraction of the training split (see :mod:`geomed_mim.evaluation.scene_protocol`).
+
+Flood-water segmentation on Sen1Floods11's hand-labeled chips when ``--data.class_path`` is
+``geomed_mim.evaluation.floods.Sen1Floods11``, e.g. ``--config configs/evaluate/sen1floods11.yaml
+--data.root ROOT``: NDWI > t beside a linear probe on each encoder's patch tokens, scored by the
+test split's water IoU (see :mod:`geomed_mim.evaluation.floods`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 from geomed_mim.cli import quiet_known_noise
+from geomed_mim.evaluation.floods import CLASS_PATH as FLOODS
+from geomed_mim.evaluation.floods import FloodData, FloodProtocol, evaluate_floods
 from geomed_mim.evaluation.protocol import (
     Protocol,
     baseline_rows,
@@ -76,9 +83,31 @@ def scene_parser() -> ArgumentParser:
     return p
 
 
+def flood_parser() -> ArgumentParser:
+    """Sen1Floods11: ``--data`` names the reader and the release's ``root``."""
+    p = _Parser(
+        prog="python -m geomed_mim.evaluate",
+        description=__doc__.split("\n\n")[1],
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
+    p.add_class_arguments(FloodProtocol, None, fail_untyped=False)
+    return p
+
+
 def is_scene_task(args: list[str]) -> bool:
     """True when the data is a torchgeo dataset class (``torchgeo.datasets.EuroSAT``), in a
     ``--config`` file or a ``--data.class_path`` flag; the segmentation protocol otherwise."""
+    return data_class_path(args).startswith("torchgeo.")
+
+
+def is_flood_task(args: list[str]) -> bool:
+    """True when the data is the Sen1Floods11 reader (:mod:`geomed_mim.evaluation.floods`)."""
+    return data_class_path(args) == FLOODS
+
+
+def data_class_path(args: list[str]) -> str:
+    """The data class the arguments name last (``--config`` files and ``--data.class_path``)."""
     class_paths = []
     for i, arg in enumerate(args):
         flag, _, value = arg.partition("=")
@@ -91,7 +120,7 @@ def is_scene_task(args: list[str]) -> bool:
             except (yaml.YAMLError, AttributeError):
                 continue  # the parser reports it
             class_paths.append(str(data.get("class_path", "")) if isinstance(data, dict) else "")
-    return bool(class_paths) and class_paths[-1].startswith("torchgeo.")
+    return class_paths[-1] if class_paths else ""
 
 
 def say(line: str) -> None:
@@ -115,6 +144,13 @@ def main(args: list[str] | None = None) -> None:
     quiet_known_noise()
     args = sys.argv[1:] if args is None else list(args)
     with UserErrors():  # an output error names --output, where the report is written
+        if is_flood_task(args):
+            cfg = flood_parser().parse_args(args).as_dict()
+            cfg.pop("config", None)
+            data = FloodData(**cfg.pop("data"))
+            files = evaluate_floods(FloodProtocol(data=data, **cfg), say)
+            say("wrote " + ", ".join(str(f) for f in files.values()))
+            return
         if is_scene_task(args):
             cfg = scene_parser().parse_args(args).as_dict()
             cfg.pop("config", None)
