@@ -201,15 +201,19 @@ def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class Chips:
-    """The three splits, read once: images (stored values) and masks."""
+    """The three splits, read once: the NDWI bands (B03, B08; stored values), the masks, and
+    the training split's per-band mean and std (reflectance); the encoders re-read the chips
+    batch by batch, so the 13 bands of every chip are never held at once."""
 
     datasets: dict[str, Sen1Floods11]
-    images: dict[str, torch.Tensor]  # [N, 13, H, W] float32
-    masks: dict[str, torch.Tensor]  # [N, H, W] int64
+    ndwi: dict[str, torch.Tensor]  # [N, 2, H, W] float32
+    masks: dict[str, torch.Tensor]  # [N, H, W] int16
+    band_mean: np.ndarray  # [13]
+    band_std: np.ndarray
 
     @property
     def image_size(self) -> tuple[int, int]:
-        h, w = self.images["train"].shape[-2:]
+        h, w = self.masks["train"].shape[-2:]
         return int(h), int(w)
 
 
@@ -217,15 +221,28 @@ def read_chips(p: FloodProtocol) -> Chips:
     datasets = {s: Sen1Floods11(p.data.root, s) for s in SPLIT_FILES}
     if len(datasets["train"]) == 0 or len(datasets["test"]) == 0:
         raise UsageError(f"--data.root {p.data.root}: the training or test split lists no chip")
-    images, masks = {}, {}
+    bands = [S2_BANDS.index(b) for b in bl.INDEX_BANDS["ndwi"]]
+    ndwi, masks = {}, {}
+    total, squares, count = np.zeros(len(S2_BANDS)), np.zeros(len(S2_BANDS)), 0
     for s, ds in datasets.items():
-        items = [ds[i] for i in range(len(ds))]
-        sizes = {tuple(it["mask"].shape) for it in items}
-        if len(sizes) > 1:
-            raise UsageError(f"--data.root {p.data.root}: chips of several sizes {sorted(sizes)}")
-        images[s] = torch.stack([it["image"] for it in items]) if items else torch.empty(0)
-        masks[s] = torch.stack([it["mask"] for it in items]) if items else torch.empty(0)
-    return Chips(datasets, images, masks)
+        x, y = [], []
+        for i in range(len(ds)):
+            item = ds[i]
+            if y and item["mask"].shape != y[0].shape:
+                raise UsageError(f"--data.root {p.data.root}: chips of several sizes "
+                                 f"({tuple(y[0].shape)}, {tuple(item['mask'].shape)})")  # fmt: skip
+            x.append(item["image"][bands])
+            y.append(item["mask"].to(torch.int16))
+            if s == "train":
+                image = item["image"].double() * p.data.scale
+                total += image.sum(dim=(1, 2)).numpy()
+                squares += (image**2).sum(dim=(1, 2)).numpy()
+                count += image[0].numel()
+        ndwi[s] = torch.stack(x) if x else torch.empty(0, 2, 0, 0)
+        masks[s] = torch.stack(y) if y else torch.empty(0, 0, 0, dtype=torch.int16)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return Chips(datasets, ndwi, masks, mean, np.where(std > 0, std, 1.0))
 
 
 def water_iou(target: np.ndarray | torch.Tensor, water: np.ndarray | torch.Tensor) -> float:
@@ -238,9 +255,8 @@ def water_iou(target: np.ndarray | torch.Tensor, water: np.ndarray | torch.Tenso
 
 def ndwi_pixels(chips: Chips, split: str, rows: np.ndarray, scale: float) -> bl.Pixels:
     """The labeled pixels' green (B03) and NIR (B08) reflectance, and labels."""
-    bands = [S2_BANDS.index(b) for b in bl.INDEX_BANDS["ndwi"]]
-    x = chips.images[split][torch.as_tensor(rows)][:, bands].double() * scale  # [N, 2, H, W]
-    y = chips.masks[split][torch.as_tensor(rows)].reshape(-1)
+    x = chips.ndwi[split][torch.as_tensor(rows)].double() * scale  # [N, 2, H, W]
+    y = chips.masks[split][torch.as_tensor(rows)].reshape(-1).long()
     values = x.movedim(1, -1).reshape(-1, 2)
     keep = y != NODATA
     return bl.Pixels(values[keep].numpy(), y[keep].numpy())
@@ -284,12 +300,6 @@ class PatchLinear(nn.Module):
         return x.reshape(b, 2, gh * pp, gw * pp)
 
 
-def band_statistics(chips: Chips, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The training split's per-band mean and std (reflectance)."""
-    x = chips.images["train"].double() * scale
-    return x.mean(dim=(0, 2, 3)).numpy(), x.std(dim=(0, 2, 3)).nan_to_num(1.0).numpy()
-
-
 def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
     """Every encoder × seed × fraction: the linear probe on its frozen patch tokens, kept at
     its best validation water IoU, scored on the test split."""
@@ -297,11 +307,10 @@ def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any
     if not p.encoders:
         return rows
     device = device_for(p.accelerator)
-    mean, std = band_statistics(chips, p.data.scale)
-    stats = SimpleNamespace(band_mean=mean, band_std=std)
+    stats = SimpleNamespace(band_mean=chips.band_mean, band_std=chips.band_std)
     view = SimpleNamespace(stats={"train": stats}, bands=list(S2_BANDS),
                            image_size=chips.image_size)  # fmt: skip
-    masks = {s: m.clone() for s, m in chips.masks.items()}
+    masks = {s: m.long() for s, m in chips.masks.items()}
     for m in masks.values():
         m[m == NODATA] = IGNORE
     for source in p.encoders:
