@@ -10,6 +10,7 @@ dataset (scene classification) (``python -m geomed_mim.evaluate``).
 | :mod:`~geomed_mim.evaluation.pixels` | labeled pixels in physical units from a data module |
 | :mod:`~geomed_mim.evaluation.scene_protocol` | scene classification: flags (:class:`SceneProtocol`), checks, stages |
 | :mod:`~geomed_mim.evaluation.scene_data` | a torchgeo dataset's splits, bands matched by name, normalisation, draws |
+| :mod:`~geomed_mim.evaluation.floods` | Sen1Floods11: the hand-labeled chips' reader, NDWI baseline, patch-token probe |
 | :mod:`~geomed_mim.evaluation.probes` | k-NN, linear and attentive probes; the step loop with early stopping |
 | :mod:`~geomed_mim.evaluation.report` | CSV, markdown table (mean ± std) and plot |
 """  # noqa: E501
