@@ -114,3 +114,45 @@ def test_a_folder_not_in_the_layout_is_one_line(release, tmp_path, capsys, break
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err
     assert "--data.root" in err, err
+
+
+def test_a_pretrained_encoder_is_probed_with_its_bands_by_name(release, tmp_path, capsys):
+    from tests.geomed_mim.test_export import S2_BANDS, s2_checkpoint
+
+    root, _ = release
+    ckpt, _ = s2_checkpoint(tmp_path)  # ViT-Ti/16 on the 13 L1C bands, recorded at 32 × 32
+    out = tmp_path / "out"
+    main(["--config", str(CONFIG), "--data.root", str(root), *SHRINK, "--baselines", "[]",
+          "--encoders", f"[{ckpt}]", "--output", str(out)])  # fmt: skip
+    said = capsys.readouterr().out
+    assert "normalised by its recorded statistics" in said
+    assert "the training split's for" not in said  # every band found by name
+    assert len(S2_BANDS) == 13
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3
+    assert all(r["kind"] == "linear" for r in rows)
+    assert all(0.0 <= float(r["iou_water"]) <= 1.0 for r in rows)
+
+
+def test_each_token_predicts_its_own_patch():
+    import torch
+
+    from geomed_mim.evaluation.floods import PatchLinear
+
+    patch, grid = 4, (2, 3)
+    probe = PatchLinear(dim=8, patch=patch, grid=grid)
+    with torch.no_grad():  # logit (class c, pixel dy, dx of the patch) = token value × (c+1)
+        probe.norm = torch.nn.Identity()
+        probe.linear.weight.zero_()
+        probe.linear.bias.zero_()
+        probe.linear.weight[: patch * patch, 0] = 1.0
+        probe.linear.weight[patch * patch :, 0] = 2.0
+        tokens = torch.zeros(1, grid[0] * grid[1], 8)
+        tokens[0, :, 0] = torch.arange(grid[0] * grid[1]).float()  # row-major token index
+        logits = probe(tokens)
+    assert logits.shape == (1, 2, grid[0] * patch, grid[1] * patch)
+    yy, xx = np.mgrid[: grid[0] * patch, : grid[1] * patch]
+    expected = (yy // patch) * grid[1] + xx // patch
+    np.testing.assert_array_equal(logits[0, 0].numpy(), expected)
+    np.testing.assert_array_equal(logits[0, 1].numpy(), 2 * expected)
