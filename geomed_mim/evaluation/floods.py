@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -274,7 +275,10 @@ def baseline_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, An
         for seed in p.seeds:
             idx = draw_chips(n, fraction, seed)
             train = subsample(ndwi_pixels(chips, "train", idx, p.data.scale), p.pixel_limit, seed)
-            scores = bl.spectral_index(train, test, bands, "ndwi", WATER, "water")
+            if len(train.labels):
+                scores = bl.spectral_index(train, test, bands, "ndwi", WATER, "water")
+            else:  # the drawn chips are all no data: nothing to fit a threshold on
+                scores = {"iou_water": math.nan, "dice_water": math.nan, "threshold": math.nan}
             rows.append({"method": "NDWI > t (water)", "kind": "baseline", "budget": fraction,
                          "seed": seed, "train_units": len(idx), "select_units": 0, "step": 0,
                          **scores})  # fmt: skip
@@ -340,7 +344,11 @@ def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any
 
 
 def probe_once(p, tokens, masks, chips, idx, seed, patch, grid, device):
-    """Train the linear probe on the drawn chips' tokens; (test scores, kept step)."""
+    """Train the linear probe on the drawn chips' tokens (those with a labeled pixel); (test
+    scores, kept step), NaN where no drawn chip has a labeled pixel."""
+    idx = idx[(masks["train"][idx] != IGNORE).flatten(1).any(1).numpy()]
+    if not len(idx):  # the drawn chips are all no data: nothing to train on
+        return {"iou_water": math.nan}, 0
     torch.manual_seed(seed)
     model = PatchLinear(tokens["train"].shape[-1], patch, grid).to(device)
     x_train, y_train = tokens["train"][idx], masks["train"][idx]

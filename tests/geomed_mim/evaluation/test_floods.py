@@ -156,3 +156,19 @@ def test_each_token_predicts_its_own_patch():
     expected = (yy // patch) * grid[1] + xx // patch
     np.testing.assert_array_equal(logits[0, 0].numpy(), expected)
     np.testing.assert_array_equal(logits[0, 1].numpy(), 2 * expected)
+
+
+def test_training_chips_all_no_data_give_nan_rows(release, tmp_path, capsys):
+    root, names = release
+    bad = tmp_path / "nodata"
+    shutil.copytree(root, bad)
+    for chip in names["train"]:
+        path = bad / HAND / "LabelHand" / f"{chip}_LabelHand.tif"
+        with rasterio.open(path, "r+") as f:
+            f.write(np.full((1, f.height, f.width), -1, np.int16))
+    out = tmp_path / "out"
+    main(["--config", str(CONFIG), "--data.root", str(bad), *SHRINK, "--output", str(out)])
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 3
+    assert all(np.isnan(float(r["iou_water"])) for r in rows)
