@@ -1,7 +1,8 @@
 """Flood-water segmentation on Sen1Floods11's hand-labeled chips (Bonafilia et al. 2020), read
 from the folder its v1.1 release unpacks to (nothing is downloaded):
 
-    ROOT/v1.1/data/flood_events/HandLabeled/S2Hand/<Event>_<id>_S2Hand.tif      13 bands (L1C)
+    ROOT/v1.1/data/flood_events/HandLabeled/S2Hand/<Event>_<id>_S2Hand.tif      13 bands (L1C,
+                                                                          UInt16 TOA x 10000)
     ROOT/v1.1/data/flood_events/HandLabeled/LabelHand/<Event>_<id>_LabelHand.tif  1 water, 0 not
                                                                                  water, -1 no data
     ROOT/v1.1/splits/flood_handlabeled/flood_{train,valid,test}_data.csv
