@@ -12,14 +12,16 @@ The split files are the release's: no header, one chip a line, ``<Event>_<id>_S1
 
 The score is the water IoU pooled over every test pixel, no-data pixels (−1) ignored. Methods:
 ``NDWI > t`` (the threshold with the best water IoU on the drawn training pixels, the baselines'
-:func:`~geomed_mim.evaluation.baselines.spectral_index`) and, per encoder, a linear probe on the
-frozen patch tokens (each token's linear layer predicts its patch's pixels), trained with
-cross-entropy (−1 ignored) and kept at its best validation-split water IoU. A label fraction is
+:func:`~geomed_mim.evaluation.baselines.spectral_index`) and, per encoder, a linear layer per
+patch token predicting its patch's pixels, on the frozen tokens (``linear``) or with the
+encoder trained too (``finetune``), trained with cross-entropy (−1 ignored) and kept at its best
+validation-split water IoU. A label fraction is
 a seeded uniform draw of the training chips.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
@@ -55,7 +57,7 @@ S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09"
             "B12")  # fmt: skip
 NODATA, WATER = -1, 1
 IGNORE = -100  # cross-entropy's ignore index (the no-data pixels)
-FLOOD_PROBES = ("linear",)
+FLOOD_PROBES = ("linear", "finetune")
 FLOOD_BASELINES = ("ndwi",)
 METRICS = ["iou_water"]
 LAYOUT = (
@@ -140,8 +142,8 @@ class FloodProtocol:
     probes: list[str] = field(default_factory=lambda: list(FLOOD_PROBES))
     fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: dict[str, int] = field(default_factory=lambda: {"linear": 500})
-    lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3})
+    steps: dict[str, int] = field(default_factory=lambda: {"linear": 500, "finetune": 500})
+    lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3, "finetune": 1e-4})
     check_every: int = 50
     task: dict[str, Any] = field(default_factory=dict)  # {encoder: scratch architecture}
     baselines: list[str] = field(default_factory=lambda: list(FLOOD_BASELINES))
@@ -169,10 +171,10 @@ def check_flood_protocol(p: FloodProtocol) -> None:
     if not p.fractions or any(not 0 < f <= 1 for f in p.fractions):
         raise UsageError(f"--fractions {p.fractions}: give fractions in (0, 1], e.g. [0.1, 1.0]")
     if p.encoders and not p.probes:
-        raise UsageError(f"--probes is empty: give {list(FLOOD_PROBES)}, or --encoders []")
+        raise UsageError(f"--probes is empty: give any of {list(FLOOD_PROBES)}, or --encoders []")
     for probe in p.probes:
         if probe not in FLOOD_PROBES:
-            raise UsageError(f"--probes: unknown probe {probe!r}; use {list(FLOOD_PROBES)}")
+            raise UsageError(f"--probes: unknown probe {probe!r}; use any of {list(FLOOD_PROBES)}")
         if int(p.steps.get(probe, 0)) < 1:
             raise UsageError(f"--steps.{probe}: give a number of optimizer steps >= 1")
         if not float(p.lr.get(probe, 0)) > 0:
@@ -305,70 +307,116 @@ class PatchLinear(nn.Module):
         return x.reshape(b, 2, gh * pp, gw * pp)
 
 
+class FineTuned(nn.Module):
+    """The encoder, trainable, with the patch-token linear head."""
+
+    def __init__(self, encoder: nn.Module, head: PatchLinear) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[:, 1:])
+
+
+@dataclass
+class Encoded:
+    """One encoder ready for the chips: model, normalisation, frozen tokens, patch grid."""
+
+    encoder: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+    tokens: dict[str, torch.Tensor]  # split → [N, L, D] float16
+    patch: int
+    grid: tuple[int, int]
+
+
+def encode(p: FloodProtocol, source: str, chips: Chips, seed: int, device, say: Say) -> Encoded:
+    stats = SimpleNamespace(band_mean=chips.band_mean, band_std=chips.band_std)
+    view = SimpleNamespace(stats={"train": stats}, bands=list(S2_BANDS),
+                           image_size=chips.image_size)  # fmt: skip
+    enc, m, s = build_encoder(p, source, view, seed, say)  # type: ignore[arg-type]
+    enc = enc.to(device)
+    mean = torch.tensor(m, dtype=torch.float32, device=device)
+    std = torch.tensor(s, dtype=torch.float32, device=device)
+    tokens = {}
+    if "linear" in p.probes:
+        tokens = {sp: sd.patch_tokens(enc, ds, p.data, mean, std, device)  # type: ignore[arg-type]
+                  for sp, ds in chips.datasets.items()}  # fmt: skip
+    patch = int(enc.patch_size[0])
+    grid = (chips.image_size[0] // patch, chips.image_size[1] // patch)
+    return Encoded(enc, mean, std, tokens, patch, grid)
+
+
 def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
-    """Every encoder × seed × fraction: the linear probe on its frozen patch tokens, kept at
-    its best validation water IoU, scored on the test split."""
+    """Every encoder × seed × fraction × probe: the linear probe on its frozen patch tokens
+    and the fine-tuned encoder with that head, kept at the best validation water IoU, scored
+    on the test split."""
     rows: list[dict[str, Any]] = []
     if not p.encoders:
         return rows
     device = device_for(p.accelerator)
-    stats = SimpleNamespace(band_mean=chips.band_mean, band_std=chips.band_std)
-    view = SimpleNamespace(stats={"train": stats}, bands=list(S2_BANDS),
-                           image_size=chips.image_size)  # fmt: skip
     masks = {s: m.long() for s, m in chips.masks.items()}
     for m in masks.values():
         m[m == NODATA] = IGNORE
     for source in p.encoders:
-        label, tokens = encoder_label(source), None
+        label, cached = encoder_label(source), None
         for seed in p.seeds:
-            if source == SCRATCH or tokens is None:
-                enc, m, s = build_encoder(p, source, view, seed, say)  # type: ignore[arg-type]
-                enc = enc.to(device)
-                m_t = torch.tensor(m, dtype=torch.float32, device=device)
-                s_t = torch.tensor(s, dtype=torch.float32, device=device)
-                tokens = {sp: sd.patch_tokens(enc, ds, p.data, m_t, s_t, device)  # type: ignore[arg-type]
-                          for sp, ds in chips.datasets.items()}  # fmt: skip
-                patch = int(enc.patch_size[0])
-                grid = (chips.image_size[0] // patch, chips.image_size[1] // patch)
+            if source == SCRATCH or cached is None:
+                cached = encode(p, source, chips, seed, device, say)
             for fraction in p.fractions:
                 idx = draw_chips(len(chips.datasets["train"]), fraction, seed)
-                start = time.perf_counter()
-                scores, step = probe_once(p, tokens, masks, chips, idx, seed, patch, grid, device)
-                rows.append({"method": f"{label} / linear", "kind": "linear", "budget": fraction,
-                             "seed": seed, "train_units": len(idx),
-                             "select_units": len(chips.datasets["val"]), "step": step,
-                             **scores})  # fmt: skip
-                say(f"{label} / linear  fraction {fraction:g}  seed {seed}: iou_water "
-                    f"{scores['iou_water']:.3f}  step {step}  "
-                    f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
+                for probe in p.probes:
+                    start = time.perf_counter()
+                    scores, step = probe_once(p, probe, cached, masks, chips, idx, seed, device)
+                    rows.append({"method": f"{label} / {probe}", "kind": probe,
+                                 "budget": fraction, "seed": seed, "train_units": len(idx),
+                                 "select_units": len(chips.datasets["val"]), "step": step,
+                                 **scores})  # fmt: skip
+                    say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: iou_water "
+                        f"{scores['iou_water']:.3f}  step {step}  "
+                        f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
 
 
-def probe_once(p, tokens, masks, chips, idx, seed, patch, grid, device):
-    """Train the linear probe on the drawn chips' tokens (those with a labeled pixel); (test
-    scores, kept step), NaN where no drawn chip has a labeled pixel."""
+def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):
+    """Train ``probe`` on the drawn chips (those with a labeled pixel); (test scores, kept
+    step), NaN where no drawn chip has a labeled pixel."""
     idx = idx[(masks["train"][idx] != IGNORE).flatten(1).any(1).numpy()]
     if not len(idx):  # the drawn chips are all no data: nothing to train on
         return {"iou_water": math.nan}, 0
     torch.manual_seed(seed)
-    model = PatchLinear(tokens["train"].shape[-1], patch, grid).to(device)
-    x_train, y_train = tokens["train"][idx], masks["train"][idx]
     bs = p.data.batch_size
+    head = PatchLinear(enc.encoder.embed_dim, enc.patch, enc.grid)
+    y_train = masks["train"][idx]
+    if probe == "finetune":
+        model: nn.Module = FineTuned(copy.deepcopy(enc.encoder), head).to(device)
+
+        def inputs(split: str, rows) -> torch.Tensor:
+            ds = chips.datasets[split]
+            x = torch.stack([ds[int(i)]["image"] for i in rows]).to(device)
+            return sd.normalise(x, p.data, enc.mean, enc.std)  # type: ignore[arg-type]
+    else:
+        model = head.to(device)
+
+        def inputs(split: str, rows) -> torch.Tensor:
+            return enc.tokens[split][torch.as_tensor(rows)].float().to(device)
 
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pick = torch.randint(len(idx), (min(bs, len(idx)),), generator=g)
-        return x_train[pick].float().to(device), y_train[pick].to(device)
+        return inputs("train", idx[pick.numpy()]), y_train[pick].to(device)
 
     @torch.no_grad()
     def score(split: str) -> float:
         model.eval()
-        water = torch.cat([model(tokens[split][i : i + bs].to(device)).argmax(1).cpu()
-                           for i in range(0, len(tokens[split]), bs)])  # fmt: skip
+        n = len(chips.datasets[split])
+        water = torch.cat([model(inputs(split, range(i, min(i + bs, n)))).argmax(1).cpu()
+                           for i in range(0, n, bs)])  # fmt: skip
         return water_iou(chips.masks[split].numpy(), (water == WATER).numpy())
 
     select = (lambda: score("val")) if len(chips.datasets["val"]) else None
-    trained = train_steps(model, batch, int(p.steps["linear"]), p.check_every,
-                          float(p.lr["linear"]), seed, select)  # fmt: skip
+    decay = 0.05 if probe == "finetune" else 0.0
+    trained = train_steps(model, batch, int(p.steps[probe]), p.check_every, float(p.lr[probe]),
+                          seed, select, weight_decay=decay)  # fmt: skip
     return {"iou_water": score("test")}, trained.step
 
 
@@ -381,9 +429,11 @@ def flood_notes(p: FloodProtocol, chips: Chips) -> list[str]:
         f"{p.seeds}.",
         "budget = fraction of the training chips, a seeded uniform draw (`train units`: chips). "
         f"NDWI > t: the threshold with the best water IoU on the drawn training pixels (at most "
-        f"{p.pixel_limit}). Linear probe: {p.steps.get('linear', 0)} optimizer steps on the frozen "
-        f"patch tokens, kept at the best validation-split water IoU (`select units`: its chips), "
-        f"checked every {p.check_every} steps.",
+        f"{p.pixel_limit}). Probes: a linear layer per patch token predicting its patch's "
+        f"pixels, on the frozen tokens (`linear`) or with the encoder trained too (`finetune`); "
+        f"optimizer steps {', '.join(f'{k} {int(p.steps[k])}' for k in p.probes)}, kept at the "
+        f"best validation-split water IoU (`select units`: its chips), checked every "
+        f"{p.check_every} steps.",
     ]
 
 

@@ -19,7 +19,7 @@ from tests.geomed_mim.evaluation.sen1floods11_fixture import HAND, write_sen1flo
 
 CONFIG = REPO_ROOT / "configs/evaluate/sen1floods11.yaml"
 SHRINK = [
-    "--steps", "{linear: 6}", "--check_every", "3", "--fractions", "[0.5, 1.0]",
+    "--steps", "{linear: 6, finetune: 2}", "--check_every", "3", "--fractions", "[0.5, 1.0]",
     "--task.encoder", "{embed_dim: 16, depth: 1, num_heads: 2, patch_size: 16}",
 ]  # fmt: skip
 
@@ -70,8 +70,8 @@ def test_the_shipped_config_end_to_end(release, tmp_path, capsys):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     methods = {r["method"] for r in rows}
-    assert methods == {"NDWI > t (water)", "scratch / linear"}
-    assert len(rows) == 2 * 2 * 3  # methods × fractions × seeds
+    assert methods == {"NDWI > t (water)", "scratch / linear", "scratch / finetune"}
+    assert len(rows) == 3 * 2 * 3  # methods × fractions × seeds
     for r in rows:
         assert 0.0 <= float(r["iou_water"]) <= 1.0
     full = [r for r in rows if r["method"].startswith("NDWI") and float(r["budget"]) == 1.0]
@@ -130,8 +130,8 @@ def test_a_pretrained_encoder_is_probed_with_its_bands_by_name(release, tmp_path
     assert len(S2_BANDS) == 13
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 3
-    assert all(r["kind"] == "linear" for r in rows)
+    assert len(rows) == 2 * 2 * 3  # probes × fractions × seeds
+    assert {r["kind"] for r in rows} == {"linear", "finetune"}
     assert all(0.0 <= float(r["iou_water"]) <= 1.0 for r in rows)
 
 
@@ -170,5 +170,5 @@ def test_training_chips_all_no_data_give_nan_rows(release, tmp_path, capsys):
     main(["--config", str(CONFIG), "--data.root", str(bad), *SHRINK, "--output", str(out)])
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 2 * 3
+    assert len(rows) == 3 * 2 * 3
     assert all(np.isnan(float(r["iou_water"])) for r in rows)
