@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from data_pipelines.errors import first_line
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import GranuleName
-from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.registry import calibrator_when, register_product
 from data_pipelines.rs.products.swath_grid import resample_granule
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import (
@@ -454,9 +454,5 @@ register_product(
     "MODIS Level-1B 1-km granules (MOD021KM/MYD021KM, HDF4)",
     lambda scene, profile, resampling, swath_grid: ModisGranuleReader(scene, profile, swath_grid),
     find_scenes=modis_scenes,
-    calibrator=lambda profile, product: (
-        modis_l1b_calibrator(profile, product)
-        if profile.calibration.get("kind") == "modis_toa"
-        else None
-    ),
+    calibrator=calibrator_when("modis_toa", modis_l1b_calibrator),
 )
