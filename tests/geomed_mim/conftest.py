@@ -19,6 +19,18 @@ def build_store(*args: str) -> None:
     assert build_dataset([*args, "--workers", "1", "--scheduler", "synchronous"]) == 0
 
 
+@pytest.fixture
+def caney(monkeypatch: pytest.MonkeyPatch):
+    """pytorch-caney's SimMIM modules (SatVision-TOA's code), with its one CUDA assumption
+    patched for the test: the attention moves a constant to ``logit_scale.get_device()``, which
+    is -1 on the CPU."""
+    import torch
+
+    mim = pytest.importorskip("pytorch_caney.models.mim.mim")
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: self.device)
+    return mim
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded demo archive built into a store (80 tiles of 13 bands, 32x32)."""
