@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, subprocess_env
 
-__all__ = ["REPO_ROOT", "build_config_store", "build_store", "subprocess_env"]
+__all__ = ["REPO_ROOT", "build_config_store", "build_printing", "build_store", "subprocess_env"]
 
 
 def build_store(*args: str) -> None:
@@ -17,6 +19,17 @@ def build_store(*args: str) -> None:
     from geomed_mim.build_dataset import main as build_dataset
 
     assert build_dataset([*args, "--workers", "1", "--scheduler", "synchronous"]) == 0
+
+
+def build_printing(*args: str) -> tuple[int, str]:
+    """The build command run in this process on ``args`` as given: its exit code and what it
+    printed."""
+    from geomed_mim.build_dataset import main as build_dataset
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = build_dataset(list(args))
+    return rc, printed.getvalue()
 
 
 def build_config_store(
