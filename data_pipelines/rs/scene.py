@@ -24,7 +24,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import rasterio
@@ -125,7 +125,32 @@ class BandSource:
     same_grid: bool
 
 
-class SceneReader:
+_Reader = TypeVar("_Reader", bound="ClosingReader")
+
+
+class ClosingReader:
+    """The ``with`` protocol of a reader whose open files sit in ``self._stack`` (an
+    ``ExitStack``): entering runs :meth:`_enter`, closing what it opened if that fails; leaving
+    closes them all."""
+
+    _stack: ExitStack
+
+    def _enter(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Reader) -> _Reader:
+        try:
+            self._enter()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+class SceneReader(ClosingReader):
     """Open a scene for ``profile``; ``read_rows`` returns ``[C, h, W]`` in profile band order."""
 
     def __init__(self, scene: Scene, profile: SensorProfile, resampling: str = "bilinear"):
@@ -140,19 +165,11 @@ class SceneReader:
         self.dtype: np.dtype | None = None
 
     # -- opening ---------------------------------------------------------------------------------
-    def __enter__(self) -> SceneReader:
-        try:
-            self._stack.enter_context(
-                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, **worker_gdal_options())
-            )
-            self._open()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def _enter(self) -> None:
+        self._stack.enter_context(
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20, **worker_gdal_options())
+        )
+        self._open()
 
     def _open_file(self, path: str) -> rasterio.io.DatasetReader:
         try:

@@ -243,21 +243,23 @@ def landsat_c2_l2_calibrator(profile: SensorProfile, mtl_path: str | Path | None
     scale, offset = [], []
     for band in profile.bands:
         n = _landsat_band_number(band.name)
-        if band.kind == "emissive":
-            if st is None:
-                scale.append(LANDSAT_C2_ST_SCALE)
-                offset.append(LANDSAT_C2_ST_OFFSET)
-            else:
-                get = _getter(st, where)
-                scale.append(get(f"TEMPERATURE_MULT_BAND_ST_B{n}"))
-                offset.append(get(f"TEMPERATURE_ADD_BAND_ST_B{n}"))
-        elif sr is None:
-            scale.append(LANDSAT_C2_SR_SCALE)
-            offset.append(LANDSAT_C2_SR_OFFSET)
+        if band.kind == "emissive":  # (MTL group, its keys, the definition without an MTL)
+            group, keys, mult_add = (
+                st,
+                (f"TEMPERATURE_MULT_BAND_ST_B{n}", f"TEMPERATURE_ADD_BAND_ST_B{n}"),
+                (LANDSAT_C2_ST_SCALE, LANDSAT_C2_ST_OFFSET),
+            )
         else:
-            get = _getter(sr, where)
-            scale.append(get(f"REFLECTANCE_MULT_BAND_{n}"))
-            offset.append(get(f"REFLECTANCE_ADD_BAND_{n}"))
+            group, keys, mult_add = (
+                sr,
+                (f"REFLECTANCE_MULT_BAND_{n}", f"REFLECTANCE_ADD_BAND_{n}"),
+                (LANDSAT_C2_SR_SCALE, LANDSAT_C2_SR_OFFSET),
+            )
+        if group is not None:
+            get = _getter(group, where)
+            mult_add = (get(keys[0]), get(keys[1]))
+        scale.append(mult_add[0])
+        offset.append(mult_add[1])
     return Calibrator(
         kind="landsat_c2_l2",
         scale=np.array(scale),

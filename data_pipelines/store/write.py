@@ -262,29 +262,16 @@ def write_volume(
     """
     delete_part_array(out_dir, group, name)
     with output_writes():
-        return _write_whole(out_dir, group, name, array, chunks, compressors, fill_value, attrs)
-
-
-def _write_whole(
-    out_dir: str | Path,
-    group: str,
-    name: str,
-    array: np.ndarray,
-    chunks: tuple[int, ...],
-    compressors: list[BloscCodec],
-    fill_value: int,
-    attrs: dict[str, Any] | None,
-) -> zarr.Array:
-    arr = zarr.create_array(
-        store=str(store_path(out_dir)),
-        name=f"{group}/{name}",
-        shape=array.shape,
-        chunks=tuple(min(c, max(s, 1)) for c, s in zip(chunks, array.shape, strict=True)),
-        dtype=array.dtype,
-        compressors=compressors,
-        fill_value=fill_value,
-        attributes=attrs or {},
-        overwrite=True,
-    )
-    arr[...] = array
+        arr = zarr.create_array(
+            store=str(store_path(out_dir)),
+            name=f"{group}/{name}",
+            shape=array.shape,
+            chunks=tuple(min(c, max(s, 1)) for c, s in zip(chunks, array.shape, strict=True)),
+            dtype=array.dtype,
+            compressors=compressors,
+            fill_value=fill_value,
+            attributes=attrs or {},
+            overwrite=True,
+        )
+        arr[...] = array
     return arr

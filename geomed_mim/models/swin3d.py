@@ -11,6 +11,7 @@ Layout channels first: features are [B, C', D', H', W'].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.nets.swin_unetr import SwinTransformer
@@ -21,6 +22,26 @@ from torch import nn
 SWINVIT3D_ARCHS: dict[str, dict] = {
     "feat48": {"embed_dim": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24)},
 }
+
+
+def swin3d_size_kwargs(
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    window_size: int,
+    patch_size: int,
+    mlp_ratio: float,
+) -> dict[str, Any]:
+    """A 3-D Swin's size arguments as plain JSON values (no img_size / in_chans): what rebuilds
+    :class:`SwinViT3DEncoder` or SwinUNETR's swinViT."""
+    return {
+        "embed_dim": int(embed_dim),
+        "depths": [int(d) for d in depths],
+        "num_heads": [int(h) for h in num_heads],
+        "window_size": int(window_size),
+        "patch_size": int(patch_size),
+        "mlp_ratio": float(mlp_ratio),
+    }
 
 
 class SwinViT3DEncoder(SwinTransformer):
@@ -74,14 +95,9 @@ class SwinViT3DEncoder(SwinTransformer):
         self.encoder_stride = stride  # every stage merges at its end, the last one too
         self.out_channels = embed_dim * 2 ** len(depths)
         # every size argument (no img_size / in_chans): what rebuilds it, or SwinUNETR's swinViT
-        self.size_kwargs = {
-            "embed_dim": int(embed_dim),
-            "depths": [int(d) for d in depths],
-            "num_heads": [int(h) for h in num_heads],
-            "window_size": int(window_size),
-            "patch_size": int(patch_size),
-            "mlp_ratio": float(mlp_ratio),
-        }
+        self.size_kwargs = swin3d_size_kwargs(
+            embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio
+        )
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim, 1, 1, 1))
         trunc_normal_(self.mask_token, mean=0.0, std=0.02)
 

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from geomed_mim.models.swin import SwinV2Encoder
+from geomed_mim.models.swin3d import swin3d_size_kwargs
 
 
 def conv_norm_act(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -132,14 +133,9 @@ class SwinUNETRSegmenter(SwinUNETR):
             spatial_dims=3,
         )
         self.skip_blocks: list[int] = []
-        self.size_kwargs = {
-            "embed_dim": int(embed_dim),
-            "depths": [int(d) for d in depths],
-            "num_heads": [int(h) for h in num_heads],
-            "window_size": int(window_size),
-            "patch_size": int(patch_size),
-            "mlp_ratio": float(mlp_ratio),
-        }
+        self.size_kwargs = swin3d_size_kwargs(
+            embed_dim, depths, num_heads, window_size, patch_size, mlp_ratio
+        )
 
     @property
     def encoder(self) -> nn.Module:

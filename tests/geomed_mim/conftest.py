@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, subprocess_env
 
-__all__ = ["REPO_ROOT", "build_store", "subprocess_env"]
+__all__ = ["REPO_ROOT", "build_config_store", "build_printing", "build_store", "subprocess_env"]
 
 
 def build_store(*args: str) -> None:
@@ -17,6 +19,38 @@ def build_store(*args: str) -> None:
     from geomed_mim.build_dataset import main as build_dataset
 
     assert build_dataset([*args, "--workers", "1", "--scheduler", "synchronous"]) == 0
+
+
+def build_printing(*args: str) -> tuple[int, str]:
+    """The build command run in this process on ``args`` as given: its exit code and what it
+    printed."""
+    from geomed_mim.build_dataset import main as build_dataset
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = build_dataset(list(args))
+    return rc, printed.getvalue()
+
+
+def build_config_store(
+    tmp_path_factory: pytest.TempPathFactory, folder: str, config: str, *args: str
+) -> Path:
+    """``<new tmp folder>/store`` built from ``configs/data/<config>`` (extra CLI ``args``)."""
+    out = tmp_path_factory.mktemp(folder) / "store"
+    build_store("--config", str(REPO_ROOT / "configs/data" / config), "--output", str(out), *args)
+    return out
+
+
+@pytest.fixture
+def caney(monkeypatch: pytest.MonkeyPatch):
+    """pytorch-caney's SimMIM modules (SatVision-TOA's code), with its one CUDA assumption
+    patched for the test: the attention moves a constant to ``logit_scale.get_device()``, which
+    is -1 on the CPU."""
+    import torch
+
+    mim = pytest.importorskip("pytorch_caney.models.mim.mim")
+    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: self.device)
+    return mim
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +64,10 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lulc_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The labeled Sentinel-2 demo store (5 scenes, 80 tiles, land-cover mask)."""
-    out = tmp_path_factory.mktemp("finetune_lulc") / "store"
-    build_store("--config", str(REPO_ROOT / "configs/data/demo_lulc.yaml"), "--output", str(out))
-    return out
+    return build_config_store(tmp_path_factory, "finetune_lulc", "demo_lulc.yaml")
 
 
 @pytest.fixture(scope="session")
 def ct_organs_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The labeled CT demo store (one abdominal case, liver / spleen / kidney)."""
-    out = tmp_path_factory.mktemp("ct_organs") / "store"
-    build_store(
-        "--config", str(REPO_ROOT / "configs/data/demo_ct_organs.yaml"), "--output", str(out)
-    )
-    return out
+    return build_config_store(tmp_path_factory, "ct_organs", "demo_ct_organs.yaml")

@@ -7,8 +7,6 @@ CT config errors are checked with the RS ones in test_build_dataset.py.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tests.data_pipelines.ct.dicom_files import (
     write_multiframe,
     write_tilted_series,
 )
+from tests.geomed_mim.conftest import build_printing
 
 
 def test_ct_flags_parse_into_the_ct_config(tmp_path: Path, demo_data: Path) -> None:
@@ -93,11 +92,9 @@ def hospital_archive(shared_data: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def hospital_build(hospital_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("hospital_store") / "store"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        rc = main(["--modality", "ct", "--input", str(hospital_archive), "--output", str(out),
-                   "--workers", "1"])  # fmt: skip
-    return {"rc": rc, "out": out, "stdout": printed.getvalue()}
+    rc, printed = build_printing("--modality", "ct", "--input", str(hospital_archive),
+                                 "--output", str(out), "--workers", "1")  # fmt: skip
+    return {"rc": rc, "out": out, "stdout": printed}
 
 
 def _rows(out: Path) -> dict[str, dict]:

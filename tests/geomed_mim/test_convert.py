@@ -66,15 +66,6 @@ SATVISION_YAML = {
 }
 
 
-@pytest.fixture
-def caney(monkeypatch):
-    """pytorch-caney's SimMIM modules, with its one CUDA assumption patched for the test: the
-    attention moves a constant to ``logit_scale.get_device()``, which is -1 on the CPU."""
-    mim = pytest.importorskip("pytorch_caney.models.mim.mim")
-    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: self.device)
-    return mim
-
-
 def build_caney_simmim(mim, cfg: dict) -> torch.nn.Module:
     """pytorch-caney's ``build_mim_model`` on ``cfg`` (its yacs config reader is not needed:
     the same arguments, read from the same YAML keys)."""

@@ -36,10 +36,11 @@ from rasterio.windows import Window
 from data_pipelines.errors import first_line
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import GranuleName
-from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.registry import calibrator_when, register_product
 from data_pipelines.rs.products.swath_grid import resample_granule
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import (
+    ClosingReader,
     Discovery,
     Grid,
     Listing,
@@ -292,7 +293,7 @@ class Geolocation:
 # -- the scene reader ----------------------------------------------------------------------------
 
 
-class ModisGranuleReader:
+class ModisGranuleReader(ClosingReader):
     """A MOD021KM/MYD021KM granule as a scene: ``read_window`` gives DN ``[C, h, w]`` (uint16)
     in profile band order, on the swath grid or (``swath_grid``) resampled to a map grid."""
 
@@ -315,16 +316,8 @@ class ModisGranuleReader:
         self._sources: list[BandSource] = []
         self._resampled = None  # (pixels [C, H, W], to_lonlat) with a map grid
 
-    def __enter__(self) -> ModisGranuleReader:
-        try:
-            self._open()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+    def _enter(self) -> None:
+        self._open()
 
     def _open(self) -> None:
         name = Path(self.path).name
@@ -454,9 +447,5 @@ register_product(
     "MODIS Level-1B 1-km granules (MOD021KM/MYD021KM, HDF4)",
     lambda scene, profile, resampling, swath_grid: ModisGranuleReader(scene, profile, swath_grid),
     find_scenes=modis_scenes,
-    calibrator=lambda profile, product: (
-        modis_l1b_calibrator(profile, product)
-        if profile.calibration.get("kind") == "modis_toa"
-        else None
-    ),
+    calibrator=calibrator_when("modis_toa", modis_l1b_calibrator),
 )

@@ -58,6 +58,16 @@ def register_product(
     _PRODUCTS[name] = ProductEntry(name, description, open_reader, calibrator, find_scenes)
 
 
+def calibrator_when(kind: str, make: CalibratorFactory) -> CalibratorFactory:
+    """The factory that calls ``make`` for a profile whose ``calibration.kind`` is ``kind``, and
+    gives None (the product's coefficients unused) for any other profile."""
+
+    def calibrator(profile: SensorProfile, product: ProductInfo) -> Any:
+        return make(profile, product) if profile.calibration.get("kind") == kind else None
+
+    return calibrator
+
+
 def list_products() -> list[str]:
     """The registered product names, sorted."""
     return sorted(_PRODUCTS)

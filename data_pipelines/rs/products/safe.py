@@ -35,7 +35,7 @@ from rasterio.windows import Window
 
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import safe_kind, safe_stem
-from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.registry import calibrator_when, register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import (
     BandSource,
@@ -296,9 +296,5 @@ register_product(
     "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
     lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
     find_scenes=safe_scenes,
-    calibrator=lambda profile, product: (
-        sentinel2_product_calibrator(profile, product)
-        if profile.calibration.get("kind") == "sentinel2"
-        else None
-    ),
+    calibrator=calibrator_when("sentinel2", sentinel2_product_calibrator),
 )

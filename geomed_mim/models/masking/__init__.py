@@ -27,6 +27,7 @@ from geomed_mim.models.masking.strategies import (
     masking_from_noise,
     num_visible_patches,
     seeded_uniform,
+    uniform_noise,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "seeded_uniform",
     "semantic_richness",
     "semantic_score",
+    "uniform_noise",
 ]

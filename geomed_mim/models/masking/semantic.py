@@ -29,7 +29,7 @@ from geomed_mim.models.masking.semantic_score import semantic_richness
 from geomed_mim.models.masking.strategies import (
     MaskingStrategy,
     num_visible_patches,
-    seeded_uniform,
+    uniform_noise,
 )
 from geomed_mim.models.patches import gather_tokens, patchify
 
@@ -191,13 +191,6 @@ class SemanticTokenSelection(MaskingStrategy):
         """Semantic-richness score ``log(r + floor)`` [B, L]."""
         return torch.log(self.richness(images, patch_size) + self.score_floor)
 
-    def _uniforms(
-        self, B: int, n: int, device: torch.device, sample_seeds: torch.Tensor | None
-    ) -> torch.Tensor:
-        if sample_seeds is not None:
-            return seeded_uniform(sample_seeds, n, device)  # row i from seed i only
-        return torch.rand(B, n, device=device)
-
     @torch.no_grad()
     def select(
         self,
@@ -221,7 +214,7 @@ class SemanticTokenSelection(MaskingStrategy):
 
         richness = self.richness(images, patch_size)  # [B, L]
         logits = torch.log(richness + self.score_floor) / self.temperature  # [B, L]
-        u = self._uniforms(B, 3 * L, images.device, sample_seeds)  # [B, 3L]
+        u = uniform_noise(B, 3 * L, images.device, sample_seeds)  # [B, 3L], row i from seed i
         g_seed, u_rand, g_target = gumbel(u[:, :L]), u[:, L : 2 * L], gumbel(u[:, 2 * L :])
         available = torch.ones(B, L, dtype=torch.bool, device=images.device)
 

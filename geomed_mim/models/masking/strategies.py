@@ -67,6 +67,18 @@ def seeded_uniform(
     return torch.stack(rows).to(device)
 
 
+def uniform_noise(
+    batch_size: int,
+    num_patches: int,
+    device: torch.device,
+    sample_seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """U(0, 1) noise [B, L]: per-sample seeded (:func:`seeded_uniform`) or the global RNG."""
+    if sample_seeds is not None:
+        return seeded_uniform(sample_seeds, num_patches, device)
+    return torch.rand(batch_size, num_patches, device=device)
+
+
 class MaskingStrategy(ABC):
     """Chooses visible patches per sample; subclasses provide :meth:`noise`."""
 
@@ -102,11 +114,18 @@ class MaskingStrategy(ABC):
     ) -> MaskingResult:
         if noise is None:
             noise = self.noise(batch_size, grid_size, device, sample_seeds, images)
+        width = self.noise_width(grid_size)
+        if noise.shape != (batch_size, width):
+            raise ValueError(f"noise must be [{batch_size}, {width}], got {list(noise.shape)}")
+        return self.masking(noise, grid_size)
+
+    def noise_width(self, grid_size: Sequence[int]) -> int:
+        """L of the noise [B, L] :meth:`noise` draws: one score per patch."""
+        return math.prod(grid_size)
+
+    def masking(self, noise: torch.Tensor, grid_size: Sequence[int]) -> MaskingResult:
+        """The masking a (checked) noise [B, :meth:`noise_width`] fixes."""
         num_patches = math.prod(grid_size)
-        if noise.shape != (batch_size, num_patches):
-            raise ValueError(
-                f"noise must be [{batch_size}, {num_patches}], got {list(noise.shape)}"
-            )
         return masking_from_noise(noise, num_visible_patches(num_patches, self.mask_ratio))
 
     def __repr__(self) -> str:
@@ -117,10 +136,7 @@ class RandomMasking(MaskingStrategy):
     """MAE: uniform noise, so every subset of the right size is equally likely."""
 
     def noise(self, batch_size, grid_size, device, sample_seeds=None, images=None):
-        L = math.prod(grid_size)
-        if sample_seeds is not None:
-            return seeded_uniform(sample_seeds, L, device)
-        return torch.rand(batch_size, L, device=device)
+        return uniform_noise(batch_size, math.prod(grid_size), device, sample_seeds)
 
 
 class BlockMasking(MaskingStrategy):
@@ -233,10 +249,7 @@ class MaskUnitMasking(MaskingStrategy):
         return math.ceil(math.prod(self.unit_grid(grid_size)) * self.mask_ratio)
 
     def noise(self, batch_size, grid_size, device, sample_seeds=None, images=None):
-        units = math.prod(self.unit_grid(grid_size))
-        if sample_seeds is not None:
-            return seeded_uniform(sample_seeds, units, device)
-        return torch.rand(batch_size, units, device=device)
+        return uniform_noise(batch_size, self.noise_width(grid_size), device, sample_seeds)
 
     def unit_mask(self, noise: torch.Tensor, grid_size: Sequence[int]) -> torch.Tensor:
         """noise [B, units] → mask [B, L] over the patch grid (1 = masked)."""
@@ -249,20 +262,10 @@ class MaskUnitMasking(MaskingStrategy):
             mask = mask.repeat_interleave(self.unit, dim=axis)
         return mask.reshape(B, -1)  # [B, L]
 
-    def __call__(
-        self,
-        batch_size: int,
-        grid_size: Sequence[int],
-        device: torch.device,
-        sample_seeds: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> MaskingResult:
-        if noise is None:
-            noise = self.noise(batch_size, grid_size, device, sample_seeds, images)
-        units = math.prod(self.unit_grid(grid_size))
-        if noise.shape != (batch_size, units):
-            raise ValueError(f"noise must be [{batch_size}, {units}], got {list(noise.shape)}")
+    def noise_width(self, grid_size: Sequence[int]) -> int:
+        return math.prod(self.unit_grid(grid_size))
+
+    def masking(self, noise: torch.Tensor, grid_size: Sequence[int]) -> MaskingResult:
         return masking_from_mask(self.unit_mask(noise, grid_size))
 
     def __repr__(self) -> str:

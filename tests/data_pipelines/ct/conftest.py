@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.data_pipelines.ct.dicom_files import write_dicom_series
+from tests.geomed_mim.conftest import build_printing
 
 CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"
 SEG_SM = "ct/totalsegmentator_example/example_seg.nii.gz"
@@ -75,21 +76,12 @@ def ct_archive(
 @pytest.fixture(scope="session")
 def ct_build(ct_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The archive built once through the CLI: ``{"out": Path, "rc": int, "stdout": str}``."""
-    import contextlib
-    import io
-
-    from geomed_mim.build_dataset import main
-
     out = tmp_path_factory.mktemp("ct_store") / "store"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(
-            [
-                *("--modality", "ct", "--input", str(ct_archive), "--output", str(out)),
-                *("--workers", "1", "--val-fraction", "0.5"),
-            ]
-        )
-    return {"out": out, "rc": rc, "stdout": buf.getvalue()}
+    rc, printed = build_printing(
+        *("--modality", "ct", "--input", str(ct_archive), "--output", str(out)),
+        *("--workers", "1", "--val-fraction", "0.5"),
+    )
+    return {"out": out, "rc": rc, "stdout": printed}
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1,
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"  # under the shared data folder
+
+
+def ct_sm_source(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The small example CT (:data:`CT_SM`): float32 HU voxels and the affine, as stored."""
+    img = nib.load(str(shared_data / CT_SM))
+    return np.asarray(img.dataobj).astype(np.float32), img.affine
 
 
 def nifti_as_lps(nifti: Path) -> tuple[np.ndarray, np.ndarray]:

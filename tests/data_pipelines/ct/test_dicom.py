@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
@@ -14,20 +13,15 @@ from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELo
 from data_pipelines.ct.dicom import DicomSeriesError, read_series
 from data_pipelines.ct.volume import stored_grid
 from tests.data_pipelines.ct.dicom_files import (
+    CT_SM,
     LPS_FROM_RAS,
+    ct_sm_source,
     write_dicom_series,
     write_multiframe,
     write_tilted_series,
 )
 
 pytestmark = pytest.mark.shared_data
-
-CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"
-
-
-def _source(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(str(shared_data / CT_SM))
-    return np.asarray(img.dataobj).astype(np.float32), img.affine
 
 
 def test_missing_slice_is_an_error_that_says_where(shared_data: Path, tmp_path: Path) -> None:
@@ -61,7 +55,7 @@ def test_compressed_series_decode_to_the_exact_voxels(
     assert np.array_equal(
         pixel_array(files[0], decoding_plugin=plugin), first.pixel_array
     )  # the decoder the package declares, not only a test-only one (GDCM)
-    hu, affine = _source(shared_data)
+    hu, affine = ct_sm_source(shared_data)
     vol = read_series([str(f) for f in files])
     assert np.array_equal(vol.hu, hu)
     assert vol.affine == pytest.approx(affine, abs=1e-4)
@@ -74,7 +68,7 @@ def test_enhanced_multiframe_file_reads_geometry_and_rescale_per_frame(
     intercepts (-1024 / -1000): the volume is the scan's exact HU on its exact grid."""
     order = np.random.default_rng(3).permutation(30)
     path = write_multiframe(shared_data / CT_SM, tmp_path / "enhanced.dcm", order)
-    hu, affine = _source(shared_data)
+    hu, affine = ct_sm_source(shared_data)
     vol = read_series([str(path)])
     assert vol.num_slices == 30
     assert np.array_equal(vol.hu, hu)
@@ -89,7 +83,7 @@ def test_uneven_spacing_is_interpolated_on_the_true_positions(
     where one is absent."""
     dropped = tuple(range(17, 28, 2))
     files = write_dicom_series(shared_data / CT_SM, tmp_path / "s", drop=dropped)
-    hu, affine = _source(shared_data)
+    hu, affine = ct_sm_source(shared_data)
     vol = read_series([str(f) for f in files])
     assert vol.uneven_spacing
     assert vol.slice_steps == pytest.approx((3.0, 6.0), abs=1e-4)
@@ -121,7 +115,7 @@ def test_gantry_tilt_is_corrected_on_the_true_positions(shared_data: Path, tmp_p
     tilted_ras = LPS_FROM_RAS @ tilted_lps
     assert vol.affine == pytest.approx(tilted_ras, abs=1e-4)
 
-    hu, src_affine = _source(shared_data)
+    hu, src_affine = ct_sm_source(shared_data)
     stored, affine = stored_grid(vol.hu, vol.affine, (1.5, 1.5, 1.5))
     cols = affine[:3, :3] / 1.5
     assert cols.T @ cols == pytest.approx(np.eye(3), abs=1e-6), "the stored grid is orthogonal"

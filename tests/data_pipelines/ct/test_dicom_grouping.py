@@ -19,16 +19,14 @@ from data_pipelines.ct.dicom_grouping import (
 )
 from data_pipelines.ct.discover import discover_ct
 from data_pipelines.ct.volume import to_ras
-from tests.data_pipelines.ct.dicom_files import write_dicom_series, write_localizer
+from tests.data_pipelines.ct.dicom_files import (
+    CT_SM,
+    ct_sm_source,
+    write_dicom_series,
+    write_localizer,
+)
 
 pytestmark = pytest.mark.shared_data
-
-CT_SM = "ct/totalsegmentator_example/example_ct_sm.nii.gz"
-
-
-def _source(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(str(shared_data / CT_SM))
-    return np.asarray(img.dataobj).astype(np.float32), img.affine
 
 
 def coronal_copy(shared_data: Path, path: Path) -> Path:
@@ -65,7 +63,7 @@ def test_blank_series_uid_is_grouped_by_folder_and_geometry(
     d = discover_ct(str(tmp_path))
     assert [(c.case_id, c.series_uid, len(c.files)) for c in d.cases] == [("case07", "", 30)]
     assert d.ignored == []
-    hu, affine = _source(shared_data)
+    hu, affine = ct_sm_source(shared_data)
     vol = read_series(d.cases[0].files)
     assert np.array_equal(vol.hu, hu)
     assert vol.affine == pytest.approx(affine, abs=1e-4)
@@ -144,7 +142,7 @@ def test_one_uid_with_two_orientations_becomes_two_series(
     assert sorted(len(c.files) for c in d.cases) == [30, 101]
     assert all(c.series_uid == "1.2.3.9" for c in d.cases)
     assert len({c.case_id for c in d.cases}) == 2
-    hu, affine = to_ras(*_source(shared_data))
+    hu, affine = to_ras(*ct_sm_source(shared_data))
     for case in d.cases:  # both in RAS voxel order: the same voxels on the same grid
         vol = read_series(case.files)
         vol_hu, vol_affine = to_ras(vol.hu, vol.affine)
@@ -163,7 +161,7 @@ def test_dicom_series_grouped_by_uid_and_ordered_by_position_not_name(
     assert sorted(c.series_uid for c in d.cases) == ["1.2.3.1", "1.2.3.2"]
     assert all(c.case_id.startswith("mixed/series-") for c in d.cases)
     assert all(len(c.files) == 30 for c in d.cases)
-    hu, affine = _source(shared_data)
+    hu, affine = ct_sm_source(shared_data)
     vol = read_series(d.cases[0].files)
     assert np.array_equal(vol.hu, hu)
     assert vol.affine == pytest.approx(affine, abs=1e-4)

@@ -17,8 +17,7 @@ from data_pipelines.store.index import SampleIndex, build_sample_index, build_vo
 from data_pipelines.store.layout import COL_ID, COL_LABEL_ARRAY
 from data_pipelines.store.read import read_manifest, select_samples, usable_rows
 from data_pipelines.store.write import write_manifest
-from tests.conftest import REPO_ROOT
-from tests.geomed_mim.conftest import build_store
+from tests.geomed_mim.conftest import build_config_store, build_store
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +36,14 @@ def rs_store(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def labeled_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("index_lulc") / "store"
-    build_store("--config", str(REPO_ROOT / "configs/data/demo_lulc.yaml"), "--output", str(out))
-    return out
+    return build_config_store(tmp_path_factory, "index_lulc", "demo_lulc.yaml")
 
 
 @pytest.fixture(scope="module")
 def ct_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("index_ct") / "store"
-    build_store("--config", str(REPO_ROOT / "configs/data/demo_ct_organs.yaml"),
-                "--output", str(out), "--val-fraction", "0")  # fmt: skip
-    return out
+    return build_config_store(
+        tmp_path_factory, "index_ct", "demo_ct_organs.yaml", "--val-fraction", "0"
+    )
 
 
 def _samples(index: SampleIndex) -> list[tuple[str, int]]:

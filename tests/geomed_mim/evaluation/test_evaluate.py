@@ -209,6 +209,13 @@ def error_line(args: list[str], capsys) -> str:
     return line
 
 
+def store_error_line(store, tmp_path, args: list[str], capsys) -> str:
+    """:func:`error_line` of the shipped config on ``store``, output under ``tmp_path/run``."""
+    base = ["--config", str(CONFIG), "--data.init_args.store", str(store),
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    return error_line(base + args, capsys)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
@@ -228,9 +235,7 @@ def error_line(args: list[str], capsys) -> str:
     ],
 )
 def test_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, args, needle):
-    base = ["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
-            "--output", str(tmp_path / "run")]  # fmt: skip
-    line = error_line(base + args, capsys)
+    line = store_error_line(lulc_store, tmp_path, args, capsys)
     assert line.startswith("error: "), line
     assert needle in line, line
     assert not (tmp_path / "run" / "results.csv").exists()
@@ -245,9 +250,7 @@ def test_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, arg
     ],
 )
 def test_split_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsys, args, needle):
-    base = ["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
-            "--output", str(tmp_path / "run")]  # fmt: skip
-    line = error_line(base + args, capsys)
+    line = store_error_line(lulc_store, tmp_path, args, capsys)
     assert needle in line, line
 
 

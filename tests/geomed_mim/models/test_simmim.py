@@ -39,15 +39,6 @@ def tiny_simmim(**kwargs):
     )
 
 
-@pytest.fixture
-def caney(monkeypatch):
-    """pytorch-caney's SimMIM modules, with its one CUDA assumption patched for this test: the
-    attention moves a constant to ``logit_scale.get_device()``, which is -1 on the CPU."""
-    mim = pytest.importorskip("pytorch_caney.models.mim.mim")
-    monkeypatch.setattr(torch.Tensor, "get_device", lambda self: self.device)
-    return mim
-
-
 def caney_pair(caney, in_chans: int = 5, img_size: int = 64, **kwargs):
     torch.manual_seed(0)
     encoder = caney.SwinTransformerV2ForSimMIM(

@@ -252,6 +252,12 @@ def test_cli_says_a_swin_mistake_in_one_line_exit_2(lulc_store, tmp_path, capsys
     )
 
 
+def assert_in_state(state: dict[str, torch.Tensor], weights: Path, prefix: str) -> None:
+    """Every weight of the safetensors file ``weights`` is in ``state`` under ``prefix``."""
+    for key, value in load_file(str(weights)).items():
+        assert torch.equal(state[f"{prefix}{key}"], value), key
+
+
 def fit_and_predict(args: list[str], predict_inputs: list[str], root: Path) -> dict:
     """``finetune_seg fit`` then ``predict`` in this process; the checkpoint it wrote."""
     finetune_main(["fit", *args])
@@ -290,16 +296,14 @@ def test_rs_swinv2_config_fits_from_an_export_and_predicts(lulc_store, demo_data
     written = fit_and_predict(args, [str(scene)], root)
     assert written["geomed_mim"]["encoder"]["family"] == "swinv2"
     state = written["state_dict"]
-    for key, value in load_file(str(tmp_path / "export/model.safetensors")).items():
-        assert torch.equal(state[f"net.encoder.{key}"], value), key
+    assert_in_state(state, tmp_path / "export/model.safetensors", "net.encoder.")
     out = root / "predictions/s2_l1c_reference_scene_2_classes.tif"
     with rasterio.open(scene) as src, rasterio.open(out) as pred:
         assert (pred.crs, pred.shape) == (src.crs, src.shape)
     # the fine-tuned encoder exports as a pretrained Swin V2 does
     config = export_encoder(root / "checkpoints/last.ckpt", tmp_path / "finetuned")
     assert config["checkpoint_kind"] == "segmentation"
-    for key, value in load_file(str(tmp_path / "finetuned/model.safetensors")).items():
-        assert torch.equal(state[f"net.encoder.{key}"], value), key
+    assert_in_state(state, tmp_path / "finetuned/model.safetensors", "net.encoder.")
 
 
 def test_ct_swinunetr_config_fits_from_a_converted_folder_and_predicts(
@@ -320,7 +324,6 @@ def test_ct_swinunetr_config_fits_from_a_converted_folder_and_predicts(
     written = fit_and_predict(args, [str(volume)], root)
     assert written["geomed_mim"]["encoder"]["family"] == "swin3d"
     state = written["state_dict"]
-    for key, value in load_file(str(folder / "model.safetensors")).items():
-        assert torch.equal(state[f"net.swinViT.{key}"], value), key
+    assert_in_state(state, folder / "model.safetensors", "net.swinViT.")
     (out,) = (root / "predictions").glob("*_classes.nii.gz")
     assert nib.load(out).shape == nib.load(volume).shape
