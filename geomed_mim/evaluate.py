@@ -71,27 +71,17 @@ def parser() -> ArgumentParser:
     return p
 
 
-def scene_parser() -> ArgumentParser:
-    """Scene classification: ``--data`` names a torchgeo dataset class and its ``root``."""
+def protocol_parser(protocol: type) -> ArgumentParser:
+    """Scene classification (:class:`SceneProtocol`: ``--data`` names a torchgeo dataset class
+    and its ``root``) and Sen1Floods11 (:class:`FloodProtocol`: the reader and the release's
+    ``root``): the protocol dataclass's fields are the flags."""
     p = _Parser(
         prog="python -m geomed_mim.evaluate",
         description=__doc__.split("\n\n")[1],
         allow_abbrev=False,
     )
     p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
-    p.add_class_arguments(SceneProtocol, None, fail_untyped=False)
-    return p
-
-
-def flood_parser() -> ArgumentParser:
-    """Sen1Floods11: ``--data`` names the reader and the release's ``root``."""
-    p = _Parser(
-        prog="python -m geomed_mim.evaluate",
-        description=__doc__.split("\n\n")[1],
-        allow_abbrev=False,
-    )
-    p.add_argument("--config", action=ActionConfigFile, help="a YAML task config")
-    p.add_class_arguments(FloodProtocol, None, fail_untyped=False)
+    p.add_class_arguments(protocol, None, fail_untyped=False)
     return p
 
 
@@ -145,14 +135,14 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else list(args)
     with UserErrors():  # an output error names --output, where the report is written
         if is_flood_task(args):
-            cfg = flood_parser().parse_args(args).as_dict()
+            cfg = protocol_parser(FloodProtocol).parse_args(args).as_dict()
             cfg.pop("config", None)
             data = FloodData(**cfg.pop("data"))
             files = evaluate_floods(FloodProtocol(data=data, **cfg), say)
             say("wrote " + ", ".join(str(f) for f in files.values()))
             return
         if is_scene_task(args):
-            cfg = scene_parser().parse_args(args).as_dict()
+            cfg = protocol_parser(SceneProtocol).parse_args(args).as_dict()
             cfg.pop("config", None)
             data = SceneData(**cfg.pop("data"))
             files = evaluate_scenes(SceneProtocol(data=data, **cfg), say)

@@ -37,15 +37,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from geomed_mim.cli import check_encoder_source
 from geomed_mim.evaluation import baselines as bl
 from geomed_mim.evaluation import scene_data as sd
 from geomed_mim.evaluation.deep import SCRATCH
 from geomed_mim.evaluation.pixels import subsample
 from geomed_mim.evaluation.probes import train_steps
-from geomed_mim.evaluation.protocol import MIN_SEEDS, encoder_label
+from geomed_mim.evaluation.protocol import encoder_label
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
-from geomed_mim.evaluation.scene_protocol import build_encoder, device_for
+from geomed_mim.evaluation.scene_protocol import build_encoder, check_run_flags, device_for
 from geomed_mim.usage import UsageError
 
 CLASS_PATH = "geomed_mim.evaluation.floods.Sen1Floods11"
@@ -161,38 +160,9 @@ def check_flood_protocol(p: FloodProtocol) -> None:
     if not Path(p.data.root).is_dir():
         raise UsageError(f"--data.root {p.data.root}: no such folder; give the folder holding "
                          "Sen1Floods11's v1.1/")  # fmt: skip
-    if not p.data.scale > 0:
-        raise UsageError(f"--data.scale {p.data.scale}: give a factor > 0, e.g. 1.0e-4")
-    if p.data.batch_size < 1:
-        raise UsageError(f"--data.batch_size {p.data.batch_size}: give a number >= 1")
-    if len(set(p.seeds)) < MIN_SEEDS:
-        raise UsageError(f"--seeds {p.seeds}: give at least {MIN_SEEDS} distinct seeds, "
-                         "e.g. [0, 1, 2]")  # fmt: skip
-    if not p.fractions or any(not 0 < f <= 1 for f in p.fractions):
-        raise UsageError(f"--fractions {p.fractions}: give fractions in (0, 1], e.g. [0.1, 1.0]")
-    if p.encoders and not p.probes:
-        raise UsageError(f"--probes is empty: give any of {list(FLOOD_PROBES)}, or --encoders []")
-    for probe in p.probes:
-        if probe not in FLOOD_PROBES:
-            raise UsageError(f"--probes: unknown probe {probe!r}; use any of {list(FLOOD_PROBES)}")
-        if int(p.steps.get(probe, 0)) < 1:
-            raise UsageError(f"--steps.{probe}: give a number of optimizer steps >= 1")
-        if not float(p.lr.get(probe, 0)) > 0:
-            raise UsageError(f"--lr.{probe}: give a learning rate > 0, e.g. 1.0e-3")
-    if p.check_every < 1:
-        raise UsageError(f"--check_every {p.check_every}: give a number of steps >= 1")
     if p.pixel_limit < 1:
         raise UsageError(f"--pixel_limit {p.pixel_limit}: give a number of pixels >= 1")
-    for kind in p.baselines:
-        if kind not in FLOOD_BASELINES:
-            raise UsageError(f"--baselines: unknown baseline {kind!r}; use {list(FLOOD_BASELINES)}")
-    if p.accelerator not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--accelerator {p.accelerator}: use auto, cpu or cuda")
-    for enc in p.encoders:
-        if enc != SCRATCH:
-            check_encoder_source(enc, "--encoders", "runs/<run>/checkpoints/last.ckpt")
-    if not p.encoders and not p.baselines:
-        raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
+    check_run_flags(p, FLOOD_PROBES, FLOOD_PROBES, FLOOD_BASELINES)
 
 
 def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:

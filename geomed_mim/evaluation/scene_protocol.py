@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,20 @@ def check_scene_protocol(p: SceneProtocol) -> None:
         raise UsageError(f"--data.root {p.data.root}: no such folder; give the folder holding "
                          "the dataset as torchgeo lays it out")  # fmt: skip
     sd.dataset_class(p.data)
+    check_run_flags(p, PROBES, TRAINED, SCENE_BASELINES)
+    if p.knn_k < 1:
+        raise UsageError(f"--knn_k {p.knn_k}: give a number of neighbours >= 1, e.g. 20")
+    if not p.knn_temperature > 0:
+        raise UsageError(f"--knn_temperature {p.knn_temperature}: give a value > 0, e.g. 0.07")
+
+
+def check_run_flags(
+    p: Any, probes: Sequence[str], trained: Sequence[str], baselines: Sequence[str]
+) -> None:
+    """The flags every encoder-probing protocol shares (data scale and batch, seeds, label
+    fractions, probes with their steps and lr, baselines, accelerator, encoders): a mistake
+    is a :class:`UsageError` naming the flag. ``trained``: the probes that take optimizer
+    steps."""
     if not p.data.scale > 0:
         raise UsageError(f"--data.scale {p.data.scale}: give a factor > 0, e.g. 1.0e-4")
     if p.data.batch_size < 1:
@@ -101,23 +115,19 @@ def check_scene_protocol(p: SceneProtocol) -> None:
     if not p.fractions or any(not 0 < f <= 1 for f in p.fractions):
         raise UsageError(f"--fractions {p.fractions}: give fractions in (0, 1], e.g. [0.1, 1.0]")
     if p.encoders and not p.probes:
-        raise UsageError(f"--probes is empty: give any of {list(PROBES)}, or --encoders []")
+        raise UsageError(f"--probes is empty: give any of {list(probes)}, or --encoders []")
     for probe in p.probes:
-        if probe not in PROBES:
-            raise UsageError(f"--probes: unknown probe {probe!r}; use any of {list(PROBES)}")
-        if probe in TRAINED and int(p.steps.get(probe, 0)) < 1:
+        if probe not in probes:
+            raise UsageError(f"--probes: unknown probe {probe!r}; use any of {list(probes)}")
+        if probe in trained and int(p.steps.get(probe, 0)) < 1:
             raise UsageError(f"--steps.{probe}: give a number of optimizer steps >= 1")
-        if probe in TRAINED and not float(p.lr.get(probe, 0)) > 0:
+        if probe in trained and not float(p.lr.get(probe, 0)) > 0:
             raise UsageError(f"--lr.{probe}: give a learning rate > 0, e.g. 1.0e-3")
     if p.check_every < 1:
         raise UsageError(f"--check_every {p.check_every}: give a number of steps >= 1")
-    if p.knn_k < 1:
-        raise UsageError(f"--knn_k {p.knn_k}: give a number of neighbours >= 1, e.g. 20")
-    if not p.knn_temperature > 0:
-        raise UsageError(f"--knn_temperature {p.knn_temperature}: give a value > 0, e.g. 0.07")
     for kind in p.baselines:
-        if kind not in SCENE_BASELINES:
-            raise UsageError(f"--baselines: unknown baseline {kind!r}; use {list(SCENE_BASELINES)}")
+        if kind not in baselines:
+            raise UsageError(f"--baselines: unknown baseline {kind!r}; use {list(baselines)}")
     if p.accelerator not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--accelerator {p.accelerator}: use auto, cpu or cuda")
     for enc in p.encoders:
