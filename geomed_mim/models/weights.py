@@ -397,7 +397,7 @@ def positions_on_grid(encoder: VisionTransformerEncoder, source: torch.Tensor) -
         raise ValueError(f"pos_embed: {source.shape[1] - 1} positions are not a square/cube grid")
     table = get_sincos_pos_embed(source.shape[-1], source_grid, True, encoder.pos_embed_scale)
     if torch.allclose(source[0].float(), torch.from_numpy(table).float(), atol=1e-5):
-        return encoder.state_dict()["pos_embed"]  # the same recipe on this grid
+        return encoder.pos_embed.detach()  # the same recipe, already on this grid
     if len(grid) != 2:
         raise ValueError(
             f"pos_embed: learned 3-D positions for a {source_grid} grid cannot be resampled to "
