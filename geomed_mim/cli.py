@@ -48,6 +48,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from data_pipelines.errors import EXIT_USAGE
 from geomed_mim import tasks as task_package
+from geomed_mim.data.loader_position import ensure_loader_position
 from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
 from geomed_mim.tasks import run_dir
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
@@ -212,6 +213,7 @@ class TrainingCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
             trainer.callbacks.append(PreemptionCheckpoint())
+        ensure_loader_position(trainer)  # mid-epoch resume: the loader's position
         if not any(isinstance(cb, TrainingProgress) for cb in trainer.callbacks):
             no_bar = trainer.progress_bar_callback is None
             trainer.callbacks.append(TrainingProgress(print_epochs=no_bar))

@@ -32,7 +32,7 @@ def test_no_function_is_longer_than_a_screen():
 
 # private names of torch and Lightning the code once used: each has a public replacement
 # (Tensor.share_memory_, LightningCLI.setup_parser / parse_arguments, the instantiated config,
-# torch.utils.data.default_collate)
+# torch.utils.data.default_collate, the LoaderPosition callback for Lightning's loop state)
 PRIVATE_DEPENDENCY_NAMES = (
     "torch.utils.data._utils",
     "_typed_storage",
@@ -40,6 +40,9 @@ PRIVATE_DEPENDENCY_NAMES = (
     "_prepare_subcommand_parser",
     "_parse_ckpt_path",
     "self._get(",
+    "fit_loop.",
+    "_combined_loader",
+    "_data_fetcher",
 )
 
 

@@ -18,9 +18,9 @@ weight differs from the others' by at most one part in the per-rank batch.
 
 Lightning integration: :class:`ShardedBatchSampler` subclasses ``DistributedSampler`` so
 Lightning does not wrap it again (its ``use_distributed_sampler`` check), and
-:class:`ResumableDataLoader` implements ``state_dict``/``load_state_dict``, which Lightning saves
-in every checkpoint and loads on resume: training restarted mid-epoch continues with the next
-unseen global batch of the same epoch.
+:class:`ResumableDataLoader` implements ``state_dict``/``load_state_dict``, which
+:class:`~geomed_mim.data.loader_position.LoaderPosition` saves in every checkpoint and applies on
+resume: training restarted mid-epoch continues with the next unseen global batch of the same epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from geomed_mim.data.loader_position import ensure_loader_position
 from geomed_mim.data.seeds import augment_seed, batch_order_seed, group_order_seed, group_pass
 
 log = logging.getLogger(__name__)
@@ -322,11 +323,14 @@ def sharded_loader(
     if not resumable:
         return DataLoader(batched, sampler=sampler, batch_size=None, **loader_kwargs)
 
-    def consumed() -> int:
-        if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-
-    return ResumableDataLoader(
-        batched, sampler=sampler, batch_size=None, consumed_batches=consumed, **loader_kwargs
+    position = ensure_loader_position(trainer)
+    loader = ResumableDataLoader(
+        batched,
+        sampler=sampler,
+        batch_size=None,
+        consumed_batches=(lambda: position.batches_done) if position is not None else None,
+        **loader_kwargs,
     )
+    if position is not None:
+        position.attach(loader)  # a position restored from a checkpoint applies here
+    return loader

@@ -9,7 +9,7 @@ them 30 s later. :class:`PreemptionCheckpoint` turns either signal into:
 2. at the end of the next optimizer step, all ranks agree (one all-reduce of the signal number),
    ``last.ckpt`` is written through the trainer, i.e. atomically (temp file, fsync, rename,
    :class:`geomed_mim.tasks.checkpoint_io.AtomicCheckpointIO`), with the data loader's position
-   (:mod:`geomed_mim.data.sharding`);
+   (:mod:`geomed_mim.data.loader_position`);
 3. the process exits without a traceback, with status ``128 + signal`` (143 for SIGTERM, 138 for
    SIGUSR1), which is what a process killed by that signal reports: schedulers (Kubernetes'
    PyTorchJob ``restartPolicy: ExitCode``, torchrun, SLURM requeue) treat it as "interrupted,
@@ -35,39 +35,13 @@ from types import FrameType
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from geomed_mim.data.loader_position import ensure_loader_position
+
 log = logging.getLogger(__name__)
-
-
-def restore_loader_position(trainer: Trainer) -> bool:
-    """Apply the checkpointed train-loader position Lightning left unapplied; True if it did.
-
-    Lightning loads a resumable loader's ``state_dict`` only when it builds the train loader
-    after the checkpoint was restored. A task whose ``configure_optimizers`` reads
-    ``trainer.estimated_stepping_batches`` (ours: the cosine schedule) makes Lightning build the
-    loader earlier, and the saved position would be silently ignored: a run resumed mid-epoch
-    would replay that epoch's first batches. This applies it and restarts the iterator.
-    """
-    fit_loop = trainer.fit_loop
-    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
-    loader, fetcher = fit_loop._combined_loader, fit_loop._data_fetcher
-    if not states or loader is None or fetcher is None:
-        return False  # nothing saved, or Lightning will load it when it builds the loader
-    stateful = [dl for dl in loader.flattened if isinstance(dl, _Stateful)]
-    if len(stateful) != len(states):
-        raise RuntimeError(
-            f"the checkpoint holds {len(states)} loader states, "
-            f"the train loader has {len(stateful)}"
-        )
-    for dl, state in zip(stateful, states, strict=True):
-        dl.load_state_dict(state)
-    fit_loop._combined_loader_states_to_load = []
-    iter(fetcher)  # what FitLoop.setup_data does after loading the states
-    return True
 
 
 def claim_as_last(trainer: Trainer, path: Path) -> None:
@@ -137,11 +111,14 @@ class PreemptionCheckpoint(Callback):
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # the loader position must be in the trainer before the checkpoint is restored
+        ensure_loader_position(trainer)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after Trainer registered its own handlers (right before the fit loop), so ours win
         self.received = 0
         self._install()
-        restore_loader_position(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._restore()

@@ -37,7 +37,7 @@ class Tiny(LightningModule):
 
     def configure_optimizers(self):
         # as MIMPretrainTask: reading the step count makes Lightning build the train loader
-        # before the checkpoint is restored (what restore_loader_position works around)
+        # before the checkpoint's loader state is applied (LoaderPosition hands it over)
         assert self.trainer.estimated_stepping_batches > 0
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
