@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from data_pipelines.errors import BuildConfigError, OutputWriteError, first_line
@@ -144,6 +145,26 @@ def scheduler_security(scheduler: str) -> Any:
             f"distributed.comm.tls.* in the dask configuration)"
         )
     return Security(require_encryption=True)
+
+
+def use_tls_files(scheduler: str, files: dict[str, str | None]) -> None:
+    """The build command's ``--tls-ca-file/--tls-cert/--tls-key`` (flag -> PEM path or None)
+    into dask's configuration, which the client of a ``tls://`` scheduler reads
+    (:func:`scheduler_security`)."""
+    import dask
+
+    given = {key: (flag, files.get(flag)) for key, flag in TLS_CONFIG_KEYS.items()}
+    for flag, path in given.values():
+        if path is None:
+            continue
+        if not str(scheduler).lower().startswith("tls://"):
+            raise BuildConfigError(
+                f"{flag}: only a --scheduler tls://HOST:PORT address uses it (got "
+                f"--scheduler {scheduler})"
+            )
+        if not Path(path).is_file():
+            raise BuildConfigError(f"{flag}: {path} is not a file; give the PEM file")
+    dask.config.set({key: path for key, (_, path) in given.items() if path is not None})
 
 
 def connect(scheduler: str) -> Any:

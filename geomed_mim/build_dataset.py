@@ -26,7 +26,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildReport, PartCommitted
-from data_pipelines.config import BuildConfig
+from data_pipelines.config import BuildConfig, field_help
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom_grouping import is_export_extra
 from data_pipelines.ct.pipeline import build_ct
@@ -100,14 +100,9 @@ def resolve_repo_path(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
-FROM_CONFIG: Any = object()  # a Flag's type or default that its config field gives
-
-
 @dataclass(frozen=True)
 class Flag:
-    """One command-line option: ``--name`` with its type, default and help. A flag of a config
-    field (:func:`config_flag`) takes the type and default the field declares, so each default
-    is written once, in the config class."""
+    """One command-line option: ``--name`` with its type, default and help."""
 
     name: str
     type: Any
@@ -118,18 +113,6 @@ class Flag:
     def field_name(self) -> str:
         return self.name[2:].replace("-", "_")
 
-    def of_config(self, config_class: type) -> Flag:
-        """This flag with the type and default it leaves to ``config_class``'s field."""
-        if self.type is not FROM_CONFIG and self.default is not FROM_CONFIG:
-            return self
-        field = next(f for f in fields(config_class) if f.name == self.field_name)
-        field_type = get_type_hints(config_class)[self.field_name]
-        return replace(
-            self,
-            type=field_type if self.type is FROM_CONFIG else self.type,
-            default=field.default if self.default is FROM_CONFIG else self.default,
-        )
-
     def add_to(self, parser: ArgumentParser | Any) -> None:
         if self.type is bool:  # --flag / --no-flag
             action = ActionYesNo(no_prefix="no-")
@@ -138,200 +121,57 @@ class Flag:
             parser.add_argument(self.name, type=self.type, default=self.default, help=self.help)
 
 
-def config_flag(name: str, help: str) -> Flag:
-    """The flag of a config field (``--tile-size`` sets ``tile_size``), typed and defaulted as
-    the field is (see :meth:`Flag.of_config`)."""
-    return Flag(name, FROM_CONFIG, FROM_CONFIG, help)
+# Where the command line departs from the config fields: what to read and write is optional on
+# the command line (none: the demo), labels mean different defaults per modality, the worker
+# count follows the machine, and --spacing also takes one number.
+CLI_TYPES: dict[str, tuple[Any, Any]] = {
+    "input": (str | list[str] | None, None),
+    "output": (str | None, None),
+    "labels": (str | None, None),
+    "workers": (int, parallel.default_workers()),
+    "spacing": (float | list[float], list(CTBuildConfig.spacing)),
+}
+TLS_FLAG_NAMES = tuple(parallel.TLS_CONFIG_KEYS.values())
+TLS_FLAGS = [
+    Flag("--tls-ca-file", str | None, None,
+         "--scheduler tls://...: the CA certificate (PEM) the scheduler's certificate is signed "
+         "by (dask config: distributed.comm.tls.ca-file)."),
+    Flag("--tls-cert", str | None, None,
+         "--scheduler tls://...: this client's certificate (PEM; dask config: "
+         "distributed.comm.tls.client.cert)."),
+    Flag("--tls-key", str | None, None,
+         "--scheduler tls://...: this client's private key (PEM; dask config: "
+         "distributed.comm.tls.client.key)."),
+]  # fmt: skip
 
 
-def of_config(config_class: type, flags: list[Flag]) -> list[Flag]:
-    return [flag.of_config(config_class) for flag in flags]
+def field_flags(config_class: type, skip: tuple[type, ...] = ()) -> list[Flag]:
+    """A flag per field of ``config_class`` (those of the classes in ``skip`` aside), typed and
+    defaulted as the field is, its docstring the help: each default is written once."""
+    helps = field_help(config_class)
+    hints = get_type_hints(config_class)
+    skipped = {f.name for cls in skip for f in fields(cls)}
+    choices = {  # the lists a help text names by placeholder
+        "{profiles}": ", ".join(available_profiles()),
+        "{resampling}": ", ".join(RESAMPLING_CHOICES),
+    }
+    flags = []
+    for field in fields(config_class):
+        if field.name in skipped:
+            continue
+        type_, default = CLI_TYPES.get(field.name, (hints[field.name], field.default))
+        name = "--" + field.name.replace("_", "-")
+        help_text = helps[field.name]
+        for placeholder, names in choices.items():
+            help_text = help_text.replace(placeholder, names)
+        flags.append(Flag(name, type_, default, help_text))
+    return flags
 
 
-def input_output_flags() -> list[Flag]:
-    """What to read and where to write (every modality)."""
-    return of_config(BuildConfig, [
-        Flag("--input", str | list[str] | None, None,
-             "Folder of rasters or provider products (searched recursively: MOD021KM/MYD021KM "
-             ".hdf, Sentinel-2 .SAFE folders or zips, Landsat Collection 1/2 scenes), a glob "
-             "such as 'scenes/**/*.tif', a raster or product file, a STAC Item, "
-             "ItemCollection, Catalog or Collection JSON (path or http(s)/s3 URL; remote COG "
-             "assets are read by range), or demo:NAME for the "
-             "embedded demo (demo:sentinel2_l1c, demo:landsat8_l1, demo:ct). Default: the demo "
-             "archive."),
-        Flag("--output", str | None, None,
-             "Folder to write store.zarr, manifest.parquet, build.json and quarantine.jsonl "
-             "into. Re-running into the same folder resumes. An object-store URL "
-             "(s3://bucket/prefix) builds in a local staging folder ($GEOMED_STAGING_DIR) and "
-             "publishes the finished build there, build.json last."),
-    ])  # fmt: skip
-
-
-def label_flags() -> list[Flag]:
-    """Label maps and their class table (RS and CT, each with its own pairing rule)."""
-    return of_config(BuildConfig, [
-        Flag("--labels", str | None, None,
-             "RS: label raster(s) for a segmentation store: one GeoTIFF covering every scene, "
-             "or a folder with <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; "
-             "reprojected to each scene's grid with nearest neighbour and cut like the tiles "
-             "(labels/<part>); demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's. CT: "
-             "default 'auto' pairs label maps by the naming rule (x.nii.gz <-> x_seg.nii.gz / "
-             "_label / _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels."),
-        config_flag("--classes",
-             "Class table for --labels: YAML with ignore_index and classes: [{id, name, "
-             "color}] (e.g. configs/data/classes/eolearn_lulc.yaml); ids not in the table "
-             "become ignore_index. CT: a class may list source_ids (the label map's ids that "
-             "become it, e.g. configs/data/classes/totalseg_abdomen.yaml); the remap is done "
-             "at build time and recorded as the store's 'classes' attribute."),
-    ])  # fmt: skip
-
-
-def run_flags() -> list[Flag]:
-    """How to split, compress and run (every modality)."""
-    return of_config(BuildConfig, [
-        config_flag("--val-fraction",
-             "Fraction of scenes (not tiles) assigned to the 'val' split; RS with "
-             "--split-by location: of location blocks."),
-        Flag("--workers", int, parallel.default_workers(),
-             "Worker processes of the local dask cluster (1 = run in this process)."),
-        config_flag("--scheduler",
-             "'local' (a LocalCluster of --workers processes on 127.0.0.1), 'synchronous' (this "
-             "process, for debugging) or the address of a running dask scheduler "
-             "(tls://HOST:PORT with --tls-*, or tcp://HOST:PORT on an isolated network; see "
-             "docs/cluster.md)."),
-        Flag("--tls-ca-file", str | None, None,
-             "--scheduler tls://...: the CA certificate (PEM) the scheduler's certificate is "
-             "signed by (dask config: distributed.comm.tls.ca-file)."),
-        Flag("--tls-cert", str | None, None,
-             "--scheduler tls://...: this client's certificate (PEM; dask config: "
-             "distributed.comm.tls.client.cert)."),
-        Flag("--tls-key", str | None, None,
-             "--scheduler tls://...: this client's private key (PEM; dask config: "
-             "distributed.comm.tls.client.key)."),
-        config_flag("--compression-level", "zstd level 0-9."),
-        config_flag("--strict",
-             "Exit with status 1 when any input had to be quarantined or any file was ignored, "
-             "localizers, scouts and derived DICOM copies aside (an ordinary export has them); "
-             "a build that writes nothing exits 1 in any case."),
-        config_flag("--overwrite",
-             "Delete a previous build in --output instead of resuming it."),
-    ])  # fmt: skip
-
-
-def rs_split_flags() -> list[Flag]:
-    """How an RS build splits train and val (beside the shared --val-fraction)."""
-    return of_config(RSBuildConfig, [
-        config_flag("--split-by",
-             "'scene': each scene (date) wholly in train or val; 'location': every date of "
-             "a place on the same side, validation on held-out blocks of ground (for "
-             "archives that revisit the same area)."),
-        config_flag("--split-block",
-             "--split-by location: edge of the square blocks in CRS units (metres for UTM). "
-             "Default: two tile edges."),
-        config_flag("--split-margin",
-             "--split-by location: training tiles closer than this to a validation tile (CRS "
-             "units) are set aside as split 'margin'; 0 keeps every tile that shares no "
-             "pixel with a validation tile."),
-    ])  # fmt: skip
-
-
-def rs_flags() -> list[Flag]:
-    """Flags of the RS build (--modality rs)."""
-    return of_config(RSBuildConfig, [
-        config_flag("--profile",
-             f"Sensor profile name ({', '.join(available_profiles())}) or a path to a profile "
-             "YAML. Names the bands and their order."),
-        config_flag("--tile-size",
-             "Tile edge in pixels of the scene's finest grid; several sizes cut a grid each "
-             "(--tile-size 64 128 256 512 1024); with --slicing random, MIN MAX of the drawn "
-             "sizes."),
-        config_flag("--stride",
-             "Step between tiles in pixels (one tile size); smaller than --tile-size gives "
-             "overlap. Default: the tile size (no overlap)."),
-        config_flag("--overlap",
-             "Several tile sizes: fraction by which neighbouring tiles of a size overlap "
-             "(stride = size x (1 - overlap))."),
-        config_flag("--slicing",
-             "'grid' (every position of a grid per tile size) or 'random' (--crops-per-scene "
-             "or --crops-per-km2 crops at random positions, sizes drawn log-uniformly between "
-             "the two --tile-size values, seeded by --seed and the scene: a re-run or a "
-             "resumed run cuts the same crops)."),
-        config_flag("--crops-per-scene", "Random slicing: crops per scene."),
-        config_flag("--crops-per-km2",
-             "Random slicing: crops per km² of scene (needs a CRS in metres)."),
-        config_flag("--seed", "Random slicing: the seed crops are drawn from."),
-        config_flag("--store-size",
-             "Store every crop at this edge, e.g. 224 (area averaging for values, nearest for "
-             "labels); the manifest keeps each crop's native size, window and scale. Default: "
-             "crops are stored as cut."),
-        config_flag("--cover-edges",
-             "Add a last row/column of tiles snapped to the scene edge so no pixel is left out "
-             "(--no-cover-edges drops partial edge tiles instead)."),
-        config_flag("--resampling",
-             f"How coarser bands are brought to the finest grid: "
-             f"{', '.join(RESAMPLING_CHOICES)}."),
-        config_flag("--max-nodata-fraction",
-             "Exclude a tile when more than this fraction of its pixels is nodata/NaN."),
-        config_flag("--calibrate",
-             "'toa': training reads physical top-of-atmosphere values as the profile defines "
-             "them (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature "
-             "from the MTL file, MODIS scaling); 'none': raw values."),
-        config_flag("--store-dtype",
-             "How calibrated tiles are stored: 'compact' keeps the raw integers and records "
-             "each scene's calibration (CF scale_factor/add_offset) for the loader to apply "
-             "(about half the bytes, the same values); 'float32' stores the calibrated values."),
-        config_flag("--max-out-of-range-fraction",
-             "Exclude a tile when more than this fraction of its valid pixels lies outside the "
-             "profile's valid_range."),
-        config_flag("--max-saturated-fraction",
-             "Exclude a tile when more than this fraction of pixels is saturated."),
-        config_flag("--max-cloud-fraction",
-             "Exclude a tile when more than this fraction of pixels is flagged cloud by the QA "
-             "band or cloud mask (Landsat BQA/QA_PIXEL, Sentinel-2 MSK_CLASSI/SCL)."),
-        config_flag("--max-cloud-shadow-fraction",
-             "Exclude a tile when more than this fraction of pixels is flagged cloud shadow "
-             "(Landsat QA_PIXEL/BQA, Sentinel-2 SCL)."),
-        config_flag("--max-snow-fraction",
-             "Exclude a tile when more than this fraction of pixels is flagged snow/ice "
-             "(default 1.0: snowy tiles are kept, the fraction is recorded)."),
-        config_flag("--grid",
-             "Swath products (MODIS L1B): resample each granule to this CRS, e.g. EPSG:32632 "
-             "or EPSG:4326 (nearest neighbour); default: tiles cut from the swath itself."),
-        config_flag("--resolution",
-             "Pixel size for --grid, in the CRS's units (metres for UTM, degrees for "
-             "EPSG:4326)."),
-        config_flag("--min-band-std",
-             "Exclude a tile as 'constant' when every band's std (raw units) is at most this. "
-             "Default: the profile's min_band_std."),
-        config_flag("--dedup",
-             "Mark exact and near duplicates across the whole archive (--no-dedup to skip)."),
-        config_flag("--near-dup-radius",
-             "Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are "
-             "near duplicates."),
-        config_flag("--preview",
-             "Write preview.png, a mosaic of sample tiles with excluded and duplicate tiles "
-             "outlined."),
-    ])  # fmt: skip
-
-
-def ct_flags() -> list[Flag]:
-    """Flags that only the CT build reads (--modality ct)."""
-    return of_config(CTBuildConfig, [
-        Flag("--spacing", float | list[float], 1.5,
-             "Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes)."),
-        config_flag("--labels-csv",
-             "CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); "
-             "wins over the naming rule. image may be a DICOM series folder."),
-        config_flag("--crop-foreground",
-             "Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm."),
-        config_flag("--foreground-hu", "Body threshold in HU."),
-        config_flag("--crop-margin-mm", "Margin of the crop in mm."),
-        config_flag("--foreground-points",
-             "Crop centres stored per case for foreground-biased sampling (label or body "
-             "voxels)."),
-        config_flag("--chunk-size", "Edge of the cubic zarr chunks."),
-        config_flag("--codec", "Volume codec: lz4 (fast), zstd (small), none."),
-    ])  # fmt: skip
+def labels_flag() -> Flag:
+    """--labels: one flag, the RS and the CT meaning."""
+    rs_help, ct_help = field_help(RSBuildConfig)["labels"], field_help(CTBuildConfig)["labels"]
+    return Flag("--labels", *CLI_TYPES["labels"], f"RS: {rs_help} CT: {ct_help}")
 
 
 def build_parser() -> ArgumentParser:
@@ -359,11 +199,14 @@ def build_parser() -> ArgumentParser:
         help="'rs' (satellite scenes -> tiles) or 'ct' (CT volumes -> resampled HU volumes; "
         "see the CT flags below and docs/ct_pipeline.md).",
     )
-    for flag in input_output_flags() + rs_flags() + rs_split_flags() + label_flags() + run_flags():
+    shared = field_flags(BuildConfig) + TLS_FLAGS + [labels_flag()]
+    rs_only = [f for f in field_flags(RSBuildConfig, skip=(BuildConfig,)) if f.name != "--labels"]
+    for flag in shared + rs_only:
         flag.add_to(p)
     ct_group = p.add_argument_group("CT (--modality ct)")
-    for flag in ct_flags():
-        flag.add_to(ct_group)
+    for flag in field_flags(CTBuildConfig, skip=(BuildConfig,)):
+        if flag.name != "--labels":
+            flag.add_to(ct_group)
     return p
 
 
@@ -408,30 +251,9 @@ def parse_config(argv: list[str]) -> tuple[RSBuildConfig | CTBuildConfig, bool]:
         )
     if args.modality not in ("rs", "ct"):
         raise BuildConfigError(f"--modality: {args.modality!r} is not 'rs' or 'ct'")
-    apply_tls_flags(args)
+    tls_files = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in TLS_FLAG_NAMES}
+    parallel.use_tls_files(args.scheduler, tls_files)
     return (ct_config(args) if args.modality == "ct" else rs_config(args)), is_demo
-
-
-def apply_tls_flags(args: Any) -> None:
-    """``--tls-ca-file/--tls-cert/--tls-key`` into dask's configuration, which the client of a
-    ``tls://`` scheduler reads (:func:`data_pipelines.parallel.scheduler_security`)."""
-    import dask
-
-    given = {
-        key: (flag, getattr(args, flag[2:].replace("-", "_"), None))
-        for key, flag in parallel.TLS_CONFIG_KEYS.items()
-    }
-    for _key, (flag, path) in given.items():
-        if path is None:
-            continue
-        if not str(args.scheduler).lower().startswith("tls://"):
-            raise BuildConfigError(
-                f"{flag}: only a --scheduler tls://HOST:PORT address uses it (got "
-                f"--scheduler {args.scheduler})"
-            )
-        if not Path(path).is_file():
-            raise BuildConfigError(f"{flag}: {path} is not a file; give the PEM file")
-    dask.config.set({key: path for key, (_, path) in given.items() if path is not None})
 
 
 # -- entry points ----------------------------------------------------------------------------------

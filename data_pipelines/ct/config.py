@@ -27,14 +27,25 @@ class CTBuildConfig(BuildConfig):
     """
 
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    """Target voxel spacing in mm: one value (isotropic) or [x, y, z] (RAS axes)."""
     labels: str = "auto"  # the naming rule of ct.discover, or "none"
+    """Label maps: 'auto' pairs them by the naming rule (x.nii.gz <-> x_seg.nii.gz / _label /
+    _mask / _gt, or imagesTr/ <-> labelsTr/); 'none' builds without labels."""
     labels_csv: str | None = None
+    """CSV of pairs with columns image,label[,patient_id] (paths relative to the CSV); wins over the
+    naming rule. image may be a DICOM series folder."""
     crop_foreground: bool = False
+    """Crop each volume to the body (HU > --foreground-hu) plus --crop-margin-mm."""
     foreground_hu: float = -500.0  # body threshold for the crop and unlabelled crop centres
+    """Body threshold in HU."""
     crop_margin_mm: float = 10.0
+    """Margin of the crop in mm."""
     foreground_points: int = 1024
+    """Crop centres stored per case for foreground-biased sampling (label or body voxels)."""
     chunk_size: int = 64
+    """Edge of the cubic zarr chunks."""
     codec: str = "lz4"
+    """Volume codec: lz4 (fast), zstd (small), none."""
 
     def __post_init__(self) -> None:
         if isinstance(self.spacing, int | float):

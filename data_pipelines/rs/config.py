@@ -32,35 +32,89 @@ class RSBuildConfig(BuildConfig):
     """Settings of a remote-sensing build (the CLI flags and the data YAML share these names)."""
 
     profile: str = "sentinel2_l1c"
+    """Sensor profile name ({profiles}) or a path to a profile YAML. Names the bands and their
+    order."""
     tile_size: int | list[int] = 64  # one size, several (a grid each), or a range (random)
+    """Tile edge in pixels of the scene's finest grid; several sizes cut a grid each (--tile-size 64
+    128 256 512 1024); with --slicing random, MIN MAX of the drawn sizes."""
     stride: int | None = None  # one tile size only; several sizes use overlap
+    """Step between tiles in pixels (one tile size); smaller than --tile-size gives overlap.
+    Default: the tile size (no overlap)."""
     overlap: float = 0.0  # several sizes: stride = size x (1 - overlap)
+    """Several tile sizes: fraction by which neighbouring tiles of a size overlap (stride = size x
+    (1 - overlap))."""
     slicing: str = SLICING_GRID
+    """'grid' (every position of a grid per tile size) or 'random' (--crops-per-scene or
+    --crops-per-km2 crops at random positions, sizes drawn log-uniformly between the two --tile-size
+    values, seeded by --seed and the scene: a re-run or a resumed run cuts the same crops)."""
     crops_per_scene: int | None = None  # random slicing
+    """Random slicing: crops per scene."""
     crops_per_km2: float | None = None  # random slicing
+    """Random slicing: crops per km² of scene (needs a CRS in metres)."""
     seed: int = 0  # random slicing: crops are drawn from (seed, scene id)
+    """Random slicing: the seed crops are drawn from."""
     store_size: int | None = None  # store every crop at this edge (area averaging)
+    """Store every crop at this edge, e.g. 224 (area averaging for values, nearest for labels); the
+    manifest keeps each crop's native size, window and scale. Default: crops are stored as cut."""
     cover_edges: bool = True
+    """Add a last row/column of tiles snapped to the scene edge so no pixel is left out
+    (--no-cover-edges drops partial edge tiles instead)."""
     resampling: str = "bilinear"
+    """How coarser bands are brought to the finest grid: {resampling}."""
     calibrate: str = "toa"
+    """'toa': training reads physical top-of-atmosphere values as the profile defines them
+    (Sentinel-2 DN/10000, Landsat TOA reflectance and brightness temperature from the MTL file,
+    MODIS scaling); 'none': raw values."""
     store_dtype: str = STORE_DTYPE_COMPACT
+    """How calibrated tiles are stored: 'compact' keeps the raw integers and records each scene's
+    calibration (CF scale_factor/add_offset) for the loader to apply (about half the bytes, the same
+    values); 'float32' stores the calibrated values."""
     # the exclusion thresholds, defaulting as the rules themselves do
     max_nodata_fraction: float = ExclusionRules.max_nodata_fraction
+    """Exclude a tile when more than this fraction of its pixels is nodata/NaN."""
     max_out_of_range_fraction: float = ExclusionRules.max_out_of_range_fraction
+    """Exclude a tile when more than this fraction of its valid pixels lies outside the profile's
+    valid_range."""
     max_saturated_fraction: float = ExclusionRules.max_saturated_fraction
+    """Exclude a tile when more than this fraction of pixels is saturated."""
     max_cloud_fraction: float = ExclusionRules.max_cloud_fraction
+    """Exclude a tile when more than this fraction of pixels is flagged cloud by the QA band or
+    cloud mask (Landsat BQA/QA_PIXEL, Sentinel-2 MSK_CLASSI/SCL)."""
     max_cloud_shadow_fraction: float = ExclusionRules.max_cloud_shadow_fraction
+    """Exclude a tile when more than this fraction of pixels is flagged cloud shadow (Landsat
+    QA_PIXEL/BQA, Sentinel-2 SCL)."""
     max_snow_fraction: float = ExclusionRules.max_snow_fraction
+    """Exclude a tile when more than this fraction of pixels is flagged snow/ice (default 1.0: snowy
+    tiles are kept, the fraction is recorded)."""
     min_band_std: float | None = ExclusionRules.min_band_std
+    """Exclude a tile as 'constant' when every band's std (raw units) is at most this. Default: the
+    profile's min_band_std."""
     grid: str | None = None  # swath products: resample to this CRS ("EPSG:32632")
+    """Swath products (MODIS L1B): resample each granule to this CRS, e.g. EPSG:32632 or EPSG:4326
+    (nearest neighbour); default: tiles cut from the swath itself."""
     resolution: float | None = None  # ...at this pixel size, in the CRS's units
+    """Pixel size for --grid, in the CRS's units (metres for UTM, degrees for EPSG:4326)."""
     labels: str | None = None
+    """Label raster(s) for a segmentation store: one GeoTIFF covering every scene, or a folder with
+    <scene>.tif / <scene>_label(s).tif / <scene>_mask.tif; reprojected to each scene's grid with
+    nearest neighbour and cut like the tiles (labels/<part>);
+    demo:sentinel2_l1c/labels/lulc_mask.tif is the demo's."""
     dedup: bool = True
+    """Mark exact and near duplicates across the whole archive (--no-dedup to skip)."""
     near_dup_radius: int = DEFAULT_NEAR_DUP_RADIUS
+    """Hamming radius (bits of the 64-bit perceptual hash) within which two tiles are near
+    duplicates."""
     preview: bool = True
+    """Write preview.png, a mosaic of sample tiles with excluded and duplicate tiles outlined."""
     split_by: str = SPLIT_BY_SCENE  # or "location": every date of a place on one side
+    """'scene': each scene (date) wholly in train or val; 'location': every date of a place on the
+    same side, validation on held-out blocks of ground (for archives that revisit the same area)."""
     split_block: float | None = None  # location split: block edge in CRS units (metres)
+    """--split-by location: edge of the square blocks in CRS units (metres for UTM). Default: two
+    tile edges."""
     split_margin: float = 0.0  # location split: training tiles kept this far from val tiles
+    """--split-by location: training tiles closer than this to a validation tile (CRS units) are set
+    aside as split 'margin'; 0 keeps every tile that shares no pixel with a validation tile."""
 
     def validate(self) -> None:
         """Raise BuildConfigError naming the field and the fix; reads no input."""
