@@ -20,9 +20,13 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
+from data_pipelines.config import field_help
+from data_pipelines.ct.config import CTBuildConfig
+from data_pipelines.rs.config import RSBuildConfig
 from data_pipelines.store.read import read_calibrated
 from geomed_mim.build_dataset import (
     INTERRUPTED,
+    build_parser,
     display_path,
     kebab_negations,
     main,
@@ -439,3 +443,10 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(demo_build: Path, tmp_p
     assert pq.read_table(out / "manifest.parquet").equals(
         pq.read_table(demo_build / "manifest.parquet")
     )
+
+
+def test_the_build_command_prints_the_field_help() -> None:
+    text = " ".join(build_parser().format_help().split())
+    for name in ("max_cloud_fraction", "split_margin", "crop_margin_mm"):
+        help_text = field_help(CTBuildConfig if name == "crop_margin_mm" else RSBuildConfig)[name]
+        assert help_text in text
