@@ -17,7 +17,7 @@ import numpy as np
 
 TASK = "Task09_Spleen"
 SPLEEN_ID = 1  # TotalSegmentator's id of the spleen
-CROP = (18, 18, 12)  # source voxels of a real-CT case (3 mm): 36 x 36 x 24 at 1.5 mm
+CROP = (18, 18, 12)  # source voxels of a real-CT case (3 mm): 35 x 35 x 23 at 1.5 mm
 # corners of the real-CT crops: around the spleen (x 10-43, y 21-57, z 82-111 in the scan)
 CORNERS = [(14, 28, 88), (18, 30, 92), (12, 34, 96), (20, 26, 90), (16, 32, 99)]
 
