@@ -232,8 +232,8 @@ def write_class_table(classes: dict[int, str], path: Path) -> Path:
 
 
 def store_is_stale(out: Path, record: dict[str, Any]) -> bool:
-    """True when ``out`` holds a store built from other cases or settings (it is rebuilt);
-    the same cases resume it (their split is set anew at every build)."""
+    """True when ``out`` holds a store built from other cases, spacing or classes (it is
+    rebuilt); the same ones resume it (their split is set anew at every build)."""
     path = out / CASES_FILE
     if not (out / STORE_DIR).exists():
         return False
@@ -245,7 +245,8 @@ def build_task_store(task: MSDTask, splits: list[str], data: MSDData, out: Path,
     ``val`` split; a case the build sets aside is one line naming it."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / STORE_DIR
-    record = {"root": str(task.root), "cases": task.cases, "spacing": list(data.spacing)}
+    record = {"root": str(task.root), "cases": task.cases, "spacing": list(data.spacing),
+              "classes": {str(i): name for i, name in task.classes.items()}}  # fmt: skip
     cfg = CTBuildConfig(
         input=[c["image"] for c in task.cases], output=str(store),
         classes=str(write_class_table(task.classes, out / CLASSES_FILE)),

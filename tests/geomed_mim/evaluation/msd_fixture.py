@@ -57,6 +57,10 @@ def write_task(
     for name, (hu, label, affine) in zip(names, volumes, strict=True):
         write_nifti(task / "imagesTr" / f"{name}.nii.gz", hu.astype(np.int16), affine)
         write_nifti(task / "labelsTr" / f"{name}.nii.gz", label.astype(np.uint8), affine)
+    # the release's archive also holds macOS resource files ("._spleen_2.nii.gz"), which are
+    # not NIfTI: dataset.json does not list them, so the reader never opens them
+    for folder in ("imagesTr", "labelsTr"):
+        (task / folder / f"._{names[0]}.nii.gz").write_bytes(b"\x00\x05\x16\x07 not NIfTI")
     test_names = [f"spleen_{1 + 3 * k}" for k in range(tests)]
     for name, (hu, _, affine) in zip(test_names, volumes, strict=False):
         write_nifti(task / "imagesTs" / f"{name}.nii.gz", hu.astype(np.int16), affine)

@@ -182,3 +182,14 @@ def test_a_broken_task_folder_is_one_line_with_status_2(synthetic_task, tmp_path
     assert err.startswith(f"error: --data.root {root}"), err
     assert message in err, err
     assert not (tmp_path / "o" / STORE_DIR).exists()
+
+
+def test_a_fraction_that_holds_out_no_case_is_one_line(synthetic_task, tmp_path, capsys):
+    """int(5 x 0.1) = 0 cases held out: the fraction is refused before any build."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(CONFIG), "--data.root", str(synthetic_task),
+              "--data.val_frac", "0.1", "--output", str(tmp_path / "o")])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --data.val_frac 0.1: holds out 0 of the 5 training cases"), err
+    assert not (tmp_path / "o" / STORE_DIR).exists()
