@@ -18,6 +18,12 @@ Flood-water segmentation on Sen1Floods11's hand-labeled chips when ``--data.clas
 ``geomed_mim.evaluation.floods.Sen1Floods11``, e.g. ``--config configs/evaluate/sen1floods11.yaml
 --data.root ROOT``: NDWI > t beside a linear probe on each encoder's patch tokens, scored by the
 test split's water IoU (see :mod:`geomed_mim.evaluation.floods`).
+
+CT segmentation on a Medical Segmentation Decathlon task folder when ``--data.class_path`` is
+``geomed_mim.evaluation.msd.MSDTask``, e.g. ``--config configs/evaluate/msd_spleen.yaml
+--data.root ROOT``: the task's labeled cases built into a CT store inside ``--output``, a
+seeded share of them held out, then the segmentation protocol on it (see
+:mod:`geomed_mim.evaluation.msd`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from lightning.pytorch import LightningDataModule
 from geomed_mim.cli import quiet_known_noise
 from geomed_mim.evaluation.floods import CLASS_PATH as FLOODS
 from geomed_mim.evaluation.floods import FloodData, FloodProtocol, evaluate_floods
+from geomed_mim.evaluation.msd import CLASS_PATH as MSD
+from geomed_mim.evaluation.msd import MSDData, MSDProtocol, prepare_msd
 from geomed_mim.evaluation.protocol import (
     Protocol,
     baseline_rows,
@@ -73,8 +81,9 @@ def parser() -> ArgumentParser:
 
 def protocol_parser(protocol: type) -> ArgumentParser:
     """Scene classification (:class:`SceneProtocol`: ``--data`` names a torchgeo dataset class
-    and its ``root``) and Sen1Floods11 (:class:`FloodProtocol`: the reader and the release's
-    ``root``): the protocol dataclass's fields are the flags."""
+    and its ``root``), Sen1Floods11 (:class:`FloodProtocol`: the reader and the release's
+    ``root``) and Decathlon tasks (:class:`MSDProtocol`: the task folder): the protocol
+    dataclass's fields are the flags."""
     p = _Parser(
         prog="python -m geomed_mim.evaluate",
         description=__doc__.split("\n\n")[1],
@@ -94,6 +103,11 @@ def is_scene_task(args: list[str]) -> bool:
 def is_flood_task(args: list[str]) -> bool:
     """True when the data is the Sen1Floods11 reader (:mod:`geomed_mim.evaluation.floods`)."""
     return data_class_path(args) == FLOODS
+
+
+def is_msd_task(args: list[str]) -> bool:
+    """True when the data is a Decathlon task folder (:mod:`geomed_mim.evaluation.msd`)."""
+    return data_class_path(args) == MSD
 
 
 def data_class_path(args: list[str]) -> str:
@@ -117,11 +131,12 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def evaluate(protocol: Protocol) -> dict[str, Any]:
-    """Run the whole protocol; returns the files written."""
+def evaluate(protocol: Protocol, split: str | None = None) -> dict[str, Any]:
+    """Run the whole protocol; returns the files written. ``split`` says how validation was
+    held out when the data module's own description does not (a task's case split)."""
     check_protocol(protocol)
     dm = first_datamodule(protocol)
-    names, split = list(dm.classes["names"]), dm.split_description
+    names, split = list(dm.classes["names"]), split or dm.split_description
     rows = baseline_rows(protocol, say)
     rows += deep_rows(protocol, say)
     if not rows:
@@ -146,6 +161,14 @@ def main(args: list[str] | None = None) -> None:
             cfg.pop("config", None)
             data = SceneData(**cfg.pop("data"))
             files = evaluate_scenes(SceneProtocol(data=data, **cfg), say)
+            say("wrote " + ", ".join(str(f) for f in files.values()))
+            return
+        if is_msd_task(args):
+            cfg = protocol_parser(MSDProtocol).parse_args(args).as_dict()
+            cfg.pop("config", None)
+            data = MSDData(**cfg.pop("data"))
+            protocol, split, config = prepare_msd(MSDProtocol(data=data, **cfg), say)
+            files = {**evaluate(protocol, split), "config": config}
             say("wrote " + ", ".join(str(f) for f in files.values()))
             return
         p = parser()

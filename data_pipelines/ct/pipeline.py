@@ -15,6 +15,7 @@ Store layout::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,14 @@ from data_pipelines.store.write import replace_column
 # -- archive-wide steps ----------------------------------------------------------------------------
 
 
-def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
+def finalize_manifest(
+    table: pa.Table, cfg: CTBuildConfig, splits: Mapping[str, str] | None = None
+) -> pa.Table:
     """Sort by case, mark exact duplicates (first id of a hash group is kept), assign splits.
 
     A duplicate takes the split of the volume it duplicates, so the same scan (e.g. its NIfTI
-    and its DICOM export) can never sit in both train and val.
+    and its DICOM export) can never sit in both train and val. ``splits`` (case id -> split)
+    is a split the archive itself defines; cases it names keep theirs, the others are hashed.
     """
     if table.num_rows == 0:
         return CT_MANIFEST_SCHEMA.empty_table()
@@ -58,13 +62,14 @@ def finalize_manifest(table: pa.Table, cfg: CTBuildConfig) -> pa.Table:
     ids = table.column("id").to_pylist()
     patients = table.column("patient_id").to_pylist()
     dup_idx = mark_exact_duplicates(table.column("exact_hash").to_pylist())
-    splits: list[str] = []
+    assigned: list[str] = []
     for i, j in enumerate(dup_idx):
         orig = i if j < 0 else int(j)
         key = f"patient:{patients[orig]}" if patients[orig] else f"case:{ids[orig]}"
-        splits.append(assign_split(key, cfg.val_fraction))
+        given = (splits or {}).get(ids[orig])
+        assigned.append(given or assign_split(key, cfg.val_fraction))
     table = replace_column(table, "dup_of", [ids[j] if j >= 0 else None for j in dup_idx])
-    return replace_column(table, "split", splits)
+    return replace_column(table, "split", assigned)
 
 
 def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
@@ -72,9 +77,11 @@ def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     return manifest, {reason_key(DUPLICATES, "exact"): dups}
 
 
-def finalize_ct(out_dir: str, table: pa.Table, cfg: CTBuildConfig) -> tuple[pa.Table, dict]:
+def finalize_ct(
+    out_dir: str, table: pa.Table, cfg: CTBuildConfig, splits: Mapping[str, str] | None = None
+) -> tuple[pa.Table, dict]:
     """The archive-wide steps, then ``preview.png`` (mid-axial slices) of what was stored."""
-    manifest = finalize_manifest(table, cfg)
+    manifest = finalize_manifest(table, cfg, splits)
     write_ct_preview(out_dir, manifest)
     return _with_counts(manifest)
 
@@ -113,8 +120,13 @@ def build_ct(cfg: CTBuildConfig, on_part_committed: PartCommitted | None = None)
 
 
 def run_ct_tasks(
-    cfg: CTBuildConfig, discovery: CTDiscovery, on_part_committed: PartCommitted | None = None
+    cfg: CTBuildConfig,
+    discovery: CTDiscovery,
+    on_part_committed: PartCommitted | None = None,
+    splits: Mapping[str, str] | None = None,
 ) -> BuildReport:
+    """Build the discovered cases; ``splits`` (case id -> ``"train"``/``"val"``) fixes the
+    split of the cases it names (:func:`finalize_manifest`)."""
     out_dir = str(Path(cfg.output).resolve())
     parts = unique_part_names([c.case_id for c in discovery.cases])
     tasks = [
@@ -130,7 +142,7 @@ def run_ct_tasks(
         store_attrs=store_attributes(cfg),
         settings=cfg.settings(),
         config=asdict(cfg),
-        finalize=lambda out, t, _summaries: finalize_ct(out, t, cfg),
+        finalize=lambda out, t, _summaries: finalize_ct(out, t, cfg, splits),
         workers=min(cfg.workers, max(1, len(tasks))),
         scheduler=cfg.scheduler,
         overwrite=cfg.overwrite,

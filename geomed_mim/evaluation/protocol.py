@@ -51,6 +51,11 @@ class Protocol:
 def check_protocol(p: Protocol) -> None:
     """Every flag, before any work: a mistake is a :class:`UsageError` naming the flag."""
     check_data_config(p.data, "fit", labeled=True)
+    check_flags(p)
+
+
+def check_flags(p: Protocol) -> None:
+    """The flags that need no data (seeds, budgets, modes, steps, encoders, baselines)."""
     if len(set(p.seeds)) < MIN_SEEDS:
         raise UsageError(
             f"--seeds {p.seeds}: give at least {MIN_SEEDS} distinct seeds, e.g. [0, 1, 2]"
