@@ -266,7 +266,8 @@ def add_mean_organ_dice(rows: list[dict[str, Any]], class_names: list[str]) -> N
 def headline(p: Protocol, scores: dict[str, float]) -> str:
     """The progress line's scores: the table's columns this run has."""
     names = [k.removeprefix("dice_") for k in scores if k.startswith("dice_")]
-    keys = [k for k in metric_columns(p, ["background", *names]) if k in scores]
+    organs = [n for n in names if n != "background"]  # metric_columns skips the first name
+    keys = [k for k in metric_columns(p, ["background", *organs]) if k in scores]
     return "  ".join(f"{k} {scores[k]:.3f}" for k in keys) or "no score"
 
 

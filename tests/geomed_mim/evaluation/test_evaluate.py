@@ -420,3 +420,11 @@ def test_a_budget_without_select_locations_trains_every_step_and_says_so(lulc_st
     (row,) = [ln for ln in table.splitlines() if ln.startswith("| scratch / probe")]
     assert row.split(" | ")[3] == "0"  # the select units column
     assert "or the last state where none is held out" in table
+
+
+def test_a_ct_progress_line_names_the_organs_not_the_background():
+    from geomed_mim.evaluation.protocol import Protocol, headline
+
+    p = Protocol(data={"class_path": "geomed_mim.data.segmentation.CTSegDataModule"})
+    line = headline(p, {"dice_background": 0.99, "dice_liver": 0.5, "mean_organ_dice": 0.5})
+    assert line == "mean_organ_dice 0.500  dice_liver 0.500"
