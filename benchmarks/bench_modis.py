@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_pipelines.rs.config import RSBuildConfig  # noqa: E402
-from data_pipelines.rs.pipeline import build_rs  # noqa: E402
+from stores import timed_build  # noqa: E402
+
 from data_pipelines.rs.products.modis import band_sources  # noqa: E402
 from data_pipelines.rs.profiles import load_profile  # noqa: E402
 from tests.data_pipelines.rs.products.modis_files import write_mod021km  # noqa: E402
@@ -68,22 +68,6 @@ def read_floor(archive: Path) -> tuple[float, float]:
     return time.perf_counter() - t0, decoded / 2**20
 
 
-def timed_build(archive: Path, out: Path) -> tuple[float, object]:
-    cfg = RSBuildConfig(
-        input=str(archive),
-        output=str(out),
-        profile="modis_toa14",
-        tile_size=128,
-        workers=1,
-        scheduler="synchronous",
-        preview=False,
-        overwrite=True,
-    )
-    t0 = time.perf_counter()
-    report = build_rs(cfg)
-    return time.perf_counter() - t0, report
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--granules", type=int, default=8)
@@ -101,7 +85,14 @@ def main() -> None:
         )
         read_floor(archive)  # warm the page cache: both runs below read from memory
         t_floor, decoded_mb = min(read_floor(archive) for _ in range(2))
-        t_build, report = timed_build(archive, root / "store")
+        t_build, report = timed_build(
+            archive,
+            root / "store",
+            profile="modis_toa14",
+            tile_size=128,
+            workers=1,
+            scheduler="synchronous",
+        )
         counts = report.counts
         tiles = counts.get("samples_written", 0)
         print()

@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
+from stores import write_train_manifest
 from torch.utils.flop_counter import FlopCounterMode
 
-from data_pipelines.store.write import PartWriter, open_root, write_manifest
+from data_pipelines.store.write import PartWriter, open_root
 from geomed_mim.data.buffers import release
 from geomed_mim.data.rs import RSTileDataset
 from geomed_mim.data.sharding import sharded_loader
@@ -159,28 +159,7 @@ def write_synthetic_store(out: Path, n_tiles: int) -> Path:
     count = writer.close()
     root = open_root(out)
     root.attrs.update({"bands": [f"B{i}" for i in range(BANDS)], "tile_size": IMG})
-    rows = [
-        {
-            "id": f"t{i}",
-            "array": "tiles/synthetic",
-            "index": i,
-            "excluded": None,
-            "dup_of": None,
-            "split": "train",
-        }
-        for i in range(count)
-    ]
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("array", pa.string()),
-            ("index", pa.int64()),
-            ("excluded", pa.string()),
-            ("dup_of", pa.string()),
-            ("split", pa.string()),
-        ]
-    )
-    write_manifest(out, pa.Table.from_pylist(rows, schema=schema))
+    write_train_manifest(out, ["tiles/synthetic"] * count, list(range(count)))
     return out
 
 

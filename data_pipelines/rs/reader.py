@@ -10,27 +10,12 @@ Importing this module imports every product module, and each registers its reade
 
 from __future__ import annotations
 
-from typing import Any
-
 # imported for their registration: each product module registers its reader
 from data_pipelines.rs import stac  # noqa: F401
 from data_pipelines.rs.products import landsat, modis, safe  # noqa: F401
-from data_pipelines.rs.products.registry import reader_for
-from data_pipelines.rs.profiles import SensorProfile
+
+# the registry's lookup, opened through this module so that every product is registered first
+from data_pipelines.rs.products.registry import reader_for as open_scene_reader
 from data_pipelines.rs.scene import Grid, Scene, SceneError, SceneReader
 
 __all__ = ["Grid", "Scene", "SceneError", "SceneReader", "open_scene_reader"]
-
-
-def open_scene_reader(
-    scene: Scene,
-    profile: SensorProfile,
-    resampling: str = "bilinear",
-    swath_grid: tuple[str, float] | None = None,
-) -> Any:
-    """The reader for ``scene``: plain rasters or its registered product's reader.
-
-    ``swath_grid`` (CRS, resolution) resamples swath products (MODIS L1B) to a map grid;
-    without it they are read in swath geometry.
-    """
-    return reader_for(scene, profile, resampling, swath_grid)

@@ -37,7 +37,7 @@ from geomed_mim.models.base import MIMModel
 from geomed_mim.models.cross_attention import CrossAttention
 from geomed_mim.models.mae import MAEDecoder
 from geomed_mim.models.masking import MaskingResult, MaskingStrategy, build_masking
-from geomed_mim.models.registry import register_model
+from geomed_mim.models.registry import register_sizes
 from geomed_mim.models.vit import VisionTransformerEncoder
 
 
@@ -194,41 +194,4 @@ def _hi_end(size: str, default_patch_size: int, /, **kwargs: Any) -> HiEndMAE:
     return HiEndMAE.from_size(size, default_patch_size, decoder, 16, **kwargs)
 
 
-@register_model
-def hi_end_mae_vit_tiny_patch12(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("tiny", 12, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_tiny_patch16(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("tiny", 16, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_small_patch12(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("small", 12, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_small_patch16(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("small", 16, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_base_patch12(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("base", 12, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_base_patch16(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("base", 16, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_large_patch12(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("large", 12, **kwargs)
-
-
-@register_model
-def hi_end_mae_vit_large_patch16(**kwargs: Any) -> HiEndMAE:
-    return _hi_end("large", 16, **kwargs)
+register_sizes("hi_end_mae_vit", _hi_end, tuple(HI_END_DECODER_DEFAULTS), patch_sizes=(12, 16))

@@ -20,7 +20,7 @@ from torch import nn
 
 from geomed_mim.models.base import MIMDecoder, MIMModel
 from geomed_mim.models.masking import MaskingStrategy, build_masking
-from geomed_mim.models.registry import register_model
+from geomed_mim.models.registry import register_sizes
 from geomed_mim.models.vit import ENCODER_ARCHS
 
 # the MAE reference decoder, the same for every encoder size
@@ -73,21 +73,8 @@ class MaskedAutoencoder(MIMModel):
 
 
 # -- registry ------------------------------------------------------------------------------------
-@register_model
-def mae_vit_tiny_patch16(**kwargs: Any) -> MaskedAutoencoder:
-    return MaskedAutoencoder.from_size("tiny", 16, MAE_DECODER_DEFAULTS, **kwargs)
+def _mae(size: str, patch_size: int, /, **kwargs: Any) -> MaskedAutoencoder:
+    return MaskedAutoencoder.from_size(size, patch_size, MAE_DECODER_DEFAULTS, **kwargs)
 
 
-@register_model
-def mae_vit_small_patch16(**kwargs: Any) -> MaskedAutoencoder:
-    return MaskedAutoencoder.from_size("small", 16, MAE_DECODER_DEFAULTS, **kwargs)
-
-
-@register_model
-def mae_vit_base_patch16(**kwargs: Any) -> MaskedAutoencoder:
-    return MaskedAutoencoder.from_size("base", 16, MAE_DECODER_DEFAULTS, **kwargs)
-
-
-@register_model
-def mae_vit_large_patch16(**kwargs: Any) -> MaskedAutoencoder:
-    return MaskedAutoencoder.from_size("large", 16, MAE_DECODER_DEFAULTS, **kwargs)
+register_sizes("mae_vit", _mae, tuple(ENCODER_ARCHS))

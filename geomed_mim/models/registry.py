@@ -1,9 +1,9 @@
 """timm-style model registry: ``create_model("mae_vit_base_patch16", in_chans=14, img_size=224)``.
 
-Each model module registers its own builders with :func:`register_model`, next to the model
-(``mae.py``, ``selective.py``, ``hi_end.py``); this module knows no model. Importing
-:mod:`geomed_mim.models` imports the model modules, so every name is registered after it. Names
-follow timm (``<method>_vit_<size>_patch<p>``).
+Each model module registers its own builders with :func:`register_model`, or a family of sizes
+with :func:`register_sizes`, next to the model (``mae.py``, ``selective.py``, ``hi_end.py``);
+this module knows no model. Importing :mod:`geomed_mim.models` imports the model modules, so every
+name is registered after it. Names follow timm (``<method>_vit_<size>_patch<p>``).
 
 Every builder accepts overrides as keyword arguments (``in_chans``, ``img_size``, ``spatial_dims``,
 ``mask_ratio``, ``norm_pix_loss``, ``patch_size``, ``depth``, decoder sizes, ...). A model made by
@@ -34,6 +34,30 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     _MODEL_BUILDERS[name] = fn
     _MODEL_MODULES[name] = fn.__module__
     return fn
+
+
+def register_sizes(
+    prefix: str,
+    build: Callable[..., nn.Module],
+    sizes: Sequence[str],
+    patch_sizes: Sequence[int] = (16,),
+) -> None:
+    """Register ``<prefix>_<size>_patch<p>`` for every size and patch size, each building
+    ``build(size, p, **kwargs)``; the names count as registered by ``build``'s module."""
+    for size in sizes:
+        for patch_size in patch_sizes:
+            register_model(_sized_builder(prefix, build, size, patch_size))
+
+
+def _sized_builder(
+    prefix: str, build: Callable[..., nn.Module], size: str, patch_size: int
+) -> Callable[..., nn.Module]:
+    def builder(**kwargs: Any) -> nn.Module:
+        return build(size, patch_size, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = f"{prefix}_{size}_patch{patch_size}"
+    builder.__module__ = build.__module__
+    return builder
 
 
 def list_models(pattern: str | Sequence[str] = "*") -> list[str]:

@@ -29,7 +29,8 @@ from geomed_mim.models.cross_attention import CrossAttention
 from geomed_mim.models.mae import MAE_DECODER_DEFAULTS
 from geomed_mim.models.masking import SelectionResult, SemanticTokenSelection
 from geomed_mim.models.patches import gather_tokens
-from geomed_mim.models.registry import register_model
+from geomed_mim.models.registry import register_sizes
+from geomed_mim.models.vit import ENCODER_ARCHS
 
 
 # -- CrossMAE decoder ----------------------------------------------------------------------------
@@ -163,21 +164,8 @@ class SelectiveMAE(MIMModel):
 
 # -- registry ------------------------------------------------------------------------------------
 # same decoder width/depth as MAE: a like-for-like baseline
-@register_model
-def selective_mae_vit_tiny_patch16(**kwargs: Any) -> SelectiveMAE:
-    return SelectiveMAE.from_size("tiny", 16, MAE_DECODER_DEFAULTS, **kwargs)
+def _selective_mae(size: str, patch_size: int, /, **kwargs: Any) -> SelectiveMAE:
+    return SelectiveMAE.from_size(size, patch_size, MAE_DECODER_DEFAULTS, **kwargs)
 
 
-@register_model
-def selective_mae_vit_small_patch16(**kwargs: Any) -> SelectiveMAE:
-    return SelectiveMAE.from_size("small", 16, MAE_DECODER_DEFAULTS, **kwargs)
-
-
-@register_model
-def selective_mae_vit_base_patch16(**kwargs: Any) -> SelectiveMAE:
-    return SelectiveMAE.from_size("base", 16, MAE_DECODER_DEFAULTS, **kwargs)
-
-
-@register_model
-def selective_mae_vit_large_patch16(**kwargs: Any) -> SelectiveMAE:
-    return SelectiveMAE.from_size("large", 16, MAE_DECODER_DEFAULTS, **kwargs)
+register_sizes("selective_mae_vit", _selective_mae, tuple(ENCODER_ARCHS))

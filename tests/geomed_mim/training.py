@@ -1,6 +1,6 @@
 """Helpers of the tests that train, checkpoint and export: a CLI module in a subprocess, the
 metrics a run logged, checkpoints as the pretraining task writes them, timm models from exports,
-and a short fit."""
+tiny pretraining tasks and a short fit."""
 
 from __future__ import annotations
 
@@ -99,6 +99,16 @@ def timm_from_export(export_dir: Path) -> torch.nn.Module:
         checkpoint_path=str(export_dir / "model.safetensors"),
         **cfg["timm_kwargs"],
     ).eval()
+
+
+def tiny_pretrain_task(
+    task_cls: type[MIMPretrainTask], model: str, **model_kwargs: Any
+) -> MIMPretrainTask:
+    """``task_cls`` for 32-px 3-band images around a tiny ``model``: ``model_kwargs`` and the
+    one-block decoder."""
+    return task_cls(
+        model=model, in_chans=3, img_size=32, model_kwargs={**model_kwargs, **TINY_DECODER}
+    )
 
 
 def fit_on_ct_crops(

@@ -222,6 +222,11 @@ def swath_lonlat_1km(lat5: np.ndarray, lon5: np.ndarray, height: int, width: int
     return lat, lon
 
 
+def window_bounds(window: Window) -> tuple[int, int, int, int]:
+    """``window`` as whole pixels: (row offset, column offset, height, width)."""
+    return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+
+
 def centre_from_1km(lat: np.ndarray, lon: np.ndarray) -> tuple[float | None, float | None]:
     """The centre of a 1-km geolocation window: the mean of its central 2x2 (or 1) pixels."""
     h, w = lat.shape
@@ -256,12 +261,7 @@ class Geolocation:
             self.xyz5 = to_xyz(self.lat5, self.lon5)  # once per granule, not per tile
 
     def centre(self, window: Window) -> tuple[float | None, float | None]:
-        r0, c0, h, w = (
-            int(window.row_off),
-            int(window.col_off),
-            int(window.height),
-            int(window.width),
-        )
+        r0, c0, h, w = window_bounds(window)
         if self._geo is not None:
             start, count = [r0 + (h - 1) // 2, c0 + (w - 1) // 2], [2 - h % 2, 2 - w % 2]
             lat = self._geo.select("Latitude").get(start=start, count=count).astype(np.float64)
@@ -373,12 +373,7 @@ class ModisGranuleReader(ClosingReader):
         return out
 
     def read_window(self, window: Window) -> np.ndarray:
-        r0, c0, h, w = (
-            int(window.row_off),
-            int(window.col_off),
-            int(window.height),
-            int(window.width),
-        )
+        r0, c0, h, w = window_bounds(window)
         if self._resampled is not None:
             return self._resampled[0][:, r0 : r0 + h, c0 : c0 + w]
         try:

@@ -91,7 +91,11 @@ def reader_for(
     swath_grid: tuple[str, float] | None = None,
 ) -> Any:
     """The registered reader of ``scene``'s product; plain rasters (no product) get the base
-    reader. A product kind no module registered is a ``ValueError`` (a programming error)."""
+    reader. A product kind no module registered is a ``ValueError`` (a programming error).
+
+    ``swath_grid`` (CRS, resolution) resamples swath products (MODIS L1B) to a map grid;
+    without it they are read in swath geometry.
+    """
     if not scene.product:
         return SceneReader(scene, profile, resampling)
     entry = product_entry(scene.product)

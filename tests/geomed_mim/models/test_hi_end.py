@@ -11,6 +11,7 @@ from geomed_mim.models import create_model, list_models, patchify
 from geomed_mim.models.base import normalized_patch_targets
 from geomed_mim.models.hi_end import HiEndMAE, default_encoder_levels
 from geomed_mim.tasks.pretraining import default_intermediate_blocks
+from tests.geomed_mim.training import TINY_DECODER
 
 
 def tiny_hi_end(**kwargs) -> HiEndMAE:
@@ -23,9 +24,7 @@ def tiny_hi_end(**kwargs) -> HiEndMAE:
         depth=6,
         num_heads=3,
         encoder_levels=(5, 3, 1),
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_num_heads=2,
+        **TINY_DECODER,
     )
     cfg.update(kwargs)
     return create_model("hi_end_mae_vit_tiny_patch16", **cfg)

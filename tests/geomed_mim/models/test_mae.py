@@ -9,17 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from geomed_mim.models import create_model, list_models, patchify, unpatchify
+from tests.geomed_mim.training import TINY_DECODER
 
 
 def tiny_mae(**kwargs):
-    cfg = dict(
-        depth=2,
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_num_heads=2,
-        embed_dim=48,
-        num_heads=3,
-    )
+    cfg = dict(depth=2, embed_dim=48, num_heads=3, **TINY_DECODER)
     cfg.update(kwargs)
     return create_model("mae_vit_tiny_patch16", **cfg)
 

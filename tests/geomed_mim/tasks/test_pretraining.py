@@ -13,25 +13,21 @@ import yaml
 from geomed_mim.models import create_model
 from geomed_mim.models.patches import gather_tokens, patchify
 from geomed_mim.tasks.pretraining import MIMPretrainTask, mask_seeds_for, trivial_baseline_loss
+from tests.conftest import REPO_ROOT
 from tests.geomed_mim.training import (
     TINY_DECODER,
     fit_on_ct_crops,
     read_metrics,
     run_module,
     timm_from_export,
+    tiny_pretrain_task,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrain" / "demo_cpu.yaml"
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens():
-    task = MIMPretrainTask(
-        model="mae_vit_tiny_patch16",
-        in_chans=3,
-        img_size=32,
-        model_kwargs={"depth": 1, **TINY_DECODER},
-    )
+    task = tiny_pretrain_task(MIMPretrainTask, "mae_vit_tiny_patch16", depth=1)
     decay, no_decay = task.parameter_groups()
     names = {id(p): n for n, p in task.model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from geomed_mim.tasks.selective_pretraining import SelectivePretrainTask
-from tests.geomed_mim.training import TINY_DECODER, read_metrics, run_module, timm_from_export
+from tests.conftest import REPO_ROOT
+from tests.geomed_mim.training import (
+    read_metrics,
+    run_module,
+    timm_from_export,
+    tiny_pretrain_task,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrain" / "selective_mae_demo_cpu.yaml"
 
 
 def test_lr_is_scaled_by_reconstruction_over_mask_ratio():
-    task = SelectivePretrainTask(
-        model="selective_mae_vit_tiny_patch16",
-        in_chans=3,
-        img_size=32,
-        model_kwargs={"patch_size": 4, "depth": 1, **TINY_DECODER},
+    task = tiny_pretrain_task(
+        SelectivePretrainTask, "selective_mae_vit_tiny_patch16", patch_size=4, depth=1
     )
     assert task.pruner is None  # pruning is off unless asked for
     assert task.model.lr_scale == pytest.approx(0.25 / 0.85)
