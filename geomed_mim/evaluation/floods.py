@@ -42,7 +42,7 @@ from geomed_mim.evaluation import scene_data as sd
 from geomed_mim.evaluation.deep import SCRATCH
 from geomed_mim.evaluation.pixels import subsample
 from geomed_mim.evaluation.probes import train_steps
-from geomed_mim.evaluation.protocol import encoder_label
+from geomed_mim.evaluation.protocol import check_vit_encoder, encoder_label
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
 from geomed_mim.evaluation.scene_protocol import build_encoder, check_run_flags, device_for
 from geomed_mim.usage import UsageError
@@ -163,6 +163,9 @@ def check_flood_protocol(p: FloodProtocol) -> None:
     if p.pixel_limit < 1:
         raise UsageError(f"--pixel_limit {p.pixel_limit}: give a number of pixels >= 1")
     check_run_flags(p, FLOOD_PROBES, FLOOD_PROBES, FLOOD_BASELINES)
+    for source in p.encoders:
+        if source != SCRATCH:  # the per-patch pixel head reads a ViT's patch grid
+            check_vit_encoder(source)
 
 
 def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:

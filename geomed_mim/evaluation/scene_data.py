@@ -184,6 +184,23 @@ def normalise(images: torch.Tensor, data: SceneData, mean: torch.Tensor, std: to
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1).clamp_min(1e-6)
 
 
+class PatchTokens(torch.nn.Module):
+    """An encoder seen as its last layer's patch tokens [B, L, D], whatever its family: a ViT's
+    tokens without the class token, or a Swin V2's normed last-stage map, flattened (timm's
+    ``forward_features``; pooling it is timm's classifier input)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.is_swin = hasattr(encoder, "forward_stage_maps")  # SwinV2Encoder
+        self.embed_dim = int(encoder.num_features if self.is_swin else encoder.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_swin:
+            return self.encoder.forward_features(x).flatten(1, 2)  # [B, H'W', C']
+        return self.encoder(x)[:, 1:]  # [B, L, D]
+
+
 @torch.no_grad()
 def patch_tokens(
     encoder: torch.nn.Module,
@@ -193,11 +210,12 @@ def patch_tokens(
     std: torch.Tensor,
     device: torch.device,
 ) -> torch.Tensor:
-    """The frozen encoder's normed patch tokens [N, L, D] (class token dropped) of every image,
+    """The frozen encoder's normed patch tokens [N, L, D] (:class:`PatchTokens`) of every image,
     kept in float16 on the CPU (the attentive probe reads them; pooling is their mean)."""
-    encoder.eval()
+    tokens_of = encoder if isinstance(encoder, PatchTokens) else PatchTokens(encoder)
+    tokens_of.eval()
     out = []
     for batch in loader(dataset, data):
         x = normalise(batch["image"], data, mean, std).to(device)
-        out.append(encoder(x)[:, 1:].to("cpu", torch.float16))
+        out.append(tokens_of(x).to("cpu", torch.float16))
     return torch.cat(out)

@@ -40,6 +40,8 @@ from geomed_mim.evaluation.probes import (
 )
 from geomed_mim.evaluation.protocol import MIN_SEEDS, encoder_label
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
+from geomed_mim.models.swin import SwinV2Encoder
+from geomed_mim.models.swin_sources import load_swin_weights, read_swin_source, source_family
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.models.weights import load_encoder
 from geomed_mim.tasks.segmentation import ENCODER_DEFAULTS
@@ -243,7 +245,7 @@ def headline(splits: Splits, scores: dict[str, float]) -> str:
 class Encoded:
     """One encoder ready for the dataset: the model, its input normalisation, its tokens."""
 
-    encoder: VisionTransformerEncoder
+    encoder: nn.Module  # a ViT or a Swin V2 (see scene_data.PatchTokens)
     mean: torch.Tensor  # [C] per dataset band
     std: torch.Tensor
     tokens: dict[str, torch.Tensor]  # split → [N, L, D] float16
@@ -251,7 +253,7 @@ class Encoded:
 
 def build_encoder(
     p: SceneProtocol, source: str, splits: Splits, seed: int, say: Say
-) -> tuple[VisionTransformerEncoder, np.ndarray, np.ndarray]:
+) -> tuple[nn.Module, np.ndarray, np.ndarray]:
     """(encoder for the dataset's bands, normalisation mean, std): a pretrained one with its
     bands matched by name and its recorded statistics (the training split's for bands it does
     not record), or a scratch one (seeded) normalised by the training split's statistics."""
@@ -272,6 +274,8 @@ def build_encoder(
         return enc, fallback[0], fallback[1]
     from geomed_mim.models.weights import read_encoder_source
 
+    if source_family(source) != "vit":
+        return build_swin_encoder(source, splits, fallback, say)
     read = read_encoder_source(source)
     if read.spatial_dims != 2:
         raise UsageError(f"--encoders {source}: a {read.spatial_dims}-D encoder; scene "
@@ -293,6 +297,34 @@ def build_encoder(
     return enc, mean, std
 
 
+def build_swin_encoder(
+    source: str, splits: Splits, fallback: tuple[np.ndarray, np.ndarray], say: Say
+) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """A Swin V2 encoder (SatVision-TOA's architecture, a SimMIM export or checkpoint) for the
+    dataset's bands, matched by name, normalised by its recorded statistics."""
+    src = read_swin_source(source)
+    if src.family != "swinv2":
+        raise UsageError(f"--encoders {source}: a 3-D {src.family} encoder; scene "
+                         "classification takes 2-D (remote sensing) encoders")  # fmt: skip
+    stages, patch = len(src.sizes["depths"]), int(src.sizes.get("patch_size", 4))
+    stride = patch * 2 ** (stages - 1)  # the last stage's pixel spacing
+    if any(side % stride for side in splits.image_size):
+        raise UsageError(f"--encoders {source}: a Swin V2 encoder with patch {patch} and "
+                         f"{stages} stages reads images whose sides are multiples of {stride} "
+                         f"px; these are {splits.image_size}")  # fmt: skip
+    named = [next((e for e in src.bands if sd.same_band(e, b)), b) for b in splits.bands]
+    enc = SwinV2Encoder(img_size=splits.image_size, in_chans=len(named), **src.sizes)
+    report = load_swin_weights(enc, src, named)
+    if not report.shared:
+        raise UsageError(f"--encoders {source}: it records bands {src.bands}, none of the "
+                         f"dataset's ({', '.join(splits.bands)}); use an encoder of this "
+                         "sensor")  # fmt: skip
+    mean, std, missing = sd.recorded_statistics(splits.bands, src.config, fallback)
+    say(f"{encoder_label(source)}: Swin V2, {report}; normalised by its recorded statistics"
+        + (f" (the training split's for {missing})" if missing else ""))  # fmt: skip
+    return enc, mean, std
+
+
 def encode(p: SceneProtocol, source: str, splits: Splits, seed: int, device, say: Say) -> Encoded:
     enc, mean, std = build_encoder(p, source, splits, seed, say)
     enc = enc.to(device)
@@ -305,13 +337,13 @@ def encode(p: SceneProtocol, source: str, splits: Splits, seed: int, device, say
 class FineTuned(nn.Module):
     """The encoder, trainable, with a linear layer on its mean-pooled patch tokens."""
 
-    def __init__(self, encoder: VisionTransformerEncoder, num_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        self.tokens = sd.PatchTokens(encoder)
+        self.head = nn.Linear(self.tokens.embed_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)[:, 1:].mean(dim=1))
+        return self.head(self.tokens(x).mean(dim=1))
 
 
 @torch.no_grad()

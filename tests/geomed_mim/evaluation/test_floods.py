@@ -172,3 +172,18 @@ def test_training_chips_all_no_data_give_nan_rows(release, tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2 * 3
     assert all(np.isnan(float(r["iou_water"])) for r in rows)
+
+
+def test_a_swin_encoder_is_refused_in_one_line(release, tmp_path, capsys):
+    from tests.geomed_mim.tasks.test_segmentation_swin import converted_swinv2
+
+    root, _ = release
+    folder, _ = converted_swinv2(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(CONFIG), "--data.root", str(root), *SHRINK,
+              "--encoders", f"[{folder}]", "--output", str(tmp_path / "out")])  # fmt: skip
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert "--encoders" in err, err
+    assert "Swin" in err, err

@@ -179,3 +179,46 @@ def test_bigearthnet_multilabel_through_the_command(shared_data, tmp_path, capsy
     (row,) = [r for r in rows if r["kind"] == "baseline" and float(r["budget"]) == 1.0
               and r["seed"] == "0"]  # fmt: skip
     assert float(row["map"]) == pytest.approx(expected)
+
+
+def test_a_converted_swin_v2_is_an_encoder_entry_like_any_other(eurosat, tmp_path, capsys):
+    """A Swin V2 folder as ``convert --from satvision`` writes it: its bands matched by name,
+    every probe a row, and the frozen tokens those of timm's own SwinTransformerV2 with the same
+    weights (its normed last-stage map)."""
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    from geomed_mim.evaluation.scene_data import PatchTokens, SceneData
+    from geomed_mim.evaluation.scene_protocol import SceneProtocol, build_swin_encoder, open_splits
+    from tests.geomed_mim.tasks.test_segmentation_swin import SWIN2, converted_swinv2
+
+    root, _ = eurosat
+    folder, state = converted_swinv2(tmp_path)
+    out = tmp_path / "out"
+    main(["--config", str(CONFIG), "--data.root", str(root), *SHRINK, "--seeds", "[0, 1, 2]",
+          "--encoders", f"[{folder}]", "--baselines", "[]", "--output", str(out)])  # fmt: skip
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    shipped = yaml.safe_load(CONFIG.read_text())
+    probes = {r["method"].rsplit(" / ", 1)[1] for r in rows}
+    assert probes == set(shipped["probes"])
+    assert len(rows) == len(shipped["fractions"]) * 3 * len(shipped["probes"])
+    assert all(0 <= float(r["top1"]) <= 1 for r in rows)
+    assert "Swin V2" in capsys.readouterr().out
+
+    # the tokens: timm's model with the folder's weights on the same (band-matched) input
+    p = SceneProtocol(data=SceneData(root=str(root)))
+    splits = open_splits(p)
+    enc, _, _ = build_swin_encoder(str(folder), splits, (np.zeros(13), np.ones(13)), print)
+    sizes = {k: v for k, v in SWIN2.items() if k != "patch_size"}
+    timm_model = SwinTransformerV2(img_size=splits.image_size, patch_size=4, in_chans=13,
+                                   num_classes=0, **sizes).eval()  # fmt: skip
+    weights = {k: v for k, v in enc.state_dict().items() if k != "mask_token"}
+    timm_model.load_state_dict(weights)  # strict: the same parameters, timm's names
+    x = torch.randn(2, 13, *splits.image_size)
+    with torch.no_grad():
+        ours = PatchTokens(enc.eval())(x)
+        theirs = timm_model.forward_features(x).flatten(1, 2)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    rgb = [splits.bands.index(b) for b in ("B02", "B03", "B04")]
+    patch_weight = enc.state_dict()["patch_embed.proj.weight"]
+    assert torch.equal(patch_weight[:, rgb], state["patch_embed.proj.weight"])
