@@ -123,6 +123,9 @@ class TrainingCLI(LightningCLI):
         (which it does right after this)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        trainer = (self.config[subcommand] if subcommand else self.config).get("trainer") or {}
+        argv = sys.argv[1:] if args is None else args
+        self.batch_limit_counts = batch_limit_counts(trainer, argv)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if subcommand and subcommand != "fit" and not ckpt_path:
             raise UsageError(
@@ -198,7 +201,8 @@ class TrainingCLI(LightningCLI):
         # the instantiated config of the subcommand (or the whole one without subcommands)
         config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         root = run_dir.run_root(config)
-        kwargs = {**torchrun_trainer_overrides(config), **kwargs}
+        counts = getattr(self, "batch_limit_counts", {})
+        kwargs = {**torchrun_trainer_overrides(config), **counts, **kwargs}
         if self.subcommand == "predict":
             kwargs["logger"] = False  # a prediction logs nothing: no empty log folder
         else:
@@ -304,6 +308,34 @@ class FinetuneSegCLI(TrainingCLI):
         if failed:
             say(f"{failed} input(s) could not be predicted (listed above)")
             raise SystemExit(EXIT_USAGE)
+
+
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                "limit_predict_batches", "overfit_batches")  # fmt: skip
+
+
+def batch_limit_counts(trainer: Any, argv: Any) -> dict[str, int]:
+    """The batch limits (``--trainer.limit_train_batches 2``) that are counts, as ints. The
+    Trainer's ``int | float`` annotation reaches the parser as ``float | int`` (typing caches
+    unions ignoring their order), so a count arrives as a float: ``2.0`` (which Lightning refuses
+    as a fraction) or ``1.0`` (which it reads as 100 %). An integral value above 1, or one typed
+    without a decimal point on the command line, is a count."""
+    counts = {}
+    typed = {}
+    tokens = [str(a) for a in argv] if isinstance(argv, list | tuple) else []
+    for i, token in enumerate(tokens):
+        flag, _, value = token.partition("=")
+        if not value and i + 1 < len(tokens):
+            value = tokens[i + 1]
+        typed[flag] = value
+    for key in BATCH_LIMITS:
+        value = trainer.get(key)
+        if not isinstance(value, float) or not value.is_integer():
+            continue
+        literal = typed.get(f"--trainer.{key}", "")
+        if value > 1 or (literal and literal.lstrip("+").isdigit()):
+            counts[key] = int(value)
+    return counts
 
 
 def usage_cause(error: BaseException) -> UsageError | None:

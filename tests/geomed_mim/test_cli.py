@@ -338,3 +338,30 @@ def test_a_checkpoint_class_path_outside_the_task_package_is_never_imported(tmp_
     assert not ok("geomed_mim.tasks.segmentation.SegmentationTask")  # a task, of another command
     assert ok("geomed_mim.tasks.pretraining.MIMPretrainTask")
     assert "geomed_mim.tasks.pretraining" in cli.project_task_modules()
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [("1", 1), ("2", 2), ("1.0", 1.0), ("0.25", 0.25), ("=3", 3)],
+)
+def test_a_batch_limit_typed_as_a_count_stays_a_count(typed, expected):
+    """Lightning's own parser turns ``--trainer.limit_train_batches 1`` into 1.0 (100 %); the
+    command hands the Trainer the count the user typed."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from geomed_mim.cli import batch_limit_counts
+
+    argv = (
+        [f"--trainer.limit_train_batches{typed}"]
+        if typed.startswith("=")
+        else ["--trainer.limit_train_batches", typed]
+    )
+    parser = LightningArgumentParser()
+    parser.add_lightning_class_args(Trainer, "trainer")
+    trainer = parser.parse_args(argv).trainer
+    value = batch_limit_counts(trainer, argv).get(
+        "limit_train_batches", trainer.limit_train_batches
+    )
+    assert value == expected
+    assert type(value) is type(expected)
