@@ -30,6 +30,7 @@ from geomed_mim.tasks.segmentation import SegmentationTask
 
 MODES = {  # mode → the task's arguments that make it
     "probe": {"freeze_encoder": True, "head": "linear"},
+    "attentive": {"freeze_encoder": True, "head": "attentive"},  # a light block, then linear
     "finetune": {"freeze_encoder": False, "head": "unetr"},
 }
 SCRATCH = "scratch"
@@ -38,7 +39,7 @@ SCRATCH = "scratch"
 @dataclass(frozen=True)
 class DeepRun:
     encoder: str  # "scratch", a pretraining checkpoint or an export folder
-    mode: str  # "probe" | "finetune"
+    mode: str  # "probe" | "attentive" | "finetune"
     budget: float
     seed: int
     steps: int  # optimizer steps, the same at every budget

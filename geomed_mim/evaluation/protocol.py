@@ -67,7 +67,8 @@ def check_flags(p: Protocol) -> None:
             f"--budgets {p.budgets}: CT budgets below 1.0 are not supported; use [1.0]"
         )
     if p.encoders and not p.modes:
-        raise UsageError("--modes is empty: give probe and/or finetune, or --encoders []")
+        raise UsageError("--modes is empty: give probe, attentive and/or finetune, or "
+                         "--encoders []")  # fmt: skip
     for mode in p.modes:
         if mode not in MODES:
             raise UsageError(f"--modes: unknown mode {mode!r}; use any of {sorted(MODES)}")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from monai.networks.blocks import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import UnetOutBlock
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from geomed_mim.models.vit import VisionTransformerEncoder, tokens_to_map
@@ -134,10 +135,14 @@ class LinearPatchHead(nn.Module):
         self.skip_blocks: list[int] = []
         self.head = nn.Linear(encoder.embed_dim, num_classes)
 
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, L, D] → patch logits [B, L, K]."""
+        return self.head(tokens)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, *S] → logits [B, num_classes, *S]."""
         tokens = self.encoder.forward_features(x)[:, 1:]  # [B, L, D]
-        logits = tokens_to_map(self.head(tokens), self.encoder.grid_size)  # [B, K, *grid]
+        logits = tokens_to_map(self.decode(tokens), self.encoder.grid_size)  # [B, K, *grid]
         mode = "bilinear" if self.encoder.spatial_dims == 2 else "trilinear"
         return nn.functional.interpolate(
             logits, size=tuple(x.shape[2:]), mode=mode, align_corners=False
@@ -149,3 +154,19 @@ class LinearPatchHead(nn.Module):
             "stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
             "blocks": [(r"^encoder\.blocks\.(\d+)", None)],
         }
+
+
+class AttentivePatchHead(LinearPatchHead):
+    """The attentive variant of the linear probe: one light transformer block (self-attention
+    across the patch tokens, MLP ratio 2, at most 8 heads) before the linear layer, so a patch's
+    logits can read the rest of the image, as attentive probing does for classification. Same
+    interface and upsampling as :class:`LinearPatchHead`."""
+
+    def __init__(self, encoder: VisionTransformerEncoder, num_classes: int) -> None:
+        super().__init__(encoder, num_classes)
+        dim = encoder.embed_dim
+        heads = next(h for h in (8, 6, 4, 3, 2, 1) if dim % h == 0)
+        self.block = Block(dim, heads, mlp_ratio=2.0, qkv_bias=True)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(tokens))  # [B, L, D] → [B, L, K]

@@ -41,7 +41,7 @@ from geomed_mim.usage import UsageError
 log = logging.getLogger(__name__)
 
 SWIN_FAMILIES = ("swinv2", "swin3d")
-HEADS = {"vit": ("unetr", "linear"), "swinv2": ("fpn",), "swin3d": ("unetr",)}
+HEADS = {"vit": ("unetr", "linear", "attentive"), "swinv2": ("fpn",), "swin3d": ("unetr",)}
 PATCH_KEY = "patch_embed.proj.weight"
 INIT_FLAG = "--model.init_args.init_from"
 ENCODER_FLAG = "--model.init_args.encoder"

@@ -23,7 +23,12 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from geomed_mim.models.segmentation import LinearPatchHead, ViTUNETR, skip_blocks_for
+from geomed_mim.models.segmentation import (
+    AttentivePatchHead,
+    LinearPatchHead,
+    ViTUNETR,
+    skip_blocks_for,
+)
 from geomed_mim.models.swin_sources import (
     SWIN_FAMILIES,
     build_swin_network,
@@ -121,8 +126,9 @@ class SegmentationTask(LightningModule):
             ``encoder.blocks[0]``; the numbering of the export's ``intermediate_blocks``); None =
             those recorded in the checkpoint/export (see :func:`skip_blocks_for`).
         freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
-        head: ViT: ``"unetr"`` (the UNETR-style decoder) or ``"linear"`` (a linear layer on the
-            final patch tokens, upsampled: the standard linear probe); Swin V2: ``"fpn"``;
+        head: ViT: ``"unetr"`` (the UNETR-style decoder), ``"linear"`` (a linear layer on the
+            final patch tokens, upsampled: the standard linear probe) or ``"attentive"`` (one
+            light transformer block over the tokens, then that linear layer); Swin V2: ``"fpn"``;
             3-D Swin: ``"unetr"`` (SwinUNETR's decoder).
         layer_decay: layer-wise lr decay for full fine-tuning: ``encoder.blocks[i]`` gets
             ``lr * layer_decay ** (depth - i)``, the embeddings ``lr * layer_decay ** (depth + 1)``,
@@ -200,8 +206,9 @@ class SegmentationTask(LightningModule):
         enc, recorded = self._build_encoder(
             init_from, arch, hp.in_chans, hp.img_size, hp.spatial_dims
         )
-        if hp.head == "linear":
-            return LinearPatchHead(enc, self.num_classes)
+        if hp.head in ("linear", "attentive"):
+            head = LinearPatchHead if hp.head == "linear" else AttentivePatchHead
+            return head(enc, self.num_classes)
         blocks = skip_blocks or skip_blocks_for(enc.depth, enc.patch_size[0], recorded)
         return ViTUNETR(enc, self.num_classes, blocks, feature_size=hp.feature_size)
 

@@ -161,13 +161,14 @@ def test_shipped_config_writes_every_row_table_and_plot(lulc_store, tmp_path, ca
     baselines match as above."""
     out = tmp_path / "run"
     main(["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
-          "--steps", "{probe: 2, finetune: 2}", "--check_every", "1", "--budgets", "[0.2, 1.0]",
+          "--steps", "{probe: 2, attentive: 2, finetune: 2}", "--check_every", "1",
+          "--budgets", "[0.2, 1.0]",
           "--output", str(out)])  # fmt: skip
     assert "results.md" in capsys.readouterr().out
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     methods = {"logistic regression (pixels)", "NDVI > t (forest)",
-               "scratch / probe", "scratch / finetune"}  # fmt: skip
+               "scratch / probe", "scratch / attentive", "scratch / finetune"}  # fmt: skip
     assert {r["method"] for r in rows} == methods
     for m in methods:
         for b in ("0.2", "1.0"):
@@ -178,11 +179,11 @@ def test_shipped_config_writes_every_row_table_and_plot(lulc_store, tmp_path, ca
         if not r["method"].startswith("NDVI"):
             assert 0 <= float(r["miou"]) <= 1
     table = (out / "results.md").read_text()
-    assert len([ln for ln in table.splitlines() if ln.startswith("| ") and "±" in ln]) == 8
+    assert len([ln for ln in table.splitlines() if ln.startswith("| ") and "±" in ln]) == 10
     assert "Validation: spatial hold-out: the east 32% of the area" in table
     assert "4 px margin" in table
     for r in rows:
-        if r["kind"] in ("probe", "finetune"):
+        if r["kind"] in ("probe", "attentive", "finetune"):
             assert int(r["step"]) in (1, 2)  # a checked step, the best on the select split
             assert int(r["select_units"]) >= 1
     assert (out / "score_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
