@@ -3,20 +3,25 @@ from the folder its v1.1 release unpacks to (nothing is downloaded):
 
     ROOT/v1.1/data/flood_events/HandLabeled/S2Hand/<Event>_<id>_S2Hand.tif      13 bands (L1C,
                                                                           UInt16 TOA x 10000)
+    ROOT/v1.1/data/flood_events/HandLabeled/S1Hand/<Event>_<id>_S1Hand.tif      VV, VH (Float32
+                                                                          dB, NaN: no data)
     ROOT/v1.1/data/flood_events/HandLabeled/LabelHand/<Event>_<id>_LabelHand.tif  1 water, 0 not
                                                                                  water, -1 no data
-    ROOT/v1.1/splits/flood_handlabeled/flood_{train,valid,test}_data.csv
+    ROOT/v1.1/splits/flood_handlabeled/flood_{train,valid,test,bolivia}_data.csv
 
 The split files are the release's: no header, one chip a line, ``<Event>_<id>_S1Hand.tif,
 <Event>_<id>_LabelHand.tif``; the Sentinel-2 chip is the S1 name with ``S1Hand`` → ``S2Hand``.
+``--data.sensor`` picks the chips read: ``s2`` (S2Hand) or ``s1`` (S1Hand). The Bolivia file is
+the hold-out event (in none of the other three), scored when present.
 
-The score is the water IoU pooled over every test pixel, no-data pixels (−1) ignored. Methods:
-``NDWI > t`` (the threshold with the best water IoU on the drawn training pixels, the baselines'
-:func:`~geomed_mim.evaluation.baselines.spectral_index`) and, per encoder, a linear layer per
-patch token predicting its patch's pixels, on the frozen tokens (``linear``) or with the
-encoder trained too (``finetune``), trained with cross-entropy (−1 ignored) and kept at its best
-validation-split water IoU. A label fraction is
-a seeded uniform draw of the training chips.
+The score is the water IoU pooled over every test pixel (and every Bolivia pixel), no-data
+pixels (−1, and any pixel with a NaN band) ignored. Methods: a threshold baseline fitted for the
+best water IoU on the drawn training pixels (:func:`~geomed_mim.evaluation.baselines.
+fit_threshold`): ``NDWI > t`` on S2, ``VV < t`` on S1 (water is dark); and, per encoder, a
+linear layer per patch token predicting its patch's pixels, on the frozen tokens (``linear``) or
+with the encoder trained too (``finetune``), trained with cross-entropy (−1 ignored) and kept
+at its best validation-split water IoU. A label fraction is a seeded uniform draw of the
+training chips.
 """
 
 from __future__ import annotations
@@ -52,18 +57,43 @@ HAND = Path("v1.1/data/flood_events/HandLabeled")
 SPLIT_DIR = Path("v1.1/splits/flood_handlabeled")
 SPLIT_FILES = {"train": "flood_train_data.csv", "val": "flood_valid_data.csv",
                "test": "flood_test_data.csv"}  # fmt: skip
+BOLIVIA_FILE = "flood_bolivia_data.csv"  # the hold-out event; optional
+ALL_SPLIT_FILES = {**SPLIT_FILES, "bolivia": BOLIVIA_FILE}
+SCORED = {"test": "iou_water", "bolivia": "bolivia_water_iou"}  # split → its metric column
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
             "B12")  # fmt: skip
+S1_BANDS = ("VV", "VH")  # backscatter, dB
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """One ``--data.sensor``: its chips' folder (and file-name layer), bands, threshold
+    baseline and the ``--data.scale`` its stored values take."""
+
+    folder: str
+    bands: tuple[str, ...]
+    baseline: str
+    scale: float
+
+
+SENSORS = {
+    "s2": Sensor("S2Hand", S2_BANDS, "ndwi", 1.0e-4),
+    "s1": Sensor("S1Hand", S1_BANDS, "vv", 1.0),
+}
+BASELINE_BANDS = {"ndwi": bl.INDEX_BANDS["ndwi"], "vv": ("VV",)}
+BASELINE_NAMES = {"ndwi": "NDWI > t (water)", "vv": "VV < t (water)"}
 NODATA, WATER = -1, 1
 IGNORE = -100  # cross-entropy's ignore index (the no-data pixels)
 FLOOD_PROBES = ("linear", "finetune")
-FLOOD_BASELINES = ("ndwi",)
-METRICS = ["iou_water"]
-LAYOUT = (
-    f"ROOT/{HAND}/S2Hand/<Event>_<id>_S2Hand.tif, ROOT/{HAND}/LabelHand/"
-    f"<Event>_<id>_LabelHand.tif and ROOT/{SPLIT_DIR}/flood_{{train,valid,test}}_data.csv"
-)
+FLOOD_BASELINES = tuple(BASELINE_BANDS)
 Say = Callable[[str], None]
+
+
+def layout(folder: str) -> str:
+    """The release's layout, for the messages."""
+    return (f"ROOT/{HAND}/{folder}/<Event>_<id>_{folder}.tif, ROOT/{HAND}/LabelHand/"
+            f"<Event>_<id>_LabelHand.tif and "
+            f"ROOT/{SPLIT_DIR}/flood_{{train,valid,test}}_data.csv")  # fmt: skip
 
 
 @dataclass
@@ -72,46 +102,50 @@ class FloodData:
 
     class_path: str = CLASS_PATH
     root: str = ""  # the folder holding v1.1/ (the only thing a user changes)
-    scale: float = 1.0e-4  # stored value × scale = reflectance (S2Hand holds L1C DN)
+    sensor: str = "s2"  # s2: the S2Hand chips (13 L1C bands); s1: the S1Hand chips (VV, VH dB)
+    scale: float = 1.0e-4  # stored value × scale = reflectance (S2Hand holds L1C DN); s1: 1.0
     batch_size: int = 8
     num_workers: int = 0
 
 
-def split_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    """(S2 chip, label) paths of one split, from the release's split file."""
-    pairs = []
-    with open(root / SPLIT_DIR / SPLIT_FILES[split], newline="") as f:
+def split_pairs(root: Path, split: str, folder: str = "S2Hand") -> list[tuple[Path, Path]]:
+    """(chip in ``folder``, label) paths of one split, from the release's split file."""
+    pairs, name = [], ALL_SPLIT_FILES[split]
+    with open(root / SPLIT_DIR / name, newline="") as f:
         for row in csv.reader(f):
             cells = [c.strip() for c in row if c.strip()]
             if not cells:
                 continue
             if len(cells) < 2 or "S1Hand" not in cells[0] or "LabelHand" not in cells[1]:
-                raise UsageError(f"--data.root {root}: {SPLIT_FILES[split]} line {row} is not "
+                raise UsageError(f"--data.root {root}: {name} line {row} is not "
                                  "'<chip>_S1Hand.tif,<chip>_LabelHand.tif'")  # fmt: skip
-            s2 = root / HAND / "S2Hand" / cells[0].replace("S1Hand", "S2Hand")
-            pairs.append((s2, root / HAND / "LabelHand" / cells[1]))
+            chip = root / HAND / folder / cells[0].replace("S1Hand", folder)
+            pairs.append((chip, root / HAND / "LabelHand" / cells[1]))
     return pairs
 
 
 class Sen1Floods11(Dataset):
-    """One split's hand-labeled chips: ``image`` [13, H, W] float32 (stored values) and
-    ``mask`` [H, W] int64 (1 water, 0 not water, −1 no data)."""
+    """One split's hand-labeled chips of one sensor: ``image`` [C, H, W] float32 (stored values;
+    NaN where the chip has no data, as S1Hand marks it) and ``mask`` [H, W] int64 (1 water,
+    0 not water, −1 no data: the label's, and every pixel with a NaN band)."""
 
-    def __init__(self, root: str | Path, split: str = "train") -> None:
+    def __init__(self, root: str | Path, split: str = "train", sensor: str = "s2") -> None:
         self.root = Path(root)
         self.split = split
-        self.bands = list(S2_BANDS)
-        missing = [p for p in [HAND / "S2Hand", HAND / "LabelHand"]
+        self.sensor = SENSORS[sensor]
+        self.bands = list(self.sensor.bands)
+        folder = self.sensor.folder
+        missing = [p for p in [HAND / folder, HAND / "LabelHand"]
                    + [SPLIT_DIR / f for f in SPLIT_FILES.values()]
                    if not (self.root / p).exists()]  # fmt: skip
         if missing:
             raise UsageError(f"--data.root {root}: not Sen1Floods11's layout (no {missing[0]}); "
-                             f"give the folder holding v1.1/: {LAYOUT}")  # fmt: skip
-        self.pairs = split_pairs(self.root, split)
+                             f"give the folder holding v1.1/: {layout(folder)}")  # fmt: skip
+        self.pairs = split_pairs(self.root, split, folder)
         absent = [p for pair in self.pairs for p in pair if not p.is_file()]
         if absent:
             gone = absent[0]
-            raise UsageError(f"--data.root {root}: {SPLIT_FILES[split]} lists {gone.name}, "
+            raise UsageError(f"--data.root {root}: {ALL_SPLIT_FILES[split]} lists {gone.name}, "
                              f"which is not in {gone.parent}; give the whole release")  # fmt: skip
 
     def __len__(self) -> int:
@@ -120,16 +154,35 @@ class Sen1Floods11(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         import rasterio
 
-        s2, label = self.pairs[i]
-        with rasterio.open(s2) as f:
-            image = np.nan_to_num(f.read().astype(np.float32))
+        chip, label = self.pairs[i]
+        with rasterio.open(chip) as f:
+            image = f.read().astype(np.float32)
         with rasterio.open(label) as f:
             mask = f.read(1).astype(np.int64)
-        if image.shape[0] != len(S2_BANDS) or image.shape[1:] != mask.shape:
-            raise UsageError(f"--data.root {self.root}: {s2.name} holds {image.shape[0]} bands of "
-                             f"{image.shape[1:]}, its label {mask.shape}; Sen1Floods11's S2Hand "
-                             "chips have 13 bands the label's size")  # fmt: skip
+        if image.shape[0] != len(self.bands) or image.shape[1:] != mask.shape:
+            raise UsageError(f"--data.root {self.root}: {chip.name} holds {image.shape[0]} bands "
+                             f"of {image.shape[1:]}, its label {mask.shape}; Sen1Floods11's "
+                             f"{self.sensor.folder} chips have {len(self.bands)} bands the "
+                             "label's size")  # fmt: skip
+        mask[np.isnan(image).any(0)] = NODATA
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+
+
+class Filled(Dataset):
+    """A split's chips with every NaN (no data) at ``fill``, the stored value an encoder's
+    normalisation takes to 0."""
+
+    def __init__(self, chips: Dataset, fill: np.ndarray) -> None:
+        self.chips = chips
+        self.fill = torch.as_tensor(fill, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.chips)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.chips[i]
+        image = item["image"]
+        return {**item, "image": torch.where(torch.isnan(image), self.fill, image)}
 
 
 @dataclass
@@ -145,8 +198,8 @@ class FloodProtocol:
     lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3, "finetune": 1e-4})
     check_every: int = 50
     task: dict[str, Any] = field(default_factory=dict)  # {encoder: scratch architecture}
-    baselines: list[str] = field(default_factory=lambda: list(FLOOD_BASELINES))
-    pixel_limit: int = 2_000_000  # training pixels the NDWI threshold is fitted on, at most
+    baselines: list[str] = field(default_factory=lambda: ["ndwi"])  # s1: ["vv"]
+    pixel_limit: int = 2_000_000  # training pixels the baseline's threshold is fitted on, at most
     output: str = "runs/evaluate_sen1floods11"
     title: str = "Sen1Floods11 flood water"
     accelerator: str = "auto"
@@ -162,10 +215,28 @@ def check_flood_protocol(p: FloodProtocol) -> None:
                          "Sen1Floods11's v1.1/")  # fmt: skip
     if p.pixel_limit < 1:
         raise UsageError(f"--pixel_limit {p.pixel_limit}: give a number of pixels >= 1")
+    check_sensor_flags(p)
     check_run_flags(p, FLOOD_PROBES, FLOOD_PROBES, FLOOD_BASELINES)
     for source in p.encoders:
         if source != SCRATCH:  # the per-patch pixel head reads a ViT's patch grid
             check_vit_encoder(source)
+
+
+def check_sensor_flags(p: FloodProtocol) -> None:
+    """``--data.sensor`` and what depends on it: its baseline and its stored values' scale."""
+    if p.data.sensor not in SENSORS:
+        raise UsageError(f"--data.sensor {p.data.sensor}: use s2 (the S2Hand chips) or s1 (the "
+                         "S1Hand chips)")  # fmt: skip
+    sensor = SENSORS[p.data.sensor]
+    for kind in p.baselines:
+        if kind in BASELINE_BANDS and kind != sensor.baseline:
+            raise UsageError(f"--baselines: {kind} reads {', '.join(BASELINE_BANDS[kind])}, not "
+                             f"in the {sensor.folder} chips of --data.sensor {p.data.sensor}; "
+                             f"use [{sensor.baseline}] or []")  # fmt: skip
+    if p.data.sensor == "s1" and p.data.scale != sensor.scale:
+        raise UsageError(f"--data.scale {p.data.scale}: S1Hand holds backscatter in dB, not "
+                         "scaled reflectance; give --data.scale 1.0 with --data.sensor s1 (as "
+                         "configs/evaluate/sen1floods11_s1.yaml does)")  # fmt: skip
 
 
 def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -178,14 +249,15 @@ def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class Chips:
-    """The three splits, read once: the NDWI bands (B03, B08; stored values), the masks, and
-    the training split's per-band mean and std (reflectance); the encoders re-read the chips
-    batch by batch, so the 13 bands of every chip are never held at once."""
+    """The splits (train, val, test and, when its file is there, bolivia), read once: the
+    sensor's baseline bands (stored values), the masks, and the training split's per-band mean
+    and std (scaled, NaN left out); the encoders re-read the chips batch by batch, so the bands
+    of every chip are never held at once."""
 
     datasets: dict[str, Sen1Floods11]
-    ndwi: dict[str, torch.Tensor]  # [N, 2, H, W] float32
+    baseline: dict[str, torch.Tensor]  # [N, bands, H, W] float32: B03, B08 (s2) or VV (s1)
     masks: dict[str, torch.Tensor]  # [N, H, W] int16
-    band_mean: np.ndarray  # [13]
+    band_mean: np.ndarray  # [C]
     band_std: np.ndarray
 
     @property
@@ -194,13 +266,21 @@ class Chips:
         return int(h), int(w)
 
 
-def read_chips(p: FloodProtocol) -> Chips:
-    datasets = {s: Sen1Floods11(p.data.root, s) for s in SPLIT_FILES}
+def has_bolivia(root: str | Path) -> bool:
+    return (Path(root) / SPLIT_DIR / BOLIVIA_FILE).is_file()
+
+
+def read_chips(p: FloodProtocol, say: Say) -> Chips:
+    sensor = SENSORS[p.data.sensor]
+    splits = [*SPLIT_FILES, *(["bolivia"] if has_bolivia(p.data.root) else [])]
+    if "bolivia" not in splits:
+        say(f"no {SPLIT_DIR / BOLIVIA_FILE} under --data.root: the Bolivia hold-out is not scored")
+    datasets = {s: Sen1Floods11(p.data.root, s, p.data.sensor) for s in splits}
     if len(datasets["train"]) == 0 or len(datasets["test"]) == 0:
         raise UsageError(f"--data.root {p.data.root}: the training or test split lists no chip")
-    bands = [S2_BANDS.index(b) for b in bl.INDEX_BANDS["ndwi"]]
-    ndwi, masks = {}, {}
-    total, squares, count = np.zeros(len(S2_BANDS)), np.zeros(len(S2_BANDS)), 0
+    bands = [sensor.bands.index(b) for b in BASELINE_BANDS[sensor.baseline]]
+    kept, masks = {}, {}
+    total, squares, count = (np.zeros(len(sensor.bands)) for _ in range(3))
     for s, ds in datasets.items():
         x, y = [], []
         for i in range(len(ds)):
@@ -208,18 +288,19 @@ def read_chips(p: FloodProtocol) -> Chips:
             if y and item["mask"].shape != y[0].shape:
                 raise UsageError(f"--data.root {p.data.root}: chips of several sizes "
                                  f"({tuple(y[0].shape)}, {tuple(item['mask'].shape)})")  # fmt: skip
-            x.append(item["image"][bands])
+            x.append(item["image"][bands])  # NaN pixels are no data: dropped from the pixels
             y.append(item["mask"].to(torch.int16))
             if s == "train":
                 image = item["image"].double() * p.data.scale
-                total += image.sum(dim=(1, 2)).numpy()
-                squares += (image**2).sum(dim=(1, 2)).numpy()
-                count += image[0].numel()
-        ndwi[s] = torch.stack(x) if x else torch.empty(0, 2, 0, 0)
+                total += image.nansum(dim=(1, 2)).numpy()
+                squares += (image**2).nansum(dim=(1, 2)).numpy()
+                count += (~image.isnan()).sum(dim=(1, 2)).numpy()
+        kept[s] = torch.stack(x) if x else torch.empty(0, len(bands), 0, 0)
         masks[s] = torch.stack(y) if y else torch.empty(0, 0, 0, dtype=torch.int16)
+    count = np.maximum(count, 1)
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    return Chips(datasets, ndwi, masks, mean, np.where(std > 0, std, 1.0))
+    return Chips(datasets, kept, masks, mean, np.where(std > 0, std, 1.0))
 
 
 def water_iou(target: np.ndarray | torch.Tensor, water: np.ndarray | torch.Tensor) -> float:
@@ -230,37 +311,63 @@ def water_iou(target: np.ndarray | torch.Tensor, water: np.ndarray | torch.Tenso
     return bl.binary_scores(target[labeled] == WATER, water[labeled])[0]
 
 
-def ndwi_pixels(chips: Chips, split: str, rows: np.ndarray, scale: float) -> bl.Pixels:
-    """The labeled pixels' green (B03) and NIR (B08) reflectance, and labels."""
-    x = chips.ndwi[split][torch.as_tensor(rows)].double() * scale  # [N, 2, H, W]
+def metrics(chips: Chips) -> list[str]:
+    """The score columns: the test split's water IoU, and Bolivia's when it is there."""
+    return [metric for split, metric in SCORED.items() if split in chips.datasets]
+
+
+def said(scores: dict[str, float]) -> str:
+    return "  ".join(f"{m} {scores[m]:.3f}" for m in SCORED.values() if m in scores)
+
+
+def baseline_pixels(chips: Chips, split: str, rows: np.ndarray, scale: float) -> bl.Pixels:
+    """The labeled pixels' baseline bands (B03, B08 reflectance; or VV dB), and labels."""
+    x = chips.baseline[split][torch.as_tensor(rows)].double() * scale  # [N, bands, H, W]
     y = chips.masks[split][torch.as_tensor(rows)].reshape(-1).long()
-    values = x.movedim(1, -1).reshape(-1, 2)
+    values = x.movedim(1, -1).reshape(-1, x.shape[1])
     keep = y != NODATA
     return bl.Pixels(values[keep].numpy(), y[keep].numpy())
 
 
+def water_score(kind: str, values: np.ndarray) -> np.ndarray:
+    """Per pixel, higher means water: NDWI, or −VV (calm water is dark in SAR)."""
+    if kind == "vv":
+        return -values[:, 0]
+    return bl.normalized_difference(values, list(BASELINE_BANDS[kind]), kind)
+
+
+def threshold_scores(kind: str, train: bl.Pixels, scored: dict[str, bl.Pixels]) -> dict:
+    """The threshold with the best training water IoU (the baselines' :func:`fit_threshold`),
+    each scored split's water IoU, and the threshold in the bands' units (NaN: no pixel)."""
+    if not len(train.labels):  # the drawn chips are all no data: nothing to fit a threshold on
+        return {**{m: math.nan for m in scored}, "threshold": math.nan}
+    t = bl.fit_threshold(water_score(kind, train.values), train.labels == WATER)
+    out = {m: bl.binary_scores(px.labels == WATER, water_score(kind, px.values) > t)[0]
+           for m, px in scored.items()}  # fmt: skip
+    return {**out, "threshold": -t if kind == "vv" else t}
+
+
 def baseline_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
-    """NDWI > t, fitted on each fraction's drawn training chips, scored on the test split."""
+    """The sensor's threshold baseline (NDWI > t or VV < t), fitted on each fraction's drawn
+    training chips, scored on the test split (and Bolivia's)."""
     rows: list[dict[str, Any]] = []
-    if "ndwi" not in p.baselines:
+    kind = SENSORS[p.data.sensor].baseline
+    if kind not in p.baselines:
         return rows
-    n = len(chips.datasets["train"])
-    test = ndwi_pixels(chips, "test", np.arange(len(chips.datasets["test"])), p.data.scale)
-    bands = list(bl.INDEX_BANDS["ndwi"])
+    n, name = len(chips.datasets["train"]), BASELINE_NAMES[kind]
+    scored = {metric: baseline_pixels(chips, split, np.arange(len(chips.datasets[split])),
+                                      p.data.scale)
+              for split, metric in SCORED.items() if split in chips.datasets}  # fmt: skip
     for fraction in p.fractions:
         for seed in p.seeds:
             idx = draw_chips(n, fraction, seed)
-            train = subsample(ndwi_pixels(chips, "train", idx, p.data.scale), p.pixel_limit, seed)
-            if len(train.labels):
-                scores = bl.spectral_index(train, test, bands, "ndwi", WATER, "water")
-            else:  # the drawn chips are all no data: nothing to fit a threshold on
-                scores = {"iou_water": math.nan, "dice_water": math.nan, "threshold": math.nan}
-            rows.append({"method": "NDWI > t (water)", "kind": "baseline", "budget": fraction,
-                         "seed": seed, "train_units": len(idx), "select_units": 0, "step": 0,
+            pixels = baseline_pixels(chips, "train", idx, p.data.scale)
+            scores = threshold_scores(kind, subsample(pixels, p.pixel_limit, seed), scored)
+            rows.append({"method": name, "kind": "baseline", "budget": fraction, "seed": seed,
+                         "train_units": len(idx), "select_units": 0, "step": 0,
                          **scores})  # fmt: skip
-            iou, t = scores["iou_water"], scores["threshold"]
-            say(f"baseline NDWI > t  fraction {fraction:g}  seed {seed}: "
-                f"iou_water {iou:.3f}  (t = {t:.3f})")  # fmt: skip
+            say(f"baseline {name}  fraction {fraction:g}  seed {seed}: {said(scores)}  "
+                f"(t = {scores['threshold']:.3f})")  # fmt: skip
     return rows
 
 
@@ -301,23 +408,25 @@ class Encoded:
     tokens: dict[str, torch.Tensor]  # split → [N, L, D] float16
     patch: int
     grid: tuple[int, int]
+    datasets: dict[str, Filled]  # the chips with NaN at the value normalised to 0
 
 
 def encode(p: FloodProtocol, source: str, chips: Chips, seed: int, device, say: Say) -> Encoded:
     stats = SimpleNamespace(band_mean=chips.band_mean, band_std=chips.band_std)
-    view = SimpleNamespace(stats={"train": stats}, bands=list(S2_BANDS),
+    view = SimpleNamespace(stats={"train": stats}, bands=list(SENSORS[p.data.sensor].bands),
                            image_size=chips.image_size)  # fmt: skip
     enc, m, s = build_encoder(p, source, view, seed, say)  # type: ignore[arg-type]
     enc = enc.to(device)
     mean = torch.tensor(m, dtype=torch.float32, device=device)
     std = torch.tensor(s, dtype=torch.float32, device=device)
+    datasets = {sp: Filled(ds, np.asarray(m) / p.data.scale) for sp, ds in chips.datasets.items()}
     tokens = {}
     if "linear" in p.probes:
         tokens = {sp: sd.patch_tokens(enc, ds, p.data, mean, std, device)  # type: ignore[arg-type]
-                  for sp, ds in chips.datasets.items()}  # fmt: skip
+                  for sp, ds in datasets.items()}  # fmt: skip
     patch = int(enc.patch_size[0])
     grid = (chips.image_size[0] // patch, chips.image_size[1] // patch)
-    return Encoded(enc, mean, std, tokens, patch, grid)
+    return Encoded(enc, mean, std, tokens, patch, grid, datasets)
 
 
 def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
@@ -345,18 +454,17 @@ def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any
                                  "budget": fraction, "seed": seed, "train_units": len(idx),
                                  "select_units": len(chips.datasets["val"]), "step": step,
                                  **scores})  # fmt: skip
-                    say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: iou_water "
-                        f"{scores['iou_water']:.3f}  step {step}  "
-                        f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
+                    say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: {said(scores)}"
+                        f"  step {step}  ({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
 
 
 def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):
-    """Train ``probe`` on the drawn chips (those with a labeled pixel); (test scores, kept
-    step), NaN where no drawn chip has a labeled pixel."""
+    """Train ``probe`` on the drawn chips (those with a labeled pixel); (test and Bolivia
+    scores, kept step), NaN where no drawn chip has a labeled pixel."""
     idx = idx[(masks["train"][idx] != IGNORE).flatten(1).any(1).numpy()]
     if not len(idx):  # the drawn chips are all no data: nothing to train on
-        return {"iou_water": math.nan}, 0
+        return {m: math.nan for m in metrics(chips)}, 0
     torch.manual_seed(seed)
     bs = p.data.batch_size
     head = PatchLinear(enc.encoder.embed_dim, enc.patch, enc.grid)
@@ -365,7 +473,7 @@ def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):
         model: nn.Module = FineTuned(copy.deepcopy(enc.encoder), head).to(device)
 
         def inputs(split: str, rows) -> torch.Tensor:
-            ds = chips.datasets[split]
+            ds = enc.datasets[split]
             x = torch.stack([ds[int(i)]["image"] for i in rows]).to(device)
             return sd.normalise(x, p.data, enc.mean, enc.std)  # type: ignore[arg-type]
     else:
@@ -390,18 +498,35 @@ def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):
     decay = 0.05 if probe == "finetune" else 0.0
     trained = train_steps(model, batch, int(p.steps[probe]), p.check_every, float(p.lr[probe]),
                           seed, select, weight_decay=decay)  # fmt: skip
-    return {"iou_water": score("test")}, trained.step
+    return {m: score(split) for split, m in SCORED.items() if split in chips.datasets}, trained.step
+
+
+def bolivia_note(p: FloodProtocol, chips: Chips) -> str:
+    if "bolivia" not in chips.datasets:
+        return (
+            f"Bolivia hold-out: not scored, no {SPLIT_DIR / BOLIVIA_FILE} under "
+            f"{p.data.root} (the v1.1 release ships it)."
+        )
+    return (
+        f"Bolivia hold-out ({BOLIVIA_FILE}, {len(chips.datasets['bolivia'])} chips of an "
+        "event in no other split): `bolivia_water_iou`, pooled like the test split's, by "
+        "the same fitted threshold or trained probe."
+    )
 
 
 def flood_notes(p: FloodProtocol, chips: Chips) -> list[str]:
     sizes = ", ".join(f"{s} {len(ds)}" for s, ds in chips.datasets.items())
+    sensor = SENSORS[p.data.sensor]
     return [
-        f"Dataset: Sen1Floods11 hand-labeled S2 chips at {p.data.root} (chips {sizes}; "
-        f"{chips.image_size[0]}×{chips.image_size[1]} px, 13 bands). Score: water IoU pooled "
-        f"over the test split's pixels, no-data (−1) ignored; mean ± sample std over seeds "
+        f"Dataset: Sen1Floods11 hand-labeled {sensor.folder} chips at {p.data.root} (chips "
+        f"{sizes}; {chips.image_size[0]}×{chips.image_size[1]} px, bands "
+        f"{', '.join(sensor.bands)}). Score: water IoU (`iou_water`) pooled over the test "
+        f"split's pixels, no-data (−1, or a NaN band) ignored; mean ± sample std over seeds "
         f"{p.seeds}.",
+        bolivia_note(p, chips),
         "budget = fraction of the training chips, a seeded uniform draw (`train units`: chips). "
-        f"NDWI > t: the threshold with the best water IoU on the drawn training pixels (at most "
+        f"{BASELINE_NAMES[sensor.baseline].removesuffix(' (water)')}: the threshold with the "
+        f"best water IoU on the drawn training pixels (at most "
         f"{p.pixel_limit}). Probes: a linear layer per patch token predicting its patch's "
         f"pixels, on the frozen tokens (`linear`) or with the encoder trained too (`finetune`); "
         f"optimizer steps {', '.join(f'{k} {int(p.steps[k])}' for k in p.probes)}, kept at the "
@@ -413,14 +538,15 @@ def flood_notes(p: FloodProtocol, chips: Chips) -> list[str]:
 def evaluate_floods(p: FloodProtocol, say: Say) -> dict[str, Path]:
     """Run the whole protocol; returns the files written."""
     check_flood_protocol(p)
-    chips = read_chips(p)
+    chips = read_chips(p, say)
     rows = baseline_rows(p, chips, say) + encoder_rows(p, chips, say)
     out = Path(p.output)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "markdown": out / "results.md",
              "plot": out / "score_vs_budget.png", "config": out / "config.yaml"}  # fmt: skip
-    write_csv(rows, [*METRICS, "threshold"], files["csv"])
-    write_markdown(rows, METRICS, p.title, flood_notes(p, chips), files["markdown"])
-    write_plot(rows, METRICS, p.title, files["plot"], "label fraction (of the training chips)")
+    scores = metrics(chips)
+    write_csv(rows, [*scores, "threshold"], files["csv"])
+    write_markdown(rows, scores, p.title, flood_notes(p, chips), files["markdown"])
+    write_plot(rows, scores, p.title, files["plot"], "label fraction (of the training chips)")
     write_config(dataclasses.asdict(p), files["config"])
     return files
