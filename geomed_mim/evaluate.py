@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,38 +145,38 @@ def evaluate(protocol: Protocol, split: str | None = None) -> dict[str, Any]:
     return write_report(protocol, rows, names, split)
 
 
+def evaluate_msd(p: MSDProtocol, say: Any) -> dict[str, Any]:
+    """The Decathlon task built into a CT store, then the segmentation protocol on it."""
+    protocol, split, config = prepare_msd(p, say)
+    return {**evaluate(protocol, split), "config": config}
+
+
+# the protocols whose data is a dataclass of their own: (selects it, protocol, data, run)
+DATA_PROTOCOLS: tuple[tuple[Callable[[list[str]], bool], type, type, Callable[..., Any]], ...] = (
+    (is_flood_task, FloodProtocol, FloodData, evaluate_floods),
+    (is_scene_task, SceneProtocol, SceneData, evaluate_scenes),
+    (is_msd_task, MSDProtocol, MSDData, evaluate_msd),
+)
+
+
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
     args = sys.argv[1:] if args is None else list(args)
     with UserErrors():  # an output error names --output, where the report is written
-        if is_flood_task(args):
-            cfg = protocol_parser(FloodProtocol).parse_args(args).as_dict()
+        for selects, protocol_class, data_class, run in DATA_PROTOCOLS:
+            if selects(args):
+                cfg = protocol_parser(protocol_class).parse_args(args).as_dict()
+                cfg.pop("config", None)
+                data = data_class(**cfg.pop("data"))
+                files = run(protocol_class(data=data, **cfg), say)
+                break
+        else:  # the segmentation protocol: --data is a data module's config, kept as one
+            p = parser()
+            cfg = p.parse_args(args).as_dict()
             cfg.pop("config", None)
-            data = FloodData(**cfg.pop("data"))
-            files = evaluate_floods(FloodProtocol(data=data, **cfg), say)
-            say("wrote " + ", ".join(str(f) for f in files.values()))
-            return
-        if is_scene_task(args):
-            cfg = protocol_parser(SceneProtocol).parse_args(args).as_dict()
-            cfg.pop("config", None)
-            data = SceneData(**cfg.pop("data"))
-            files = evaluate_scenes(SceneProtocol(data=data, **cfg), say)
-            say("wrote " + ", ".join(str(f) for f in files.values()))
-            return
-        if is_msd_task(args):
-            cfg = protocol_parser(MSDProtocol).parse_args(args).as_dict()
-            cfg.pop("config", None)
-            data = MSDData(**cfg.pop("data"))
-            protocol, split, config = prepare_msd(MSDProtocol(data=data, **cfg), say)
-            files = {**evaluate(protocol, split), "config": config}
-            say("wrote " + ", ".join(str(f) for f in files.values()))
-            return
-        p = parser()
-        cfg = p.parse_args(args).as_dict()
-        cfg.pop("config", None)
-        protocol = Protocol(**cfg)
-        files = evaluate(protocol)
+            protocol = Protocol(**cfg)
+            files = evaluate(protocol)
     say("wrote " + ", ".join(str(f) for f in files.values()))
     sys.stdout.flush()
 

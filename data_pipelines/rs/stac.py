@@ -43,7 +43,7 @@ from data_pipelines.remote import (
     read_bytes,
 )
 from data_pipelines.rs.products import EMPTY_SCENE_COLUMNS, ProductInfo
-from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.registry import own_grid_reader, register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import Discovery, Scene, SceneError, SceneReader
 from data_pipelines.rs.toa import AFFINE_KINDS, stac_raster_calibrator
@@ -523,7 +523,7 @@ class StacSceneReader(SceneReader):
 register_product(
     STAC_PRODUCT,
     "STAC Items/ItemCollections whose assets are local files or http/s3 COGs",
-    lambda scene, profile, resampling, swath_grid: StacSceneReader(scene, profile, resampling),
+    own_grid_reader(StacSceneReader),
     # raster:bands scale/offset stand in for the profile's affine calibration only
     calibrator=lambda profile, product: (
         stac_raster_calibrator(profile, product)

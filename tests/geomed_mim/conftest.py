@@ -10,7 +10,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT, subprocess_env
 
-__all__ = ["REPO_ROOT", "build_config_store", "build_printing", "build_store", "subprocess_env"]
+__all__ = [
+    "REPO_ROOT",
+    "build_config_store",
+    "build_printing",
+    "build_store",
+    "subprocess_env",
+    "usage_error_line",
+]
 
 
 def build_store(*args: str) -> None:
@@ -39,6 +46,18 @@ def build_config_store(
     out = tmp_path_factory.mktemp(folder) / "store"
     build_store("--config", str(REPO_ROOT / "configs/data" / config), "--output", str(out), *args)
     return out
+
+
+def usage_error_line(main, args: list[str], capsys, alone: bool = True) -> str:
+    """The one error line a command prints before exiting 2, with no traceback. ``alone``: it is
+    the only line on stderr; otherwise the one ``error:`` line among others (warnings)."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if (ln.strip() if alone else ln.startswith("error:"))]
+    return line
 
 
 @pytest.fixture

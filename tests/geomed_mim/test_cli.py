@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from geomed_mim import cli, finetune_seg, pretrain
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
 from geomed_mim.tasks.pretraining import MIMPretrainTask
 from geomed_mim.tasks.segmentation import SegmentationTask
-from tests.geomed_mim.conftest import REPO_ROOT
+from tests.geomed_mim.conftest import REPO_ROOT, usage_error_line
 
 PRETRAIN_CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
 FINETUNE_CONFIGS = sorted((REPO_ROOT / "configs" / "finetune").glob("*.yaml"))
@@ -155,15 +156,8 @@ def test_pretraining_on_a_missing_or_empty_store_is_at_most_three_lines(store, t
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
-def cli_error(main, args: list[str], capsys) -> str:
-    """The one error line a CLI call prints before exiting 2 (no traceback)."""
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    return line
+# the training commands may print Lightning's warnings beside their error line
+cli_error = partial(usage_error_line, alone=False)
 
 
 LULC = str(REPO_ROOT / "configs/finetune/lulc_demo_cpu.yaml")

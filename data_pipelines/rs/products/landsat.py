@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import PRODUCT_DESCRIPTIONS, LandsatFile
-from data_pipelines.rs.products.registry import register_product
+from data_pipelines.rs.products.registry import own_grid_reader, register_product
 from data_pipelines.rs.profiles import SensorProfile, profiles_reading
 from data_pipelines.rs.scene import (
     Discovery,
@@ -155,6 +155,6 @@ def landsat_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -
 register_product(
     "landsat",
     "Landsat Level-1 (pre-collection, C1, C2) and C2 Level-2 scenes with their MTL",
-    lambda scene, profile, resampling, swath_grid: LandsatReader(scene, profile, resampling),
+    own_grid_reader(LandsatReader),
     find_scenes=landsat_scenes,
 )

@@ -68,6 +68,18 @@ def calibrator_when(kind: str, make: CalibratorFactory) -> CalibratorFactory:
     return calibrator
 
 
+def own_grid_reader(reader: Callable[[Scene, SensorProfile, str], Any]) -> ReaderFactory:
+    """The factory of a reader that reads a scene on its own grid: the swath grid, which only
+    MODIS's swath reader resamples to, is not passed on."""
+
+    def open_reader(
+        scene: Scene, profile: SensorProfile, resampling: str, swath_grid: tuple[str, float] | None
+    ) -> Any:
+        return reader(scene, profile, resampling)
+
+    return open_reader
+
+
 def list_products() -> list[str]:
     """The registered product names, sorted."""
     return sorted(_PRODUCTS)

@@ -35,7 +35,7 @@ from rasterio.windows import Window
 
 from data_pipelines.rs.products import ProductInfo
 from data_pipelines.rs.products.names import safe_kind, safe_stem
-from data_pipelines.rs.products.registry import calibrator_when, register_product
+from data_pipelines.rs.products.registry import calibrator_when, own_grid_reader, register_product
 from data_pipelines.rs.profiles import SensorProfile, normalize_band_token
 from data_pipelines.rs.scene import (
     BandSource,
@@ -294,7 +294,7 @@ def safe_scenes(listing: Listing, profile: SensorProfile, found: Discovery) -> s
 register_product(
     "sentinel2",
     "Sentinel-2 .SAFE products, L1C and L2A, folders or zips",
-    lambda scene, profile, resampling, swath_grid: SafeReader(scene, profile, resampling),
+    own_grid_reader(SafeReader),
     find_scenes=safe_scenes,
     calibrator=calibrator_when("sentinel2", sentinel2_product_calibrator),
 )

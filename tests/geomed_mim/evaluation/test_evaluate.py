@@ -41,6 +41,7 @@ from geomed_mim.evaluation.protocol import (
 )
 from geomed_mim.tasks.segmentation import SegmentationTask
 from tests.conftest import REPO_ROOT
+from tests.geomed_mim.conftest import usage_error_line
 
 CONFIG = REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"
 DEMO = REPO_ROOT / "geomed_mim/demo_data/sentinel2_l1c"
@@ -200,21 +201,11 @@ def test_shipped_config_writes_every_row_table_and_plot(lulc_store, tmp_path, ca
             assert min(abs(float(r["iou_forest"]) - v) for v in one_scene) < 1e-3, r
 
 
-def error_line(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    (line,) = [ln for ln in err.splitlines() if ln.strip()]
-    return line
-
-
 def store_error_line(store, tmp_path, args: list[str], capsys) -> str:
-    """:func:`error_line` of the shipped config on ``store``, output under ``tmp_path/run``."""
+    """The usage error line of the shipped config on ``store``, output under ``tmp_path/run``."""
     base = ["--config", str(CONFIG), "--data.init_args.store", str(store),
             "--output", str(tmp_path / "run")]  # fmt: skip
-    return error_line(base + args, capsys)
+    return usage_error_line(main, base + args, capsys)
 
 
 @pytest.mark.slow
@@ -257,8 +248,8 @@ def test_split_mistakes_are_one_line_naming_the_flag(lulc_store, tmp_path, capsy
 
 @pytest.mark.slow
 def test_a_missing_store_is_one_line(tmp_path, capsys):
-    line = error_line(["--config", str(CONFIG), "--data.init_args.store", str(tmp_path / "nope")],
-                      capsys)  # fmt: skip
+    args = ["--config", str(CONFIG), "--data.init_args.store", str(tmp_path / "nope")]
+    line = usage_error_line(main, args, capsys)
     assert "--data.init_args.store" in line, line
 
 

@@ -28,7 +28,7 @@ from geomed_mim.finetune_seg import main as finetune_main
 from geomed_mim.models.swin import SwinV2Encoder
 from geomed_mim.tasks.segmentation import SegmentationTask
 from geomed_mim.usage import UsageError
-from tests.geomed_mim.conftest import REPO_ROOT
+from tests.geomed_mim.conftest import REPO_ROOT, usage_error_line
 from tests.geomed_mim.training import model_checkpoint, read_metrics
 
 CONFIGS = REPO_ROOT / "configs/finetune"
@@ -224,10 +224,7 @@ def test_evaluate_refuses_a_swin_encoder_in_one_line(lulc_store, tmp_path, capsy
     args = ["--config", str(REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"),
             "--data.init_args.store", str(lulc_store), "--output", str(tmp_path / "eval"),
             "--encoders", f"[scratch, {out}]"]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        evaluate_main(args)
-    assert e.value.code == 2
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    line = usage_error_line(evaluate_main, args, capsys)
     assert line.startswith(f"error: --encoders {out}: a swinv2 (Swin) encoder; this protocol")
 
 
@@ -242,10 +239,7 @@ def test_cli_says_a_swin_mistake_in_one_line_exit_2(lulc_store, tmp_path, capsys
     args = ["fit", "--config", str(CONFIGS / "lulc_swinv2_demo_cpu.yaml"),
             "--data.init_args.store", str(lulc_store), "--model.init_args.head", "unetr",
             "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        finetune_main(args)
-    assert e.value.code == 2
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    line = usage_error_line(finetune_main, args, capsys, alone=False)
     assert line == (
         "error: --model.init_args.head unetr: a Swin V2 encoder takes head fpn; pass "
         "--model.init_args.head fpn"
