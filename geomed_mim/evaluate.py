@@ -1,13 +1,13 @@
 """Downstream evaluation: ``python -m geomed_mim.evaluate --config configs/evaluate/X.yaml``
 (also the ``geomed-evaluate`` console script).
 
-Probes (frozen encoder, linear head) and fine-tunes (UNETR decoder) every ``--encoders`` entry
-(pretraining checkpoints, export folders, ``scratch``) at every ``--budgets`` fraction of the
-training scenes with every ``--seeds`` seed, beside the ``--baselines`` (logistic regression on
-the raw bands, a thresholded spectral index, a CT HU window), and writes ``results.csv``,
-``results.md`` (mean ± std) and ``score_vs_budget.png`` into ``--output``. YAML and flags as in
-the training commands (``--config``, ``--data`` with ``class_path``/``init_args``, dotted
-overrides). A user mistake is one line naming the flag, exit status 2.
+Probes (frozen encoder, linear or attentive head) and fine-tunes (UNETR decoder) every
+``--encoders`` entry (pretraining checkpoints, export folders, ``scratch``) at every ``--budgets``
+fraction of the training scenes with every ``--seeds`` seed, beside the ``--baselines`` (logistic
+regression on the raw bands, a thresholded spectral index, a CT HU window), and writes
+``results.csv``, ``results.md`` (mean ± std) and ``score_vs_budget.png`` into ``--output``. YAML and
+flags as in the training commands (``--config``, ``--data`` with ``class_path``/``init_args``,
+dotted overrides). A user mistake is one line naming the flag, exit status 2.
 
 Scene classification when ``--data.class_path`` (in the config) is a torchgeo dataset class, e.g.
 ``--config configs/evaluate/eurosat_ms.yaml --data.root ROOT``: k-NN, linear and attentive
@@ -16,8 +16,9 @@ probes on frozen features and fine-tuning, beside a band-statistics baseline, at
 
 Flood-water segmentation on Sen1Floods11's hand-labeled chips when ``--data.class_path`` is
 ``geomed_mim.evaluation.floods.Sen1Floods11``, e.g. ``--config configs/evaluate/sen1floods11.yaml
---data.root ROOT``: NDWI > t beside a linear probe on each encoder's patch tokens, scored by the
-test split's water IoU (see :mod:`geomed_mim.evaluation.floods`).
+--data.root ROOT`` (``sen1floods11_s1.yaml`` for the Sentinel-1 chips): NDWI > t (S1: VV < t)
+beside probes on each encoder's patch tokens, scored by the water IoU of the test split and of
+the Bolivia hold-out (see :mod:`geomed_mim.evaluation.floods`).
 
 CT segmentation on a Medical Segmentation Decathlon task folder when ``--data.class_path`` is
 ``geomed_mim.evaluation.msd.MSDTask``, e.g. ``--config configs/evaluate/msd_spleen.yaml

@@ -207,12 +207,7 @@ class FloodProtocol:
 
 def check_flood_protocol(p: FloodProtocol) -> None:
     """Every flag, before any work: a mistake is a :class:`UsageError` naming the flag."""
-    if not p.data.root:
-        raise UsageError("--data.root is not set: give the folder holding Sen1Floods11's v1.1/ "
-                         "(nothing is downloaded)")  # fmt: skip
-    if not Path(p.data.root).is_dir():
-        raise UsageError(f"--data.root {p.data.root}: no such folder; give the folder holding "
-                         "Sen1Floods11's v1.1/")  # fmt: skip
+    sd.check_data_root(p.data.root, "Sen1Floods11's v1.1/")
     if p.pixel_limit < 1:
         raise UsageError(f"--pixel_limit {p.pixel_limit}: give a number of pixels >= 1")
     check_sensor_flags(p)

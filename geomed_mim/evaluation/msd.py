@@ -34,6 +34,7 @@ from data_pipelines import parallel
 from data_pipelines.ct.config import MAX_SPACING_MM, MIN_SPACING_MM, CTBuildConfig
 from data_pipelines.ct.discover import CTCase, CTDiscovery, nifti_stem
 from data_pipelines.ct.pipeline import run_ct_tasks
+from geomed_mim.evaluation import scene_data as sd
 from geomed_mim.evaluation.protocol import Protocol, check_flags
 from geomed_mim.evaluation.report import write_config
 from geomed_mim.usage import UsageError
@@ -100,13 +101,8 @@ def read_task(root: str) -> MSDTask:
 
 
 def check_root(root: str) -> Path:
-    if not root:
-        raise UsageError("--data.root is not set: give the Decathlon task folder holding "
-                         "dataset.json, imagesTr/, labelsTr/ (nothing is downloaded)")  # fmt: skip
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise UsageError(f"--data.root {root}: no such folder; give the Decathlon task folder "
-                         "(e.g. Task09_Spleen) holding dataset.json")  # fmt: skip
+    folder = sd.check_data_root(root, "the Decathlon task (e.g. Task09_Spleen): dataset.json, "
+                                      "imagesTr/, labelsTr/")  # fmt: skip
     if not (folder / DATASET_JSON).is_file():
         raise UsageError(f"--data.root {root}: no {DATASET_JSON} in it; give the Decathlon task "
                          "folder itself (e.g. .../Task09_Spleen), as extracted")  # fmt: skip

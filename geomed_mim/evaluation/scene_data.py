@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,18 @@ class SceneData:
     batch_size: int = 64
     num_workers: int = 0
     init_args: dict[str, Any] = field(default_factory=dict)  # more arguments of the class
+
+
+def check_data_root(root: str, holding: str) -> Path:
+    """``--data.root`` set and a folder (``~`` expanded); a mistake is one line saying it must
+    hold ``holding``. Nothing is ever downloaded."""
+    if not root:
+        raise UsageError(f"--data.root is not set: give the folder holding {holding} "
+                         "(nothing is downloaded)")  # fmt: skip
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"--data.root {root}: no such folder; give the folder holding {holding}")
+    return folder
 
 
 def dataset_class(data: SceneData) -> type:

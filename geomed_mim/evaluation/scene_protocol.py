@@ -85,12 +85,7 @@ class SceneProtocol:
 # -- checks ---------------------------------------------------------------------------------------
 def check_scene_protocol(p: SceneProtocol) -> None:
     """Every flag, before any work: a mistake is a :class:`UsageError` naming the flag."""
-    if not p.data.root:
-        raise UsageError("--data.root is not set: give the folder holding the dataset, e.g. "
-                         "--data.root /data/eurosat (nothing is downloaded)")  # fmt: skip
-    if not Path(p.data.root).is_dir():
-        raise UsageError(f"--data.root {p.data.root}: no such folder; give the folder holding "
-                         "the dataset as torchgeo lays it out")  # fmt: skip
+    sd.check_data_root(p.data.root, "the dataset as torchgeo lays it out")
     sd.dataset_class(p.data)
     check_run_flags(p, PROBES, TRAINED, SCENE_BASELINES)
     if p.knn_k < 1:
