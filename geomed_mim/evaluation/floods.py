@@ -30,7 +30,6 @@ import copy
 import csv
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +46,14 @@ from geomed_mim.evaluation import scene_data as sd
 from geomed_mim.evaluation.deep import SCRATCH
 from geomed_mim.evaluation.pixels import subsample
 from geomed_mim.evaluation.probes import train_steps
-from geomed_mim.evaluation.protocol import check_vit_encoder, encoder_label
+from geomed_mim.evaluation.protocol import check_vit_encoder
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
-from geomed_mim.evaluation.scene_protocol import build_encoder, check_run_flags, device_for
+from geomed_mim.evaluation.scene_protocol import (
+    build_encoder,
+    check_run_flags,
+    device_for,
+    probe_rows,
+)
 from geomed_mim.usage import UsageError
 
 CLASS_PATH = "geomed_mim.evaluation.floods.Sen1Floods11"
@@ -428,30 +432,23 @@ def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any
     """Every encoder × seed × fraction × probe: the linear probe on its frozen patch tokens
     and the fine-tuned encoder with that head, kept at the best validation water IoU, scored
     on the test split."""
-    rows: list[dict[str, Any]] = []
     if not p.encoders:
-        return rows
+        return []
     device = device_for(p.accelerator)
     masks = {s: m.long() for s, m in chips.masks.items()}
     for m in masks.values():
         m[m == NODATA] = IGNORE
-    for source in p.encoders:
-        label, cached = encoder_label(source), None
-        for seed in p.seeds:
-            if source == SCRATCH or cached is None:
-                cached = encode(p, source, chips, seed, device, say)
-            for fraction in p.fractions:
-                idx = draw_chips(len(chips.datasets["train"]), fraction, seed)
-                for probe in p.probes:
-                    start = time.perf_counter()
-                    scores, step = probe_once(p, probe, cached, masks, chips, idx, seed, device)
-                    rows.append({"method": f"{label} / {probe}", "kind": probe,
-                                 "budget": fraction, "seed": seed, "train_units": len(idx),
-                                 "select_units": len(chips.datasets["val"]), "step": step,
-                                 **scores})  # fmt: skip
-                    say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: {said(scores)}"
-                        f"  step {step}  ({time.perf_counter() - start:.1f} s)")  # fmt: skip
-    return rows
+    return probe_rows(
+        p,
+        encode_for=lambda source, seed: encode(p, source, chips, seed, device, say),
+        draw=lambda fraction, seed: draw_chips(len(chips.datasets["train"]), fraction, seed),
+        train_and_score=lambda probe, enc, idx, seed: probe_once(
+            p, probe, enc, masks, chips, idx, seed, device
+        ),
+        select_units=lambda probe: len(chips.datasets["val"]),
+        describe=said,
+        say=say,
+    )
 
 
 def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):

@@ -412,30 +412,56 @@ def probe_once(
     return splits.scores("test", score("test")), trained.step
 
 
-def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, Any]]:
-    """Every encoder × seed × fraction × probe, trained and scored on the test split (a
-    pretrained encoder's tokens are computed once; a scratch encoder is drawn per seed)."""
-    device = device_for(p.accelerator)
+def probe_rows(
+    p: Any,
+    encode_for: Callable[[str, int], Any],
+    draw: Callable[[float, int], np.ndarray],
+    train_and_score: Callable[[str, Any, np.ndarray, int], tuple[dict[str, float], int]],
+    select_units: Callable[[str], int],
+    describe: Callable[[dict[str, float]], str],
+    say: Say,
+) -> list[dict[str, Any]]:
+    """Every encoder × seed × fraction × probe of a protocol with ``encoders``, ``seeds``,
+    ``fractions`` and ``probes``: a pretrained encoder is encoded once (``encode_for``), a
+    scratch one per seed; ``draw`` picks the training items, ``train_and_score`` gives (scores,
+    kept step); one row and one progress line each."""
     rows: list[dict[str, Any]] = []
     for source in p.encoders:
         label, cached = encoder_label(source), None
         for seed in p.seeds:
             if source == SCRATCH or cached is None:
-                cached = encode(p, source, splits, seed, device, say)
+                cached = encode_for(source, seed)
             for fraction in p.fractions:
-                idx = sd.draw_fraction(splits.stats["train"].labels, fraction, seed)
+                idx = draw(fraction, seed)
                 for probe in p.probes:
                     start = time.perf_counter()
-                    scores, step = probe_once(p, probe, cached, splits, idx, seed, device)
+                    scores, step = train_and_score(probe, cached, idx, seed)
                     rows.append({"method": f"{label} / {probe}", "kind": probe,
                                  "budget": fraction, "seed": seed, "train_units": len(idx),
-                                 "select_units": 0 if probe == "knn" else
-                                 len(splits.datasets["val"]), "step": step,
+                                 "select_units": select_units(probe), "step": step,
                                  **scores})  # fmt: skip
                     say(f"{label} / {probe}  fraction {fraction:g}  seed {seed}: "
-                        f"{headline(splits, scores)}  step {step}  "
+                        f"{describe(scores)}  step {step}  "
                         f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
     return rows
+
+
+def encoder_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, Any]]:
+    """Every encoder × seed × fraction × probe, trained and scored on the test split (a
+    pretrained encoder's tokens are computed once; a scratch encoder is drawn per seed)."""
+    device = device_for(p.accelerator)
+    val_images = len(splits.datasets["val"])
+    return probe_rows(
+        p,
+        encode_for=lambda source, seed: encode(p, source, splits, seed, device, say),
+        draw=lambda fraction, seed: sd.draw_fraction(splits.stats["train"].labels, fraction, seed),
+        train_and_score=lambda probe, enc, idx, seed: probe_once(
+            p, probe, enc, splits, idx, seed, device
+        ),
+        select_units=lambda probe: 0 if probe == "knn" else val_images,
+        describe=lambda scores: headline(splits, scores),
+        say=say,
+    )
 
 
 # -- report ---------------------------------------------------------------------------------------
