@@ -60,7 +60,12 @@ class LoaderPosition(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.batches_done = batch_idx + 1  # finished when this step's checkpoints are written
+        done = batch_idx + 1  # finished when this step's checkpoints are written
+        if done >= trainer.num_training_batches and self.loader is not None:
+            # the epoch's last batch (``limit_train_batches`` may end an epoch early): a
+            # checkpoint written from here on resumes at the next epoch's start
+            done = len(self.loader)
+        self.batches_done = done
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.restored is not None:  # say so rather than silently replay the epoch's start

@@ -30,7 +30,7 @@ def test_a_trainer_gets_one_position_callback():
 
 
 def test_the_saved_position_resumes_a_loader_built_later():
-    trainer = SimpleNamespace(callbacks=[], world_size=1, global_rank=0)
+    trainer = SimpleNamespace(callbacks=[], world_size=1, global_rank=0, num_training_batches=6)
     loader = sharded_loader(Numbers(), 4, trainer=trainer, seed=3)
     loader.sampler.set_epoch(2)
     full = [b["index"].tolist() for b in loader]
@@ -52,3 +52,16 @@ def test_a_position_no_loader_took_is_reported(caplog):
     with caplog.at_level(logging.WARNING):
         position.on_train_start(SimpleNamespace(), None)
     assert "restarts from its first batch" in caplog.text
+
+
+def test_an_epoch_ended_early_resumes_at_the_next_epoch():
+    """With ``limit_train_batches`` an epoch ends before the sampler's last batch: a checkpoint
+    of its last step must resume at the next epoch's start, not skip batches of that epoch."""
+    trainer = SimpleNamespace(callbacks=[], world_size=1, global_rank=0, num_training_batches=2)
+    loader = sharded_loader(Numbers(), 4, trainer=trainer, seed=3)
+    loader.sampler.set_epoch(4)
+    position = ensure_loader_position(trainer)
+    position.on_train_batch_start(trainer, None, None, batch_idx=0)
+    assert position.state_dict() == {"train_loader": {"epoch": 4, "batch": 1}}
+    position.on_train_batch_start(trainer, None, None, batch_idx=1)  # the limit's last batch
+    assert position.state_dict() == {"train_loader": {"epoch": 5, "batch": 0}}
