@@ -44,6 +44,7 @@ from geomed_mim.evaluation.patch_probes import (  # noqa: F401 (Filled, PatchLin
     PATCH_PROBES,
     Filled,
     PatchLinear,
+    PatchProtocol,
     Scorer,
     draw_chips,
     write_report,
@@ -170,23 +171,13 @@ class Sen1Floods11(Dataset):
 
 
 @dataclass
-class FloodProtocol:
+class FloodProtocol(PatchProtocol):
     """Sen1Floods11's evaluation (the fields are the command's flags; see docs/evaluation.md)."""
 
     data: FloodData = field(default_factory=FloodData)
-    encoders: list[str] = field(default_factory=lambda: [SCRATCH])
-    probes: list[str] = field(default_factory=lambda: list(FLOOD_PROBES))
-    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: dict[str, int] = field(default_factory=lambda: {"linear": 500, "finetune": 500})
-    lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3, "finetune": 1e-4})
-    check_every: int = 50
-    task: dict[str, Any] = field(default_factory=dict)  # {encoder: scratch architecture}
     baselines: list[str] = field(default_factory=lambda: ["ndwi"])  # s1: ["vv"]
-    pixel_limit: int = 2_000_000  # training pixels the baseline's threshold is fitted on, at most
     output: str = "runs/evaluate_sen1floods11"
     title: str = "Sen1Floods11 flood water"
-    accelerator: str = "auto"
 
 
 def check_flood_protocol(p: FloodProtocol) -> None:

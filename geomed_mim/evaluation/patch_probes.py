@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from geomed_mim.evaluation import scene_data as sd
+from geomed_mim.evaluation.deep import SCRATCH
 from geomed_mim.evaluation.probes import train_steps
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
 from geomed_mim.evaluation.scene_protocol import build_encoder, device_for, probe_rows
@@ -33,6 +34,27 @@ from geomed_mim.evaluation.scene_protocol import build_encoder, device_for, prob
 IGNORE = -100  # cross-entropy's ignore index (the ignored pixels)
 PATCH_PROBES = ("linear", "finetune")
 Say = Callable[[str], None]
+
+
+@dataclass
+class PatchProtocol:
+    """The flags every patch-probe protocol shares (its ``data``, ``baselines``, ``output`` and
+    ``title`` are its own); see docs/evaluation.md."""
+
+    data: Any = None
+    encoders: list[str] = field(default_factory=lambda: [SCRATCH])
+    probes: list[str] = field(default_factory=lambda: list(PATCH_PROBES))
+    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: dict[str, int] = field(default_factory=lambda: {"linear": 500, "finetune": 500})
+    lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3, "finetune": 1e-4})
+    check_every: int = 50
+    task: dict[str, Any] = field(default_factory=dict)  # {encoder: scratch architecture}
+    baselines: list[str] = field(default_factory=list)
+    pixel_limit: int = 2_000_000  # training pixels a baseline is fitted on, at most
+    output: str = "runs/evaluate"
+    title: str = "segmentation"
+    accelerator: str = "auto"
 
 
 class ChipSplits(Protocol):
