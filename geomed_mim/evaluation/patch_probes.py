@@ -156,7 +156,13 @@ class Encoded:
 
 
 def encode(
-    p: Any, source: str, chips: ChipSplits, bands: Sequence[str], seed: int, device, say: Say
+    p: Any,
+    source: str,
+    chips: ChipSplits,
+    bands: Sequence[str],
+    seed: int,
+    device: torch.device,
+    say: Say,
 ) -> Encoded:
     """The encoder for ``bands`` (pretrained: matched by name, its recorded statistics;
     scratch: seeded), and, for the linear probe, every split's frozen patch tokens."""
@@ -215,7 +221,7 @@ def probe_once(
     scorer: Scorer,
     idx: np.ndarray,
     seed: int,
-    device,
+    device: torch.device,
 ) -> tuple[dict[str, float], int]:
     """Train ``probe`` on the drawn chips (those with a labeled pixel); (scores, kept step),
     NaN where no drawn chip has a labeled pixel."""
@@ -229,14 +235,14 @@ def probe_once(
     if probe == "finetune":
         model: nn.Module = FineTuned(copy.deepcopy(enc.encoder), head).to(device)
 
-        def inputs(split: str, rows) -> torch.Tensor:
+        def inputs(split: str, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
             ds = enc.datasets[split]
             x = torch.stack([ds[int(i)]["image"] for i in rows]).to(device)
             return sd.normalise(x, p.data, enc.mean, enc.std)  # type: ignore[arg-type]
     else:
         model = head.to(device)
 
-        def inputs(split: str, rows) -> torch.Tensor:
+        def inputs(split: str, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
             return enc.tokens[split][torch.as_tensor(rows)].float().to(device)
 
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

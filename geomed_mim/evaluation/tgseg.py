@@ -116,10 +116,12 @@ def check_seg_protocol(p: SegProtocol) -> None:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def open_val(data: SegData) -> Dataset | None:
-    """The validation split, or None when the class has none (it refuses ``split="val"``)."""
+def open_optional(data: SegData, split: str) -> Dataset | None:
+    """One split, or None when the class has no such split (it refuses ``split=...``, as
+    CloudCoverDetection refuses ``val``). A split it takes is opened by ``open_split`` (train
+    first, so a refused band or argument has already been said)."""
     cls = sd.dataset_class(data, KIND)
-    args = {"root": data.root, "split": "val", "download": False, **data.init_args}
+    args = {"root": data.root, "split": split, "download": False, **data.init_args}
     if data.bands is not None:
         args["bands"] = list(data.bands)
     try:
@@ -128,7 +130,20 @@ def open_val(data: SegData) -> Dataset | None:
         return None
     except Exception:  # a missing file and the like: open_split says it in one line
         pass
-    return sd.open_split(data, "val", LAYOUT)
+    return sd.open_split(data, split, LAYOUT)
+
+
+def open_splits(data: SegData, say: Say) -> dict[str, Dataset]:
+    """train, val (when the class has one) and test."""
+    train = sd.open_split(data, "train", LAYOUT)
+    val, test = open_optional(data, "val"), open_optional(data, "test")
+    if test is None:
+        raise UsageError(f"--data.class_path {data.class_path}: the class has no test split; "
+                         "this protocol scores one")  # fmt: skip
+    if val is None:
+        say(f"{data.class_path} has no val split: each trained probe keeps its last step")
+        return {"train": train, "test": test}
+    return {"train": train, "val": val, "test": test}
 
 
 def band_names(dataset: Dataset, channels: int) -> list[str] | None:
@@ -188,7 +203,9 @@ def ignore_index(ds: Dataset, data: SegData) -> int | None:
     return None
 
 
-def read_masks(ds: Dataset, data: SegData, ignore: int | None, sums: np.ndarray | None):
+def read_masks(
+    ds: Dataset, data: SegData, ignore: int | None, sums: np.ndarray | None
+) -> torch.Tensor:
     """[N, H, W] int16 masks (ignored and NaN-band pixels −1); adds the scaled bands' sums,
     squares and counts to ``sums`` [3, C] when given (the training split)."""
     masks = []
@@ -225,12 +242,7 @@ def class_names(ds: Dataset, data: SegData, masks: dict[str, torch.Tensor]) -> l
 
 def read_chips(p: SegProtocol, say: Say) -> SegChips:
     data = p.data
-    datasets = {s: sd.open_split(data, s, LAYOUT) for s in ("train", "test")}
-    val = open_val(data)
-    if val is None:
-        say(f"{data.class_path} has no val split: each trained probe keeps its last step")
-    else:
-        datasets = {"train": datasets["train"], "val": val, "test": datasets["test"]}
+    datasets = open_splits(data, say)
     train = datasets["train"]
     if len(train) == 0 or len(datasets["test"]) == 0:  # type: ignore[arg-type]
         raise UsageError(f"--data.root {data.root}: the training or test split holds no chip")
@@ -299,7 +311,9 @@ def chip_values(ds: Dataset, i: int, scale: float) -> np.ndarray:
     return image.movedim(0, -1).reshape(-1, image.shape[0]).numpy()
 
 
-def training_pixels(chips: SegChips, idx: np.ndarray, limit: int, seed: int, scale: float):
+def training_pixels(
+    chips: SegChips, idx: np.ndarray, limit: int, seed: int, scale: float
+) -> bl.Pixels:
     """The drawn chips' labeled pixels, at most ``limit`` of them: the seeded uniform draw of
     :func:`~geomed_mim.evaluation.pixels.subsample`, read chip by chip so only the kept
     pixels are ever held."""
