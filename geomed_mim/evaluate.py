@@ -14,6 +14,11 @@ Scene classification when ``--data.class_path`` (in the config) is a torchgeo da
 probes on frozen features and fine-tuning, beside a band-statistics baseline, at every
 ``--fractions`` fraction of the training split (see :mod:`geomed_mim.evaluation.scene_protocol`).
 
+Semantic segmentation when ``--data.class_path`` is a torchgeo segmentation dataset (its samples
+carry a ``mask``), e.g. ``--config configs/evaluate/cloud_cover.yaml --data.root ROOT``:
+per-pixel logistic regression beside probes on each encoder's patch tokens, scored by the test
+split's mIoU, pixel accuracy and per-class IoU (see :mod:`geomed_mim.evaluation.tgseg`).
+
 Flood-water segmentation on Sen1Floods11's hand-labeled chips when ``--data.class_path`` is
 ``geomed_mim.evaluation.floods.Sen1Floods11``, e.g. ``--config configs/evaluate/sen1floods11.yaml
 --data.root ROOT`` (``sen1floods11_s1.yaml`` for the Sentinel-1 chips): NDWI > t (S1: VV < t)
@@ -55,6 +60,7 @@ from geomed_mim.evaluation.protocol import (
 )
 from geomed_mim.evaluation.scene_data import SceneData
 from geomed_mim.evaluation.scene_protocol import SceneProtocol, evaluate_scenes
+from geomed_mim.evaluation.tgseg import SegData, SegProtocol, evaluate_segmentation, yields_masks
 from geomed_mim.usage import UsageError, UserErrors, one_line
 
 
@@ -83,9 +89,9 @@ def parser() -> ArgumentParser:
 
 def protocol_parser(protocol: type) -> ArgumentParser:
     """Scene classification (:class:`SceneProtocol`: ``--data`` names a torchgeo dataset class
-    and its ``root``), Sen1Floods11 (:class:`FloodProtocol`: the reader and the release's
-    ``root``) and Decathlon tasks (:class:`MSDProtocol`: the task folder): the protocol
-    dataclass's fields are the flags."""
+    and its ``root``), torchgeo segmentation (:class:`SegProtocol`: likewise), Sen1Floods11
+    (:class:`FloodProtocol`: the reader and the release's ``root``) and Decathlon tasks
+    (:class:`MSDProtocol`: the task folder): the protocol dataclass's fields are the flags."""
     p = _Parser(
         prog="python -m geomed_mim.evaluate",
         description=__doc__.split("\n\n")[1],
@@ -98,8 +104,20 @@ def protocol_parser(protocol: type) -> ArgumentParser:
 
 def is_scene_task(args: list[str]) -> bool:
     """True when the data is a torchgeo dataset class (``torchgeo.datasets.EuroSAT``), in a
-    ``--config`` file or a ``--data.class_path`` flag; the segmentation protocol otherwise."""
+    ``--config`` file or a ``--data.class_path`` flag; the segmentation protocol otherwise.
+    (:data:`DATA_PROTOCOLS` asks :func:`is_torchgeo_segmentation_task` first.)"""
     return data_class_path(args).startswith("torchgeo.")
+
+
+def is_torchgeo_segmentation_task(args: list[str]) -> bool:
+    """True when the data is a torchgeo segmentation dataset (its samples carry a ``mask``,
+    e.g. ``torchgeo.datasets.CloudCoverDetection``), or when another torchgeo class is given
+    on top of a ``--config`` naming one (the protocol then says it is no segmentation
+    dataset)."""
+    paths = data_class_paths(args)
+    if not paths or not paths[-1].startswith("torchgeo."):
+        return False
+    return yields_masks(paths[-1]) or any(yields_masks(c) for c in config_class_paths(args))
 
 
 def is_flood_task(args: list[str]) -> bool:
@@ -114,6 +132,24 @@ def is_msd_task(args: list[str]) -> bool:
 
 def data_class_path(args: list[str]) -> str:
     """The data class the arguments name last (``--config`` files and ``--data.class_path``)."""
+    class_paths = data_class_paths(args)
+    return class_paths[-1] if class_paths else ""
+
+
+def config_class_paths(args: list[str]) -> list[str]:
+    """The data classes the ``--config`` files name."""
+    return data_class_paths([a for i, a in enumerate(args) if not is_class_path_flag(args, i)])
+
+
+def is_class_path_flag(args: list[str], i: int) -> bool:
+    """``args[i]`` is a ``--data.class_path`` flag or its value."""
+    flag = args[i].partition("=")[0]
+    return flag == "--data.class_path" or (i > 0 and args[i - 1] == "--data.class_path")
+
+
+def data_class_paths(args: list[str]) -> list[str]:
+    """Every data class the arguments name, in order (``--config`` files and
+    ``--data.class_path``)."""
     class_paths = []
     for i, arg in enumerate(args):
         flag, _, value = arg.partition("=")
@@ -126,7 +162,7 @@ def data_class_path(args: list[str]) -> str:
             except (yaml.YAMLError, AttributeError):
                 continue  # the parser reports it
             class_paths.append(str(data.get("class_path", "")) if isinstance(data, dict) else "")
-    return class_paths[-1] if class_paths else ""
+    return class_paths
 
 
 def say(line: str) -> None:
@@ -155,6 +191,7 @@ def evaluate_msd(p: MSDProtocol, say: Any) -> dict[str, Any]:
 # the protocols whose data is a dataclass of their own: (selects it, protocol, data, run)
 DATA_PROTOCOLS: tuple[tuple[Callable[[list[str]], bool], type, type, Callable[..., Any]], ...] = (
     (is_flood_task, FloodProtocol, FloodData, evaluate_floods),
+    (is_torchgeo_segmentation_task, SegProtocol, SegData, evaluate_segmentation),
     (is_scene_task, SceneProtocol, SceneData, evaluate_scenes),
     (is_msd_task, MSDProtocol, MSDData, evaluate_msd),
 )

@@ -70,9 +70,15 @@ def logistic_regression(
     train: Pixels, test: Pixels, class_ids: list[int], names: list[str], seed: int
 ) -> dict[str, float]:
     """Standardize on the training pixels, multinomial logistic regression, score ``test``."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=seed))
-    model.fit(train.values, train.labels)
+    model = pixel_classifier(train, seed)
     return multiclass_scores(test.labels, model.predict(test.values), class_ids, names)
+
+
+def pixel_classifier(train: Pixels, seed: int) -> Any:
+    """Standardization on the training pixels, then multinomial logistic regression, fitted
+    (scikit-learn's pipeline: ``predict`` takes pixels [N, C] in the same units)."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, random_state=seed))
+    return model.fit(train.values, train.labels)
 
 
 def normalized_difference(values: np.ndarray, bands: list[str], index: str) -> np.ndarray:

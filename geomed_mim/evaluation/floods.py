@@ -26,34 +26,33 @@ training chips.
 
 from __future__ import annotations
 
-import copy
 import csv
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from geomed_mim.evaluation import baselines as bl
 from geomed_mim.evaluation import scene_data as sd
 from geomed_mim.evaluation.deep import SCRATCH
-from geomed_mim.evaluation.pixels import subsample
-from geomed_mim.evaluation.probes import train_steps
-from geomed_mim.evaluation.protocol import check_vit_encoder
-from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
-from geomed_mim.evaluation.scene_protocol import (
-    build_encoder,
-    check_run_flags,
-    device_for,
-    probe_rows,
+from geomed_mim.evaluation.patch_probes import (  # noqa: F401 (Filled, PatchLinear: the probes')
+    PATCH_PROBES,
+    Filled,
+    PatchLinear,
+    PatchProtocol,
+    Scorer,
+    draw_chips,
+    write_report,
 )
+from geomed_mim.evaluation.patch_probes import encoder_rows as patch_encoder_rows
+from geomed_mim.evaluation.pixels import subsample
+from geomed_mim.evaluation.protocol import check_vit_encoder
+from geomed_mim.evaluation.scene_protocol import check_run_flags
 from geomed_mim.usage import UsageError
 
 CLASS_PATH = "geomed_mim.evaluation.floods.Sen1Floods11"
@@ -87,8 +86,7 @@ SENSORS = {
 BASELINE_BANDS = {"ndwi": bl.INDEX_BANDS["ndwi"], "vv": ("VV",)}
 BASELINE_NAMES = {"ndwi": "NDWI > t (water)", "vv": "VV < t (water)"}
 NODATA, WATER = -1, 1
-IGNORE = -100  # cross-entropy's ignore index (the no-data pixels)
-FLOOD_PROBES = ("linear", "finetune")
+FLOOD_PROBES = PATCH_PROBES
 FLOOD_BASELINES = tuple(BASELINE_BANDS)
 Say = Callable[[str], None]
 
@@ -172,41 +170,14 @@ class Sen1Floods11(Dataset):
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
 
 
-class Filled(Dataset):
-    """A split's chips with every NaN (no data) at ``fill``, the stored value an encoder's
-    normalisation takes to 0."""
-
-    def __init__(self, chips: Dataset, fill: np.ndarray) -> None:
-        self.chips = chips
-        self.fill = torch.as_tensor(fill, dtype=torch.float32).view(-1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.chips)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.chips[i]
-        image = item["image"]
-        return {**item, "image": torch.where(torch.isnan(image), self.fill, image)}
-
-
 @dataclass
-class FloodProtocol:
+class FloodProtocol(PatchProtocol):
     """Sen1Floods11's evaluation (the fields are the command's flags; see docs/evaluation.md)."""
 
     data: FloodData = field(default_factory=FloodData)
-    encoders: list[str] = field(default_factory=lambda: [SCRATCH])
-    probes: list[str] = field(default_factory=lambda: list(FLOOD_PROBES))
-    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: dict[str, int] = field(default_factory=lambda: {"linear": 500, "finetune": 500})
-    lr: dict[str, float] = field(default_factory=lambda: {"linear": 1e-3, "finetune": 1e-4})
-    check_every: int = 50
-    task: dict[str, Any] = field(default_factory=dict)  # {encoder: scratch architecture}
     baselines: list[str] = field(default_factory=lambda: ["ndwi"])  # s1: ["vv"]
-    pixel_limit: int = 2_000_000  # training pixels the baseline's threshold is fitted on, at most
     output: str = "runs/evaluate_sen1floods11"
     title: str = "Sen1Floods11 flood water"
-    accelerator: str = "auto"
 
 
 def check_flood_protocol(p: FloodProtocol) -> None:
@@ -236,14 +207,6 @@ def check_sensor_flags(p: FloodProtocol) -> None:
         raise UsageError(f"--data.scale {p.data.scale}: S1Hand holds backscatter in dB, not "
                          "scaled reflectance; give --data.scale 1.0 with --data.sensor s1 (as "
                          "configs/evaluate/sen1floods11_s1.yaml does)")  # fmt: skip
-
-
-def draw_chips(n: int, fraction: float, seed: int) -> np.ndarray:
-    """``round(fraction × n)`` chip indices (at least one), a seeded uniform draw; all at 1."""
-    if fraction >= 1:
-        return np.arange(n)
-    k = max(1, round(fraction * n))
-    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
 @dataclass
@@ -370,129 +333,6 @@ def baseline_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, An
     return rows
 
 
-class PatchLinear(nn.Module):
-    """A linear layer per patch token [B, L, D] → logits [B, 2, H, W] of its patch's pixels."""
-
-    def __init__(self, dim: int, patch: int, grid: tuple[int, int]) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.linear = nn.Linear(dim, 2 * patch * patch)
-        self.patch, self.grid = patch, grid
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, (gh, gw), pp = tokens.shape[0], self.grid, self.patch
-        x = self.linear(self.norm(tokens.float()))  # [B, L, 2 p p]
-        x = x.view(b, gh, gw, 2, pp, pp).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, 2, gh * pp, gw * pp)
-
-
-class FineTuned(nn.Module):
-    """The encoder, trainable, with the patch-token linear head."""
-
-    def __init__(self, encoder: nn.Module, head: PatchLinear) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)[:, 1:])
-
-
-@dataclass
-class Encoded:
-    """One encoder ready for the chips: model, normalisation, frozen tokens, patch grid."""
-
-    encoder: nn.Module
-    mean: torch.Tensor
-    std: torch.Tensor
-    tokens: dict[str, torch.Tensor]  # split → [N, L, D] float16
-    patch: int
-    grid: tuple[int, int]
-    datasets: dict[str, Filled]  # the chips with NaN at the value normalised to 0
-
-
-def encode(p: FloodProtocol, source: str, chips: Chips, seed: int, device, say: Say) -> Encoded:
-    stats = SimpleNamespace(band_mean=chips.band_mean, band_std=chips.band_std)
-    view = SimpleNamespace(stats={"train": stats}, bands=list(SENSORS[p.data.sensor].bands),
-                           image_size=chips.image_size)  # fmt: skip
-    enc, m, s = build_encoder(p, source, view, seed, say)  # type: ignore[arg-type]
-    enc = enc.to(device)
-    mean = torch.tensor(m, dtype=torch.float32, device=device)
-    std = torch.tensor(s, dtype=torch.float32, device=device)
-    datasets = {sp: Filled(ds, np.asarray(m) / p.data.scale) for sp, ds in chips.datasets.items()}
-    tokens = {}
-    if "linear" in p.probes:
-        tokens = {sp: sd.patch_tokens(enc, ds, p.data, mean, std, device)  # type: ignore[arg-type]
-                  for sp, ds in datasets.items()}  # fmt: skip
-    patch = int(enc.patch_size[0])
-    grid = (chips.image_size[0] // patch, chips.image_size[1] // patch)
-    return Encoded(enc, mean, std, tokens, patch, grid, datasets)
-
-
-def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
-    """Every encoder × seed × fraction × probe: the linear probe on its frozen patch tokens
-    and the fine-tuned encoder with that head, kept at the best validation water IoU, scored
-    on the test split."""
-    if not p.encoders:
-        return []
-    device = device_for(p.accelerator)
-    masks = {s: m.long() for s, m in chips.masks.items()}
-    for m in masks.values():
-        m[m == NODATA] = IGNORE
-    return probe_rows(
-        p,
-        encode_for=lambda source, seed: encode(p, source, chips, seed, device, say),
-        draw=lambda fraction, seed: draw_chips(len(chips.datasets["train"]), fraction, seed),
-        train_and_score=lambda probe, enc, idx, seed: probe_once(
-            p, probe, enc, masks, chips, idx, seed, device
-        ),
-        select_units=lambda probe: len(chips.datasets["val"]),
-        describe=said,
-        say=say,
-    )
-
-
-def probe_once(p, probe, enc: Encoded, masks, chips, idx, seed, device):
-    """Train ``probe`` on the drawn chips (those with a labeled pixel); (test and Bolivia
-    scores, kept step), NaN where no drawn chip has a labeled pixel."""
-    idx = idx[(masks["train"][idx] != IGNORE).flatten(1).any(1).numpy()]
-    if not len(idx):  # the drawn chips are all no data: nothing to train on
-        return {m: math.nan for m in metrics(chips)}, 0
-    torch.manual_seed(seed)
-    bs = p.data.batch_size
-    head = PatchLinear(enc.encoder.embed_dim, enc.patch, enc.grid)
-    y_train = masks["train"][idx]
-    if probe == "finetune":
-        model: nn.Module = FineTuned(copy.deepcopy(enc.encoder), head).to(device)
-
-        def inputs(split: str, rows) -> torch.Tensor:
-            ds = enc.datasets[split]
-            x = torch.stack([ds[int(i)]["image"] for i in rows]).to(device)
-            return sd.normalise(x, p.data, enc.mean, enc.std)  # type: ignore[arg-type]
-    else:
-        model = head.to(device)
-
-        def inputs(split: str, rows) -> torch.Tensor:
-            return enc.tokens[split][torch.as_tensor(rows)].float().to(device)
-
-    def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = torch.randint(len(idx), (min(bs, len(idx)),), generator=g)
-        return inputs("train", idx[pick.numpy()]), y_train[pick].to(device)
-
-    @torch.no_grad()
-    def score(split: str) -> float:
-        model.eval()
-        n = len(chips.datasets[split])
-        water = torch.cat([model(inputs(split, range(i, min(i + bs, n)))).argmax(1).cpu()
-                           for i in range(0, n, bs)])  # fmt: skip
-        return water_iou(chips.masks[split].numpy(), (water == WATER).numpy())
-
-    select = (lambda: score("val")) if len(chips.datasets["val"]) else None
-    decay = 0.05 if probe == "finetune" else 0.0
-    trained = train_steps(model, batch, int(p.steps[probe]), p.check_every, float(p.lr[probe]),
-                          seed, select, weight_decay=decay)  # fmt: skip
-    return {m: score(split) for split, m in SCORED.items() if split in chips.datasets}, trained.step
-
-
 def bolivia_note(p: FloodProtocol, chips: Chips) -> str:
     if "bolivia" not in chips.datasets:
         return (
@@ -527,18 +367,30 @@ def flood_notes(p: FloodProtocol, chips: Chips) -> list[str]:
     ]
 
 
+def flood_scorer(chips: Chips) -> Scorer:
+    """The water IoU of the test split (and Bolivia's); the validation split's selects."""
+
+    def score(split: str, pred: torch.Tensor) -> dict[str, float]:
+        return {SCORED[split]: water_iou(chips.masks[split].numpy(), (pred == WATER).numpy())}
+
+    def select(pred: torch.Tensor) -> float:
+        return water_iou(chips.masks["val"].numpy(), (pred == WATER).numpy())
+
+    scored = [split for split in SCORED if split in chips.datasets]
+    return Scorer(2, scored, metrics(chips), score, select)
+
+
+def encoder_rows(p: FloodProtocol, chips: Chips, say: Say) -> list[dict[str, Any]]:
+    """Every encoder × seed × fraction × probe: the linear probe on its frozen patch tokens
+    and the fine-tuned encoder with that head, kept at the best validation water IoU, scored
+    on the test split (and Bolivia's)."""
+    bands = SENSORS[p.data.sensor].bands
+    return patch_encoder_rows(p, chips, bands, flood_scorer(chips), NODATA, said, say)
+
+
 def evaluate_floods(p: FloodProtocol, say: Say) -> dict[str, Path]:
     """Run the whole protocol; returns the files written."""
     check_flood_protocol(p)
     chips = read_chips(p, say)
     rows = baseline_rows(p, chips, say) + encoder_rows(p, chips, say)
-    out = Path(p.output)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "results.csv", "markdown": out / "results.md",
-             "plot": out / "score_vs_budget.png", "config": out / "config.yaml"}  # fmt: skip
-    scores = metrics(chips)
-    write_csv(rows, [*scores, "threshold"], files["csv"])
-    write_markdown(rows, scores, p.title, flood_notes(p, chips), files["markdown"])
-    write_plot(rows, scores, p.title, files["plot"], "label fraction (of the training chips)")
-    write_config(dataclasses.asdict(p), files["config"])
-    return files
+    return write_report(p, rows, metrics(chips), ["threshold"], flood_notes(p, chips))

@@ -49,21 +49,25 @@ def check_data_root(root: str, holding: str) -> Path:
     return folder
 
 
-def dataset_class(data: SceneData) -> type:
-    """The torchgeo class ``data.class_path`` names."""
+def dataset_class(
+    data: Any, kind: str = "classification dataset, e.g. torchgeo.datasets.EuroSAT"
+) -> type:
+    """The torchgeo class ``data.class_path`` names; ``kind``: what to give instead."""
     module, _, name = data.class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise UsageError(
-            f"--data.class_path {data.class_path}: no such class; give a torchgeo "
-            "classification dataset, e.g. torchgeo.datasets.EuroSAT"
+            f"--data.class_path {data.class_path}: no such class; give a torchgeo {kind}"
         ) from None
     return cls
 
 
-def open_split(data: SceneData, split: str) -> Dataset:
-    """One standard split of the dataset, read from ``data.root`` (never downloaded)."""
+def open_split(
+    data: Any, split: str, layout: str = "for EuroSAT: ds/... and eurosat-train.txt"
+) -> Dataset:
+    """One standard split of the dataset, read from ``data.root`` (never downloaded);
+    ``layout``: an example of what the folder holds, for the message."""
     from torchgeo.datasets import DatasetNotFoundError
 
     cls = dataset_class(data)
@@ -76,7 +80,7 @@ def open_split(data: SceneData, split: str) -> Dataset:
     except DatasetNotFoundError:
         raise UsageError(
             f"--data.root {data.root}: no {cls.__name__} there; give the folder holding its "
-            "files as torchgeo lays them out (for EuroSAT: ds/... and eurosat-train.txt)"
+            f"files as torchgeo lays them out ({layout})"
         ) from None
     except ValueError as e:  # torchgeo's refusal of a band name
         raise UsageError(f"--data.bands {data.bands}: {e}") from None
