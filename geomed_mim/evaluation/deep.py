@@ -26,13 +26,33 @@ from lightning.pytorch import (
     seed_everything,
 )
 
+from geomed_mim.models.swin_sources import source_family
 from geomed_mim.tasks.segmentation import SegmentationTask
 
-MODES = {  # mode → the task's arguments that make it
+MODES = {  # mode → the task's arguments that make it (for a ViT encoder)
     "probe": {"freeze_encoder": True, "head": "linear"},
     "attentive": {"freeze_encoder": True, "head": "attentive"},  # a light block, then linear
     "finetune": {"freeze_encoder": False, "head": "unetr"},
 }
+# a Swin encoder's full decoder (its family's first head): the FPN on Swin V2, SwinUNETR's in 3-D
+SWIN_MODES = {
+    "swinv2": {"probe": {"head": "linear"}, "finetune": {"head": "fpn"}},
+    "swin3d": {"finetune": {"head": "unetr"}},
+}
+
+
+def mode_arguments(mode: str, family: str) -> dict[str, Any]:
+    """The task's arguments of ``mode`` for an encoder of ``family`` (see :data:`MODES`)."""
+    if family == "vit":
+        return dict(MODES[mode])
+    return {**MODES[mode], **SWIN_MODES[family][mode]}
+
+
+def family_modes(family: str) -> list[str]:
+    """The modes an encoder of ``family`` runs."""
+    return list(MODES) if family == "vit" else list(SWIN_MODES[family])
+
+
 SCRATCH = "scratch"
 
 
@@ -154,8 +174,9 @@ def run_deep(
     ``accuracy``, ``iou_<class>``, ``dice_<class>``) and ``step``, the step it is from."""
     seed_everything(run.seed, workers=True, verbose=False)
     init_from = None if run.encoder == SCRATCH else run.encoder
+    family = "vit" if init_from is None else source_family(init_from)
     task = SegmentationTask.for_data(
-        datamodule, init_from=init_from, **{**task_args, **MODES[run.mode]}
+        datamodule, init_from=init_from, **{**task_args, **mode_arguments(run.mode, family)}
     )
     with quiet_lightning():
         trainer, keep = fit_and_select(run, task, datamodule, accelerator)

@@ -8,6 +8,7 @@ the training *scenes* (RS; at least one) or cases (CT); the validation split is 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from geomed_mim.cli import check_encoder_source
 from geomed_mim.evaluation import baselines as bl
-from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, run_deep
+from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, family_modes, run_deep
 from geomed_mim.evaluation.pixels import pixels, subsample
 from geomed_mim.evaluation.report import mean_std, write_csv, write_markdown, write_plot
 from geomed_mim.models.swin_sources import source_family
@@ -82,20 +83,45 @@ def check_flags(p: Protocol) -> None:
     for enc in p.encoders:
         if enc != SCRATCH:
             check_encoder_source(enc, "--encoders", "runs/<run>/checkpoints/last.ckpt")
-            check_vit_encoder(enc)
+            check_encoder_modes(enc, p.modes)
     if not p.encoders and not p.baselines:
         raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
 
 
 def check_vit_encoder(source: str) -> None:
-    """The protocol's probe (linear head on patch tokens) and fine-tuning (UNETR) are a ViT's:
-    a Swin encoder is refused in one line naming the flag."""
+    """The patch-token protocols' heads read a ViT's patch grid: a Swin encoder is refused in
+    one line naming the flag."""
     family = source_family(source)
     if family != "vit":
         raise UsageError(
             f"--encoders {source}: a {family} (Swin) encoder; this protocol probes and "
-            "fine-tunes ViTs: drop it here and fine-tune it with python -m geomed_mim.finetune_seg "
-            "(docs/finetuning.md, Swin encoders)"
+            "fine-tunes ViTs: drop it here and evaluate it on a labeled store "
+            "(configs/evaluate/, docs/evaluation.md) or fine-tune it with "
+            "python -m geomed_mim.finetune_seg"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def encoder_family(source: str) -> str:
+    """``vit`` for ``scratch``, else the family the checkpoint or folder records."""
+    return "vit" if source == SCRATCH else source_family(source)
+
+
+def skipped_modes(p: Protocol) -> list[tuple[str, str]]:
+    """(encoder, mode) pairs the encoder's family has no head for (a Swin encoder has no
+    attentive head, a 3-D Swin no linear probe): left out of the run, and said so."""
+    return [(e, m) for e in p.encoders for m in p.modes
+            if m not in family_modes(encoder_family(e))]  # fmt: skip
+
+
+def check_encoder_modes(source: str, modes: list[str]) -> None:
+    """At least one ``--modes`` entry has a head for the encoder's family: one line naming the
+    flags otherwise."""
+    family = encoder_family(source)
+    if not set(modes) & set(family_modes(family)):
+        raise UsageError(
+            f"--encoders {source}: a {family} encoder runs --modes {family_modes(family)}, "
+            f"none of {modes}; add one of them"
         )
 
 
@@ -229,8 +255,12 @@ def one_baseline(spec, train, val, dm, ids, names, seed, p) -> tuple[str, dict[s
 
 def deep_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
     """Every encoder × mode × budget × seed, trained and scored."""
+    skipped = skipped_modes(p)
+    for e, m in skipped:
+        say(f"{encoder_label(e)} / {m}: skipped, a {encoder_family(e)} encoder has no {m} head")
     plan = [DeepRun(e, m, b, s, int(p.steps[m]), p.check_every)
-            for e in p.encoders for m in p.modes for b in p.budgets for s in p.seeds]  # fmt: skip
+            for e in p.encoders for m in p.modes if (e, m) not in skipped
+            for b in p.budgets for s in p.seeds]  # fmt: skip
     rows = []
     for k, run in enumerate(plan, 1):
         start = time.perf_counter()
@@ -300,8 +330,10 @@ def report_notes(p: Protocol, split: str) -> list[str]:
         if not is_ct(p) and p.select_fraction > 0
         else "the last state (no held-out selection)"
     )
+    skipped = "; ".join(f"{encoder_label(e)} / {m}" for e, m in skipped_modes(p))
     return [
         f"Validation: {split}. Mean ± sample std over seeds {p.seeds}; budget = fraction of "
         f"the training {unit}.",
         f"Deep runs: {steps} optimizer steps at every budget; scored with {select}.",
+        *([f"Not run (no such head for the encoder's family): {skipped}."] if skipped else []),
     ]

@@ -8,6 +8,8 @@
   concatenated and fused by a 3×3 convolution; a 1×1 convolution gives the class logits, upsampled
   bilinearly to the input size. It reads every stage there is (four for the standard sizes, two
   for the demo's encoder).
+* **2-D probe** :class:`SwinV2LinearHead`: one linear layer on the last stage's normed features,
+  upsampled (what the frozen features alone separate).
 * **3-D** :class:`SwinUNETRSegmenter`: MONAI's ``SwinUNETR`` itself (its encoder ``swinViT`` is
   MONAI's ``SwinTransformer``, the weights ``--from swinunetr`` converts and SimMIM 3-D trains;
   its decoder is SwinUNETR's), with the interface the segmentation task uses (``encoder``,
@@ -96,6 +98,30 @@ class SwinV2FPN(nn.Module):
 
     def encoder_record(self) -> dict[str, Any]:
         return {"family": "swinv2", **self.encoder.size_kwargs}
+
+
+class SwinV2LinearHead(nn.Module):
+    """Linear probe on a Swin V2 encoder: a linear layer on the normed last-stage features
+    (timm's ``forward_features``) gives each position's class logits, upsampled bilinearly to
+    the input size; the Swin counterpart of the ViT's ``LinearPatchHead``, with
+    :class:`SwinV2FPN`'s interface."""
+
+    encoder_prefix = "encoder."
+    group_matcher = SwinV2FPN.group_matcher
+    encoder_record = SwinV2FPN.encoder_record
+
+    def __init__(self, encoder: SwinV2Encoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.skip_blocks: list[int] = []
+        self.head = nn.Linear(encoder.num_features, num_classes)
+        encoder.mask_token.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] → logits [B, num_classes, H, W]."""
+        feats = self.encoder.forward_features(x)  # [B, H', W', C'], stride p·2^(stages-1)
+        logits = self.head(feats).permute(0, 3, 1, 2)  # [B, K, H', W']
+        return F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
 class SwinUNETRSegmenter(SwinUNETR):

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from geomed_mim.models.swin import SwinV2Encoder
-from geomed_mim.models.swin_segmentation import SwinUNETRSegmenter, SwinV2FPN
+from geomed_mim.models.swin_segmentation import SwinUNETRSegmenter, SwinV2FPN, SwinV2LinearHead
 from geomed_mim.models.weights import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -41,7 +41,7 @@ from geomed_mim.usage import UsageError
 log = logging.getLogger(__name__)
 
 SWIN_FAMILIES = ("swinv2", "swin3d")
-HEADS = {"vit": ("unetr", "linear", "attentive"), "swinv2": ("fpn",), "swin3d": ("unetr",)}
+HEADS = {"vit": ("unetr", "linear", "attentive"), "swinv2": ("fpn", "linear"), "swin3d": ("unetr",)}
 PATCH_KEY = "patch_embed.proj.weight"
 INIT_FLAG = "--model.init_args.init_from"
 ENCODER_FLAG = "--model.init_args.encoder"
@@ -191,15 +191,21 @@ def build_swin_network(
     spatial_dims: int,
     num_classes: int,
     feature_size: int,
+    head: str = "fpn",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(segmentation network, the source's config) for a Swin family: fresh from ``arch``, or
-    with the encoder of ``init_from`` loaded (strict keys, bands matched by name)."""
+    with the encoder of ``init_from`` loaded (strict keys, bands matched by name); Swin V2 under
+    ``head`` ``"fpn"`` or ``"linear"`` (the probe)."""
     source = read_swin_source(init_from) if init_from else None
     sizes = source.sizes if source else fresh_swin_sizes(family, arch or {})
     check_swin_size(family, sizes, img_size, spatial_dims)
     if family == "swinv2":
         encoder = SwinV2Encoder(img_size=img_size, in_chans=len(bands), **sizes)
-        net: nn.Module = SwinV2FPN(encoder, num_classes, channels=feature_size)
+        net: nn.Module = (
+            SwinV2LinearHead(encoder, num_classes)
+            if head == "linear"
+            else SwinV2FPN(encoder, num_classes, channels=feature_size)
+        )
     else:
         net = SwinUNETRSegmenter(len(bands), num_classes, **sizes)
     if source is not None:

@@ -128,7 +128,8 @@ class SegmentationTask(LightningModule):
         freeze_encoder: probing: the encoder is frozen (eval mode, no gradients).
         head: ViT: ``"unetr"`` (the UNETR-style decoder), ``"linear"`` (a linear layer on the
             final patch tokens, upsampled: the standard linear probe) or ``"attentive"`` (one
-            light transformer block over the tokens, then that linear layer); Swin V2: ``"fpn"``;
+            light transformer block over the tokens, then that linear layer); Swin V2: ``"fpn"`` or
+            ``"linear"`` (a linear layer on the last stage's features, upsampled);
             3-D Swin: ``"unetr"`` (SwinUNETR's decoder).
         layer_decay: layer-wise lr decay for full fine-tuning: ``encoder.blocks[i]`` gets
             ``lr * layer_decay ** (depth - i)``, the embeddings ``lr * layer_decay ** (depth + 1)``,
@@ -180,7 +181,7 @@ class SegmentationTask(LightningModule):
         else:
             self.net, self.source_metadata = build_swin_network(
                 self.family, init_from, encoder, self.bands, img_size, spatial_dims,
-                self.num_classes, feature_size,
+                self.num_classes, feature_size, head,
             )  # fmt: skip
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:

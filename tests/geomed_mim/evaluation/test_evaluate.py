@@ -420,3 +420,38 @@ def test_a_ct_progress_line_names_the_organs_not_the_background():
     p = Protocol(data={"class_path": "geomed_mim.data.segmentation.CTSegDataModule"})
     line = headline(p, {"dice_background": 0.99, "dice_liver": 0.5, "mean_organ_dice": 0.5})
     assert line == "mean_organ_dice 0.500  dice_liver 0.500"
+
+
+@pytest.mark.slow
+def test_a_converted_swin_v2_is_probed_and_fine_tuned_on_a_store(lulc_store, tmp_path, capsys):
+    """A Swin V2 folder as ``convert --from satvision`` writes it runs the store protocol: a
+    linear head on its last stage (probe) and the FPN (finetune), every seed a row; a mode its
+    family has no head for is one line naming the flags."""
+    from tests.geomed_mim.tasks.test_segmentation_swin import converted_swinv2
+
+    folder, _ = converted_swinv2(tmp_path)
+    out = tmp_path / "run"
+    main(["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
+          "--encoders", f"[{folder}]", "--modes", "[probe, finetune]", "--baselines", "[]",
+          "--steps", "{probe: 2, finetune: 2}", "--check_every", "1", "--budgets", "[1.0]",
+          "--output", str(out)])  # fmt: skip
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], int(r["seed"])) for r in rows) == [
+        (f"{folder.name} / {mode}", seed) for mode in ("finetune", "probe") for seed in (0, 1, 2)
+    ]
+    for r in rows:
+        assert 0 <= float(r["miou"]) <= 1
+    # the shipped modes: the attentive head is a ViT's, so that mode is skipped and said
+    capsys.readouterr()
+    main(["--config", str(CONFIG), "--data.init_args.store", str(lulc_store),
+          "--encoders", f"[{folder}]", "--baselines", "[]", "--budgets", "[1.0]",
+          "--seeds", "[0, 1, 2]", "--steps", "{probe: 1, attentive: 1, finetune: 1}",
+          "--output", str(tmp_path / "shipped")])  # fmt: skip
+    said = capsys.readouterr().out
+    assert f"{folder.name} / attentive: skipped, a swinv2 encoder has no attentive head" in said
+    with open(tmp_path / "shipped" / "results.csv") as f:
+        kinds = {r["kind"] for r in csv.DictReader(f)}
+    assert kinds == {"probe", "finetune"}
+    table = (tmp_path / "shipped" / "results.md").read_text()
+    assert f"Not run (no such head for the encoder's family): {folder.name} / attentive" in table

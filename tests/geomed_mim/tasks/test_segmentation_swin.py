@@ -216,16 +216,18 @@ def test_swin_mistakes_are_one_line_naming_the_flag(kwargs, message):
     assert "\n" not in str(e.value)
 
 
-def test_evaluate_refuses_a_swin_encoder_in_one_line(lulc_store, tmp_path, capsys, monkeypatch):
+def test_evaluate_refuses_a_swin_encoder_without_a_mode_in_one_line(
+    lulc_store, tmp_path, capsys, monkeypatch
+):
     from geomed_mim.evaluate import main as evaluate_main
 
     monkeypatch.setattr(sys, "argv", ["geomed_mim.evaluate"])
     out, _ = converted_swinv2(tmp_path)
     args = ["--config", str(REPO_ROOT / "configs/evaluate/lulc_sentinel2_demo.yaml"),
             "--data.init_args.store", str(lulc_store), "--output", str(tmp_path / "eval"),
-            "--encoders", f"[scratch, {out}]"]  # fmt: skip
+            "--encoders", f"[scratch, {out}]", "--modes", "[attentive]"]  # fmt: skip
     line = usage_error_line(evaluate_main, args, capsys)
-    assert line.startswith(f"error: --encoders {out}: a swinv2 (Swin) encoder; this protocol")
+    assert line.startswith(f"error: --encoders {out}: a swinv2 encoder runs --modes")
 
 
 # -- the shipped configs through the command line ----------------------------------------------
@@ -241,7 +243,7 @@ def test_cli_says_a_swin_mistake_in_one_line_exit_2(lulc_store, tmp_path, capsys
             "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
     line = usage_error_line(finetune_main, args, capsys, alone=False)
     assert line == (
-        "error: --model.init_args.head unetr: a Swin V2 encoder takes head fpn; pass "
+        "error: --model.init_args.head unetr: a Swin V2 encoder takes head fpn or linear; pass "
         "--model.init_args.head fpn"
     )
 
