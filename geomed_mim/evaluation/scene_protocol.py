@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -49,7 +50,12 @@ from geomed_mim.usage import UsageError
 
 PROBES = ("knn", "linear", "attentive", "finetune")
 TRAINED = ("linear", "attentive", "finetune")  # the probes that take optimizer steps
-SCENE_BASELINES = ("band_statistics",)
+# per-image band means and stds under a classifier: the linear one, and a random forest
+SCENE_BASELINES = ("band_statistics", "band_statistics_rf")
+BASELINE_METHODS = {
+    "band_statistics": "band mean/std + logistic regression",
+    "band_statistics_rf": "band mean/std + random forest",
+}
 SINGLE_LABEL_METRICS = ["top1", "macro_f1"]
 SCRATCH_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
 MULTILABEL_METRICS = ["map", "micro_map"]
@@ -183,51 +189,62 @@ def open_splits(p: SceneProtocol) -> Splits:
 
 # -- baselines ----------------------------------------------------------------------------------
 def baseline_rows(p: SceneProtocol, splits: Splits, say: Say) -> list[dict[str, Any]]:
-    """Per-image band means and standard deviations, standardised, multinomial logistic
-    regression (multi-label: one per class); fitted on each fraction's drawn images, scored on
-    the test split."""
+    """Per-image band means and standard deviations under each ``--baselines`` classifier
+    (standardised multinomial logistic regression, or a random forest; multi-label: one per
+    class), fitted on each fraction's drawn images, scored on the test split."""
     rows: list[dict[str, Any]] = []
-    if "band_statistics" not in p.baselines:
-        return rows
     train, test = splits.stats["train"], splits.stats["test"]
-    method = "band mean/std + logistic regression"
-    for fraction in p.fractions:
-        for seed in p.seeds:
-            idx = sd.draw_fraction(train.labels, fraction, seed)
-            outputs = fit_band_statistics(train.per_image[idx], train.labels[idx],
-                                          test.per_image, len(splits.classes), seed)  # fmt: skip
-            scores = splits.scores("test", outputs)
-            rows.append({"method": method, "kind": "baseline", "budget": fraction, "seed": seed,
-                         "train_units": len(idx), "select_units": 0, "step": 0,
-                         **scores})  # fmt: skip
-            say(f"baseline {method}  fraction {fraction:g}  seed {seed}: "
-                f"{headline(splits, scores)}")  # fmt: skip
+    for kind in (k for k in SCENE_BASELINES if k in p.baselines):
+        method = BASELINE_METHODS[kind]
+        for fraction in p.fractions:
+            for seed in p.seeds:
+                idx = sd.draw_fraction(train.labels, fraction, seed)
+                outputs = fit_band_statistics(train.per_image[idx], train.labels[idx],
+                                              test.per_image, len(splits.classes), seed,
+                                              forest=kind == "band_statistics_rf")  # fmt: skip
+                scores = splits.scores("test", outputs)
+                rows.append({"method": method, "kind": "baseline", "budget": fraction,
+                             "seed": seed, "train_units": len(idx), "select_units": 0,
+                             "step": 0, **scores})  # fmt: skip
+                say(f"baseline {method}  fraction {fraction:g}  seed {seed}: "
+                    f"{headline(splits, scores)}")  # fmt: skip
     return rows
 
 
-def fit_band_statistics(
-    x: np.ndarray, labels: np.ndarray, test: np.ndarray, num_classes: int, seed: int
-) -> np.ndarray:
-    """Test scores [M, K] of logistic regression on standardised features: class
-    probabilities (single label), or each class's own regression's probability (multi-label;
-    a class all or none of the drawn images carry gets that constant)."""
+def band_statistics_classifier(seed: int, forest: bool) -> Any:
+    """The baseline's classifier: standardised logistic regression, or a random forest (200
+    trees, one thread, seeded: the same fit every run)."""
+    if forest:
+        return RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
 
-    def regression(y: np.ndarray) -> Any:
-        model = make_pipeline(StandardScaler(),
-                              LogisticRegression(max_iter=2000, random_state=seed))  # fmt: skip
-        return model.fit(x, y)
+
+def fit_band_statistics(
+    x: np.ndarray,
+    labels: np.ndarray,
+    test: np.ndarray,
+    num_classes: int,
+    seed: int,
+    forest: bool = False,
+) -> np.ndarray:
+    """Test scores [M, K] of the classifier on the features: class probabilities (single
+    label), or each class's own classifier's probability (multi-label; a class all or none of
+    the drawn images carry gets that constant)."""
+
+    def fitted(y: np.ndarray) -> Any:
+        return band_statistics_classifier(seed, forest).fit(x, y)
 
     out = np.zeros((len(test), num_classes))
     if labels.ndim == 2:
         for c in range(num_classes):
             y = labels[:, c]
-            out[:, c] = regression(y).predict_proba(test)[:, 1] if 0 < y.sum() < len(y) else y[0]
+            out[:, c] = fitted(y).predict_proba(test)[:, 1] if 0 < y.sum() < len(y) else y[0]
         return out
     present = np.unique(labels)
     if len(present) == 1:  # one class drawn: it is the only answer
         out[:, present[0]] = 1.0
     else:
-        out[:, present] = regression(labels).predict_proba(test)
+        out[:, present] = fitted(labels).predict_proba(test)
     return out
 
 

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 import yaml
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score
 from sklearn.pipeline import make_pipeline
@@ -61,9 +62,11 @@ def test_cli_end_to_end_on_the_shipped_config(eurosat, tmp_path, child_env):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     probes, fractions, seeds = shipped["probes"], shipped["fractions"], shipped["seeds"]
-    assert len(rows) == len(fractions) * len(seeds) * (1 + len(probes))
+    baselines = {"band mean/std + logistic regression", "band mean/std + random forest"}
+    assert len(shipped["baselines"]) == len(baselines)
+    assert len(rows) == len(fractions) * len(seeds) * (len(baselines) + len(probes))
     methods = {r["method"] for r in rows}
-    assert methods == {"band mean/std + logistic regression", *(f"scratch / {p}" for p in probes)}
+    assert methods == {*baselines, *(f"scratch / {p}" for p in probes)}
     for r in rows:
         assert 0 <= float(r["top1"]) <= 1
         if r["kind"] in STEPS:  # the kept state is one of the checked steps
@@ -76,9 +79,14 @@ def test_cli_end_to_end_on_the_shipped_config(eurosat, tmp_path, child_env):
         regression = LogisticRegression(max_iter=2000, random_state=seed)
         model = make_pipeline(StandardScaler(), regression)
         pred = model.fit(*train).predict(test[0])
-        (row,) = [r for r in rows if r["kind"] == "baseline" and float(r["budget"]) == 1.0
-                  and int(r["seed"]) == seed]  # fmt: skip
+        (row,) = [r for r in rows if r["method"] == "band mean/std + logistic regression"
+                  and float(r["budget"]) == 1.0 and int(r["seed"]) == seed]  # fmt: skip
         assert float(row["top1"]) == pytest.approx(np.mean(pred == test[1]))
+        forest = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+        forest_pred = forest.fit(*train).predict(test[0])
+        (forest_row,) = [r for r in rows if r["method"] == "band mean/std + random forest"
+                         and float(r["budget"]) == 1.0 and int(r["seed"]) == seed]  # fmt: skip
+        assert float(forest_row["top1"]) == pytest.approx(np.mean(forest_pred == test[1]))
         f1 = f1_score(test[1], pred, average="macro", labels=[0, 1, 2], zero_division=0)
         assert float(row["macro_f1"]) == pytest.approx(f1)
         assert int(row["train_units"]) == len(splits["train"])
@@ -151,7 +159,7 @@ def test_bigearthnet_multilabel_through_the_command(shared_data, tmp_path, capsy
           "--data.num_workers", "0", "--output", str(out)])  # fmt: skip
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 3 * 5
+    assert len(rows) == 3 * 3 * 6  # fractions × seeds × (2 baselines + 4 probes)
     assert (
         "| method | budget | train units | select units | seeds | map | micro_map |"
         in (out / "results.md").read_text()
@@ -176,8 +184,8 @@ def test_bigearthnet_multilabel_through_the_command(shared_data, tmp_path, capsy
             scores[:, c] = y[0, c]
     present = yt.sum(0) > 0
     expected = average_precision_score(yt[:, present], scores[:, present], average="macro")
-    (row,) = [r for r in rows if r["kind"] == "baseline" and float(r["budget"]) == 1.0
-              and r["seed"] == "0"]  # fmt: skip
+    (row,) = [r for r in rows if r["method"] == "band mean/std + logistic regression"
+              and float(r["budget"]) == 1.0 and r["seed"] == "0"]  # fmt: skip
     assert float(row["map"]) == pytest.approx(expected)
 
 
