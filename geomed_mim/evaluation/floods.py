@@ -39,7 +39,6 @@ from torch.utils.data import Dataset
 
 from geomed_mim.evaluation import baselines as bl
 from geomed_mim.evaluation import scene_data as sd
-from geomed_mim.evaluation.deep import SCRATCH
 from geomed_mim.evaluation.patch_probes import (  # noqa: F401 (Filled, PatchLinear: the probes')
     PATCH_PROBES,
     Filled,
@@ -51,7 +50,6 @@ from geomed_mim.evaluation.patch_probes import (  # noqa: F401 (Filled, PatchLin
 )
 from geomed_mim.evaluation.patch_probes import encoder_rows as patch_encoder_rows
 from geomed_mim.evaluation.pixels import subsample
-from geomed_mim.evaluation.protocol import check_vit_encoder
 from geomed_mim.evaluation.scene_protocol import check_run_flags
 from geomed_mim.usage import UsageError
 
@@ -187,9 +185,6 @@ def check_flood_protocol(p: FloodProtocol) -> None:
         raise UsageError(f"--pixel_limit {p.pixel_limit}: give a number of pixels >= 1")
     check_sensor_flags(p)
     check_run_flags(p, FLOOD_PROBES, FLOOD_PROBES, FLOOD_BASELINES)
-    for source in p.encoders:
-        if source != SCRATCH:  # the per-patch pixel head reads a ViT's patch grid
-            check_vit_encoder(source)
 
 
 def check_sensor_flags(p: FloodProtocol) -> None:

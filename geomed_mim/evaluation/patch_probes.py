@@ -132,14 +132,15 @@ class PatchLinear(nn.Module):
 
 
 class FineTuned(nn.Module):
-    """The encoder, trainable, with the patch-token linear head."""
+    """The encoder, trainable, with the patch-token linear head (on a ViT's patch tokens or a
+    Swin V2's last-stage map: :class:`~geomed_mim.evaluation.scene_data.PatchTokens`)."""
 
     def __init__(self, encoder: nn.Module, head: PatchLinear) -> None:
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.tokens, self.head = sd.PatchTokens(encoder), head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)[:, 1:])
+        return self.head(self.tokens(x))
 
 
 @dataclass
@@ -177,7 +178,7 @@ def encode(
     if "linear" in p.probes:
         tokens = {sp: sd.patch_tokens(enc, ds, p.data, mean, std, device)  # type: ignore[arg-type]
                   for sp, ds in datasets.items()}  # fmt: skip
-    patch = int(enc.patch_size[0])
+    patch = sd.PatchTokens(enc).stride  # each token's square of pixels
     grid = (chips.image_size[0] // patch, chips.image_size[1] // patch)
     return Encoded(enc, mean, std, tokens, patch, grid, datasets)
 
@@ -230,7 +231,8 @@ def probe_once(
         return {m: math.nan for m in scorer.columns}, 0
     torch.manual_seed(seed)
     bs = p.data.batch_size
-    head = PatchLinear(enc.encoder.embed_dim, enc.patch, enc.grid, scorer.num_classes)
+    head = PatchLinear(sd.PatchTokens(enc.encoder).embed_dim, enc.patch, enc.grid,
+                       scorer.num_classes)  # fmt: skip
     y_train = masks["train"][idx]
     if probe == "finetune":
         model: nn.Module = FineTuned(copy.deepcopy(enc.encoder), head).to(device)

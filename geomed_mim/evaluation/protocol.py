@@ -88,19 +88,6 @@ def check_flags(p: Protocol) -> None:
         raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
 
 
-def check_vit_encoder(source: str) -> None:
-    """The patch-token protocols' heads read a ViT's patch grid: a Swin encoder is refused in
-    one line naming the flag."""
-    family = source_family(source)
-    if family != "vit":
-        raise UsageError(
-            f"--encoders {source}: a {family} (Swin) encoder; this protocol probes and "
-            "fine-tunes ViTs: drop it here and evaluate it on a labeled store "
-            "(configs/evaluate/, docs/evaluation.md) or fine-tune it with "
-            "python -m geomed_mim.finetune_seg"
-        )
-
-
 @functools.lru_cache(maxsize=64)
 def encoder_family(source: str) -> str:
     """``vit`` for ``scratch``, else the family the checkpoint or folder records."""

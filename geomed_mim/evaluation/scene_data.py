@@ -211,6 +211,8 @@ class PatchTokens(torch.nn.Module):
         self.encoder = encoder
         self.is_swin = hasattr(encoder, "forward_stage_maps")  # SwinV2Encoder
         self.embed_dim = int(encoder.num_features if self.is_swin else encoder.embed_dim)
+        # pixels between neighbouring tokens: the patch, or the patch × the Swin merges
+        self.stride = int(encoder.encoder_stride if self.is_swin else encoder.patch_size[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_swin:

@@ -43,7 +43,7 @@ from geomed_mim.evaluation.patch_probes import (
     encoder_rows,
     write_report,
 )
-from geomed_mim.evaluation.protocol import check_vit_encoder, encoder_label
+from geomed_mim.evaluation.protocol import encoder_label
 from geomed_mim.evaluation.scene_protocol import check_run_flags
 from geomed_mim.tasks.segmentation import scores_from_confusion
 from geomed_mim.usage import UsageError
@@ -110,9 +110,6 @@ def check_seg_protocol(p: SegProtocol) -> None:
     if p.data.classes is not None and len(p.data.classes) < 2:
         raise UsageError(f"--data.classes {p.data.classes}: name at least 2 classes, or null")
     check_run_flags(p, PATCH_PROBES, PATCH_PROBES, SEG_BASELINES)
-    for source in p.encoders:
-        if source != SCRATCH:  # the per-patch pixel head reads a ViT's patch grid
-            check_vit_encoder(source)
 
 
 # -- data ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 
 from geomed_mim.evaluate import is_flood_task, is_scene_task, main
 from tests.conftest import REPO_ROOT
@@ -326,13 +327,32 @@ def test_training_chips_all_no_data_give_nan_rows(release, tmp_path, capsys):
     assert all(np.isnan(float(r["iou_water"])) for r in rows)
 
 
-def test_a_swin_encoder_is_refused_in_one_line(release, tmp_path, capsys):
-    from tests.geomed_mim.tasks.test_segmentation_swin import converted_swinv2
+def test_a_converted_swin_v2_is_probed_through_its_last_stage(release, tmp_path, capsys):
+    """A Swin V2 folder (as ``convert --from satvision`` writes it) on the chips: each token of
+    its last stage (32 px apart here) gives its square's pixel logits, every probe a row; its
+    three bands matched by name among the 13."""
+    from geomed_mim.evaluation.patch_probes import PatchLinear
+    from geomed_mim.evaluation.scene_data import PatchTokens
+    from geomed_mim.models.swin import SwinV2Encoder
+    from tests.geomed_mim.tasks.test_segmentation_swin import SWIN2, converted_swinv2
 
     root, _ = release
     folder, _ = converted_swinv2(tmp_path)
-    err = refused(["--config", str(CONFIG), "--data.root", str(root), *SHRINK,
-                   "--encoders", f"[{folder}]", "--output", str(tmp_path / "out")],
-                  capsys)  # fmt: skip
-    assert "--encoders" in err, err
-    assert "Swin" in err, err
+    out = tmp_path / "out"
+    main(["--config", str(CONFIG), "--data.root", str(root), *SHRINK, "--baselines", "[]",
+          "--encoders", f"[{folder}]", "--output", str(out)])  # fmt: skip
+    rows = results(out)
+    assert {r["kind"] for r in rows} == {"linear", "finetune"}
+    assert len(rows) == 2 * 2 * 3  # probes × fractions × seeds
+    assert all(0 <= float(r["iou_water"]) <= 1 for r in rows)
+    assert "bands: 3 shared" in capsys.readouterr().out
+
+    # the head's geometry: one token per 32 px square of a 64 px chip, logits at every pixel
+    sizes = {k: v for k, v in SWIN2.items() if k != "patch_size"}
+    enc = SwinV2Encoder(img_size=64, in_chans=13, patch_size=4, **sizes)
+    tokens = PatchTokens(enc)
+    assert tokens.stride == 32
+    x = torch.randn(2, 13, 64, 64)
+    t = tokens(x)
+    assert t.shape == (2, 4, tokens.embed_dim)
+    assert PatchLinear(tokens.embed_dim, 32, (2, 2))(t).shape == (2, 2, 64, 64)
