@@ -27,7 +27,7 @@ import platform
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -37,7 +37,15 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from data_pipelines import parallel
-from data_pipelines.counts import EXCLUDED, by_reason
+from data_pipelines.counts import (
+    EXCLUDED,
+    SAMPLES_WRITTEN,
+    SCENES_SMALLER_THAN_TILE,
+    BuildCounts,
+    Count,
+    units_done,
+    units_quarantined,
+)
 from data_pipelines.errors import (
     BuildConfigError,
     BuildLockedError,
@@ -115,7 +123,7 @@ def describe_counts(counts: dict[str, int]) -> str:
 @dataclass
 class BuildReport:
     out_dir: Path
-    counts: Counter
+    counts: BuildCounts
     quarantined: list[Quarantined]
     ignored: list[tuple[str, str]]
     seconds: float
@@ -129,7 +137,7 @@ class BuildReport:
 
     @property
     def samples_written(self) -> int:
-        return int(self.counts.get("samples_written", 0))
+        return self.counts.total(SAMPLES_WRITTEN)
 
     def why_nothing_written(self) -> str | None:
         """One line saying why the build wrote no sample; None when it wrote some."""
@@ -146,16 +154,14 @@ class BuildReport:
                 f"all {self.total_parts} input(s) were quarantined (e.g. {first.source}: "
                 f"{first.reason}); see quarantine.jsonl"
             )
-        excluded = by_reason(self.counts, EXCLUDED)
+        excluded = self.counts.by_reason(EXCLUDED)
         parts = []
         if excluded:
             parts.append(
                 f"all {sum(excluded.values())} tiles were excluded ({describe_counts(excluded)})"
             )
-        if self.counts.get("scenes_smaller_than_tile"):
-            parts.append(
-                f"{self.counts['scenes_smaller_than_tile']} scene(s) smaller than one tile"
-            )
+        if smaller := self.counts.total(SCENES_SMALLER_THAN_TILE):
+            parts.append(f"{smaller} scene(s) smaller than one tile")
         if self.quarantined:
             parts.append(f"{len(self.quarantined)} of {self.total_parts} input(s) quarantined")
         return "; ".join(parts) or "no input produced a sample"
@@ -276,7 +282,7 @@ def run_pending(
     Returns the quarantined tasks sorted by source (completion order is not deterministic).
     """
     quarantined: list[Quarantined] = []
-    counts: Counter = Counter()
+    counts = BuildCounts()
     committed = 0
     bar = tqdm(
         total=total,
@@ -303,8 +309,8 @@ def run_pending(
                 quarantined.append(q)
                 bar.write(f"quarantined {task.source}: {q.reason}")
             else:
-                counts.update(result.get("counts", {}))
-                bar.set_postfix(samples=counts.get("samples_written", 0), refresh=False)
+                counts.update(BuildCounts.from_json(result.get("counts", {})))
+                bar.set_postfix(samples=counts.total(SAMPLES_WRITTEN), refresh=False)
                 committed += 1
                 if on_part_committed is not None:
                     on_part_committed(committed)
@@ -314,10 +320,10 @@ def run_pending(
 
 def collect_fragments(
     out_dir: Path, tasks: list[BuildTask]
-) -> tuple[pa.Table, list[dict[str, Any]], Counter, Counter]:
+) -> tuple[pa.Table, list[dict[str, Any]], BuildCounts, Counter]:
     """The manifest rows, summaries, counts and task timings of every finished part, resumed
     or not, in task order."""
-    tables, summaries, counts, timings = [], [], Counter(), Counter()
+    tables, summaries, counts, timings = [], [], BuildCounts(), Counter()
     for t in tasks:
         frag = read_fragment(out_dir, t.part)
         if frag is None:
@@ -326,7 +332,7 @@ def collect_fragments(
         if table.num_columns:
             tables.append(table)
         summaries.append(summary)
-        counts.update(summary.get("counts", {}))
+        counts.update(BuildCounts.from_json(summary.get("counts", {})))
         timings.update(summary.get("timings", {}))
     manifest = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
     return manifest, summaries, counts, timings
@@ -352,7 +358,7 @@ def write_records(
         {
             "config": config,
             "versions": package_versions(),
-            "counts": dict(sorted(counts.items())),
+            "counts": counts.to_json(),
             "quarantined": [q.to_json() for q in report.quarantined],
             "ignored_files": [{"path": p, "why": w} for p, w in report.ignored],
             "ignored_by_reason": ignored_by_reason(report.ignored),
@@ -364,7 +370,7 @@ def write_records(
                 **{f"task_{k}_sum": round(v, 3) for k, v in sorted(timings.items())},
             },
             "throughput": {
-                "samples_per_s": round(counts.get("samples_written", 0) / max(seconds, 1e-9), 2),
+                "samples_per_s": round(counts.total(SAMPLES_WRITTEN) / max(seconds, 1e-9), 2),
                 "output_mb_per_s": round(report.output_bytes / 2**20 / max(seconds, 1e-9), 3),
             },
             "output_bytes": report.output_bytes,
@@ -381,7 +387,7 @@ def run_build(
     store_attrs: dict[str, Any],
     settings: dict[str, Any],
     config: dict[str, Any],
-    finalize: Callable[[Path, pa.Table, list[dict[str, Any]]], tuple[pa.Table, dict[str, int]]],
+    finalize: Callable[[Path, pa.Table, list[dict[str, Any]]], tuple[pa.Table, Mapping]],
     workers: int = 1,
     scheduler: str = parallel.LOCAL,
     overwrite: bool = False,
@@ -392,10 +398,11 @@ def run_build(
 ) -> BuildReport:
     """Run ``task_fn`` over ``tasks`` into ``out_dir`` and write manifest and build record.
 
-    ``task_fn(payload)`` writes its part array and fragment and returns a summary of counts
-    (``samples_written``, ``excluded:<reason>`` ...). ``finalize(out_dir, table, summaries)``
-    turns the concatenated fragments into the manifest and archive-wide counts (dedup, splits,
-    statistics, preview), still under the output lock.
+    ``task_fn(payload)`` writes its part array and fragment (counts in their flat JSON form)
+    and returns a summary of counts (:class:`~data_pipelines.counts.BuildCounts`, or the JSON
+    form). ``finalize(out_dir, table, summaries)`` turns the concatenated fragments into the
+    manifest and archive-wide counts (dedup, splits, statistics, preview), still under the
+    output lock.
     ``extra_groups`` are further groups a task writes its part into (labels), created up front
     and cleaned like ``group`` when the task fails. ``on_part_committed(n)`` is called right
     after the n-th part of this run was committed.
@@ -424,10 +431,10 @@ def run_build(
         run_seconds = time.perf_counter() - started
         with output_writes():
             manifest, summaries, counts, timings = collect_fragments(out_dir, tasks)
-            counts[f"{unit}s_done"] = len(summaries)
-            counts[f"{unit}s_quarantined"] = len(quarantined)
+            counts[Count(units_done(unit))] = len(summaries)
+            counts[Count(units_quarantined(unit))] = len(quarantined)
             manifest, archive_counts = finalize(out_dir, manifest, summaries)
-        counts.update(archive_counts)
+        counts.update(BuildCounts.from_json(archive_counts))
         report = BuildReport(
             out_dir=out_dir,
             counts=counts,

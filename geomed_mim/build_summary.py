@@ -11,12 +11,18 @@ from typing import Any
 from data_pipelines.build import BuildReport, describe_counts, ignored_by_reason
 from data_pipelines.counts import (
     DUPLICATES,
+    EXACT,
     EXCLUDED,
     FORMAT,
+    LABELS_WRITTEN,
+    NEAR,
     SAMPLES_WRITTEN,
+    SCENES_READ,
+    SCENES_WITHOUT_CLOUD_MASK,
     TILES_TOTAL,
-    by_reason,
-    by_size,
+    VOLUMES_READ,
+    VOXELS_WRITTEN,
+    BuildCounts,
 )
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.rs.config import RSBuildConfig
@@ -81,10 +87,10 @@ def slicing_text(cfg: RSBuildConfig) -> str:
     return f"grid {', '.join(map(str, sizes))} px, overlap {cfg.overlap:g}{stored}"
 
 
-def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
+def per_size_text(counts: BuildCounts, cfg: RSBuildConfig) -> str:
     """``64 px: 120 of 144, 128 px: 30 of 36`` (written of cut, per native size; a grid size
     larger than every scene shows ``0 of 0``); random crops per octave: ``64-127 px: ...``."""
-    cut, written = by_size(counts, TILES_TOTAL), by_size(counts, SAMPLES_WRITTEN)
+    cut, written = counts.by_size(TILES_TOTAL), counts.by_size(SAMPLES_WRITTEN)
     if cfg.slicing == "grid":
         bins = [(s, s, f"{s} px") for s in sorted(set(cfg.tile_sizes) | set(cut))]
     else:
@@ -100,31 +106,31 @@ def per_size_text(counts: dict[str, int], cfg: RSBuildConfig) -> str:
     )
 
 
-def cloud_mask_row(counts: dict[str, int]) -> list[tuple[str, str]]:
+def cloud_mask_row(counts: BuildCounts) -> list[tuple[str, str]]:
     """A row when some scenes had no cloud mask: their cloudy tiles cannot have been excluded."""
-    n = counts.get("scenes_without_cloud_mask", 0)
+    n = counts.total(SCENES_WITHOUT_CLOUD_MASK)
     if not n:
         return []
-    return [("clouds not checked", f"{n} of {counts.get('scenes_read', 0)} scene(s): no cloud "
+    return [("clouds not checked", f"{n} of {counts.total(SCENES_READ)} scene(s): no cloud "
              f"mask in the input (see the manifest's cloud_mask column)")]  # fmt: skip
 
 
 def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
     c = report.counts
-    excluded = by_reason(c, EXCLUDED)
+    excluded = c.by_reason(EXCLUDED)
     reasons = ", ".join(f"{k}: {v}" for k, v in excluded.items())
-    duplicates = by_reason(c, DUPLICATES)
-    tiles_per_s = c.get(SAMPLES_WRITTEN, 0) / max(report.seconds, 1e-9)
+    duplicates = c.by_reason(DUPLICATES)
+    tiles_per_s = c.total(SAMPLES_WRITTEN) / max(report.seconds, 1e-9)
     rows = [
-        ("scenes read", f"{c.get('scenes_read', 0)}{_resumed(report)}"),
+        ("scenes read", f"{c.total(SCENES_READ)}{_resumed(report)}"),
         ("scenes quarantined", f"{len(report.quarantined)}"),
         ("files ignored", ignored_row(report)),
-        ("tiles cut", f"{c.get(TILES_TOTAL, 0)}  ({slicing_text(cfg)})"),
-        ("tiles written", f"{c.get(SAMPLES_WRITTEN, 0)}"),
+        ("tiles cut", f"{c.total(TILES_TOTAL)}  ({slicing_text(cfg)})"),
+        ("tiles written", f"{c.total(SAMPLES_WRITTEN)}"),
         *([("per size", per_size_text(c, cfg))] if cfg.multi_size else []),
         ("tiles excluded", f"{sum(excluded.values())}" + (f"  ({reasons})" if excluded else "")),
         *cloud_mask_row(c),
-        ("duplicates", f"{duplicates.get('exact', 0)} exact, {duplicates.get('near', 0)} "
+        ("duplicates", f"{duplicates.get(EXACT, 0)} exact, {duplicates.get(NEAR, 0)} "
                        f"near" + ("" if cfg.dedup else "  (dedup off)")),
         ("output size", f"{human_bytes(report.output_bytes)}  (store.zarr)"),
         ("time", f"{report.seconds:.1f} s  ({tiles_per_s:.0f} tiles/s, {report.scheduler})"),
@@ -134,17 +140,17 @@ def format_summary(report: BuildReport, cfg: RSBuildConfig) -> str:
 
 def format_ct_summary(report: BuildReport, cfg: CTBuildConfig) -> str:
     c = report.counts
-    fmt = ", ".join(f"{kind}: {n}" for kind, n in by_reason(c, FORMAT).items())
-    volumes = c.get("volumes_read", 0)
+    fmt = ", ".join(f"{kind}: {n}" for kind, n in c.by_reason(FORMAT).items())
+    volumes = c.total(VOLUMES_READ)
     rows = [
         ("volumes built", f"{volumes}{_resumed(report)}" + (f"  ({fmt})" if fmt else "")),
         ("volumes quarantined", f"{len(report.quarantined)}"),
         ("files ignored", ignored_row(report)),
-        ("with label maps", f"{c.get('labels_written', 0)}"),
+        ("with label maps", f"{c.total(LABELS_WRITTEN)}"),
         ("exact duplicates", f"{_ct_duplicates(report)}  (marked dup_of in the manifest, kept "
                              f"in the store)"),
         ("spacing", " x ".join(f"{s:g}" for s in cfg.spacing) + " mm, int16 HU, RAS"),
-        ("voxels written", f"{c.get('voxels_written', 0) / 1e6:.1f} M"),
+        ("voxels written", f"{c.total(VOXELS_WRITTEN) / 1e6:.1f} M"),
         ("output size", f"{human_bytes(report.output_bytes)}  (store.zarr, {cfg.codec})"),
         ("time", f"{report.seconds:.1f} s  ({volumes / max(report.seconds, 1e-9):.2f} "
                  f"volumes/s, {report.scheduler})"),

@@ -26,7 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.counts import FORMAT, reason_key
+from data_pipelines.counts import (
+    FORMAT,
+    LABELS_WRITTEN,
+    SAMPLES_WRITTEN,
+    VOLUMES_GANTRY_TILT_CORRECTED,
+    VOLUMES_READ,
+    VOLUMES_UNEVEN_SLICES_RESAMPLED,
+    VOLUMES_WITH_CLIPPED_HU,
+    VOXELS_WRITTEN,
+    BuildCounts,
+    Count,
+)
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.dicom import read_series
 from data_pipelines.ct.discover import CTCase
@@ -227,21 +238,23 @@ def case_row(
     }
 
 
-def case_counts(case: CTCase, src: SourceVolume, stored: StoredCase) -> dict[str, int]:
-    counts = {
-        "volumes_read": 1,
-        "samples_written": 1,
-        "voxels_written": int(stored.hu.size),
-        reason_key(FORMAT, case.kind): 1,
-    }
+def case_counts(case: CTCase, src: SourceVolume, stored: StoredCase) -> BuildCounts:
+    counts = BuildCounts(
+        {
+            Count(VOLUMES_READ): 1,
+            Count(SAMPLES_WRITTEN): 1,
+            Count(VOXELS_WRITTEN): int(stored.hu.size),
+            Count(FORMAT, case.kind): 1,
+        }
+    )
     if stored.labels is not None:
-        counts["labels_written"] = 1
+        counts[Count(LABELS_WRITTEN)] = 1
     if stored.clipped:
-        counts["volumes_with_clipped_hu"] = 1
+        counts[Count(VOLUMES_WITH_CLIPPED_HU)] = 1
     if src.gantry_tilt_deg:
-        counts["volumes_gantry_tilt_corrected"] = 1
+        counts[Count(VOLUMES_GANTRY_TILT_CORRECTED)] = 1
     if src.uneven_spacing:
-        counts["volumes_uneven_slices_resampled"] = 1
+        counts[Count(VOLUMES_UNEVEN_SLICES_RESAMPLED)] = 1
     return counts
 
 
@@ -271,17 +284,16 @@ def process_case(job: CaseJob) -> dict[str, Any]:
         row = case_row(job, src, stored, points)
         write_case_arrays(job, stored, points)
         t_write = time.perf_counter()
-        summary = {
-            "counts": case_counts(case, src, stored),
-            "timings": {
-                "read": t_read - t_start,
-                "resample": t_proc - t_read,
-                "write": t_write - t_proc,
-                "total": time.perf_counter() - t_start,
-            },
+        counts = case_counts(case, src, stored)
+        timings = {
+            "read": t_read - t_start,
+            "resample": t_proc - t_read,
+            "write": t_write - t_proc,
+            "total": time.perf_counter() - t_start,
         }
+        summary = {"counts": counts.to_json(), "timings": timings}  # the flat JSON form
         write_fragment(job.out_dir, job.part, [row], summary, schema=CT_MANIFEST_SCHEMA)
-        return summary
+        return {"counts": counts, "timings": timings}
     except BaseException:
         for group in (VOLUMES_GROUP, LABELS_GROUP, FOREGROUND_GROUP):
             delete_part_array(job.out_dir, group, job.part)

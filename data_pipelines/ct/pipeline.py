@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from data_pipelines import parallel
 from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
-from data_pipelines.counts import DUPLICATES, reason_key
+from data_pipelines.counts import DUPLICATES, EXACT, BuildCounts, Count
 from data_pipelines.ct.case_task import CaseJob, process_case
 from data_pipelines.ct.config import CTBuildConfig
 from data_pipelines.ct.discover import CTDiscovery, discover_ct
@@ -72,14 +72,14 @@ def finalize_manifest(
     return replace_column(table, "split", assigned)
 
 
-def _with_counts(manifest: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+def _with_counts(manifest: pa.Table) -> tuple[pa.Table, BuildCounts]:
     dups = sum(1 for d in manifest.column("dup_of").to_pylist() if d)
-    return manifest, {reason_key(DUPLICATES, "exact"): dups}
+    return manifest, BuildCounts({Count(DUPLICATES, EXACT): dups})
 
 
 def finalize_ct(
     out_dir: str, table: pa.Table, cfg: CTBuildConfig, splits: Mapping[str, str] | None = None
-) -> tuple[pa.Table, dict]:
+) -> tuple[pa.Table, BuildCounts]:
     """The archive-wide steps, then ``preview.png`` (mid-axial slices) of what was stored."""
     manifest = finalize_manifest(table, cfg, splits)
     write_ct_preview(out_dir, manifest)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_pipelines.build import BuildReport, BuildTask, PartCommitted, assign_split, run_build
-from data_pipelines.counts import DUPLICATES, reason_key
+from data_pipelines.counts import DUPLICATES, EXACT, NEAR, SAMPLES_UNIQUE, BuildCounts, Count
 from data_pipelines.dedup import mark_duplicates
 from data_pipelines.errors import BuildConfigError
 from data_pipelines.rs.config import RSBuildConfig
@@ -74,7 +74,7 @@ def merged_moments(table: pa.Table, use: np.ndarray, n_bands: int) -> BandMoment
 
 def mark_tile_duplicates(
     table: pa.Table, cfg: RSBuildConfig
-) -> tuple[pa.Table, np.ndarray, dict[str, int]]:
+) -> tuple[pa.Table, np.ndarray, BuildCounts]:
     """Fill ``dup_of``/``dup_kind`` (exact, then near duplicates among the kept tiles).
 
     Returns the table, the mask of kept unique tiles, and the duplicate counts.
@@ -90,11 +90,13 @@ def mark_tile_duplicates(
     table = replace_column(table, "dup_of", [ids[j] if j >= 0 else None for j in dup_idx])
     table = replace_column(table, "dup_kind", dup_kind)
     unique = kept & (dup_idx < 0)
-    counts = {
-        reason_key(DUPLICATES, "exact"): int(sum(k == "exact" for k in dup_kind)),
-        reason_key(DUPLICATES, "near"): int(sum(k == "near" for k in dup_kind)),
-        "samples_unique": int(unique.sum()),
-    }
+    counts = BuildCounts(
+        {
+            Count(DUPLICATES, EXACT): int(sum(k == EXACT for k in dup_kind)),
+            Count(DUPLICATES, NEAR): int(sum(k == NEAR for k in dup_kind)),
+            Count(SAMPLES_UNIQUE): int(unique.sum()),
+        }
+    )
     return table, unique, counts
 
 
@@ -144,7 +146,7 @@ def finalize_manifest(
     cfg: RSBuildConfig,
     profile: SensorProfile,
     scenes: dict[str, Scene] | None = None,
-) -> tuple[pa.Table, dict[str, int]]:
+) -> tuple[pa.Table, BuildCounts]:
     """Dedup, split, store statistics and preview; returns the manifest and archive counts."""
     if table.num_rows == 0:
         table = RS_MANIFEST_SCHEMA.empty_table()

@@ -34,7 +34,16 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from data_pipelines.classes import ClassTable
-from data_pipelines.counts import EXCLUDED, SAMPLES_WRITTEN, TILES_TOTAL, reason_key, size_key
+from data_pipelines.counts import (
+    EXCLUDED,
+    SAMPLES_WRITTEN,
+    SCENES_READ,
+    SCENES_SMALLER_THAN_TILE,
+    SCENES_WITHOUT_CLOUD_MASK,
+    TILES_TOTAL,
+    BuildCounts,
+    Count,
+)
 from data_pipelines.dedup import exact_hash, perceptual_hashes
 from data_pipelines.rs.config import SLICING_RANDOM, STORE_DTYPE_COMPACT, RSBuildConfig
 from data_pipelines.rs.discover import Scene
@@ -92,8 +101,10 @@ class ScenePart:
     label_writers: dict[int, PartWriter] = field(default_factory=dict)
     table: ClassTable | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"scenes_read": 1, "tiles_total": 0, "samples_written": 0}
+    counts: BuildCounts = field(
+        default_factory=lambda: BuildCounts(
+            {Count(SCENES_READ): 1, Count(TILES_TOTAL): 0, Count(SAMPLES_WRITTEN): 0}
+        )
     )
     sample: BandSample | None = None
     read_s: float = 0.0
@@ -170,7 +181,7 @@ def open_scene_part(job: SceneJob, stack: ExitStack) -> ScenePart:
     )
     part.scene_columns = {**reader.scene_columns(), "cloud_mask": reader.cloud_mask}
     if reader.cloud_mask is None:  # counted, so the summary says what was not checked
-        part.counts["scenes_without_cloud_mask"] = 1
+        part.counts[Count(SCENES_WITHOUT_CLOUD_MASK)] = 1
     table = cfg.class_table()
     if table is not None:
         open_labels(part, table, stack)
@@ -315,13 +326,9 @@ def measure_and_exclude(
     profile, rules = part.profile, part.job.config.rules()
     qualities = measure_batch(raw, profile, qa)
     reasons = [exclusion_reason(q, rules, profile) for q in qualities]
-    part.counts[TILES_TOTAL] += len(reasons)
-    per_size = size_key(TILES_TOTAL, raw.shape[-1])
-    part.counts[per_size] = part.counts.get(per_size, 0) + len(reasons)
-    for reason in reasons:
-        if reason is not None:
-            key = reason_key(EXCLUDED, reason)
-            part.counts[key] = part.counts.get(key, 0) + 1
+    part.counts[Count(TILES_TOTAL)] += len(reasons)
+    part.counts[Count(TILES_TOTAL, int(raw.shape[-1]))] += len(reasons)
+    part.counts.update(Count(EXCLUDED, r) for r in reasons if r is not None)
     return qualities, reasons
 
 
@@ -415,9 +422,8 @@ def write_kept(
         part.label_writers[size].append(np.ascontiguousarray(label_tile))
         row["label_array"] = part.label_writers[size].path
         row["labeled_fraction"] = float((label_tile != part.table.stored_ignore_index).mean())
-    part.counts[SAMPLES_WRITTEN] += 1
-    per_size = size_key(SAMPLES_WRITTEN, native)
-    part.counts[per_size] = part.counts.get(per_size, 0) + 1
+    part.counts[Count(SAMPLES_WRITTEN)] += 1
+    part.counts[Count(SAMPLES_WRITTEN, int(native))] += 1
 
 
 def process_strip(part: ScenePart, strip: Strip, windows: list[TileWindow]) -> None:
@@ -449,7 +455,7 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
             part = open_scene_part(job, stack)
             windows = plan_windows(part)
             if not windows:
-                part.counts["scenes_smaller_than_tile"] = 1
+                part.counts[Count(SCENES_SMALLER_THAN_TILE)] = 1
             for group in strips(windows):
                 process_strip(part, read_strip(part, group), group)
             t0 = time.perf_counter()
@@ -461,7 +467,8 @@ def process_scene(job: SceneJob) -> dict[str, Any]:
             "write": part.write_s,
             "total": time.perf_counter() - t_start,
         }
-        summary = {"counts": part.counts, "timings": timings, "band_sample": part.sample.finish()}
+        counts = part.counts.to_json()  # the fragment holds the flat JSON form
+        summary = {"counts": counts, "timings": timings, "band_sample": part.sample.finish()}
         write_fragment(job.out_dir, job.part, part.rows, summary, schema=RS_MANIFEST_SCHEMA)
         return {"counts": part.counts, "timings": timings}
     except BaseException:
