@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from stores import timed_build  # noqa: E402
 
+from data_pipelines.counts import EXCLUDED, SAMPLES_WRITTEN  # noqa: E402
 from data_pipelines.rs.products.modis import band_sources  # noqa: E402
 from data_pipelines.rs.profiles import load_profile  # noqa: E402
 from tests.data_pipelines.rs.products.modis_files import write_mod021km  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
             scheduler="synchronous",
         )
         counts = report.counts
-        tiles = counts.get("samples_written", 0)
+        tiles = counts.total(SAMPLES_WRITTEN)
         print()
         print("| run | s | granules/s | MB decoded/s | tiles/s | / floor |")
         print("|---|---|---|---|---|---|")
@@ -104,7 +105,7 @@ def main() -> None:
               f"{decoded_mb / t_build:.0f} | {tiles / t_build:.0f} | "
               f"{t_build / t_floor:.2f} |")  # fmt: skip
         print(f"\ntiles written {tiles}, excluded "
-              f"{sum(v for k, v in counts.items() if k.startswith('excluded:'))}, "
+              f"{sum(counts.by_reason(EXCLUDED).values())}, "
               f"quarantined {len(report.quarantined)}")  # fmt: skip
 
 

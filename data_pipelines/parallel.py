@@ -107,7 +107,9 @@ def _client(scheduler: str, workers: int) -> Iterator[Any]:
                 host=LOCAL_HOST,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # None still binds dask's default :8787, and a second cluster on the machine
+                # (another build, a parallel test) then warns on stderr; any free local port
+                dashboard_address=f"{LOCAL_HOST}:0",
                 silence_logs=logging.WARNING,
                 env=_SINGLE_THREAD_ENV,
             )

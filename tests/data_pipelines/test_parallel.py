@@ -94,7 +94,7 @@ def test_an_existing_scheduler_is_used_by_address() -> None:
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
     ) as cluster:
         address = cluster.scheduler_address
         results = _collect(list(range(8)), scheduler=address)

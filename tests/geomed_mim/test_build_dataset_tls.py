@@ -61,7 +61,7 @@ def tls_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         host="127.0.0.1",
         protocol="tls://",
         security=security,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # never the shared default :8787
     )
     try:
         yield cluster.scheduler_address, certs
