@@ -109,7 +109,7 @@ def main() -> None:
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address="127.0.0.1:0",
                 silence_logs=logging.WARNING,
                 env=parallel._SINGLE_THREAD_ENV,
             ) as cluster:
