@@ -10,6 +10,7 @@ SegmentationTask` on the same data module), with a plain Lightning trainer that 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -46,6 +47,13 @@ def mode_arguments(mode: str, family: str) -> dict[str, Any]:
     if family == "vit":
         return dict(MODES[mode])
     return {**MODES[mode], **SWIN_MODES[family][mode]}
+
+
+@functools.lru_cache(maxsize=64)
+def family_of(source: str) -> str:
+    """``vit`` for ``scratch``, else the family the checkpoint or folder records (read once per
+    source: a checkpoint is loaded whole to find it)."""
+    return "vit" if source == SCRATCH else source_family(source)
 
 
 def family_modes(family: str) -> list[str]:
@@ -174,9 +182,10 @@ def run_deep(
     ``accuracy``, ``iou_<class>``, ``dice_<class>``) and ``step``, the step it is from."""
     seed_everything(run.seed, workers=True, verbose=False)
     init_from = None if run.encoder == SCRATCH else run.encoder
-    family = "vit" if init_from is None else source_family(init_from)
     task = SegmentationTask.for_data(
-        datamodule, init_from=init_from, **{**task_args, **mode_arguments(run.mode, family)}
+        datamodule,
+        init_from=init_from,
+        **{**task_args, **mode_arguments(run.mode, family_of(run.encoder))},
     )
     with quiet_lightning():
         trainer, keep = fit_and_select(run, task, datamodule, accelerator)

@@ -8,7 +8,6 @@ the training *scenes* (RS; at least one) or cases (CT); the validation split is 
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import time
@@ -18,10 +17,9 @@ from typing import Any
 
 from geomed_mim.cli import check_encoder_source
 from geomed_mim.evaluation import baselines as bl
-from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, family_modes, run_deep
+from geomed_mim.evaluation.deep import MODES, SCRATCH, DeepRun, family_modes, family_of, run_deep
 from geomed_mim.evaluation.pixels import pixels, subsample
 from geomed_mim.evaluation.report import mean_std, write_csv, write_markdown, write_plot
-from geomed_mim.models.swin_sources import source_family
 from geomed_mim.tasks.store_checks import check_data_config
 from geomed_mim.usage import UsageError
 
@@ -88,23 +86,17 @@ def check_flags(p: Protocol) -> None:
         raise UsageError("--encoders and --baselines are both empty: nothing to evaluate")
 
 
-@functools.lru_cache(maxsize=64)
-def encoder_family(source: str) -> str:
-    """``vit`` for ``scratch``, else the family the checkpoint or folder records."""
-    return "vit" if source == SCRATCH else source_family(source)
-
-
 def skipped_modes(p: Protocol) -> list[tuple[str, str]]:
     """(encoder, mode) pairs the encoder's family has no head for (a Swin encoder has no
     attentive head, a 3-D Swin no linear probe): left out of the run, and said so."""
     return [(e, m) for e in p.encoders for m in p.modes
-            if m not in family_modes(encoder_family(e))]  # fmt: skip
+            if m not in family_modes(family_of(e))]  # fmt: skip
 
 
 def check_encoder_modes(source: str, modes: list[str]) -> None:
     """At least one ``--modes`` entry has a head for the encoder's family: one line naming the
     flags otherwise."""
-    family = encoder_family(source)
+    family = family_of(source)
     if not set(modes) & set(family_modes(family)):
         raise UsageError(
             f"--encoders {source}: a {family} encoder runs --modes {family_modes(family)}, "
@@ -244,7 +236,7 @@ def deep_rows(p: Protocol, say: Any) -> list[dict[str, Any]]:
     """Every encoder × mode × budget × seed, trained and scored."""
     skipped = skipped_modes(p)
     for e, m in skipped:
-        say(f"{encoder_label(e)} / {m}: skipped, a {encoder_family(e)} encoder has no {m} head")
+        say(f"{encoder_label(e)} / {m}: skipped, a {family_of(e)} encoder has no {m} head")
     plan = [DeepRun(e, m, b, s, int(p.steps[m]), p.check_every)
             for e in p.encoders for m in p.modes if (e, m) not in skipped
             for b in p.budgets for s in p.seeds]  # fmt: skip
