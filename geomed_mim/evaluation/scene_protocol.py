@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from geomed_mim.cli import check_encoder_source
 from geomed_mim.evaluation import scene_data as sd
-from geomed_mim.evaluation.deep import SCRATCH
+from geomed_mim.evaluation.deep import SCRATCH, family_of
 from geomed_mim.evaluation.probes import (
     AttentiveProbe,
     LinearProbe,
@@ -42,7 +42,7 @@ from geomed_mim.evaluation.probes import (
 from geomed_mim.evaluation.protocol import MIN_SEEDS, encoder_label
 from geomed_mim.evaluation.report import write_config, write_csv, write_markdown, write_plot
 from geomed_mim.models.swin import SwinV2Encoder
-from geomed_mim.models.swin_sources import load_swin_weights, read_swin_source, source_family
+from geomed_mim.models.swin_sources import load_swin_weights, read_swin_source
 from geomed_mim.models.vit import VisionTransformerEncoder
 from geomed_mim.models.weights import load_encoder
 from geomed_mim.tasks.segmentation import ENCODER_DEFAULTS
@@ -286,27 +286,47 @@ def build_encoder(
         return enc, fallback[0], fallback[1]
     from geomed_mim.models.weights import read_encoder_source
 
-    if source_family(source) != "vit":
+    if family_of(source) != "vit":
         return build_swin_encoder(source, splits, fallback, say)
     read = read_encoder_source(source)
     if read.spatial_dims != 2:
         raise UsageError(f"--encoders {source}: a {read.spatial_dims}-D encoder; scene "
                          "classification takes 2-D (remote sensing) encoders")  # fmt: skip
-    recorded = read.config
-    theirs = list(recorded.get("bands") or [])
-    # the dataset's bands under the encoder's spelling, so the patch embedding matches them
-    named = [next((e for e in theirs if sd.same_band(e, b)), b) for b in splits.bands]
+    theirs = list(read.config.get("bands") or [])
     try:
-        enc, report, config = load_encoder(source, named, splits.image_size, spatial_dims=2)
+        enc, report, config = load_encoder(
+            source, named_as(theirs, splits.bands), splits.image_size, spatial_dims=2
+        )
     except ValueError as e:  # a patch size that does not divide the images
         raise UsageError(f"--encoders {source}: {e}; it cannot read these images") from None
+    mean, std = recorded_normalisation(source, theirs, report, config, splits, fallback, say)
+    return enc, mean, std
+
+
+def named_as(theirs: list[str], bands: Sequence[str]) -> list[str]:
+    """The dataset's bands under the encoder's spelling, so its patch embedding matches them."""
+    return [next((e for e in theirs if sd.same_band(e, b)), b) for b in bands]
+
+
+def recorded_normalisation(
+    source: str,
+    theirs: list[str],
+    report: Any,
+    config: dict[str, Any],
+    splits: Splits,
+    fallback: tuple[np.ndarray, np.ndarray],
+    say: Say,
+    family: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a loaded pretrained encoder: its recorded statistics, the training
+    split's for bands it does not record; an encoder sharing no band is refused in one line."""
     if not report.shared:
         raise UsageError(f"--encoders {source}: it records bands {theirs}, none of the dataset's "
                          f"({', '.join(splits.bands)}); use an encoder of this sensor")  # fmt: skip
     mean, std, missing = sd.recorded_statistics(splits.bands, config, fallback)
-    say(f"{encoder_label(source)}: {report}; normalised by its recorded statistics"
+    say(f"{encoder_label(source)}: {family}{report}; normalised by its recorded statistics"
         + (f" (the training split's for {missing})" if missing else ""))  # fmt: skip
-    return enc, mean, std
+    return mean, std
 
 
 def build_swin_encoder(
@@ -324,16 +344,11 @@ def build_swin_encoder(
         raise UsageError(f"--encoders {source}: a Swin V2 encoder with patch {patch} and "
                          f"{stages} stages reads images whose sides are multiples of {stride} "
                          f"px; these are {splits.image_size}")  # fmt: skip
-    named = [next((e for e in src.bands if sd.same_band(e, b)), b) for b in splits.bands]
+    named = named_as(src.bands, splits.bands)
     enc = SwinV2Encoder(img_size=splits.image_size, in_chans=len(named), **src.sizes)
     report = load_swin_weights(enc, src, named)
-    if not report.shared:
-        raise UsageError(f"--encoders {source}: it records bands {src.bands}, none of the "
-                         f"dataset's ({', '.join(splits.bands)}); use an encoder of this "
-                         "sensor")  # fmt: skip
-    mean, std, missing = sd.recorded_statistics(splits.bands, src.config, fallback)
-    say(f"{encoder_label(source)}: Swin V2, {report}; normalised by its recorded statistics"
-        + (f" (the training split's for {missing})" if missing else ""))  # fmt: skip
+    mean, std = recorded_normalisation(source, src.bands, report, src.config, splits, fallback,
+                                       say, family="Swin V2, ")  # fmt: skip
     return enc, mean, std
 
 
