@@ -9,6 +9,7 @@ any work, with a message that names the flag and the fix.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import itertools
 import textwrap
@@ -87,6 +88,7 @@ def check_fraction(flag: str, value: float) -> None:
         raise BuildConfigError(f"--{flag}: {value} is not in [0, 1]")
 
 
+@functools.cache  # parsing a class's source once per process
 def field_help(config_class: type) -> dict[str, str]:
     """Each field's docstring, the string literal right below it in the class body (as Sphinx
     and jsonargparse read attribute docstrings), as one line; base classes first, a subclass's

@@ -48,7 +48,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from data_pipelines.errors import EXIT_USAGE
 from geomed_mim import tasks as task_package
-from geomed_mim.data.loader_position import ensure_loader_position
 from geomed_mim.models.weights import NotAPretrainingCheckpointError, read_checkpoint_entries
 from geomed_mim.tasks import run_dir
 from geomed_mim.tasks.checkpoint_io import AtomicCheckpointIO
@@ -216,8 +215,8 @@ class TrainingCLI(LightningCLI):
             kwargs["enable_progress_bar"] = terminal
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(cb, PreemptionCheckpoint) for cb in trainer.callbacks):
+            # its setup also adds the LoaderPosition that mid-epoch resume needs
             trainer.callbacks.append(PreemptionCheckpoint())
-        ensure_loader_position(trainer)  # mid-epoch resume: the loader's position
         if not any(isinstance(cb, TrainingProgress) for cb in trainer.callbacks):
             no_bar = trainer.progress_bar_callback is None
             trainer.callbacks.append(TrainingProgress(print_epochs=no_bar))
