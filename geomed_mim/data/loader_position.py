@@ -16,10 +16,10 @@ batches.
   before ``configure_optimizers``, so the position is waiting when the loader is built, however
   early; :func:`~geomed_mim.data.sharding.sharded_loader` hands it to the loader it builds.
 
-The callback has to be in the trainer when the checkpoint is restored: the training CLI adds it,
-``PreemptionCheckpoint.setup`` adds it, and ``sharded_loader`` adds it to a trainer that lacks it
-(a fresh run then saves positions; Lightning warns on resume if a checkpoint holds a position the
-trainer has no callback for).
+The callback has to be in the trainer when the checkpoint is restored:
+``PreemptionCheckpoint.setup`` adds it (the training CLI always has that callback), and
+``sharded_loader`` adds it to a trainer that lacks it (a fresh run then saves positions;
+Lightning warns on resume if a checkpoint holds a position the trainer has no callback for).
 """
 
 from __future__ import annotations
